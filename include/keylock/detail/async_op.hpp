@@ -1,0 +1,84 @@
+// keylock/detail/async_op.hpp — the Asio glue behind KeyedLockRegistry::async_lock.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/system_executor.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <keylock/detail/backend.hpp>
+#include <keylock/error.hpp>
+#include <keylock/guard.hpp>
+
+namespace keylock::detail {
+
+/// One pending async_lock: the queue node, the user's handler and the work guard that keeps the
+/// handler's executor busy while the operation waits.
+template <class Handler>
+class AsyncLockOp final : public AsyncWaiter {
+public:
+    using Executor = boost::asio::associated_executor_t<Handler, boost::asio::system_executor>;
+
+    AsyncLockOp(Backend* backend, Handler&& handler)
+        : backend_(backend),
+          handler_(std::move(handler)),
+          work_(boost::asio::make_work_guard(
+              boost::asio::get_associated_executor(handler_, boost::asio::system_executor()))) {}
+
+    static void start(Backend* backend, Handler&& handler, const std::string& key) {
+        auto* op = new AsyncLockOp(backend, std::move(handler));
+        auto slot = boost::asio::get_associated_cancellation_slot(op->handler_);
+        if (slot.is_connected()) {
+            // Any kind of cancellation may end a wait: nothing has happened yet that the
+            // caller would have to undo.
+            slot.assign([backend, op](boost::asio::cancellation_type type) {
+                if (type != boost::asio::cancellation_type::none) backend->cancel(op);
+            });
+        }
+        backend->async_acquire(key, op);
+    }
+
+    void complete(std::error_code ec, Acquired acquired) noexcept override {
+        // The result travels inside the posted function, so if the executor is destroyed
+        // without running it, the guard inside releases the lock.
+        Guard guard(backend_, acquired);
+        auto ex = work_.get_executor();
+        boost::asio::post(ex, [self = std::unique_ptr<AsyncLockOp>(this), ec,
+                               guard = std::move(guard)]() mutable {
+            auto slot = boost::asio::get_associated_cancellation_slot(self->handler_);
+            if (slot.is_connected()) slot.clear();
+            Handler handler = std::move(self->handler_);
+            self.reset();
+            // A cancelled wait reports Asio's own code, as Asio's operations do.
+            const boost::system::error_code result =
+                ec == errc::cancelled ? boost::system::error_code(boost::asio::error::operation_aborted)
+                                      : boost::system::error_code(ec);
+            std::move(handler)(result, std::move(guard));
+        });
+    }
+
+private:
+    Backend* backend_;
+    Handler handler_;
+    boost::asio::executor_work_guard<Executor> work_;
+};
+
+struct AsyncLockInitiation {
+    std::shared_ptr<Backend> backend;
+
+    template <class Handler>
+    void operator()(Handler&& handler, const std::string& key) const {
+        AsyncLockOp<std::decay_t<Handler>>::start(backend.get(), std::forward<Handler>(handler), key);
+    }
+};
+
+}  // namespace keylock::detail

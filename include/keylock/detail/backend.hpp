@@ -1,0 +1,104 @@
+// keylock/detail/backend.hpp — the private interface every backend implements.
+//
+// Not part of the public API: it is in the public include tree only because the inline and
+// template parts of the registry (guards, async_lock) call it. A backend implements acquire,
+// release and the few queries below; everything else (RAII guards, with_lock, get_or_create,
+// timed waits, completion tokens) is written once above it, in KeyedLockRegistry.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include <keylock/options.hpp>
+
+namespace keylock::detail {
+
+using Clock = std::chrono::steady_clock;
+/// A point on the steady clock; `Deadline::max()` waits forever, `Clock::now()` tries once.
+using Deadline = Clock::time_point;
+
+/// A held lock, as the backend knows it. Opaque above the backend.
+struct Hold {};
+/// A reference that keeps one key's entry alive (for `KeyedLockRegistry::obtain`).
+struct Pin {};
+
+struct Acquired {
+    Hold* hold = nullptr;         ///< null when not acquired
+    std::uint64_t fence = 0;      ///< the fencing token of this acquisition
+};
+
+/// A waiter's place in a backend's queue. The fields are the backend's; the registry only
+/// creates nodes. Lives in this header so an async operation is one allocation.
+struct WaitNode {
+    WaitNode* prev = nullptr;
+    WaitNode* next = nullptr;
+    void* entry = nullptr;        ///< the entry waited for (backend's)
+    std::uint64_t fence = 0;      ///< the fencing token handed over with a grant
+    std::uint32_t shard = 0;      ///< where that entry lives (backend's)
+    bool is_async = false;
+    bool queued = false;          ///< in a queue now
+    bool granted = false;         ///< ownership was handed to this waiter
+    bool woken = false;           ///< told to retry (unfair hand-off)
+};
+
+/// An asynchronous acquisition in progress. The backend calls `complete` exactly once, never
+/// while holding one of its own locks; the implementation delivers the result through the
+/// operation's executor and frees itself after that.
+class AsyncWaiter : public WaitNode {
+public:
+    AsyncWaiter() { is_async = true; }
+    virtual void complete(std::error_code ec, Acquired acquired) noexcept = 0;
+
+protected:
+    ~AsyncWaiter() = default;
+};
+
+class Backend {
+public:
+    Backend() = default;
+    Backend(const Backend&) = delete;
+    Backend& operator=(const Backend&) = delete;
+    virtual ~Backend() = default;
+
+    /// Waits for `key` until `deadline` or until `stop` is requested. On success returns the
+    /// hold; otherwise returns a null hold and sets `ec` (timeout, cancelled, or a key error).
+    /// `pin`, when not null, is a pin of the same key that saves the lookup.
+    virtual Acquired acquire(std::string_view key, Pin* pin, Deadline deadline,
+                             const std::stop_token& stop, std::error_code& ec) = 0;
+
+    /// Starts an asynchronous acquisition; `waiter->complete` reports the outcome (possibly
+    /// before this returns, but never on this call's stack while a backend lock is held).
+    virtual void async_acquire(std::string_view key, AsyncWaiter* waiter) = 0;
+
+    /// Ends a pending `async_acquire` with `operation_aborted` if it has not completed yet.
+    virtual void cancel(AsyncWaiter* waiter) noexcept = 0;
+
+    /// Releases a hold. Never throws; reports `not_owner` when the lock was no longer ours.
+    virtual void release(Hold* hold, std::error_code& ec) noexcept = 0;
+
+    /// The key of a live hold.
+    virtual std::string_view key(const Hold* hold) const noexcept = 0;
+
+    /// Whether the hold's lease has been lost (never, for in-process locks).
+    virtual bool lost(const Hold* hold) const noexcept = 0;
+
+    /// Keeps `key`'s entry alive until `unpin`; throws keylock::Error for a bad key.
+    virtual Pin* pin(std::string_view key) = 0;
+    virtual void unpin(Pin* pin) noexcept = 0;
+    virtual std::string_view key(const Pin* pin) const noexcept = 0;
+
+    virtual Stats stats() const = 0;
+
+    /// The configuration as a URL, with any password redacted.
+    virtual std::string describe() const = 0;
+
+    /// Called when the last registry handle goes. The backend frees itself now, or later when
+    /// its last guard, waiter or pin goes.
+    virtual void close() noexcept = 0;
+};
+
+}  // namespace keylock::detail

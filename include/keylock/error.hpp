@@ -1,0 +1,55 @@
+// keylock/error.hpp — the error codes keylock reports.
+//
+// Every failure keylock reports is a `keylock::errc` value inside a `std::error_code` of the
+// "keylock" category. Synchronous calls throw `keylock::Error` (a `std::system_error`);
+// asynchronous ones complete with the `std::error_code`. Messages never contain secrets such as
+// the password of a URL.
+#pragma once
+
+#include <string>
+#include <system_error>
+#include <type_traits>
+
+namespace keylock {
+
+enum class errc {
+    // Keys
+    invalid_key = 1,    ///< the key is empty
+    key_too_long,       ///< the key is longer than the registry's `max_key_bytes`
+    too_many_keys,      ///< `max_keys` entries are in memory already; none could be added
+    // Waiting
+    timeout,            ///< the lock was not acquired before the deadline
+    cancelled,          ///< the wait was cancelled (stop token)
+    // Ownership
+    not_held,           ///< the guard or handle holds no lock
+    not_owner,          ///< the lock is no longer ours (lease expired, someone else holds it)
+    lock_lost,          ///< the lease was lost while the lock was held
+    // Configuration
+    invalid_url,        ///< the URL could not be parsed
+    unknown_scheme,     ///< no backend is registered for the URL's scheme
+    unknown_option,     ///< the URL or options name an option this backend does not have
+    invalid_option,     ///< an option has a value out of range or of the wrong form
+    // Backends
+    unavailable,        ///< the backend cannot be reached
+};
+
+/// The "keylock" error category.
+const std::error_category& error_category() noexcept;
+
+inline std::error_code make_error_code(errc e) noexcept {
+    return {static_cast<int>(e), error_category()};
+}
+
+/// The exception thrown by synchronous calls. `code()` is in `error_category()` (or, for errors
+/// from the operating system, the system category); `what()` names the failing operation.
+class Error : public std::system_error {
+public:
+    explicit Error(std::error_code ec) : std::system_error(ec) {}
+    Error(std::error_code ec, const std::string& what) : std::system_error(ec, what) {}
+    Error(errc e, const std::string& what) : std::system_error(make_error_code(e), what) {}
+};
+
+}  // namespace keylock
+
+template <>
+struct std::is_error_code_enum<keylock::errc> : std::true_type {};

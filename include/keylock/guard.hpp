@@ -1,0 +1,105 @@
+// keylock/guard.hpp — Guard, the RAII ownership of one key's lock.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include <keylock/detail/backend.hpp>
+#include <keylock/error.hpp>
+
+namespace keylock {
+
+class KeyedLockRegistry;
+class KeyMutex;
+namespace detail {
+template <class Handler>
+class AsyncLockOp;
+}
+
+/// Owns the lock of one key until it is destroyed, moved from, or `release()`d.
+///
+/// A Guard is move-only and not thread-safe (one thread uses a guard at a time; it may be
+/// moved to and released from another thread). A default-constructed or moved-from guard owns
+/// nothing. The destructor releases and never throws.
+///
+/// A guard may outlive every copy of the registry that made it: the registry's state stays
+/// alive until its last guard, waiter and handle are gone.
+class Guard {
+public:
+    Guard() noexcept = default;
+    Guard(Guard&& other) noexcept
+        : backend_(std::exchange(other.backend_, nullptr)),
+          hold_(std::exchange(other.hold_, nullptr)),
+          fence_(other.fence_) {}
+    Guard& operator=(Guard&& other) noexcept {
+        if (this != &other) {
+            reset();
+            backend_ = std::exchange(other.backend_, nullptr);
+            hold_ = std::exchange(other.hold_, nullptr);
+            fence_ = other.fence_;
+        }
+        return *this;
+    }
+    Guard(const Guard&) = delete;
+    Guard& operator=(const Guard&) = delete;
+    ~Guard() { reset(); }
+
+    /// Whether this guard holds a lock (it may still have been `lost()`).
+    bool owns_lock() const noexcept { return hold_ != nullptr; }
+    explicit operator bool() const noexcept { return owns_lock(); }
+
+    /// The key held; empty once released. Valid while the guard holds the lock.
+    std::string_view key() const noexcept { return hold_ ? backend_->key(hold_) : std::string_view{}; }
+
+    /// The fencing token of this acquisition: strictly larger than that of every earlier
+    /// acquisition of the same key from the same registry state (for distributed backends: the
+    /// same server). Pass it to the store you write to, so it can refuse stale writers.
+    /// Remains readable after release.
+    std::uint64_t fencing_token() const noexcept { return fence_; }
+
+    /// Whether the lease behind this guard was lost while held (another owner may now hold
+    /// the key). Always false for the local backend.
+    bool lost() const noexcept { return hold_ != nullptr && backend_->lost(hold_); }
+
+    /// Releases the lock now. Throws keylock::Error with `errc::not_held` if the guard holds
+    /// nothing, or `errc::not_owner` if the lock turned out to be no longer ours (nothing of
+    /// another owner's is touched). The guard is empty afterwards in every case.
+    void release() {
+        std::error_code ec;
+        release(ec);
+        if (ec) throw Error(ec, "keylock: release");
+    }
+    /// As `release()`, reporting through `ec` instead of throwing.
+    void release(std::error_code& ec) noexcept {
+        ec.clear();
+        if (hold_ == nullptr) {
+            ec = errc::not_held;
+            return;
+        }
+        std::exchange(backend_, nullptr)->release(std::exchange(hold_, nullptr), ec);
+    }
+
+private:
+    friend class KeyedLockRegistry;
+    friend class KeyMutex;
+    template <class Handler>
+    friend class detail::AsyncLockOp;
+
+    Guard(detail::Backend* backend, detail::Acquired acquired) noexcept
+        : backend_(acquired.hold ? backend : nullptr), hold_(acquired.hold), fence_(acquired.fence) {}
+
+    void reset() noexcept {
+        if (hold_ != nullptr) {
+            std::error_code ignored;
+            std::exchange(backend_, nullptr)->release(std::exchange(hold_, nullptr), ignored);
+        }
+    }
+
+    detail::Backend* backend_ = nullptr;
+    detail::Hold* hold_ = nullptr;
+    std::uint64_t fence_ = 0;
+};
+
+}  // namespace keylock

@@ -1,0 +1,267 @@
+// keylock/registry.hpp — KeyedLockRegistry, the one interface to every backend, and KeyMutex,
+// a per-key handle that meets the standard TimedLockable requirements.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include <keylock/detail/async_op.hpp>
+#include <keylock/detail/backend.hpp>
+#include <keylock/error.hpp>
+#include <keylock/guard.hpp>
+#include <keylock/options.hpp>
+
+namespace keylock {
+
+namespace detail {
+
+/// `now + d`, saturating at "forever" instead of overflowing.
+template <class Rep, class Period>
+Deadline deadline_after(std::chrono::duration<Rep, Period> d) {
+    const auto now = Clock::now();
+    if (d <= d.zero()) return now;
+    const std::chrono::duration<double> wanted = d;
+    const std::chrono::duration<double> room = Deadline::max() - now;
+    if (wanted >= room) return Deadline::max();
+    return now + std::chrono::ceil<Clock::duration>(d);
+}
+
+template <class C, class D>
+Deadline to_deadline(const std::chrono::time_point<C, D>& tp) {
+    if constexpr (std::is_same_v<C, Clock>) {
+        return std::chrono::time_point_cast<Clock::duration>(tp);
+    } else {
+        return deadline_after(tp - C::now());
+    }
+}
+
+[[noreturn]] void throw_error(std::error_code ec, std::string_view key, const char* what);
+
+}  // namespace detail
+
+/// A per-key lock handle from `KeyedLockRegistry::obtain`. It meets the standard
+/// *TimedLockable* requirements, so `std::unique_lock`, `std::scoped_lock` and `std::lock` work
+/// with it. While the handle exists, its key's entry stays in memory (so repeated locking
+/// through one handle skips the lookup).
+///
+/// Like a mutex, one handle may be shared by several threads: `lock()` in one thread waits while
+/// another thread holds the key through the same handle, or through any other handle or guard.
+/// It is not recursive: locking a handle twice from one thread deadlocks as std::mutex would.
+/// Destroying a locked handle releases the lock.
+class KeyMutex {
+public:
+    KeyMutex(KeyMutex&& other) noexcept
+        : backend_(std::exchange(other.backend_, nullptr)),
+          pin_(std::exchange(other.pin_, nullptr)),
+          held_(std::move(other.held_)) {}
+    KeyMutex& operator=(KeyMutex&& other) noexcept {
+        if (this != &other) {
+            reset();
+            backend_ = std::exchange(other.backend_, nullptr);
+            pin_ = std::exchange(other.pin_, nullptr);
+            held_ = std::move(other.held_);
+        }
+        return *this;
+    }
+    KeyMutex(const KeyMutex&) = delete;
+    KeyMutex& operator=(const KeyMutex&) = delete;
+    ~KeyMutex() { reset(); }
+
+    /// Waits until the key is ours.
+    void lock() { acquire(detail::Deadline::max()); }
+    /// One attempt, no waiting.
+    [[nodiscard]] bool try_lock() { return acquire(detail::Clock::now()); }
+    template <class Rep, class Period>
+    [[nodiscard]] bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
+        return acquire(detail::deadline_after(d));
+    }
+    template <class C, class D>
+    [[nodiscard]] bool try_lock_until(const std::chrono::time_point<C, D>& tp) {
+        return acquire(detail::to_deadline(tp));
+    }
+    /// Releases the key; throws keylock::Error (`not_held`) if this handle does not hold it.
+    void unlock() {
+        Guard g = std::move(held_);
+        g.release();
+    }
+
+    std::string_view key() const noexcept { return pin_ ? backend_->key(pin_) : std::string_view{}; }
+    /// The fencing token of the current hold (0 if never locked).
+    std::uint64_t fencing_token() const noexcept { return held_.fencing_token(); }
+
+private:
+    friend class KeyedLockRegistry;
+    KeyMutex(detail::Backend* backend, detail::Pin* pin) noexcept : backend_(backend), pin_(pin) {}
+
+    bool acquire(detail::Deadline deadline) {
+        std::error_code ec;
+        static const std::stop_token no_stop;
+        auto acquired = backend_->acquire(backend_->key(pin_), pin_, deadline, no_stop, ec);
+        if (acquired.hold == nullptr) {
+            if (ec == errc::timeout) return false;
+            detail::throw_error(ec, key(), "lock");
+        }
+        held_ = Guard(backend_, acquired);
+        return true;
+    }
+    void reset() noexcept {
+        held_ = Guard();
+        if (pin_ != nullptr) std::exchange(backend_, nullptr)->unpin(std::exchange(pin_, nullptr));
+    }
+
+    detail::Backend* backend_ = nullptr;
+    detail::Pin* pin_ = nullptr;
+    Guard held_;
+};
+
+/// A registry of per-key locks: "only one holder of key K at a time", for any number of keys,
+/// with memory proportional to the keys in use, not to the keys ever seen.
+///
+/// Thread safety: every member function may be called from any number of threads at once.
+/// Copies are cheap and share one underlying registry; the state lives until the last copy and
+/// the last guard, handle and pending wait are gone.
+///
+/// Keys are arbitrary bytes (NUL, CR, LF included), 1 to `max_key_bytes` long; an empty key
+/// fails with `errc::invalid_key`, a longer one with `errc::key_too_long`. Locks are not
+/// recursive: a thread that locks a key it holds waits for itself.
+class KeyedLockRegistry {
+public:
+    /// A `local://` registry with default options.
+    KeyedLockRegistry() : KeyedLockRegistry(RegistryOptions{}) {}
+    /// A `local://` registry with the given options; throws keylock::Error
+    /// (`invalid_option`) when an option is out of range.
+    explicit KeyedLockRegistry(const RegistryOptions& options);
+
+    /// A registry for a backend URL: `local://` with options as query parameters, e.g.
+    /// `local://?idle_ttl=30s&max_keys=100000&fair=true`. Throws keylock::Error
+    /// (`invalid_url`, `unknown_scheme`, `unknown_option`, `invalid_option`) naming the part at
+    /// fault; passwords are never part of a message.
+    static KeyedLockRegistry from_url(std::string_view url);
+
+    /// `from_url(getenv(var))`, or `from_url(fallback)` when the variable is unset or empty.
+    static KeyedLockRegistry from_env(const char* var = "KEYLOCK_URL",
+                                      std::string_view fallback = "local://");
+
+    /// Waits as long as it takes for `key`. Throws keylock::Error for a bad key or when the
+    /// registry refuses a new entry (`too_many_keys`).
+    Guard lock(std::string_view key) {
+        return acquire_or_throw(key, detail::Deadline::max(), no_stop());
+    }
+    /// Waits for `key` until it is ours or `stop` is requested; on stop, throws keylock::Error
+    /// with `errc::cancelled` and leaves nothing behind.
+    Guard lock(std::string_view key, const std::stop_token& stop) {
+        return acquire_or_throw(key, detail::Deadline::max(), stop);
+    }
+
+    /// One attempt without waiting: the guard, or nullopt if someone else holds the key.
+    std::optional<Guard> try_lock(std::string_view key) {
+        return try_acquire(key, detail::Clock::now(), no_stop());
+    }
+    /// Waits up to `timeout` (or until `stop`); nullopt when the time ran out or the wait was
+    /// stopped. Errors other than those (bad key, too many keys) throw keylock::Error.
+    template <class Rep, class Period>
+    std::optional<Guard> try_lock_for(std::string_view key,
+                                      const std::chrono::duration<Rep, Period>& timeout,
+                                      const std::stop_token& stop = {}) {
+        return try_acquire(key, detail::deadline_after(timeout), stop);
+    }
+    /// Waits until `deadline` (any clock; the steady clock is exact) or `stop`.
+    template <class C, class D>
+    std::optional<Guard> try_lock_until(std::string_view key,
+                                        const std::chrono::time_point<C, D>& deadline,
+                                        const std::stop_token& stop = {}) {
+        return try_acquire(key, detail::to_deadline(deadline), stop);
+    }
+
+    /// Locks `key`, runs `fn` and returns its result; the lock is released however `fn` ends.
+    /// `fn` is called with the Guard if it accepts one (`[](keylock::Guard& g) {…}`), so it can
+    /// read the fencing token; otherwise with no arguments.
+    template <class Fn>
+    decltype(auto) with_lock(std::string_view key, Fn&& fn) {
+        Guard guard = lock(key);
+        if constexpr (std::is_invocable_v<Fn, Guard&>) {
+            return std::invoke(std::forward<Fn>(fn), guard);
+        } else {
+            return std::invoke(std::forward<Fn>(fn));
+        }
+    }
+
+    /// Get-or-create without duplicates: `find()` (returning std::optional<T>) is tried first
+    /// without the lock; if it finds nothing, the key is locked, `find()` is tried again, and
+    /// only if it still finds nothing is `create()` (returning something convertible to T)
+    /// called. Concurrent callers for one key thus create at most once, provided every writer
+    /// of that entity goes through the same key.
+    template <class Find, class Create>
+    auto get_or_create(std::string_view key, Find&& find, Create&& create) {
+        using Found = std::remove_cvref_t<std::invoke_result_t<Find&>>;
+        using T = typename Found::value_type;
+        if (Found found = std::invoke(find)) return T(std::move(*found));
+        Guard guard = lock(key);
+        if (Found found = std::invoke(find)) return T(std::move(*found));
+        return T(std::invoke(std::forward<Create>(create)));
+    }
+
+    /// A TimedLockable handle for `key` (see KeyMutex). Throws keylock::Error for a bad key.
+    KeyMutex obtain(std::string_view key) { return KeyMutex(backend_.get(), backend_->pin(key)); }
+
+    /// Waits for `key` without blocking a thread and completes with
+    /// `void(boost::system::error_code, keylock::Guard)`. Works with any Asio completion
+    /// token: callbacks, `use_awaitable`, `use_future`, `deferred`. The handler runs on its
+    /// associated executor (a plain callback: the system executor's threads).
+    ///
+    /// Per-operation cancellation: emitting any cancellation type on the handler's bound slot
+    /// ends the wait with `boost::asio::error::operation_aborted` and leaves nothing behind; a
+    /// lock granted before the cancellation is delivered normally. Like Asio's own operations,
+    /// emit cancellation from the handler's executor (or strand).
+    /// Bad keys complete with the keylock error code.
+    template <class CompletionToken =
+                  boost::asio::default_completion_token_t<boost::asio::system_executor>>
+    auto async_lock(std::string_view key, CompletionToken&& token =
+                                              boost::asio::default_completion_token_t<
+                                                  boost::asio::system_executor>()) {
+        return boost::asio::async_initiate<CompletionToken,
+                                           void(boost::system::error_code, Guard)>(
+            detail::AsyncLockInitiation{backend_}, token, std::string(key));
+    }
+
+    /// A snapshot of the counters (see Stats).
+    Stats stats() const { return backend_->stats(); }
+
+    /// The configuration as a URL (passwords redacted).
+    std::string describe() const { return backend_->describe(); }
+
+private:
+    explicit KeyedLockRegistry(std::shared_ptr<detail::Backend> backend) noexcept
+        : backend_(std::move(backend)) {}
+
+    static const std::stop_token& no_stop() noexcept {
+        static const std::stop_token token;
+        return token;
+    }
+    Guard acquire_or_throw(std::string_view key, detail::Deadline deadline,
+                           const std::stop_token& stop) {
+        std::error_code ec;
+        auto acquired = backend_->acquire(key, nullptr, deadline, stop, ec);
+        if (acquired.hold == nullptr) detail::throw_error(ec, key, "lock");
+        return Guard(backend_.get(), acquired);
+    }
+    std::optional<Guard> try_acquire(std::string_view key, detail::Deadline deadline,
+                                     const std::stop_token& stop) {
+        std::error_code ec;
+        auto acquired = backend_->acquire(key, nullptr, deadline, stop, ec);
+        if (acquired.hold != nullptr) return Guard(backend_.get(), acquired);
+        if (ec == errc::timeout || ec == errc::cancelled) return std::nullopt;
+        detail::throw_error(ec, key, "try_lock");
+    }
+
+    std::shared_ptr<detail::Backend> backend_;
+};
+
+}  // namespace keylock

@@ -1,0 +1,192 @@
+#include "config.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <limits>
+#include <set>
+
+#include <boost/url/parse.hpp>
+#include <boost/url/url_view.hpp>
+
+#include <keylock/error.hpp>
+
+namespace keylock::detail {
+
+namespace {
+
+std::string lower(std::string_view s) {
+    std::string out(s);
+    std::transform(out.begin(), out.end(), out.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return out;
+}
+
+/// Shows a user-supplied value in a message: at most 64 bytes, non-printable bytes escaped.
+std::string shown(std::string_view value) {
+    std::string out;
+    for (unsigned char c : value.substr(0, 64)) {
+        if (c >= 0x20 && c < 0x7f && c != '\'') {
+            out.push_back(static_cast<char>(c));
+        } else {
+            static const char hex[] = "0123456789abcdef";
+            out += "\\x";
+            out.push_back(hex[c >> 4]);
+            out.push_back(hex[c & 15]);
+        }
+    }
+    if (value.size() > 64) out += "...";
+    return out;
+}
+
+[[noreturn]] void bad_option(std::string_view name, std::string_view value, const char* expected) {
+    throw Error(errc::invalid_option, "keylock: option '" + std::string(name) + "' has value '" +
+                                          shown(value) + "'; expected " + expected);
+}
+
+}  // namespace
+
+std::optional<std::size_t> parse_size(std::string_view text) {
+    std::size_t value = 0;
+    if (text.empty()) return std::nullopt;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+    return value;
+}
+
+std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
+    std::size_t digits = 0;
+    while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+    if (digits == 0) return std::nullopt;
+    const auto number = parse_size(text.substr(0, digits));
+    if (!number) return std::nullopt;
+    const std::string_view unit = text.substr(digits);
+    std::uint64_t scale = 0;
+    if (unit == "ms") {
+        scale = 1;
+    } else if (unit == "s") {
+        scale = 1000;
+    } else if (unit == "m") {
+        scale = 60'000;
+    } else if (unit == "h") {
+        scale = 3'600'000;
+    } else if (unit.empty() && *number == 0) {
+        scale = 1;
+    } else {
+        return std::nullopt;
+    }
+    // Keep within what a deadline on the steady clock (nanoseconds, 64 bits) can hold: ~100 years.
+    constexpr std::uint64_t max_ms = 100ULL * 365 * 24 * 3'600'000;
+    if (*number > max_ms / scale) return std::nullopt;
+    return std::chrono::milliseconds(static_cast<std::int64_t>(*number * scale));
+}
+
+std::string format_duration(std::chrono::milliseconds d) {
+    const auto ms = d.count();
+    if (ms == 0) return "0";
+    if (ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
+    if (ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
+    if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+    return std::to_string(ms) + "ms";
+}
+
+std::optional<bool> parse_bool(std::string_view text) {
+    const std::string t = lower(text);
+    if (t == "true" || t == "1" || t == "yes" || t == "on") return true;
+    if (t == "false" || t == "0" || t == "no" || t == "off") return false;
+    return std::nullopt;
+}
+
+std::string url_scheme(std::string_view url) {
+    const auto colon = url.find(':');
+    if (colon == std::string_view::npos || colon == 0) {
+        throw Error(errc::invalid_url, "keylock: malformed URL: no scheme (expected e.g. local://)");
+    }
+    const std::string scheme = lower(url.substr(0, colon));
+    const bool ok = std::isalpha(static_cast<unsigned char>(scheme[0])) &&
+                    std::all_of(scheme.begin(), scheme.end(), [](unsigned char c) {
+                        return std::isalnum(c) || c == '+' || c == '-' || c == '.';
+                    });
+    if (!ok) throw Error(errc::invalid_url, "keylock: malformed URL: bad scheme '" + shown(scheme) + "'");
+    return scheme;
+}
+
+RegistryOptions parse_local_url(std::string_view text) {
+    auto parsed = boost::urls::parse_uri(text);
+    if (!parsed) {
+        throw Error(errc::invalid_url, "keylock: malformed local:// URL: " + parsed.error().message());
+    }
+    const boost::urls::url_view& url = *parsed;
+    if (url.has_userinfo() || !url.encoded_host().empty() || url.has_port()) {
+        throw Error(errc::invalid_url,
+                    "keylock: a local:// URL takes no user, host or port (write local://?option=value)");
+    }
+    if (!url.encoded_path().empty()) {
+        throw Error(errc::invalid_url, "keylock: a local:// URL takes no path; found '" +
+                                           shown(url.encoded_path()) + "'");
+    }
+    if (url.has_fragment()) {
+        throw Error(errc::invalid_url, "keylock: a local:// URL takes no fragment ('#...')");
+    }
+
+    RegistryOptions options;
+    std::set<std::string> seen;
+    for (const auto& param : url.params()) {
+        const std::string& name = param.key;
+        const std::string& value = param.value;
+        if (!seen.insert(name).second) {
+            throw Error(errc::invalid_option, "keylock: option '" + shown(name) + "' is given twice");
+        }
+        if (name == "idle_ttl") {
+            auto d = parse_duration(value);
+            if (!d) bad_option(name, value, "a duration such as 500ms, 30s, 2m or 0");
+            options.idle_ttl = *d;
+        } else if (name == "max_keys") {
+            auto n = parse_size(value);
+            if (!n) bad_option(name, value, "a whole number (0 for no limit)");
+            options.max_keys = *n;
+        } else if (name == "max_key_bytes") {
+            auto n = parse_size(value);
+            if (!n || *n == 0) bad_option(name, value, "a whole number of at least 1");
+            options.max_key_bytes = *n;
+        } else if (name == "fair") {
+            auto b = parse_bool(value);
+            if (!b) bad_option(name, value, "true or false");
+            options.fair = *b;
+        } else if (name == "shards") {
+            auto n = parse_size(value);
+            if (!n || *n == 0 || *n > 65536 || (*n & (*n - 1)) != 0) {
+                bad_option(name, value, "a power of two from 1 to 65536");
+            }
+            options.shards = *n;
+        } else {
+            throw Error(errc::unknown_option,
+                        "keylock: unknown option '" + shown(name) +
+                            "' for local:// (known: idle_ttl, max_keys, max_key_bytes, fair, shards)");
+        }
+    }
+    return options;
+}
+
+}  // namespace keylock::detail
+
+namespace keylock {
+
+std::string RegistryOptions::to_url() const {
+    const RegistryOptions defaults;
+    std::string query;
+    auto add = [&query](const char* name, const std::string& value) {
+        query += query.empty() ? '?' : '&';
+        query += name;
+        query += '=';
+        query += value;
+    };
+    if (idle_ttl != defaults.idle_ttl) add("idle_ttl", detail::format_duration(idle_ttl));
+    if (max_keys != defaults.max_keys) add("max_keys", std::to_string(max_keys));
+    if (max_key_bytes != defaults.max_key_bytes) add("max_key_bytes", std::to_string(max_key_bytes));
+    if (fair != defaults.fair) add("fair", fair ? "true" : "false");
+    if (shards != defaults.shards) add("shards", std::to_string(shards));
+    return "local://" + query;
+}
+
+}  // namespace keylock

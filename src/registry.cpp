@@ -1,0 +1,83 @@
+// The backend-independent parts of the registry: errors, construction from URLs.
+#include <cstdlib>
+#include <string>
+
+#include <keylock/keylock.hpp>
+
+#include "../backends/local/local_backend.hpp"
+#include "config.hpp"
+
+namespace keylock {
+
+namespace {
+
+class Category final : public std::error_category {
+public:
+    const char* name() const noexcept override { return "keylock"; }
+    std::string message(int value) const override {
+        switch (static_cast<errc>(value)) {
+            case errc::invalid_key: return "empty key";
+            case errc::key_too_long: return "key longer than max_key_bytes";
+            case errc::too_many_keys: return "max_keys entries in memory already";
+            case errc::timeout: return "lock not acquired before the deadline";
+            case errc::cancelled: return "wait cancelled";
+            case errc::not_held: return "no lock held";
+            case errc::not_owner: return "lock no longer owned by this holder";
+            case errc::lock_lost: return "lease lost while the lock was held";
+            case errc::invalid_url: return "malformed URL";
+            case errc::unknown_scheme: return "unknown URL scheme";
+            case errc::unknown_option: return "unknown option";
+            case errc::invalid_option: return "invalid option value";
+            case errc::unavailable: return "backend unavailable";
+        }
+        return "unknown keylock error";
+    }
+};
+
+}  // namespace
+
+const std::error_category& error_category() noexcept {
+    static const Category category;
+    return category;
+}
+
+namespace detail {
+
+void throw_error(std::error_code ec, std::string_view key, const char* what) {
+    std::string message = "keylock: ";
+    message += what;
+    if (!key.empty()) {
+        // Keys may be binary and long: show a short, printable prefix and the length.
+        message += " '";
+        for (unsigned char c : key.substr(0, 32)) {
+            if (c >= 0x20 && c < 0x7f) {
+                message.push_back(static_cast<char>(c));
+            } else {
+                message += '?';
+            }
+        }
+        if (key.size() > 32) message += "...";
+        message += "' (" + std::to_string(key.size()) + " bytes)";
+    }
+    throw Error(ec, message);
+}
+
+}  // namespace detail
+
+KeyedLockRegistry::KeyedLockRegistry(const RegistryOptions& options)
+    : backend_(local::make_backend(options)) {}
+
+KeyedLockRegistry KeyedLockRegistry::from_url(std::string_view url) {
+    const std::string scheme = detail::url_scheme(url);
+    if (scheme == "local") return KeyedLockRegistry(detail::parse_local_url(url));
+    throw Error(errc::unknown_scheme,
+                "keylock: unknown URL scheme '" + scheme + "' (this build supports: local)");
+}
+
+KeyedLockRegistry KeyedLockRegistry::from_env(const char* var, std::string_view fallback) {
+    const char* value = var != nullptr ? std::getenv(var) : nullptr;
+    if (value == nullptr || *value == '\0') return from_url(fallback);
+    return from_url(value);
+}
+
+}  // namespace keylock
