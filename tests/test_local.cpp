@@ -1,1 +1,495 @@
+// The local backend's semantics, one test case per promise in docs/semantics.md. Each would
+// fail if the promise broke.
 #include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <malloc.h>
+#include <map>
+#include <mutex>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <keylock/keylock.hpp>
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#include <sanitizer/allocator_interface.h>
+#define KEYLOCK_SANITIZED 1
+#endif
+
+using keylock::errc;
+using keylock::Guard;
+using keylock::KeyedLockRegistry;
+using keylock::RegistryOptions;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+/// Polls `pred` until it holds or `limit` passes.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
+    const auto end = Clock::now() + limit;
+    while (!pred()) {
+        if (Clock::now() > end) return false;
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+}
+
+/// Heap bytes in use now (the sanitizers' allocator when one is in use).
+std::size_t heap_in_use() {
+#ifdef KEYLOCK_SANITIZED
+    return __sanitizer_get_current_allocated_bytes();
+#else
+    return mallinfo2().uordblks;
+#endif
+}
+
+RegistryOptions with(auto&& edit) {
+    RegistryOptions o;
+    edit(o);
+    return o;
+}
+
+errc error_of(auto&& fn) {
+    try {
+        fn();
+    } catch (const keylock::Error& e) {
+        return static_cast<errc>(e.code().value());
+    }
+    return errc{};
+}
+
+}  // namespace
+
+TEST_CASE("one holder per key; others wait or fail to try", "[local]") {
+    KeyedLockRegistry r;
+    Guard g = r.lock("a");
+    CHECK_FALSE(r.try_lock("a").has_value());
+    CHECK(r.try_lock("b").has_value());
+    std::atomic<bool> got{false};
+    std::thread t([&] {
+        Guard g2 = r.lock("a");
+        got = true;
+    });
+    std::this_thread::sleep_for(50ms);
+    CHECK_FALSE(got.load());
+    CHECK(r.stats().waiting == 1);
+    g.release();
+    t.join();
+    CHECK(got.load());
+    auto st = r.stats();
+    CHECK(st.acquisitions == 3);
+    CHECK(st.contended == 1);
+    CHECK(st.timeouts == 1);
+    CHECK(st.waiting == 0);
+    CHECK(st.entries == 0);
+}
+
+TEST_CASE("copies of a registry share one registry", "[local]") {
+    KeyedLockRegistry r;
+    KeyedLockRegistry copy = r;
+    Guard g = r.lock("a");
+    CHECK_FALSE(copy.try_lock("a").has_value());
+    CHECK(copy.stats().entries == 1);
+}
+
+TEST_CASE("unrelated keys never wait on each other, even in one shard", "[local]") {
+    for (std::size_t shards : {std::size_t{1}, std::size_t{128}}) {
+        KeyedLockRegistry r(with([&](auto& o) { o.shards = shards; }));
+        std::vector<Guard> held;
+        for (int i = 0; i < 100; ++i) held.push_back(r.lock("held-" + std::to_string(i)));
+        // Another thread locks thousands of other keys while those are held: none may fail.
+        std::thread t([&] {
+            for (int i = 0; i < 10000; ++i) {
+                auto g = r.try_lock("free-" + std::to_string(i));
+                REQUIRE(g.has_value());
+            }
+        });
+        t.join();
+        CHECK(r.stats().entries == 100);
+        CHECK(r.stats().timeouts == 0);
+    }
+}
+
+TEST_CASE("an entry is never freed while held, awaited or pinned", "[local]") {
+    SECTION("held past idle_ttl: the cache-expiry bug cannot happen") {
+        KeyedLockRegistry r(with([](auto& o) { o.idle_ttl = 1ms; }));
+        Guard g = r.lock("k");
+        std::this_thread::sleep_for(50ms);  // many sweeps later
+        CHECK(r.stats().entries == 1);
+        std::thread t([&] { CHECK_FALSE(r.try_lock("k").has_value()); });
+        t.join();
+    }
+    SECTION("awaited: the waiter's entry survives the holder's release") {
+        KeyedLockRegistry r;
+        auto g = std::make_optional(r.lock("k"));
+        const auto first = g->fencing_token();
+        std::uint64_t second = 0;
+        std::thread t([&] {
+            Guard g2 = r.lock("k");
+            second = g2.fencing_token();
+            CHECK(r.stats().entries == 1);
+        });
+        REQUIRE(eventually([&] { return r.stats().waiting == 1; }));
+        CHECK(r.stats().entries == 1);
+        g.reset();
+        t.join();
+        CHECK(second > first);
+        CHECK(r.stats().entries == 0);
+    }
+    SECTION("pinned by a handle, locked or not") {
+        KeyedLockRegistry r;
+        {
+            auto m = r.obtain("k");
+            CHECK(r.stats().entries == 1);
+            m.lock();
+            m.unlock();
+            CHECK(r.stats().entries == 1);
+            CHECK_FALSE(r.try_lock("k") == std::nullopt);
+            CHECK(r.stats().entries == 1);
+        }
+        CHECK(r.stats().entries == 0);
+    }
+    SECTION("max_keys pressure evicts only idle entries") {
+        KeyedLockRegistry r(with([](auto& o) {
+            o.max_keys = 2;
+            o.shards = 1;
+            o.idle_ttl = 1h;
+        }));
+        Guard held = r.lock("held");
+        { Guard idle = r.lock("idle"); }
+        CHECK(r.stats().entries == 2);
+        Guard fresh = r.lock("fresh");  // evicts "idle", never "held"
+        CHECK(r.stats().entries == 2);
+        CHECK(error_of([&] { (void)r.lock("one-too-many"); }) == errc::too_many_keys);
+        std::thread t([&] { CHECK_FALSE(r.try_lock("held").has_value()); });
+        t.join();
+    }
+}
+
+TEST_CASE("entries are freed when their last reference goes", "[local]") {
+    KeyedLockRegistry r;
+    for (int i = 0; i < 1000; ++i) {
+        Guard g = r.lock("k" + std::to_string(i));
+        CHECK(r.stats().entries == 1);
+    }
+    CHECK(r.stats().entries == 0);
+    auto g = r.try_lock_for("x", 1ms);
+    g.reset();
+    CHECK(r.stats().entries == 0);
+}
+
+TEST_CASE("memory returns to its baseline after a million distinct keys", "[local][memory]") {
+    constexpr int kKeys = 1'000'000;
+    std::vector<std::string> keys;
+    keys.reserve(kKeys);
+    for (int i = 0; i < kKeys; ++i) keys.push_back("client-" + std::to_string(i) + "-with-a-longish-suffix");
+    std::vector<Guard> guards;
+    guards.reserve(kKeys);
+    KeyedLockRegistry r;
+    { Guard warm = r.lock("warm-up"); }
+    malloc_trim(0);
+    const std::size_t baseline = heap_in_use();
+
+    for (const auto& k : keys) Guard g = r.lock(k);  // one at a time
+    CHECK(r.stats().entries == 0);
+    // What may stay: each shard's small free list of recycled entries (16 at most), so the
+    // residue is bounded by the shard count, not by the keys seen.
+    constexpr std::size_t kSlack = 1024 * 1024;
+    CHECK(heap_in_use() < baseline + kSlack);
+
+    for (const auto& k : keys) guards.push_back(r.lock(k));  // all at once
+    CHECK(r.stats().entries == kKeys);
+    const std::size_t peak = heap_in_use();
+    CHECK(peak > baseline + std::size_t{kKeys} * 32);  // the entries really were in memory
+    guards.clear();
+    CHECK(r.stats().entries == 0);
+    const std::size_t after = heap_in_use();
+    INFO("baseline " << baseline << " peak " << peak << " after " << after);
+    CHECK(after < baseline + kSlack);
+}
+
+TEST_CASE("idle_ttl keeps idle entries warm, then frees them", "[local]") {
+    KeyedLockRegistry r(with([](auto& o) { o.idle_ttl = 300ms; }));
+    const auto start = Clock::now();
+    { Guard g = r.lock("k"); }
+    CHECK(r.stats().entries == 1);
+    { Guard g = r.lock("k"); }  // reuses the warm entry
+    CHECK(r.stats().entries == 1);
+    CHECK(eventually([&] { return r.stats().entries == 0; }));
+    CHECK(Clock::now() - start >= 300ms);
+}
+
+TEST_CASE("deadlines are honoured and timeouts leave nothing behind", "[local]") {
+    KeyedLockRegistry r;
+    Guard g = r.lock("k");
+    std::thread t([&] {
+        auto start = Clock::now();
+        CHECK_FALSE(r.try_lock_for("k", 100ms).has_value());
+        auto waited = Clock::now() - start;
+        CHECK(waited >= 100ms);
+        CHECK(waited < 3s);
+        start = Clock::now();
+        CHECK_FALSE(r.try_lock_until("k", std::chrono::system_clock::now() + 50ms).has_value());
+        CHECK(Clock::now() - start >= 45ms);
+        CHECK_FALSE(r.try_lock_until("k", Clock::now() - 1s).has_value());
+        CHECK_FALSE(r.try_lock_for("k", 0ms).has_value());
+    });
+    t.join();
+    auto st = r.stats();
+    CHECK(st.timeouts == 4);
+    CHECK(st.waiting == 0);
+    CHECK(st.entries == 1);
+    g.release();
+    CHECK(r.stats().entries == 0);
+}
+
+TEST_CASE("a blocking wait can be cancelled and leaves nothing behind", "[local]") {
+    KeyedLockRegistry r;
+    Guard g = r.lock("k");
+    std::stop_source stop;
+    std::atomic<int> outcome{0};
+    std::thread t([&] {
+        try {
+            Guard g2 = r.lock("k", stop.get_token());
+            outcome = 1;
+        } catch (const keylock::Error& e) {
+            outcome = e.code() == errc::cancelled ? 2 : 3;
+        }
+    });
+    REQUIRE(eventually([&] { return r.stats().waiting == 1; }));
+    stop.request_stop();
+    t.join();
+    CHECK(outcome == 2);
+    std::thread t2([&] {
+        // Already stopped: fails at once, without waiting for the deadline.
+        auto start = Clock::now();
+        CHECK_FALSE(r.try_lock_for("k", 10s, stop.get_token()).has_value());
+        CHECK(Clock::now() - start < 5s);
+    });
+    t2.join();
+    auto st = r.stats();
+    CHECK(st.cancellations == 2);
+    CHECK(st.waiting == 0);
+    g.release();
+    CHECK(r.stats().entries == 0);
+    // A stop token that is never stopped changes nothing.
+    std::stop_source idle;
+    Guard again = r.lock("k", idle.get_token());
+    CHECK(again.owns_lock());
+}
+
+TEST_CASE("a timed-out waiter passes on the wake-up it consumed", "[local]") {
+    // Unfair hand-off wakes only the first waiter. If that one gives up instead of taking the
+    // lock, the next waiter must be woken, or it would sleep while the key is free.
+    KeyedLockRegistry r;
+    auto g = std::make_optional(r.lock("k"));
+    std::atomic<bool> second_got{false};
+    std::thread first([&] { CHECK_FALSE(r.try_lock_for("k", 200ms).has_value()); });
+    REQUIRE(eventually([&] { return r.stats().waiting == 1; }));
+    std::thread second([&] {
+        Guard g2 = r.lock("k");
+        second_got = true;
+    });
+    REQUIRE(eventually([&] { return r.stats().waiting == 2; }));
+    first.join();
+    CHECK_FALSE(second_got.load());
+    g.reset();
+    second.join();
+    CHECK(second_got.load());
+}
+
+TEST_CASE("max_keys bounds the entries in memory with a typed error", "[local]") {
+    KeyedLockRegistry r(with([](auto& o) { o.max_keys = 10; }));
+    std::vector<Guard> held;
+    for (int i = 0; i < 10; ++i) held.push_back(r.lock("k" + std::to_string(i)));
+    CHECK(error_of([&] { (void)r.lock("k10"); }) == errc::too_many_keys);
+    CHECK(error_of([&] { (void)r.try_lock("k10"); }) == errc::too_many_keys);
+    CHECK(error_of([&] { (void)r.obtain("k10"); }) == errc::too_many_keys);
+    CHECK_FALSE(r.try_lock("k3").has_value());  // existing keys still work
+    held.pop_back();
+    CHECK(r.try_lock("k10").has_value());
+    CHECK(r.stats().entries == 9);
+}
+
+TEST_CASE("fair=true hands the key to waiters strictly first come, first served", "[local]") {
+    KeyedLockRegistry r(with([](auto& o) { o.fair = true; }));
+    auto g = std::make_optional(r.lock("order-17"));
+    std::mutex mu;
+    std::vector<int> order;
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 8; ++i) {
+        threads.emplace_back([&, i] {
+            Guard mine = r.lock("order-17");
+            std::lock_guard lk(mu);
+            order.push_back(i);
+        });
+        REQUIRE(eventually([&] { return r.stats().waiting == static_cast<std::uint64_t>(i + 1); }));
+    }
+    g.reset();
+    // The hand-off is direct: a newcomer cannot take the key while waiters queue.
+    CHECK_FALSE(r.try_lock("order-17").has_value());
+    for (auto& t : threads) t.join();
+    CHECK(order == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7});
+    CHECK(r.stats().entries == 0);
+}
+
+TEST_CASE("bad keys are typed errors; binary keys work", "[local]") {
+    KeyedLockRegistry r;
+    CHECK(error_of([&] { (void)r.lock(""); }) == errc::invalid_key);
+    CHECK(error_of([&] { (void)r.try_lock(""); }) == errc::invalid_key);
+    CHECK(error_of([&] { (void)r.obtain(""); }) == errc::invalid_key);
+    CHECK(error_of([&] { (void)r.lock(std::string(1025, 'x')); }) == errc::key_too_long);
+    CHECK(r.lock(std::string(1024, 'x')).owns_lock());
+    KeyedLockRegistry small(with([](auto& o) { o.max_key_bytes = 4; }));
+    CHECK(error_of([&] { (void)small.lock("12345"); }) == errc::key_too_long);
+    CHECK(small.lock("1234").owns_lock());
+    CHECK(r.stats().entries == 0);
+
+    const std::string a("a\0b", 3), b("a\0c", 3), crlf("\r\n", 2), nul(std::string(1, '\0'));
+    Guard ga = r.lock(a);
+    CHECK(ga.key() == a);
+    CHECK(r.try_lock(b).has_value());
+    CHECK(r.try_lock("a").has_value());
+    CHECK(r.try_lock(crlf).has_value());
+    CHECK(r.try_lock(nul).has_value());
+    CHECK_FALSE(r.try_lock(a).has_value());
+    const std::string high("\xff\xfe\x80", 3);
+    Guard gh = r.lock(high);
+    CHECK(gh.key() == high);
+}
+
+TEST_CASE("fencing tokens strictly increase per key, across frees and threads", "[local]") {
+    KeyedLockRegistry r;
+    std::uint64_t last = 0;
+    for (int i = 0; i < 100; ++i) {
+        Guard g = r.lock("k");
+        CHECK(g.fencing_token() > last);
+        last = g.fencing_token();
+        Guard other = r.lock("other-" + std::to_string(i));
+    }
+    CHECK(r.stats().entries == 0);
+
+    std::vector<std::uint64_t> seen;  // appended under the key's lock
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+        threads.emplace_back([&] {
+            for (int i = 0; i < 500; ++i) {
+                Guard g = r.lock("shared");
+                seen.push_back(g.fencing_token());
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    REQUIRE(seen.size() == 2000);
+    for (std::size_t i = 1; i < seen.size(); ++i) REQUIRE(seen[i] > seen[i - 1]);
+}
+
+TEST_CASE("a thread that dies holding a guard releases it", "[local]") {
+    KeyedLockRegistry r;
+    std::thread t([&] {
+        try {
+            r.with_lock("k", []() -> void { throw std::runtime_error("worker died"); });
+        } catch (const std::runtime_error&) {
+        }
+    });
+    t.join();
+    CHECK(r.try_lock("k").has_value());
+    CHECK(r.stats().entries == 0);
+}
+
+TEST_CASE("get_or_create creates once under contention", "[local]") {
+    KeyedLockRegistry r;
+    std::mutex store_mu;
+    std::map<std::string, int> store;
+    std::atomic<int> creates{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 16; ++t) {
+        threads.emplace_back([&, t] {
+            for (int i = 0; i < 50; ++i) {
+                const std::string id = "client-" + std::to_string(i % 5);
+                int v = r.get_or_create(
+                    id,
+                    [&]() -> std::optional<int> {
+                        std::lock_guard lk(store_mu);
+                        auto it = store.find(id);
+                        return it == store.end() ? std::nullopt : std::optional<int>(it->second);
+                    },
+                    [&] {
+                        ++creates;
+                        std::this_thread::sleep_for(1ms);  // the gap that makes duplicates
+                        std::lock_guard lk(store_mu);
+                        store[id] = t;
+                        return t;
+                    });
+                CHECK(v >= 0);
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    CHECK(creates == 5);
+    CHECK(r.stats().entries == 0);
+}
+
+TEST_CASE("obtain gives a TimedLockable handle", "[local]") {
+    static_assert(requires(keylock::KeyMutex m) {
+        m.lock();
+        m.unlock();
+        { m.try_lock() } -> std::same_as<bool>;
+        { m.try_lock_for(1ms) } -> std::same_as<bool>;
+        { m.try_lock_until(Clock::now()) } -> std::same_as<bool>;
+    });
+    KeyedLockRegistry r;
+    auto a = r.obtain("a");
+    auto b = r.obtain("b");
+    CHECK(a.key() == "a");
+    {
+        std::scoped_lock both(a, b);  // std::lock's deadlock avoidance over two keys
+        CHECK_FALSE(r.try_lock("a").has_value());
+        CHECK_FALSE(r.try_lock("b").has_value());
+        std::thread t([&] {
+            auto a2 = r.obtain("a");
+            CHECK_FALSE(a2.try_lock_for(20ms));
+            CHECK_FALSE(a2.try_lock());
+        });
+        t.join();
+    }
+    {
+        std::unique_lock lk(a, std::defer_lock);
+        CHECK(lk.try_lock_for(1s));
+        CHECK(a.fencing_token() > 0);
+    }
+    std::timed_mutex tm;
+    std::scoped_lock mixed(a, tm);  // works beside standard mutexes too
+    CHECK_FALSE(r.try_lock("a").has_value());
+}
+
+TEST_CASE("guards, handles and waiters may outlive the registry", "[local]") {
+    std::optional<Guard> g;
+    std::optional<keylock::KeyMutex> m;
+    std::thread waiter;
+    {
+        KeyedLockRegistry r(with([](auto& o) { o.idle_ttl = 1h; }));
+        { Guard warm = r.lock("warm"); }
+        g = r.lock("k");
+        m = r.obtain("m");
+        waiter = std::thread([&m] {
+            // Waits on the handle's key after the registry itself is gone.
+            std::this_thread::sleep_for(50ms);
+            m->lock();
+            m->unlock();
+        });
+        m->lock();
+    }
+    CHECK(g->key() == "k");
+    std::this_thread::sleep_for(100ms);
+    m->unlock();
+    waiter.join();
+    g.reset();
+    m.reset();  // the last reference: frees the registry state (ASan/LSan check)
+}

@@ -1,1 +1,243 @@
+// The registry core above the backend interface, tested against an instrumented fake backend:
+// guards release exactly once, deadlines reach the backend as intended, errors map to the API.
 #include <catch2/catch.hpp>
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <keylock/keylock.hpp>
+
+using keylock::errc;
+using keylock::Guard;
+using keylock::KeyedLockRegistry;
+using keylock::detail::Clock;
+using keylock::detail::Deadline;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// A backend that grants or refuses as told and records every call.
+class FakeBackend final : public keylock::detail::Backend {
+public:
+    struct FakeHold : keylock::detail::Hold {
+        std::string key;
+    };
+    struct FakePin : keylock::detail::Pin {
+        std::string key;
+    };
+
+    std::error_code refuse_with;      // when set, acquire fails with this
+    std::error_code release_reports;  // what release reports
+    std::vector<Deadline> deadlines;
+    int releases = 0;
+    int pins = 0;
+    int unpins = 0;
+    bool closed = false;
+    std::uint64_t fence = 0;
+
+    keylock::detail::Acquired acquire(std::string_view key, keylock::detail::Pin*, Deadline deadline,
+                                      const std::stop_token&, std::error_code& ec) override {
+        deadlines.push_back(deadline);
+        if (refuse_with) {
+            ec = refuse_with;
+            return {};
+        }
+        auto* h = new FakeHold;
+        h->key = key;
+        return {h, ++fence};
+    }
+    void async_acquire(std::string_view, keylock::detail::AsyncWaiter* w) override {
+        w->complete(errc::unavailable, {});
+    }
+    void cancel(keylock::detail::AsyncWaiter*) noexcept override {}
+    void release(keylock::detail::Hold* h, std::error_code& ec) noexcept override {
+        ++releases;
+        delete static_cast<FakeHold*>(h);
+        ec = release_reports;
+    }
+    std::string_view key(const keylock::detail::Hold* h) const noexcept override {
+        return static_cast<const FakeHold*>(h)->key;
+    }
+    bool lost(const keylock::detail::Hold*) const noexcept override { return false; }
+    keylock::detail::Pin* pin(std::string_view key) override {
+        ++pins;
+        auto* p = new FakePin;
+        p->key = key;
+        return p;
+    }
+    void unpin(keylock::detail::Pin* p) noexcept override {
+        ++unpins;
+        delete static_cast<FakePin*>(p);
+    }
+    std::string_view key(const keylock::detail::Pin* p) const noexcept override {
+        return static_cast<const FakePin*>(p)->key;
+    }
+    keylock::Stats stats() const override { return {}; }
+    std::string describe() const override { return "fake://"; }
+    void close() noexcept override { closed = true; }
+};
+
+struct Fixture {
+    std::shared_ptr<FakeBackend> fake = std::make_shared<FakeBackend>();
+    KeyedLockRegistry registry = KeyedLockRegistry::from_backend(
+        std::shared_ptr<keylock::detail::Backend>(fake.get(), [](keylock::detail::Backend* b) { b->close(); }));
+};
+
+}  // namespace
+
+TEST_CASE("a guard releases exactly once, whatever happens to it", "[registry]") {
+    Fixture f;
+    {
+        Guard g = f.registry.lock("k");
+        CHECK(g.owns_lock());
+        CHECK(g.key() == "k");
+        CHECK(g.fencing_token() == 1);
+        Guard moved = std::move(g);
+        CHECK_FALSE(g.owns_lock());  // NOLINT(bugprone-use-after-move): documented state
+        CHECK(g.key().empty());      // NOLINT(bugprone-use-after-move)
+        Guard other = f.registry.lock("j");
+        other = std::move(moved);  // releases "j"
+        CHECK(f.fake->releases == 1);
+        CHECK(other.key() == "k");
+    }
+    CHECK(f.fake->releases == 2);
+
+    Guard g = f.registry.lock("k");
+    g.release();
+    CHECK(f.fake->releases == 3);
+    CHECK(g.fencing_token() == 3);  // still readable after release
+    std::error_code ec;
+    g.release(ec);
+    CHECK(ec == errc::not_held);
+    CHECK_THROWS_AS(g.release(), keylock::Error);
+    CHECK(f.fake->releases == 3);
+}
+
+TEST_CASE("release reports what the backend reports", "[registry]") {
+    Fixture f;
+    f.fake->release_reports = errc::not_owner;
+    Guard g = f.registry.lock("k");
+    try {
+        g.release();
+        FAIL("expected not_owner");
+    } catch (const keylock::Error& e) {
+        CHECK(e.code() == errc::not_owner);
+    }
+    CHECK_FALSE(g.owns_lock());
+    Guard quiet = f.registry.lock("k");  // the destructor swallows it
+}
+
+TEST_CASE("deadlines reach the backend as asked", "[registry]") {
+    Fixture f;
+    (void)f.registry.lock("k");
+    CHECK(f.fake->deadlines.back() == Deadline::max());
+
+    auto before = Clock::now();
+    (void)f.registry.try_lock("k");
+    CHECK(f.fake->deadlines.back() >= before);
+    CHECK(f.fake->deadlines.back() <= Clock::now());
+
+    before = Clock::now();
+    (void)f.registry.try_lock_for("k", 250ms);
+    CHECK(f.fake->deadlines.back() >= before + 250ms);
+    CHECK(f.fake->deadlines.back() <= Clock::now() + 250ms);
+
+    (void)f.registry.try_lock_for("k", std::chrono::hours::max());
+    CHECK(f.fake->deadlines.back() == Deadline::max());
+    (void)f.registry.try_lock_for("k", -5s);
+    CHECK(f.fake->deadlines.back() <= Clock::now());
+
+    const auto at = Clock::now() + 1s;
+    (void)f.registry.try_lock_until("k", at);
+    CHECK(f.fake->deadlines.back() == at);
+    before = Clock::now();
+    (void)f.registry.try_lock_until("k", std::chrono::system_clock::now() + 2s);
+    CHECK(f.fake->deadlines.back() >= before + 1900ms);
+    CHECK(f.fake->deadlines.back() <= Clock::now() + 2s);
+}
+
+TEST_CASE("timeouts and stops are nullopt for try_*, errors otherwise throw", "[registry]") {
+    Fixture f;
+    f.fake->refuse_with = errc::timeout;
+    CHECK_FALSE(f.registry.try_lock("k").has_value());
+    CHECK_FALSE(f.registry.try_lock_for("k", 1s).has_value());
+    f.fake->refuse_with = errc::cancelled;
+    CHECK_FALSE(f.registry.try_lock_for("k", 1s).has_value());
+    CHECK_THROWS_AS(f.registry.lock("k"), keylock::Error);
+    f.fake->refuse_with = errc::key_too_long;
+    CHECK_THROWS_AS(f.registry.try_lock("k"), keylock::Error);
+    try {
+        (void)f.registry.lock(std::string("bin\0ary\r\n", 9));
+        FAIL("expected an error");
+    } catch (const keylock::Error& e) {
+        CHECK(e.code() == errc::key_too_long);
+        CHECK(std::string(e.what()).find("'bin?ary?" "?' (9 bytes)") != std::string::npos);
+    }
+}
+
+TEST_CASE("with_lock passes the guard when asked and releases on exceptions", "[registry]") {
+    Fixture f;
+    CHECK(f.registry.with_lock("k", [] { return 42; }) == 42);
+    CHECK(f.registry.with_lock("k", [](Guard& g) { return g.fencing_token(); }) == 2);
+    CHECK(f.fake->releases == 2);
+    CHECK_THROWS_AS(f.registry.with_lock("k", []() -> int { throw std::runtime_error("boom"); }),
+                    std::runtime_error);
+    CHECK(f.fake->releases == 3);
+    int x = 0;
+    int& r = f.registry.with_lock("k", [&x]() -> int& { return x; });
+    CHECK(&r == &x);
+}
+
+TEST_CASE("get_or_create finds first, locks, finds again, creates once", "[registry]") {
+    Fixture f;
+    std::vector<std::string> calls;
+    std::optional<int> stored;
+    auto find = [&] {
+        calls.push_back("find");
+        return stored;
+    };
+    auto create = [&] {
+        calls.push_back("create");
+        stored = 7;
+        return 7;
+    };
+    CHECK(f.registry.get_or_create("k", find, create) == 7);
+    CHECK(calls == std::vector<std::string>{"find", "find", "create"});
+    CHECK(f.fake->deadlines.size() == 1);
+    calls.clear();
+    CHECK(f.registry.get_or_create("k", find, create) == 7);
+    CHECK(calls == std::vector<std::string>{"find"});
+    CHECK(f.fake->deadlines.size() == 1);  // found without locking
+}
+
+TEST_CASE("obtain pins the key until the handle goes", "[registry]") {
+    Fixture f;
+    {
+        auto m = f.registry.obtain("k");
+        CHECK(f.fake->pins == 1);
+        CHECK(m.key() == "k");
+        CHECK_THROWS_AS(m.unlock(), keylock::Error);
+        {
+            std::unique_lock lk(m);
+            CHECK(lk.owns_lock());
+        }
+        CHECK(f.fake->releases == 1);
+        m.lock();  // destroyed while locked: released and unpinned
+    }
+    CHECK(f.fake->releases == 2);
+    CHECK(f.fake->unpins == 1);
+}
+
+TEST_CASE("the backend is closed when the last registry copy goes", "[registry]") {
+    auto fake = std::make_shared<FakeBackend>();
+    {
+        auto r = KeyedLockRegistry::from_backend(
+            std::shared_ptr<keylock::detail::Backend>(fake.get(), [](keylock::detail::Backend* b) { b->close(); }));
+        auto copy = r;
+        { auto moved = std::move(r); }
+        CHECK_FALSE(fake->closed);
+        CHECK(copy.describe() == "fake://");
+    }
+    CHECK(fake->closed);
+}

@@ -1,1 +1,121 @@
+// Many threads, random interleavings, exact counts. Run under ThreadSanitizer in CI.
 #include <catch2/catch.hpp>
+
+#include <atomic>
+#include <random>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <keylock/keylock.hpp>
+
+using keylock::Guard;
+using keylock::KeyedLockRegistry;
+using keylock::RegistryOptions;
+using namespace std::chrono_literals;
+
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr int kOpsPerThread = 4000;
+#else
+constexpr int kOpsPerThread = 20000;
+#endif
+
+struct alignas(64) Slot {
+    long value = 0;          // read-modify-write without atomics: only the lock protects it
+    int inside = 0;          // holders right now; must never exceed 1
+    std::uint64_t fence = 0;  // last fencing token seen
+};
+
+/// 16 threads over 64 keys, each op a random way of taking the lock.
+void hammer(const RegistryOptions& options) {
+    KeyedLockRegistry r(options);
+    constexpr int kThreads = 16;
+    constexpr int kKeys = 64;
+    std::vector<Slot> slots(kKeys);
+    std::vector<std::string> keys;
+    for (int k = 0; k < kKeys; ++k) keys.push_back("account-" + std::to_string(k));
+    std::atomic<long> done{0};
+    std::atomic<int> violations{0};
+    std::stop_source never;
+
+    auto critical = [&](int k, std::uint64_t fence) {
+        Slot& s = slots[k];
+        if (++s.inside != 1) ++violations;
+        if (fence <= s.fence) ++violations;
+        s.fence = fence;
+        long v = s.value;
+        if ((v & 7) == 0) std::this_thread::yield();  // widen the race window now and then
+        s.value = v + 1;
+        --s.inside;
+        ++done;
+    };
+
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            std::mt19937 rng(1234u + static_cast<unsigned>(t));
+            std::uniform_int_distribution<int> key(0, kKeys - 1), how(0, 5);
+            for (int i = 0; i < kOpsPerThread; ++i) {
+                const int k = key(rng);
+                switch (how(rng)) {
+                    case 0: {
+                        Guard g = r.lock(keys[k]);
+                        critical(k, g.fencing_token());
+                        break;
+                    }
+                    case 1: {
+                        if (auto g = r.try_lock(keys[k])) critical(k, g->fencing_token());
+                        break;
+                    }
+                    case 2: {
+                        if (auto g = r.try_lock_for(keys[k], std::chrono::microseconds(rng() % 200))) {
+                            critical(k, g->fencing_token());
+                        }
+                        break;
+                    }
+                    case 3: {
+                        r.with_lock(keys[k], [&](Guard& g) { critical(k, g.fencing_token()); });
+                        break;
+                    }
+                    case 4: {
+                        auto m = r.obtain(keys[k]);
+                        std::unique_lock lk(m);
+                        critical(k, m.fencing_token());
+                        break;
+                    }
+                    default: {
+                        Guard g = r.lock(keys[k], never.get_token());
+                        critical(k, g.fencing_token());
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    long sum = 0;
+    for (const auto& s : slots) sum += s.value;
+    CHECK(violations == 0);
+    CHECK(sum == done.load());
+    const auto st = r.stats();
+    CHECK(st.waiting == 0);
+    CHECK(st.acquisitions == static_cast<std::uint64_t>(done.load()));
+    // Idle entries go at once, or within idle_ttl plus a sweep.
+    const auto limit = std::chrono::steady_clock::now() + 10s;
+    while (r.stats().entries != 0 && std::chrono::steady_clock::now() < limit) std::this_thread::sleep_for(1ms);
+    CHECK(r.stats().entries == 0);
+}
+
+}  // namespace
+
+TEST_CASE("16 threads on 64 keys: exact counts, one holder, rising tokens", "[stress]") {
+    RegistryOptions o;
+    SECTION("default") {}
+    SECTION("fair") { o.fair = true; }
+    SECTION("one shard") { o.shards = 1; }
+    SECTION("idle_ttl") { o.idle_ttl = 1ms; }
+    hammer(o);
+}

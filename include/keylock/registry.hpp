@@ -231,6 +231,12 @@ public:
             detail::AsyncLockInitiation{backend_}, token, std::string(key));
     }
 
+    /// A registry over a backend of your own (the extension point for new backends and for
+    /// tests). The shared_ptr's deleter should call `close()`.
+    static KeyedLockRegistry from_backend(std::shared_ptr<detail::Backend> backend) noexcept {
+        return KeyedLockRegistry(std::move(backend));
+    }
+
     /// A snapshot of the counters (see Stats).
     Stats stats() const { return backend_->stats(); }
 
