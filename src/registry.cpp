@@ -59,6 +59,8 @@ void throw_error(std::error_code ec, std::string_view key, const char* what) {
         if (key.size() > 32) message += "...";
         message += "' (" + std::to_string(key.size()) + " bytes)";
     }
+    message += ": ";
+    message += ec.message();
     throw Error(ec, message);
 }
 

@@ -97,6 +97,17 @@ TEST_CASE("bad URLs and options are typed errors naming the part at fault", "[co
     expect_error([&] { KeyedLockRegistry r(bad); }, errc::invalid_option, "shards");
 }
 
+TEST_CASE("messages are one sentence, without repetition", "[config]") {
+    try {
+        KeyedLockRegistry::from_url("memcached://h");
+        FAIL("no error");
+    } catch (const keylock::Error& e) {
+        CHECK(std::string(e.what()) == "keylock: unknown URL scheme 'memcached' (this build supports: local)");
+    }
+    CHECK(std::string(keylock::Error(keylock::make_error_code(errc::timeout)).what()) ==
+          "keylock: lock not acquired before the deadline");
+}
+
 TEST_CASE("from_env reads the variable and falls back when unset or empty", "[config]") {
     ::unsetenv("KEYLOCK_TEST_URL");
     CHECK(KeyedLockRegistry::from_env("KEYLOCK_TEST_URL").describe() == "local://");

@@ -16,7 +16,8 @@
 #include <keylock/keylock.hpp>
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#include <sanitizer/allocator_interface.h>
+// From the sanitizers' allocator interface (GCC ships no header for it).
+extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
 #define KEYLOCK_SANITIZED 1
 #endif
 

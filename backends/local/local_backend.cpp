@@ -80,6 +80,7 @@ struct alignas(64) Shard {
     std::uint64_t timeouts = 0;
     std::uint64_t cancellations = 0;
     std::uint64_t waiting = 0;
+    bool closed = false;  // the registry is gone: free entries at once, count them down
 
     Shard() = default;
     Shard(const Shard&) = delete;
@@ -331,7 +332,7 @@ public:
                 return e;
             }
         }
-        throw Error(ec, "keylock: obtain");
+        throw Error(ec, "keylock: obtain: " + ec.message());
     }
     void unpin(detail::Pin* pin) noexcept override {
         auto* e = static_cast<Entry*>(pin);
@@ -367,17 +368,18 @@ public:
             sweeper_cv_.notify_all();
             sweeper_.join();
         }
-        std::size_t live = 0;
-        for (std::size_t i = 0; i < options_.shards; ++i) shards_[i].mu.lock();
+        // Shard by shard (one mutex at a time): drop idle entries, mark the shard closed and
+        // add its live entries to `orphans_`. Each later free in a closed shard takes one off.
+        // The extra 1 held during the walk keeps an early free from reaching zero.
+        orphans_.fetch_add(1, std::memory_order_relaxed);
         for (std::size_t i = 0; i < options_.shards; ++i) {
             Shard& s = shards_[i];
+            std::lock_guard lk(s.mu);
             while (s.idle_head != nullptr) free_entry(s, s.idle_head);
-            live += s.size;
+            s.closed = true;
+            orphans_.fetch_add(s.size, std::memory_order_relaxed);
         }
-        closed_ = true;
-        orphans_.store(live, std::memory_order_relaxed);
-        for (std::size_t i = 0; i < options_.shards; ++i) shards_[i].mu.unlock();
-        if (live == 0) delete this;
+        if (orphans_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
     }
 
 private:
@@ -529,12 +531,12 @@ private:
     /// Called after a reference to `e` went: frees or parks the entry if nothing refers to it.
     void release_ref(Shard& s, Entry* e, ShardLock& guard) noexcept {
         if (e->refs != 0 || e->held) return;
-        if (options_.idle_ttl.count() > 0 && !closed_) {
+        if (options_.idle_ttl.count() > 0 && !s.closed) {
             if (!e->idle) s.idle_push(e, Clock::now() + options_.idle_ttl);
             return;
         }
         free_entry(s, e);
-        if (closed_ && orphans_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        if (s.closed && orphans_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
             guard.delete_backend_after();
         }
     }
@@ -568,7 +570,6 @@ private:
     const unsigned shard_bits_;
     std::unique_ptr<Shard[]> shards_;
     std::atomic<std::size_t> total_{0};    // entries, maintained only when max_keys is set
-    bool closed_ = false;                  // written under every shard mutex
     std::atomic<std::size_t> orphans_{0};  // entries still referenced after close()
     std::condition_variable_any sweeper_cv_;
     std::jthread sweeper_;

@@ -6,6 +6,7 @@
 // the password of a URL.
 #pragma once
 
+#include <stdexcept>
 #include <string>
 #include <system_error>
 #include <type_traits>
@@ -41,12 +42,19 @@ inline std::error_code make_error_code(errc e) noexcept {
 }
 
 /// The exception thrown by synchronous calls. `code()` is in `error_category()` (or, for errors
-/// from the operating system, the system category); `what()` names the failing operation.
+/// from the operating system, the system category); `what()` is one sentence naming the
+/// failing operation and the part at fault.
 class Error : public std::system_error {
 public:
-    explicit Error(std::error_code ec) : std::system_error(ec) {}
-    Error(std::error_code ec, const std::string& what) : std::system_error(ec, what) {}
-    Error(errc e, const std::string& what) : std::system_error(make_error_code(e), what) {}
+    explicit Error(std::error_code ec)
+        : std::system_error(ec), message_("keylock: " + ec.message()) {}
+    Error(std::error_code ec, const std::string& what) : std::system_error(ec), message_(what) {}
+    Error(errc e, const std::string& what) : Error(make_error_code(e), what) {}
+
+    const char* what() const noexcept override { return message_.what(); }
+
+private:
+    std::runtime_error message_;  // a refcounted string: copying the exception cannot throw
 };
 
 }  // namespace keylock

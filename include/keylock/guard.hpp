@@ -69,7 +69,7 @@ public:
     void release() {
         std::error_code ec;
         release(ec);
-        if (ec) throw Error(ec, "keylock: release");
+        if (ec) throw Error(ec, "keylock: release: " + ec.message());
     }
     /// As `release()`, reporting through `ec` instead of throwing.
     void release(std::error_code& ec) noexcept {

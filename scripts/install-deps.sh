@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian bookworm packages keylock needs to build, test and run its demo.
+# Idempotent: does nothing when everything is there. Needs root (or sudo).
+set -euo pipefail
+
+packages=(
+    build-essential cmake pkg-config
+    libboost1.81-dev libboost-url1.81-dev   # Asio (headers) and Boost.URL
+    catch2                                  # tests
+    libsqlite3-dev                          # the get-or-create demo
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "keylock: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
