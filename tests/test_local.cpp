@@ -15,6 +15,8 @@
 
 #include <keylock/keylock.hpp>
 
+#include "thread_checks.hpp"
+
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 // From the sanitizers' allocator interface (GCC ships no header for it).
 extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
@@ -105,13 +107,15 @@ TEST_CASE("unrelated keys never wait on each other, even in one shard", "[local]
         std::vector<Guard> held;
         for (int i = 0; i < 100; ++i) held.push_back(r.lock("held-" + std::to_string(i)));
         // Another thread locks thousands of other keys while those are held: none may fail.
+        ThreadChecks tc;
         std::thread t([&] {
             for (int i = 0; i < 10000; ++i) {
                 auto g = r.try_lock("free-" + std::to_string(i));
-                REQUIRE(g.has_value());
+                THREAD_CHECK(tc, g.has_value());
             }
         });
         t.join();
+        tc.report();
         CHECK(r.stats().entries == 100);
         CHECK(r.stats().timeouts == 0);
     }
@@ -123,23 +127,27 @@ TEST_CASE("an entry is never freed while held, awaited or pinned", "[local]") {
         Guard g = r.lock("k");
         std::this_thread::sleep_for(50ms);  // many sweeps later
         CHECK(r.stats().entries == 1);
-        std::thread t([&] { CHECK_FALSE(r.try_lock("k").has_value()); });
+        bool taken = false;
+        std::thread t([&] { taken = r.try_lock("k").has_value(); });
         t.join();
+        CHECK_FALSE(taken);
     }
     SECTION("awaited: the waiter's entry survives the holder's release") {
         KeyedLockRegistry r;
         auto g = std::make_optional(r.lock("k"));
         const auto first = g->fencing_token();
         std::uint64_t second = 0;
+        std::uint64_t entries_while_held = 0;
         std::thread t([&] {
             Guard g2 = r.lock("k");
             second = g2.fencing_token();
-            CHECK(r.stats().entries == 1);
+            entries_while_held = r.stats().entries;
         });
         REQUIRE(eventually([&] { return r.stats().waiting == 1; }));
         CHECK(r.stats().entries == 1);
         g.reset();
         t.join();
+        CHECK(entries_while_held == 1);
         CHECK(second > first);
         CHECK(r.stats().entries == 0);
     }
@@ -168,8 +176,10 @@ TEST_CASE("an entry is never freed while held, awaited or pinned", "[local]") {
         Guard fresh = r.lock("fresh");  // evicts "idle", never "held"
         CHECK(r.stats().entries == 2);
         CHECK(error_of([&] { (void)r.lock("one-too-many"); }) == errc::too_many_keys);
-        std::thread t([&] { CHECK_FALSE(r.try_lock("held").has_value()); });
+        bool taken = false;
+        std::thread t([&] { taken = r.try_lock("held").has_value(); });
         t.join();
+        CHECK_FALSE(taken);
     }
 }
 
@@ -229,19 +239,21 @@ TEST_CASE("idle_ttl keeps idle entries warm, then frees them", "[local]") {
 TEST_CASE("deadlines are honoured and timeouts leave nothing behind", "[local]") {
     KeyedLockRegistry r;
     Guard g = r.lock("k");
+    ThreadChecks tc;
     std::thread t([&] {
         auto start = Clock::now();
-        CHECK_FALSE(r.try_lock_for("k", 100ms).has_value());
+        THREAD_CHECK(tc, !r.try_lock_for("k", 100ms).has_value());
         auto waited = Clock::now() - start;
-        CHECK(waited >= 100ms);
-        CHECK(waited < 3s);
+        THREAD_CHECK(tc, waited >= 100ms);
+        THREAD_CHECK(tc, waited < 3s);
         start = Clock::now();
-        CHECK_FALSE(r.try_lock_until("k", std::chrono::system_clock::now() + 50ms).has_value());
-        CHECK(Clock::now() - start >= 45ms);
-        CHECK_FALSE(r.try_lock_until("k", Clock::now() - 1s).has_value());
-        CHECK_FALSE(r.try_lock_for("k", 0ms).has_value());
+        THREAD_CHECK(tc, !r.try_lock_until("k", std::chrono::system_clock::now() + 50ms).has_value());
+        THREAD_CHECK(tc, Clock::now() - start >= 45ms);
+        THREAD_CHECK(tc, !r.try_lock_until("k", Clock::now() - 1s).has_value());
+        THREAD_CHECK(tc, !r.try_lock_for("k", 0ms).has_value());
     });
     t.join();
+    tc.report();
     auto st = r.stats();
     CHECK(st.timeouts == 4);
     CHECK(st.waiting == 0);
@@ -267,13 +279,15 @@ TEST_CASE("a blocking wait can be cancelled and leaves nothing behind", "[local]
     stop.request_stop();
     t.join();
     CHECK(outcome == 2);
+    ThreadChecks tc;
     std::thread t2([&] {
         // Already stopped: fails at once, without waiting for the deadline.
         auto start = Clock::now();
-        CHECK_FALSE(r.try_lock_for("k", 10s, stop.get_token()).has_value());
-        CHECK(Clock::now() - start < 5s);
+        THREAD_CHECK(tc, !r.try_lock_for("k", 10s, stop.get_token()).has_value());
+        THREAD_CHECK(tc, Clock::now() - start < 5s);
     });
     t2.join();
+    tc.report();
     auto st = r.stats();
     CHECK(st.cancellations == 2);
     CHECK(st.waiting == 0);
@@ -291,7 +305,8 @@ TEST_CASE("a timed-out waiter passes on the wake-up it consumed", "[local]") {
     KeyedLockRegistry r;
     auto g = std::make_optional(r.lock("k"));
     std::atomic<bool> second_got{false};
-    std::thread first([&] { CHECK_FALSE(r.try_lock_for("k", 200ms).has_value()); });
+    std::atomic<bool> first_got{false};
+    std::thread first([&] { first_got = r.try_lock_for("k", 200ms).has_value(); });
     REQUIRE(eventually([&] { return r.stats().waiting == 1; }));
     std::thread second([&] {
         Guard g2 = r.lock("k");
@@ -299,6 +314,7 @@ TEST_CASE("a timed-out waiter passes on the wake-up it consumed", "[local]") {
     });
     REQUIRE(eventually([&] { return r.stats().waiting == 2; }));
     first.join();
+    CHECK_FALSE(first_got.load());
     CHECK_FALSE(second_got.load());
     g.reset();
     second.join();
@@ -428,7 +444,7 @@ TEST_CASE("get_or_create creates once under contention", "[local]") {
                         store[id] = t;
                         return t;
                     });
-                CHECK(v >= 0);
+                if (v < 0) ++creates;  // never: would break the count below
             }
         });
     }
@@ -453,12 +469,13 @@ TEST_CASE("obtain gives a TimedLockable handle", "[local]") {
         std::scoped_lock both(a, b);  // std::lock's deadlock avoidance over two keys
         CHECK_FALSE(r.try_lock("a").has_value());
         CHECK_FALSE(r.try_lock("b").has_value());
+        bool got = false;
         std::thread t([&] {
             auto a2 = r.obtain("a");
-            CHECK_FALSE(a2.try_lock_for(20ms));
-            CHECK_FALSE(a2.try_lock());
+            got = a2.try_lock_for(20ms) || a2.try_lock();
         });
         t.join();
+        CHECK_FALSE(got);
     }
     {
         std::unique_lock lk(a, std::defer_lock);
