@@ -1,21 +1,21 @@
 // The local backend. Design notes (docs/design.md has the longer version):
 //
-// * The table is split into shards, each a cache-line-aligned mutex, an intrusive chained hash
-//   table, a small free list of recycled entries and its counters. A shard mutex is held only
-//   for bookkeeping, never while a key's lock is waited for or held, so a shard's keys do not
-//   wait on each other.
+// * The table is split into shards. A shard's first cache line holds all that an uncontended
+//   lock + unlock touches: a 4-byte spin-then-sleep mutex, the table size, a fencing counter
+//   and a few inline hash buckets. The shard mutex guards bookkeeping only, never a key's lock
+//   while it is waited for or held, so keys of one shard do not wait on each other.
 // * An entry counts its references (holder + waiters + pins). When that count reaches zero the
-//   entry is unlinked and recycled at once, or parked on the shard's idle list for `idle_ttl`.
-//   Nothing frees an entry with references: no cache expiry can drop a held or awaited lock.
+//   entry is unlinked and recycled into a small per-thread cache at once, or, with `idle_ttl`,
+//   marked idle and freed later by a sweeper that scans the table. Nothing frees an entry with
+//   references: no expiry or eviction can drop a held or awaited lock.
 // * Fencing tokens come from a per-shard counter. A key always maps to one shard and the
 //   counter never goes back, so a key's tokens strictly increase even though its entry (and any
 //   per-key state) is freed between uses.
-// * Waiters queue FIFO on their entry. Each sync waiter sleeps on its own condition variable
-//   (paired with the shard mutex), so a release wakes exactly one thread. With `fair`, release
-//   hands the lock straight to the first waiter; otherwise it frees the lock and wakes the
-//   first waiter, and a thread arriving meanwhile may take it (as with std::mutex), which
-//   keeps a hot key's throughput close to a bare mutex. Async waiters are always handed the
-//   lock directly, since they cannot retry by themselves.
+// * Waiters queue FIFO on their entry. Each sync waiter sleeps on its own semaphore, so a
+//   release wakes exactly one thread. With `fair`, release hands the lock straight to the first
+//   waiter; otherwise it frees the lock and wakes the first waiter, and a thread arriving
+//   meanwhile may take it (as with std::mutex). Async waiters are always handed the lock
+//   directly, since they cannot retry by themselves.
 // * The last registry handle calls close(). If guards, waiters or pins still exist the backend
 //   stays alive, counts them down, and the one that frees the last entry deletes it.
 #include "local_backend.hpp"
@@ -25,6 +25,9 @@
 #include <bit>
 #include <cassert>
 #include <condition_variable>
+#include <cstring>
+#include <random>
+#include <semaphore>
 #include <mutex>
 #include <new>
 #include <optional>
@@ -35,6 +38,7 @@
 
 #include <keylock/error.hpp>
 
+
 namespace keylock::local {
 namespace {
 
@@ -44,74 +48,152 @@ using detail::Clock;
 using detail::Deadline;
 using detail::WaitNode;
 
+/// A 4-byte mutex for the shard's short critical sections: spins briefly, then sleeps on the
+/// word (std::atomic::wait). It fits in the shard's hot cache line beside what it guards, and
+/// does not put a thread to sleep for a wait of a few dozen nanoseconds.
+class ShardMutex {
+public:
+    static constexpr int kSpins = 16;  // a few hundred ns: about a shard's critical section
+
+    void lock() noexcept {
+        std::uint32_t expected = 0;
+        if (state_.compare_exchange_weak(expected, 1, std::memory_order_acquire, std::memory_order_relaxed)) {
+            return;
+        }
+        lock_slow();
+    }
+    bool try_lock() noexcept {
+        std::uint32_t expected = 0;
+        return state_.compare_exchange_strong(expected, 1, std::memory_order_acquire, std::memory_order_relaxed);
+    }
+    void unlock() noexcept {
+        if (state_.exchange(0, std::memory_order_release) == 2) state_.notify_one();
+    }
+
+private:
+    static void pause() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        asm volatile("yield");
+#endif
+    }
+    void lock_slow() noexcept {
+        for (int i = 0; i < kSpins; ++i) {
+            pause();
+            std::uint32_t expected = 0;
+            if (state_.load(std::memory_order_relaxed) == 0 &&
+                state_.compare_exchange_weak(expected, 1, std::memory_order_acquire, std::memory_order_relaxed)) {
+                return;
+            }
+        }
+        // 2 = locked with (possible) sleepers: unlock() then wakes one.
+        while (state_.exchange(2, std::memory_order_acquire) != 0) state_.wait(2, std::memory_order_relaxed);
+    }
+    std::atomic<std::uint32_t> state_{0};
+};
+
 struct Entry final : detail::Hold, detail::Pin {
-    Entry* chain = nullptr;       // next in the hash bucket
-    std::size_t hash = 0;
-    std::string key;
-    std::uint32_t refs = 0;       // holder + waiters + pins
-    std::uint32_t shard = 0;
-    bool held = false;
-    bool idle = false;            // on the shard's idle list
+    // First cache line: what lock and unlock touch.
+    Entry* chain = nullptr;       // next in the hash bucket, or in a free list
+    std::uint64_t hash = 0;
     WaitNode* head = nullptr;     // FIFO queue of waiters
+    std::uint32_t refs = 0;       // holder + waiters + pins
+    std::uint16_t shard = 0;
+    bool held = false;
+    bool idle = false;            // kept warm by idle_ttl
+    std::string key;
+    // Second line: waiting and idle bookkeeping.
     WaitNode* tail = nullptr;
-    Entry* idle_prev = nullptr;   // idle list, oldest first
-    Entry* idle_next = nullptr;
     Deadline idle_until{};
 };
 
 struct SyncWaiter final : WaitNode {
-    std::condition_variable cv;
+    std::counting_semaphore<> wake{0};
 };
 
-constexpr std::size_t kMinBuckets = 8;
-constexpr std::size_t kFreeListCap = 16;
+/// Recycled entries, per thread: the entry a thread frees is the one it most likely allocates
+/// next, still in its own cache. Bounded, and freed when the thread exits.
+class EntryCache {
+public:
+    EntryCache() = default;
+    EntryCache(const EntryCache&) = delete;
+    EntryCache& operator=(const EntryCache&) = delete;
+    ~EntryCache() {
+        while (head_ != nullptr) delete std::exchange(head_, head_->chain);
+    }
+    Entry* get() {
+        if (head_ == nullptr) return new Entry;
+        --count_;
+        return std::exchange(head_, head_->chain);
+    }
+    void put(Entry* e) noexcept {
+        if (count_ >= kCap || e->key.capacity() > 64) {
+            delete e;
+            return;
+        }
+        e->chain = head_;
+        e->head = e->tail = nullptr;
+        e->idle = false;
+        head_ = e;
+        ++count_;
+    }
+
+private:
+    static constexpr int kCap = 16;
+    Entry* head_ = nullptr;
+    int count_ = 0;
+};
+
+thread_local EntryCache entry_cache;
+
+constexpr std::uint32_t kInlineBuckets = 4;
 
 struct alignas(64) Shard {
-    std::mutex mu;
-    std::vector<Entry*> buckets = std::vector<Entry*>(kMinBuckets, nullptr);
-    std::size_t size = 0;
-    Entry* free_list = nullptr;
-    std::size_t free_count = 0;
-    Entry* idle_head = nullptr;
-    Entry* idle_tail = nullptr;
-    std::uint64_t fence = 0;
-    std::uint64_t acquisitions = 0;
+    // First cache line: everything an uncontended lock + unlock touches.
+    ShardMutex mu;
+    std::uint32_t size = 0;
+    std::uint32_t mask = kInlineBuckets - 1;
+    bool closed = false;          // the registry is gone: free entries at once, count them down
+    Entry** buckets = inline_buckets;
+    std::uint64_t fence = 0;      // also the number of acquisitions in this shard
+    Entry* inline_buckets[kInlineBuckets] = {};
+    // Second line: counters of the slow paths.
     std::uint64_t contended = 0;
     std::uint64_t timeouts = 0;
     std::uint64_t cancellations = 0;
     std::uint64_t waiting = 0;
-    bool closed = false;  // the registry is gone: free entries at once, count them down
+    std::uint64_t idle = 0;       // entries kept warm now
 
     Shard() = default;
     Shard(const Shard&) = delete;
     Shard& operator=(const Shard&) = delete;
     ~Shard() {
-        for (Entry* e : buckets) {
-            while (e != nullptr) delete std::exchange(e, e->chain);
+        for (std::uint32_t i = 0; i <= mask; ++i) {
+            for (Entry* e = buckets[i]; e != nullptr;) delete std::exchange(e, e->chain);
         }
-        while (free_list != nullptr) delete std::exchange(free_list, free_list->chain);
+        if (buckets != inline_buckets) delete[] buckets;
     }
 
-    Entry* find(std::string_view key, std::size_t hash) const noexcept {
-        for (Entry* e = buckets[hash & (buckets.size() - 1)]; e != nullptr; e = e->chain) {
+    Entry* find(std::string_view key, std::uint64_t hash) const noexcept {
+        for (Entry* e = buckets[hash & mask]; e != nullptr; e = e->chain) {
             if (e->hash == hash && e->key == key) return e;
         }
         return nullptr;
     }
 
-    Entry* insert(std::string_view key, std::size_t hash, std::uint32_t index) {
-        if (size + 1 > buckets.size()) rehash(buckets.size() * 2);
-        Entry* e = free_list;
-        if (e != nullptr) {
-            free_list = e->chain;
-            --free_count;
-        } else {
-            e = new Entry;
+    Entry* insert(std::string_view key, std::uint64_t hash, std::uint16_t index) {
+        if (size + 1 > mask + 1) rehash((mask + 1) * 2);
+        Entry* e = entry_cache.get();
+        try {
+            e->key.assign(key);
+        } catch (...) {
+            entry_cache.put(e);
+            throw;
         }
-        e->key.assign(key);
         e->hash = hash;
         e->shard = index;
-        Entry*& bucket = buckets[hash & (buckets.size() - 1)];
+        Entry*& bucket = buckets[hash & mask];
         e->chain = bucket;
         bucket = e;
         ++size;
@@ -119,53 +201,44 @@ struct alignas(64) Shard {
     }
 
     void erase(Entry* e) noexcept {
-        Entry** link = &buckets[e->hash & (buckets.size() - 1)];
+        Entry** link = &buckets[e->hash & mask];
         while (*link != e) link = &(*link)->chain;
         *link = e->chain;
         --size;
-        if (free_count < kFreeListCap && e->key.capacity() <= 64) {
-            e->chain = free_list;
-            free_list = e;
-            ++free_count;
-        } else {
-            delete e;
-        }
-        if (buckets.size() > kMinBuckets && size * 8 < buckets.size()) {
+        entry_cache.put(e);
+        if (mask + 1 > kInlineBuckets && size * 8 < mask + 1) {
             try {
-                rehash(buckets.size() / 2);
+                rehash((mask + 1) / 2);
             } catch (const std::bad_alloc&) {
                 // Keep the larger table; it is still correct.
             }
         }
     }
 
-    void rehash(std::size_t count) {
-        std::vector<Entry*> fresh(count, nullptr);
-        for (Entry* e : buckets) {
-            while (e != nullptr) {
+    void rehash(std::uint32_t count) {
+        Entry** fresh = count <= kInlineBuckets ? nullptr : new Entry*[count]();
+        Entry* all = nullptr;  // unlink everything first: the inline array may be both source and target
+        for (std::uint32_t i = 0; i <= mask; ++i) {
+            for (Entry* e = buckets[i]; e != nullptr;) {
                 Entry* next = e->chain;
-                Entry*& bucket = fresh[e->hash & (count - 1)];
-                e->chain = bucket;
-                bucket = e;
+                e->chain = all;
+                all = e;
                 e = next;
             }
         }
-        buckets.swap(fresh);
-    }
-
-    void idle_push(Entry* e, Deadline until) noexcept {
-        e->idle = true;
-        e->idle_until = until;
-        e->idle_next = nullptr;
-        e->idle_prev = idle_tail;
-        (idle_tail ? idle_tail->idle_next : idle_head) = e;
-        idle_tail = e;
-    }
-    void idle_remove(Entry* e) noexcept {
-        (e->idle_prev ? e->idle_prev->idle_next : idle_head) = e->idle_next;
-        (e->idle_next ? e->idle_next->idle_prev : idle_tail) = e->idle_prev;
-        e->idle = false;
-        e->idle_prev = e->idle_next = nullptr;
+        if (buckets != inline_buckets) delete[] buckets;
+        if (fresh == nullptr) {
+            std::fill(std::begin(inline_buckets), std::end(inline_buckets), nullptr);
+            fresh = inline_buckets;
+        }
+        buckets = fresh;
+        mask = count - 1;
+        while (all != nullptr) {
+            Entry* e = std::exchange(all, all->chain);
+            Entry*& bucket = buckets[e->hash & mask];
+            e->chain = bucket;
+            bucket = e;
+        }
     }
 };
 
@@ -185,10 +258,35 @@ void dequeue(Entry* e, WaitNode* w) noexcept {
     w->queued = false;
 }
 
+/// A seeded 64-bit hash of a key (keys may come from the network: the seed, random per
+/// registry, keeps anyone from choosing keys that all land in one bucket).
+std::uint64_t hash_bytes(std::string_view key, std::uint64_t seed) noexcept {
+    __extension__ using u128 = unsigned __int128;
+    auto mix = [](std::uint64_t a, std::uint64_t b) {
+        const u128 r = static_cast<u128>(a) * b;
+        return static_cast<std::uint64_t>(r) ^ static_cast<std::uint64_t>(r >> 64);
+    };
+    constexpr std::uint64_t k1 = 0xa0761d6478bd642fULL, k2 = 0xe7037ed1a0b428dbULL;
+    const char* p = key.data();
+    std::size_t n = key.size();
+    std::uint64_t h = seed ^ mix(n ^ k1, k2);
+    while (n >= 8) {
+        std::uint64_t w;
+        std::memcpy(&w, p, 8);
+        h = mix(h ^ w, k1);
+        p += 8;
+        n -= 8;
+    }
+    std::uint64_t tail = 0;
+    std::memcpy(&tail, p, n);
+    h = mix(h ^ tail ^ (static_cast<std::uint64_t>(n) << 56), k2);
+    return mix(h, k1);
+}
+
 class LocalBackend;
 
-/// The shard lock, plus the work that must happen after it is dropped: completing an async
-/// waiter, and deleting a closed backend whose last entry just went.
+/// The shard lock, plus the work that must happen after it is dropped: completing async
+/// waiters, and deleting a closed backend whose last entry just went.
 class ShardLock {
 public:
     ShardLock(LocalBackend* backend, Shard& shard) : backend_(backend), lock_(shard.mu) {}
@@ -196,26 +294,27 @@ public:
     ShardLock& operator=(const ShardLock&) = delete;
     ~ShardLock();
 
-    std::unique_lock<std::mutex>& lock() noexcept { return lock_; }
+    std::unique_lock<ShardMutex>& lock() noexcept { return lock_; }
     /// Completes `w` once the shard mutex is dropped (at most two per lock: a cancelled waiter
     /// and the one the lock passes to).
-    void complete_after(AsyncWaiter* w, std::error_code ec, Acquired a) noexcept {
+    void complete_after(AsyncWaiter* w, errc error, Acquired a) noexcept {
         assert(count_ < 2);
-        done_[count_++] = {w, ec, a};
+        done_[count_++] = {w, error, a.hold, a.fence};
     }
     void delete_backend_after() noexcept { delete_backend_ = true; }
 
 private:
-    LocalBackend* backend_;
-    std::unique_lock<std::mutex> lock_;
-    struct Completion {
-        AsyncWaiter* waiter = nullptr;
-        std::error_code ec;
-        Acquired acquired;
+    struct Completion {  // trivial: nothing is initialised on the fast path
+        AsyncWaiter* waiter;
+        errc error;  // errc{} for success
+        detail::Hold* hold;
+        std::uint64_t fence;
     };
-    Completion done_[2];
+    LocalBackend* backend_;
+    std::unique_lock<ShardMutex> lock_;
     int count_ = 0;
     bool delete_backend_ = false;
+    Completion done_[2];  // the first count_ are set
 };
 
 class LocalBackend final : public detail::Backend {
@@ -223,6 +322,7 @@ public:
     explicit LocalBackend(const RegistryOptions& options)
         : options_(options),
           shard_bits_(static_cast<unsigned>(std::countr_zero(options.shards))),
+          seed_(std::random_device{}() * 0x9e3779b97f4a7c15ULL ^ reinterpret_cast<std::uintptr_t>(this)),
           shards_(std::make_unique<Shard[]>(options.shards)) {
         if (options_.idle_ttl.count() > 0) {
             sweeper_ = std::jthread([this](std::stop_token stop) { sweep_loop(stop); });
@@ -234,12 +334,12 @@ public:
     Acquired acquire(std::string_view key, detail::Pin* pin, Deadline deadline,
                      const std::stop_token& stop, std::error_code& ec) override {
         Entry* e = nullptr;
-        std::size_t hash = 0;
+        std::uint64_t hash = 0;
         if (pin != nullptr) {
             e = static_cast<Entry*>(pin);
         } else {
             if (ec = check_key(key); ec) return {};
-            hash = hash_of(key);
+            hash = hash_bytes(key, seed_);
         }
         Shard& s = pin ? shards_[e->shard] : shards_[shard_of(hash)];
         ShardLock guard(this, s);
@@ -264,21 +364,21 @@ public:
     }
 
     void async_acquire(std::string_view key, AsyncWaiter* w) override {
-        std::error_code ec = check_key(key);
-        if (ec) {
+        if (std::error_code ec = check_key(key)) {
             w->complete(ec, {});
             return;
         }
-        const std::size_t hash = hash_of(key);
+        const std::uint64_t hash = hash_bytes(key, seed_);
         Shard& s = shards_[shard_of(hash)];
         ShardLock guard(this, s);
+        std::error_code ec;
         Entry* e = find_or_insert(s, key, hash, ec);
         if (e == nullptr) {
-            guard.complete_after(w, ec, {});
+            guard.complete_after(w, static_cast<errc>(ec.value()), {});
             return;
         }
         if (!e->held && (!options_.fair || e->head == nullptr)) {
-            guard.complete_after(w, {}, take(s, e, false));
+            guard.complete_after(w, errc{}, take(s, e, false));
             return;
         }
         w->shard = e->shard;
@@ -324,7 +424,7 @@ public:
     detail::Pin* pin(std::string_view key) override {
         std::error_code ec = check_key(key);
         if (!ec) {
-            const std::size_t hash = hash_of(key);
+            const std::uint64_t hash = hash_bytes(key, seed_);
             Shard& s = shards_[shard_of(hash)];
             ShardLock guard(this, s);
             if (Entry* e = find_or_insert(s, key, hash, ec)) {
@@ -351,7 +451,7 @@ public:
             Shard& s = shards_[i];
             std::lock_guard lk(s.mu);
             st.entries += s.size;
-            st.acquisitions += s.acquisitions;
+            st.acquisitions += s.fence;
             st.contended += s.contended;
             st.timeouts += s.timeouts;
             st.cancellations += s.cancellations;
@@ -365,7 +465,6 @@ public:
     void close() noexcept override {
         if (sweeper_.joinable()) {
             sweeper_.request_stop();
-            sweeper_cv_.notify_all();
             sweeper_.join();
         }
         // Shard by shard (one mutex at a time): drop idle entries, mark the shard closed and
@@ -375,7 +474,7 @@ public:
         for (std::size_t i = 0; i < options_.shards; ++i) {
             Shard& s = shards_[i];
             std::lock_guard lk(s.mu);
-            while (s.idle_head != nullptr) free_entry(s, s.idle_head);
+            expire_idle(s, Deadline::max());
             s.closed = true;
             orphans_.fetch_add(s.size, std::memory_order_relaxed);
         }
@@ -390,24 +489,25 @@ private:
         if (key.size() > options_.max_key_bytes) return errc::key_too_long;
         return {};
     }
-    static std::size_t hash_of(std::string_view key) noexcept { return std::hash<std::string_view>{}(key); }
-    std::size_t shard_of(std::size_t hash) const noexcept {
+    std::size_t shard_of(std::uint64_t hash) const noexcept {
         // Buckets use the low bits; shards use the high ones.
-        return shard_bits_ == 0 ? 0 : hash >> (sizeof(std::size_t) * 8 - shard_bits_);
+        return shard_bits_ == 0 ? 0 : static_cast<std::size_t>(hash >> (64 - shard_bits_));
     }
 
-    Entry* find_or_insert(Shard& s, std::string_view key, std::size_t hash, std::error_code& ec) {
+    Entry* find_or_insert(Shard& s, std::string_view key, std::uint64_t hash, std::error_code& ec) {
         if (Entry* e = s.find(key, hash)) {
-            if (e->idle) s.idle_remove(e);
+            if (e->idle) {
+                e->idle = false;
+                --s.idle;
+            }
             return e;
         }
-        if (s.idle_head != nullptr) expire_idle(s, Clock::now());
         if (options_.max_keys != 0 && !reserve_slot(s)) {
             ec = errc::too_many_keys;
             return nullptr;
         }
         try {
-            return s.insert(key, hash, static_cast<std::uint32_t>(&s - shards_.get()));
+            return s.insert(key, hash, static_cast<std::uint16_t>(&s - shards_.get()));
         } catch (const std::bad_alloc&) {
             if (options_.max_keys != 0) total_.fetch_sub(1, std::memory_order_relaxed);
             throw;
@@ -422,15 +522,14 @@ private:
                 if (total_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
                 continue;
             }
-            if (s.idle_head == nullptr) return false;
-            free_entry(s, s.idle_head);
+            if (s.idle == 0) return false;
+            expire_idle(s, Deadline::max());
         }
     }
 
     Acquired take(Shard& s, Entry* e, bool waited) noexcept {
         e->held = true;
         ++e->refs;
-        ++s.acquisitions;
         if (waited) ++s.contended;
         return {e, ++s.fence};
     }
@@ -443,18 +542,17 @@ private:
             dequeue(e, w);
             --s.waiting;
             e->held = true;  // the waiter's reference becomes the holder's
-            ++s.acquisitions;
             ++s.contended;
             w->granted = true;
             w->fence = ++s.fence;
             if (w->is_async) {
-                guard.complete_after(static_cast<AsyncWaiter*>(w), {}, {e, w->fence});
+                guard.complete_after(static_cast<AsyncWaiter*>(w), errc{}, {e, w->fence});
             } else {
-                static_cast<SyncWaiter*>(w)->cv.notify_one();
+                static_cast<SyncWaiter*>(w)->wake.release();
             }
         } else if (!w->woken) {
             w->woken = true;
-            static_cast<SyncWaiter*>(w)->cv.notify_one();
+            static_cast<SyncWaiter*>(w)->wake.release();
         }
     }
 
@@ -466,21 +564,12 @@ private:
         ++e->refs;
         ++s.waiting;
 
-        // The stop callback takes the shard mutex before notifying, so a stop cannot slip in
-        // between our check of stop_requested() and the wait. It is made and destroyed without
-        // the shard mutex held, since it may run (or be running) on another thread.
-        auto on_stop = [&s, &w] {
-            std::lock_guard lk(s.mu);
-            w.cv.notify_one();
-        };
-        std::optional<std::stop_callback<decltype(on_stop)>> stop_cb;
-        auto& lk = guard.lock();
-        if (stop.stop_possible()) {
-            lk.unlock();
-            stop_cb.emplace(stop, on_stop);
-            lk.lock();
-        }
+        // A stop only has to wake the waiter: the semaphore keeps the wake-up even if it comes
+        // before the waiter sleeps, and the loop below re-checks everything under the lock.
+        auto on_stop = [&w] { w.wake.release(); };
+        std::stop_callback<decltype(on_stop)> stop_cb(stop, on_stop);  // inert if stop is impossible
 
+        auto& lk = guard.lock();
         Acquired result;
         for (;;) {
             if (w.granted) {
@@ -505,11 +594,13 @@ private:
                 break;
             }
             w.woken = false;
+            lk.unlock();
             if (deadline == Deadline::max()) {
-                w.cv.wait(lk);
+                w.wake.acquire();
             } else {
-                w.cv.wait_until(lk, deadline);
+                (void)w.wake.try_acquire_until(deadline);
             }
+            lk.lock();
         }
         if (result.hold == nullptr) {
             dequeue(e, &w);
@@ -518,13 +609,8 @@ private:
             if (!e->held) dispatch(s, e, guard);  // pass on a wake-up we may have consumed
             release_ref(s, e, guard);
         }
-        // Never the last reference of a closed backend (the caller holds a registry or a pin),
-        // so the shard is still ours to lock here.
-        if (stop_cb) {
-            lk.unlock();
-            stop_cb.reset();
-            lk.lock();
-        }
+        // Wakers touch `w` only under the shard mutex, which we hold; the stop callback goes
+        // before `w` does (members and locals are destroyed in reverse order).
         return result;
     }
 
@@ -532,7 +618,9 @@ private:
     void release_ref(Shard& s, Entry* e, ShardLock& guard) noexcept {
         if (e->refs != 0 || e->held) return;
         if (options_.idle_ttl.count() > 0 && !s.closed) {
-            if (!e->idle) s.idle_push(e, Clock::now() + options_.idle_ttl);
+            e->idle = true;
+            e->idle_until = Clock::now() + options_.idle_ttl;
+            ++s.idle;
             return;
         }
         free_entry(s, e);
@@ -542,22 +630,41 @@ private:
     }
 
     void free_entry(Shard& s, Entry* e) noexcept {
-        if (e->idle) s.idle_remove(e);
+        if (e->idle) {
+            e->idle = false;
+            --s.idle;
+        }
         s.erase(e);
         if (options_.max_keys != 0) total_.fetch_sub(1, std::memory_order_relaxed);
     }
 
+    /// Frees the shard's idle entries whose time is up (all of them for Deadline::max()).
     void expire_idle(Shard& s, Deadline now) noexcept {
-        while (s.idle_head != nullptr && s.idle_head->idle_until <= now) free_entry(s, s.idle_head);
+        if (s.idle == 0) return;
+        std::vector<Entry*> expired;
+        for (std::uint32_t i = 0; i <= s.mask; ++i) {
+            for (Entry* e = s.buckets[i]; e != nullptr; e = e->chain) {
+                if (e->idle && (now == Deadline::max() || e->idle_until <= now)) {
+                    try {
+                        expired.push_back(e);
+                    } catch (const std::bad_alloc&) {
+                        break;  // the next sweep gets the rest
+                    }
+                }
+            }
+        }
+        for (Entry* e : expired) free_entry(s, e);
     }
 
+    /// Frees idle entries a few times per idle_ttl, scanning each shard's table. A scan is
+    /// linear in the entries but runs rarely; in exchange, reusing a warm entry costs nothing.
     void sweep_loop(const std::stop_token& stop) {
         const auto period = std::max<std::chrono::milliseconds>(options_.idle_ttl / 4,
                                                                 std::chrono::milliseconds(1));
         std::mutex mu;
+        std::condition_variable_any cv;
         std::unique_lock lk(mu);
-        while (!stop.stop_requested()) {
-            sweeper_cv_.wait_for(lk, stop, period, [] { return false; });
+        while (!cv.wait_for(lk, stop, period, [] { return false; }) && !stop.stop_requested()) {
             const auto now = Clock::now();
             for (std::size_t i = 0; i < options_.shards; ++i) {
                 std::lock_guard shard_lock(shards_[i].mu);
@@ -568,16 +675,19 @@ private:
 
     const RegistryOptions options_;
     const unsigned shard_bits_;
+    const std::uint64_t seed_;
     std::unique_ptr<Shard[]> shards_;
     std::atomic<std::size_t> total_{0};    // entries, maintained only when max_keys is set
     std::atomic<std::size_t> orphans_{0};  // entries still referenced after close()
-    std::condition_variable_any sweeper_cv_;
     std::jthread sweeper_;
 };
 
 ShardLock::~ShardLock() {
     lock_.unlock();
-    for (int i = 0; i < count_; ++i) done_[i].waiter->complete(done_[i].ec, done_[i].acquired);
+    for (int i = 0; i < count_; ++i) {
+        const Completion& c = done_[i];
+        c.waiter->complete(c.error == errc{} ? std::error_code() : make_error_code(c.error), {c.hold, c.fence});
+    }
     if (delete_backend_) delete backend_;
 }
 
