@@ -264,9 +264,10 @@ void report(const char* label, Count c, Clock::duration elapsed) {
 
 constexpr int exit_usage = 64;  // EX_USAGE
 
-[[noreturn]] void usage(const char* argv0, const std::string& problem) {
-    std::fprintf(stderr,
-                 "%s: %s\n"
+[[noreturn]] void usage(const char* argv0, const std::string& problem, int status = exit_usage) {
+    std::FILE* out = status == 0 ? stdout : stderr;
+    if (!problem.empty()) std::fprintf(out, "%s: %s\n", argv0, problem.c_str());
+    std::fprintf(out,
                  "usage: %s [--threads N] [--clients N] [--requests N] [--db PATH]\n"
                  "  --threads N   concurrent request handlers, 1..1024 (default 16)\n"
                  "  --clients N   distinct client ids the requests are drawn from (default 4)\n"
@@ -274,8 +275,8 @@ constexpr int exit_usage = 64;  // EX_USAGE
                  "  --db PATH     SQLite file to use; its table 'clients' is dropped and\n"
                  "                recreated (default: a temporary file, deleted afterwards)\n"
                  "The lock registry is configured by KEYLOCK_URL (default local://).\n",
-                 argv0, problem.c_str(), argv0);
-    std::exit(exit_usage);
+                 argv0);
+    std::exit(status);
 }
 
 int parse_count(const char* argv0, const std::string& option, const char* text, int max) {
@@ -299,7 +300,7 @@ Settings parse_args(int argc, char** argv) {
     const char* argv0 = argc > 0 ? argv[0] : "get_or_create_demo";
     for (int i = 1; i < argc; ++i) {
         const std::string option = argv[i];
-        if (option == "--help" || option == "-h") usage(argv0, "the race keylock prevents");
+        if (option == "--help" || option == "-h") usage(argv0, "", 0);
         if (option != "--threads" && option != "--clients" && option != "--requests" &&
             option != "--db") {
             usage(argv0, "unknown option '" + option + "'");

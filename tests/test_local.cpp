@@ -209,8 +209,8 @@ TEST_CASE("memory returns to its baseline after a million distinct keys", "[loca
 
     for (const auto& k : keys) Guard g = r.lock(k);  // one at a time
     CHECK(r.stats().entries == 0);
-    // What may stay: each shard's small free list of recycled entries (16 at most), so the
-    // residue is bounded by the shard count, not by the keys seen.
+    // What may stay: this thread's small cache of recycled entries (16 at most), so the
+    // residue is bounded, not proportional to the keys seen.
     constexpr std::size_t kSlack = 1024 * 1024;
     CHECK(heap_in_use() < baseline + kSlack);
 
