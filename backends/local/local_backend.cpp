@@ -79,16 +79,25 @@ private:
 #endif
     }
     void lock_slow() noexcept {
-        for (int i = 0; i < kSpins; ++i) {
-            pause();
-            std::uint32_t expected = 0;
-            if (state_.load(std::memory_order_relaxed) == 0 &&
-                state_.compare_exchange_weak(expected, 1, std::memory_order_acquire, std::memory_order_relaxed)) {
-                return;
+        std::uint32_t target = 1;
+        for (;;) {
+            for (int i = 0; i < kSpins; ++i) {
+                pause();
+                std::uint32_t expected = 0;
+                if (state_.load(std::memory_order_relaxed) == 0 &&
+                    state_.compare_exchange_weak(expected, target, std::memory_order_acquire,
+                                                 std::memory_order_relaxed)) {
+                    return;
+                }
             }
+            // 2 = locked with (possible) sleepers: unlock() then wakes one.
+            if (state_.exchange(2, std::memory_order_acquire) == 0) return;
+            state_.wait(2, std::memory_order_relaxed);
+            // Woken: spin again before sleeping again, since the holder is likely to be done
+            // soon. Having slept, we may not be the only sleeper, so we lock as "2" to make our
+            // own unlock wake the next one.
+            target = 2;
         }
-        // 2 = locked with (possible) sleepers: unlock() then wakes one.
-        while (state_.exchange(2, std::memory_order_acquire) != 0) state_.wait(2, std::memory_order_relaxed);
     }
     std::atomic<std::uint32_t> state_{0};
 };
