@@ -482,9 +482,23 @@ TEST_CASE("obtain gives a TimedLockable handle", "[local]") {
         CHECK(lk.try_lock_for(1s));
         CHECK(a.fencing_token() > 0);
     }
-    std::timed_mutex tm;
-    std::scoped_lock mixed(a, tm);  // works beside standard mutexes too
-    CHECK_FALSE(r.try_lock("a").has_value());
+    std::uint64_t through_handle = a.fencing_token();
+    {
+        std::timed_mutex tm;
+        std::scoped_lock mixed(a, tm);  // works beside standard mutexes too
+        CHECK_FALSE(r.try_lock("a").has_value());
+        CHECK(a.fencing_token() > through_handle);
+        through_handle = a.fencing_token();
+    }
+    // Tokens keep rising across the handle, the registry, and the entry being freed.
+    auto g = r.lock("a");
+    CHECK(g.fencing_token() > through_handle);
+    const auto before_free = g.fencing_token();
+    g.release();
+    a = r.obtain("zzz");  // drops the last reference to "a": its entry is freed
+    b = r.obtain("yyy");
+    CHECK(r.stats().entries == 2);
+    CHECK(r.lock("a").fencing_token() > before_free);
 }
 
 TEST_CASE("guards, handles and waiters may outlive the registry", "[local]") {

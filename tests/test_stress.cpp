@@ -119,3 +119,45 @@ TEST_CASE("16 threads on 64 keys: exact counts, one holder, rising tokens", "[st
     SECTION("idle_ttl") { o.idle_ttl = 1ms; }
     hammer(o);
 }
+
+TEST_CASE("threads sharing one KeyMutex, and others locking its key by name", "[stress]") {
+    // A KeyMutex locks its pinned entry without the shard mutex; registry.lock() of the same key
+    // goes through it. Both must exclude each other, with tokens rising in lock order.
+    for (bool fair : {false, true}) {
+        RegistryOptions o;
+        o.fair = fair;
+        KeyedLockRegistry r(o);
+        auto shared = r.obtain("hot");
+        long counter = 0;
+        std::uint64_t last_token = 0;
+        std::atomic<int> violations{0};
+        auto inside = [&](std::uint64_t token) {
+            if (token <= last_token) ++violations;
+            last_token = token;
+            long v = counter;
+            if ((v & 15) == 0) std::this_thread::yield();
+            counter = v + 1;
+        };
+        std::vector<std::thread> threads;
+        for (int t = 0; t < 4; ++t) {
+            threads.emplace_back([&] {
+                for (int i = 0; i < kOpsPerThread / 2; ++i) {
+                    std::lock_guard lk(shared);
+                    inside(shared.fencing_token());
+                }
+            });
+            threads.emplace_back([&] {
+                for (int i = 0; i < kOpsPerThread / 2; ++i) {
+                    Guard g = r.lock("hot");
+                    inside(g.fencing_token());
+                }
+            });
+        }
+        for (auto& t : threads) t.join();
+        CHECK(violations == 0);
+        CHECK(counter == 8L * (kOpsPerThread / 2));
+        CHECK(r.stats().acquisitions == static_cast<std::uint64_t>(counter));
+        CHECK(r.stats().waiting == 0);
+        CHECK(r.stats().entries == 1);  // pinned by `shared`
+    }
+}
