@@ -1,19 +1,16 @@
 // The local backend. Design notes (docs/design.md has the longer version):
 //
 // * The table is split into shards. A shard's first cache line holds all that an uncontended
-//   lock + unlock touches: a 4-byte spin-then-sleep mutex, the table size, the fencing floor
+//   lock + unlock touches: a 4-byte spin-then-sleep mutex, the table size, a fencing counter
 //   and a few inline hash buckets. The shard mutex guards bookkeeping only, never a key's lock
 //   while it is waited for or held, so keys of one shard do not wait on each other.
 // * An entry counts its references (holder + waiters + pins). When that count reaches zero the
 //   entry is unlinked and recycled into a small per-thread cache at once, or, with `idle_ttl`,
 //   marked idle and freed later by a sweeper that scans the table. Nothing frees an entry with
 //   references: no expiry or eviction can drop a held or awaited lock.
-// * Each entry has an atomic lock word (held + "waiters" bit) and an atomic reference count.
-//   The shard mutex finds, creates, frees and queues on entries; locking a referenced entry
-//   (a KeyMutex's) and releasing one that stays referenced need only the word.
-// * Fencing tokens: an entry keeps its key's last token and each holder writes the next. When
-//   an entry is freed its shard's floor rises to that token, and new entries start from the
-//   floor, so a key's tokens strictly increase although its entry is freed between uses.
+// * Fencing tokens come from a per-shard counter. A key always maps to one shard and the
+//   counter never goes back, so a key's tokens strictly increase even though its entry (and any
+//   per-key state) is freed between uses.
 // * Waiters queue FIFO on their entry. Each sync waiter sleeps on its own semaphore, so a
 //   release wakes exactly one thread. With `fair`, release hands the lock straight to the first
 //   waiter; otherwise it frees the lock and wakes the first waiter, and a thread arriving
@@ -105,51 +102,20 @@ private:
     std::atomic<std::uint32_t> state_{0};
 };
 
-struct Entry;
-
-/// What a Guard holds: the entry itself (an acquisition that counts a reference), or the
-/// entry's PinnedHold (an acquisition through a KeyMutex, whose pin already keeps the entry).
-struct HoldBase : detail::Hold {
-    bool pinned = false;
-};
-struct PinnedHold final : HoldBase {
-    Entry* entry = nullptr;
-};
-
-struct Entry final : HoldBase, detail::Pin {
+struct Entry final : detail::Hold, detail::Pin {
     // First cache line: what lock and unlock touch.
     Entry* chain = nullptr;       // next in the hash bucket, or in a free list
     std::uint64_t hash = 0;
-    WaitNode* head = nullptr;     // FIFO queue of waiters (shard mutex)
-    // The key's lock: kHeld, plus kWaiters when a waiter sleeps and the holder's release must
-    // take the shard mutex to wake it. Taken and released with one atomic operation each when
-    // nothing waits, without the shard mutex if the entry is already referenced.
-    std::atomic<std::uint32_t> word{0};
-    // Holder + waiters + pins. Goes 0 -> 1 and 1 -> 0 only under the shard mutex (so a found
-    // entry cannot be freed under the finder); other changes may happen without it.
-    std::atomic<std::uint32_t> refs{0};
+    WaitNode* head = nullptr;     // FIFO queue of waiters
+    std::uint32_t refs = 0;       // holder + waiters + pins
     std::uint16_t shard = 0;
+    bool held = false;
     bool idle = false;            // kept warm by idle_ttl
-    // The last fencing token of this key; written by the key's holder only.
-    std::atomic<std::uint64_t> fence{0};
     std::string key;
     // Second line: waiting and idle bookkeeping.
     WaitNode* tail = nullptr;
     Deadline idle_until{};
-    std::uint64_t fence_start = 0;  // the shard's floor when the entry was made
-    PinnedHold pinned_hold;
-
-    Entry() {
-        pinned_hold.pinned = true;
-        pinned_hold.entry = this;
-    }
 };
-
-Entry* entry_of(const detail::Hold* hold) noexcept {
-    auto* h = static_cast<const HoldBase*>(hold);
-    return h->pinned ? static_cast<const PinnedHold*>(h)->entry
-                     : const_cast<Entry*>(static_cast<const Entry*>(h));
-}
 
 struct SyncWaiter final : WaitNode {
     std::counting_semaphore<> wake{0};
@@ -191,16 +157,6 @@ private:
 thread_local EntryCache entry_cache;
 
 constexpr std::uint32_t kInlineBuckets = 4;
-constexpr std::uint32_t kHeld = 1;
-constexpr std::uint32_t kWaiters = 2;
-
-bool held(const Entry* e) noexcept { return (e->word.load(std::memory_order_relaxed) & kHeld) != 0; }
-
-/// Takes a free key's lock word (0 -> kHeld).
-bool try_take(Entry* e) noexcept {
-    std::uint32_t expected = 0;
-    return e->word.compare_exchange_strong(expected, kHeld, std::memory_order_acquire, std::memory_order_relaxed);
-}
 
 struct alignas(64) Shard {
     // First cache line: everything an uncontended lock + unlock touches.
@@ -209,7 +165,7 @@ struct alignas(64) Shard {
     std::uint32_t mask = kInlineBuckets - 1;
     bool closed = false;          // the registry is gone: free entries at once, count them down
     Entry** buckets = inline_buckets;
-    std::uint64_t fence_floor = 0;  // >= every token of the entries freed from this shard
+    std::uint64_t fence = 0;      // also the number of acquisitions in this shard
     Entry* inline_buckets[kInlineBuckets] = {};
     // Second line: counters of the slow paths.
     std::uint64_t contended = 0;
@@ -217,7 +173,6 @@ struct alignas(64) Shard {
     std::uint64_t cancellations = 0;
     std::uint64_t waiting = 0;
     std::uint64_t idle = 0;       // entries kept warm now
-    std::uint64_t acquisitions = 0;  // of the entries freed from this shard
 
     Shard() = default;
     Shard(const Shard&) = delete;
@@ -247,8 +202,6 @@ struct alignas(64) Shard {
         }
         e->hash = hash;
         e->shard = index;
-        e->fence.store(fence_floor, std::memory_order_relaxed);
-        e->fence_start = fence_floor;
         Entry*& bucket = buckets[hash & mask];
         e->chain = bucket;
         bucket = e;
@@ -257,9 +210,6 @@ struct alignas(64) Shard {
     }
 
     void erase(Entry* e) noexcept {
-        const std::uint64_t last = e->fence.load(std::memory_order_relaxed);
-        fence_floor = std::max(fence_floor, last);
-        acquisitions += last - e->fence_start;
         Entry** link = &buckets[e->hash & mask];
         while (*link != e) link = &(*link)->chain;
         *link = e->chain;
@@ -393,35 +343,33 @@ public:
     Acquired acquire(std::string_view key, detail::Pin* pin, Deadline deadline,
                      const std::stop_token& stop, std::error_code& ec) override {
         Entry* e = nullptr;
+        std::uint64_t hash = 0;
         if (pin != nullptr) {
-            // The pin keeps the entry alive, so an acquisition that does not wait needs no
-            // reference and no shard mutex: the entry's word is locked like a mutex. (Fair
-            // mode goes through the mutex: a waiter may be about to take the key.)
             e = static_cast<Entry*>(pin);
-            if (!options_.fair && try_take(e)) return granted(e, true);
-            Shard& s = shards_[e->shard];
-            ShardLock guard(this, s);
-            if ((!options_.fair || e->head == nullptr) && try_take(e)) return granted(e, true);
-            e->refs.fetch_add(1, std::memory_order_relaxed);  // a waiter counts, like any other
-            return acquire_slow(s, e, deadline, stop, guard, ec);
+        } else {
+            if (ec = check_key(key); ec) return {};
+            hash = hash_bytes(key, seed_);
         }
-        if (ec = check_key(key); ec) return {};
-        const std::uint64_t hash = hash_bytes(key, seed_);
-        Shard& s = shards_[shard_of(hash)];
+        Shard& s = pin ? shards_[e->shard] : shards_[shard_of(hash)];
         ShardLock guard(this, s);
-        const std::uint32_t before = s.size;
-        e = find_or_insert(s, key, hash, ec);
-        if (e == nullptr) return {};
-        if (s.size != before) {
-            // A new entry: nothing else can reach it before we drop the shard mutex, so plain
-            // stores do (the common case when keys are freed as soon as they are idle).
-            e->refs.store(1, std::memory_order_relaxed);
-            e->word.store(kHeld, std::memory_order_relaxed);
-            return granted(e);
+        if (e == nullptr) {
+            e = find_or_insert(s, key, hash, ec);
+            if (e == nullptr) return {};
         }
-        e->refs.fetch_add(1, std::memory_order_relaxed);
-        if ((!options_.fair || e->head == nullptr) && try_take(e)) return granted(e);
-        return acquire_slow(s, e, deadline, stop, guard, ec);
+        if (!e->held && (!options_.fair || e->head == nullptr)) return take(s, e, false);
+        if (deadline != Deadline::max() && deadline <= Clock::now()) {
+            ++s.timeouts;
+            ec = errc::timeout;
+            release_ref(s, e, guard);
+            return {};
+        }
+        if (stop.stop_requested()) {
+            ++s.cancellations;
+            ec = errc::cancelled;
+            release_ref(s, e, guard);
+            return {};
+        }
+        return wait(s, e, deadline, stop, guard, ec);
     }
 
     void async_acquire(std::string_view key, AsyncWaiter* w) override {
@@ -438,15 +386,14 @@ public:
             guard.complete_after(w, static_cast<errc>(ec.value()), {});
             return;
         }
-        e->refs.fetch_add(1, std::memory_order_relaxed);
-        if ((!options_.fair || e->head == nullptr) && try_take(e)) {
-            guard.complete_after(w, errc{}, granted(e));
+        if (!e->held && (!options_.fair || e->head == nullptr)) {
+            guard.complete_after(w, errc{}, take(s, e, false));
             return;
         }
         w->shard = e->shard;
         enqueue(e, w);
+        ++e->refs;
         ++s.waiting;
-        announce_waiters(s, e, guard);
     }
 
     void cancel(AsyncWaiter* w) noexcept override {
@@ -458,47 +405,28 @@ public:
         --s.waiting;
         ++s.cancellations;
         guard.complete_after(w, errc::cancelled, {});
-        announce_waiters(s, e, guard);
-        drop_ref(s, e, guard);
+        --e->refs;
+        if (!e->held) dispatch(s, e, guard);
+        release_ref(s, e, guard);
     }
 
     void release(detail::Hold* hold, std::error_code& ec) noexcept override {
         ec.clear();
-        Entry* e = entry_of(hold);
+        auto* e = static_cast<Entry*>(hold);
         Shard& s = shards_[e->shard];
-        const bool counted = !static_cast<const HoldBase*>(hold)->pinned;
-        if (!counted || e->refs.load(std::memory_order_relaxed) > 1) {
-            // This release cannot free the entry (a pin or other references keep it): try
-            // without the shard mutex. Only a sleeping waiter (kWaiters) needs it.
-            std::uint32_t expected = kHeld;
-            if (e->word.compare_exchange_strong(expected, 0, std::memory_order_release, std::memory_order_relaxed)) {
-                if (!counted) return;
-                std::uint32_t r = e->refs.load(std::memory_order_relaxed);
-                while (r > 1) {
-                    if (e->refs.compare_exchange_weak(r, r - 1, std::memory_order_acq_rel, std::memory_order_relaxed)) {
-                        return;
-                    }
-                }
-                ShardLock guard(this, s);  // ours may be the last reference now
-                drop_ref(s, e, guard);
-                return;
-            }
-        }
         ShardLock guard(this, s);
-        WaitNode* w = e->head;
-        if (w == nullptr) {
-            e->word.store(0, std::memory_order_release);
-        } else if (options_.fair || w->is_async) {
-            grant(s, e, w, guard);  // the key goes straight to the first waiter
+        assert(e->held);
+        e->held = false;
+        --e->refs;
+        if (e->head != nullptr) {
+            dispatch(s, e, guard);
         } else {
-            e->word.store(0, std::memory_order_release);  // free: the first waiter or a newcomer takes it
-            wake(w);
+            release_ref(s, e, guard);
         }
-        if (counted) drop_ref(s, e, guard);
     }
 
     std::string_view key(const detail::Hold* hold) const noexcept override {
-        return entry_of(hold)->key;
+        return static_cast<const Entry*>(hold)->key;
     }
     bool lost(const detail::Hold*) const noexcept override { return false; }
 
@@ -509,7 +437,7 @@ public:
             Shard& s = shards_[shard_of(hash)];
             ShardLock guard(this, s);
             if (Entry* e = find_or_insert(s, key, hash, ec)) {
-                e->refs.fetch_add(1, std::memory_order_relaxed);
+                ++e->refs;
                 return e;
             }
         }
@@ -519,7 +447,8 @@ public:
         auto* e = static_cast<Entry*>(pin);
         Shard& s = shards_[e->shard];
         ShardLock guard(this, s);
-        drop_ref(s, e, guard);
+        --e->refs;
+        release_ref(s, e, guard);
     }
     std::string_view key(const detail::Pin* pin) const noexcept override {
         return static_cast<const Entry*>(pin)->key;
@@ -531,12 +460,7 @@ public:
             Shard& s = shards_[i];
             std::lock_guard lk(s.mu);
             st.entries += s.size;
-            st.acquisitions += s.acquisitions;
-            for (std::uint32_t b = 0; b <= s.mask; ++b) {
-                for (const Entry* e = s.buckets[b]; e != nullptr; e = e->chain) {
-                    st.acquisitions += e->fence.load(std::memory_order_relaxed) - e->fence_start;
-                }
-            }
+            st.acquisitions += s.fence;
             st.contended += s.contended;
             st.timeouts += s.timeouts;
             st.cancellations += s.cancellations;
@@ -612,83 +536,33 @@ private:
         }
     }
 
-    /// The fencing token of an acquisition that just took `e`'s word: one more than the key's
-    /// last. Only the holder writes it, and the word orders holders. A new entry starts from
-    /// its shard's floor, which is at least the last token of every entry freed from it, so a
-    /// key's tokens keep increasing across frees.
-    static Acquired granted(Entry* e, bool pinned = false) noexcept {
-        const std::uint64_t fence = e->fence.load(std::memory_order_relaxed) + 1;
-        e->fence.store(fence, std::memory_order_relaxed);
-        return {pinned ? static_cast<detail::Hold*>(&e->pinned_hold) : e, fence};
+    Acquired take(Shard& s, Entry* e, bool waited) noexcept {
+        e->held = true;
+        ++e->refs;
+        if (waited) ++s.contended;
+        return {e, ++s.fence};
     }
 
-    /// Hands the held or free key straight to waiter `w` (fair mode, async waiters).
-    void grant(Shard& s, Entry* e, WaitNode* w, ShardLock& guard) noexcept {
-        dequeue(e, w);
-        --s.waiting;
-        ++s.contended;
-        // Only the holder releases and only the shard mutex's owner grants, so the word can
-        // be set outright; kWaiters stays while others wait.
-        e->word.store(kHeld | (e->head != nullptr ? kWaiters : 0), std::memory_order_release);
-        w->granted = true;
-        w->fence = granted(e).fence;  // the waiter's reference becomes the holder's
-        if (w->is_async) {
-            guard.complete_after(static_cast<AsyncWaiter*>(w), errc{}, {e, w->fence});
-        } else {
-            static_cast<SyncWaiter*>(w)->wake.release();
-        }
-    }
-
-    static void wake(WaitNode* w) noexcept {
-        if (!w->woken) {
+    /// The entry is free and may have waiters: hand it on according to the fairness policy.
+    void dispatch(Shard& s, Entry* e, ShardLock& guard) noexcept {
+        WaitNode* w = e->head;
+        if (w == nullptr) return;
+        if (options_.fair || w->is_async) {
+            dequeue(e, w);
+            --s.waiting;
+            e->held = true;  // the waiter's reference becomes the holder's
+            ++s.contended;
+            w->granted = true;
+            w->fence = ++s.fence;
+            if (w->is_async) {
+                guard.complete_after(static_cast<AsyncWaiter*>(w), errc{}, {e, w->fence});
+            } else {
+                static_cast<SyncWaiter*>(w)->wake.release();
+            }
+        } else if (!w->woken) {
             w->woken = true;
             static_cast<SyncWaiter*>(w)->wake.release();
         }
-    }
-
-    /// After the queue of `e` changed: make sure a sleeping waiter will be woken. If the key
-    /// is held, mark it kWaiters so the holder's release takes the slow path; if it is free,
-    /// hand it on now.
-    void announce_waiters(Shard& s, Entry* e, ShardLock& guard) noexcept {
-        for (;;) {
-            WaitNode* w = e->head;
-            if (w == nullptr) return;
-            std::uint32_t v = e->word.load(std::memory_order_relaxed);
-            if ((v & kHeld) != 0) {
-                if ((v & kWaiters) != 0 ||
-                    e->word.compare_exchange_weak(v, v | kWaiters, std::memory_order_relaxed)) {
-                    return;
-                }
-                continue;
-            }
-            if (!options_.fair && !w->is_async) {
-                wake(w);  // it takes the key itself, unless a newcomer is faster
-                return;
-            }
-            std::uint32_t expected = v;
-            if (e->word.compare_exchange_weak(expected, kHeld, std::memory_order_acquire, std::memory_order_relaxed)) {
-                grant(s, e, w, guard);
-                return;
-            }
-        }
-    }
-
-    /// The waiting path of a sync acquisition; `e` already counts the caller's reference.
-    Acquired acquire_slow(Shard& s, Entry* e, Deadline deadline, const std::stop_token& stop,
-                          ShardLock& guard, std::error_code& ec) {
-        if (deadline != Deadline::max() && deadline <= Clock::now()) {
-            ++s.timeouts;
-            ec = errc::timeout;
-            drop_ref(s, e, guard);
-            return {};
-        }
-        if (stop.stop_requested()) {
-            ++s.cancellations;
-            ec = errc::cancelled;
-            drop_ref(s, e, guard);
-            return {};
-        }
-        return wait(s, e, deadline, stop, guard, ec);
     }
 
     Acquired wait(Shard& s, Entry* e, Deadline deadline, const std::stop_token& stop,
@@ -696,6 +570,7 @@ private:
         SyncWaiter w;
         w.shard = e->shard;
         enqueue(e, &w);
+        ++e->refs;
         ++s.waiting;
 
         // A stop only has to wake the waiter: the semaphore keeps the wake-up even if it comes
@@ -710,22 +585,12 @@ private:
                 result = {e, w.fence};
                 break;
             }
-            std::uint32_t v = e->word.load(std::memory_order_relaxed);
-            if ((v & kHeld) == 0 && (!options_.fair || e->head == &w)) {
-                const std::uint32_t others = (e->head != &w || w.next != nullptr) ? kWaiters : 0;
-                if (e->word.compare_exchange_weak(v, kHeld | others, std::memory_order_acquire,
-                                                  std::memory_order_relaxed)) {
-                    dequeue(e, &w);
-                    --s.waiting;
-                    ++s.contended;
-                    result = granted(e);
-                    break;
-                }
-                continue;
-            }
-            if ((v & kHeld) == 0) {  // fair, and we are not first: the first one gets it
-                announce_waiters(s, e, guard);
-                continue;
+            if (!e->held && !options_.fair) {
+                dequeue(e, &w);
+                --s.waiting;
+                --e->refs;  // take() counts the holder's reference
+                result = take(s, e, true);
+                break;
             }
             if (stop.stop_requested()) {
                 ec = errc::cancelled;
@@ -736,10 +601,6 @@ private:
                 ec = errc::timeout;
                 ++s.timeouts;
                 break;
-            }
-            if ((v & kWaiters) == 0 &&
-                !e->word.compare_exchange_weak(v, v | kWaiters, std::memory_order_relaxed)) {
-                continue;  // released meanwhile: look again
             }
             w.woken = false;
             lk.unlock();
@@ -753,25 +614,18 @@ private:
         if (result.hold == nullptr) {
             dequeue(e, &w);
             --s.waiting;
-            announce_waiters(s, e, guard);  // pass on a wake-up we may have consumed
-            drop_ref(s, e, guard);
+            --e->refs;
+            if (!e->held) dispatch(s, e, guard);  // pass on a wake-up we may have consumed
+            release_ref(s, e, guard);
         }
         // Wakers touch `w` only under the shard mutex, which we hold; the stop callback goes
-        // before `w` does (locals are destroyed in reverse order).
+        // before `w` does (members and locals are destroyed in reverse order).
         return result;
     }
 
-    /// Drops one reference to `e` (under the shard mutex); frees or parks the entry if that
-    /// was the last.
-    void drop_ref(Shard& s, Entry* e, ShardLock& guard) noexcept {
-        // Only a holder of one of the other references could change the count now, and at 1
-        // there is none: a plain store does.
-        if (e->refs.load(std::memory_order_acquire) == 1) {
-            e->refs.store(0, std::memory_order_relaxed);
-        } else if (e->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) {
-            return;
-        }
-        if (held(e) || e->head != nullptr) return;
+    /// Called after a reference to `e` went: frees or parks the entry if nothing refers to it.
+    void release_ref(Shard& s, Entry* e, ShardLock& guard) noexcept {
+        if (e->refs != 0 || e->held) return;
         if (options_.idle_ttl.count() > 0 && !s.closed) {
             e->idle = true;
             e->idle_until = Clock::now() + options_.idle_ttl;
