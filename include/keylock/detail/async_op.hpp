@@ -44,7 +44,13 @@ public:
                 if (type != boost::asio::cancellation_type::none) backend->cancel(op);
             });
         }
-        backend->async_acquire(key, op);
+        try {
+            backend->async_acquire(key, op);
+        } catch (...) {  // out of memory before the operation was queued: nothing to complete
+            if (slot.is_connected()) slot.clear();
+            delete op;
+            throw;
+        }
     }
 
     void complete(std::error_code ec, Acquired acquired) noexcept override {
