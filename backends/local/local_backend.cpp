@@ -30,7 +30,6 @@
 #include <semaphore>
 #include <mutex>
 #include <new>
-#include <optional>
 #include <string>
 #include <thread>
 #include <utility>

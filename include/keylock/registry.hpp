@@ -44,6 +44,12 @@ Deadline to_deadline(const std::chrono::time_point<C, D>& tp) {
 
 [[noreturn]] void throw_error(std::error_code ec, std::string_view key, const char* what);
 
+/// A stop token that is never stopped.
+inline const std::stop_token& no_stop() noexcept {
+    static const std::stop_token token;
+    return token;
+}
+
 }  // namespace detail
 
 /// A per-key lock handle from `KeyedLockRegistry::obtain`. It meets the standard
@@ -102,8 +108,7 @@ private:
 
     bool acquire(detail::Deadline deadline) {
         std::error_code ec;
-        static const std::stop_token no_stop;
-        auto acquired = backend_->acquire(backend_->key(pin_), pin_, deadline, no_stop, ec);
+        auto acquired = backend_->acquire(backend_->key(pin_), pin_, deadline, detail::no_stop(), ec);
         if (acquired.hold == nullptr) {
             if (ec == errc::timeout) return false;
             detail::throw_error(ec, key(), "lock");
@@ -152,7 +157,7 @@ public:
     /// Waits as long as it takes for `key`. Throws keylock::Error for a bad key or when the
     /// registry refuses a new entry (`too_many_keys`).
     Guard lock(std::string_view key) {
-        return acquire_or_throw(key, detail::Deadline::max(), no_stop());
+        return acquire_or_throw(key, detail::Deadline::max(), detail::no_stop());
     }
     /// Waits for `key` until it is ours or `stop` is requested; on stop, throws keylock::Error
     /// with `errc::cancelled` and leaves nothing behind.
@@ -162,7 +167,7 @@ public:
 
     /// One attempt without waiting: the guard, or nullopt if someone else holds the key.
     std::optional<Guard> try_lock(std::string_view key) {
-        return try_acquire(key, detail::Clock::now(), no_stop());
+        return try_acquire(key, detail::Clock::now(), detail::no_stop());
     }
     /// Waits up to `timeout` (or until `stop`); nullopt when the time ran out or the wait was
     /// stopped. Errors other than those (bad key, too many keys) throw keylock::Error.
@@ -247,10 +252,6 @@ private:
     explicit KeyedLockRegistry(std::shared_ptr<detail::Backend> backend) noexcept
         : backend_(std::move(backend)) {}
 
-    static const std::stop_token& no_stop() noexcept {
-        static const std::stop_token token;
-        return token;
-    }
     Guard acquire_or_throw(std::string_view key, detail::Deadline deadline,
                            const std::stop_token& stop) {
         std::error_code ec;
