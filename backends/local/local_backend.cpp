@@ -440,7 +440,7 @@ public:
                 return e;
             }
         }
-        throw Error(ec, "keylock: obtain: " + ec.message());
+        detail::throw_error(ec, key, "obtain");
     }
     void unpin(detail::Pin* pin) noexcept override {
         auto* e = static_cast<Entry*>(pin);

@@ -8,6 +8,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <type_traits>
 
@@ -58,6 +59,12 @@ private:
 };
 
 }  // namespace keylock
+
+namespace keylock::detail {
+/// Throws keylock::Error for `ec`: "keylock: <what> '<printable key prefix>' (<n> bytes): <message>"
+/// (the key part only when `key` is not empty).
+[[noreturn]] void throw_error(std::error_code ec, std::string_view key, const char* what);
+}  // namespace keylock::detail
 
 template <>
 struct std::is_error_code_enum<keylock::errc> : std::true_type {};

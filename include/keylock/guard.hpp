@@ -69,7 +69,7 @@ public:
     void release() {
         std::error_code ec;
         release(ec);
-        if (ec) throw Error(ec, "keylock: release: " + ec.message());
+        if (ec) detail::throw_error(ec, {}, "release");
     }
     /// As `release()`, reporting through `ec` instead of throwing.
     void release(std::error_code& ec) noexcept {

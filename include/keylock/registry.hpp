@@ -42,7 +42,6 @@ Deadline to_deadline(const std::chrono::time_point<C, D>& tp) {
     }
 }
 
-[[noreturn]] void throw_error(std::error_code ec, std::string_view key, const char* what);
 
 /// A stop token that is never stopped.
 inline const std::stop_token& no_stop() noexcept {
