@@ -27,7 +27,6 @@
 #include <condition_variable>
 #include <cstring>
 #include <random>
-#include <semaphore>
 #include <mutex>
 #include <new>
 #include <string>
@@ -37,6 +36,14 @@
 
 #include <keylock/error.hpp>
 
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
+#endif
 
 namespace keylock::local {
 namespace {
@@ -46,6 +53,45 @@ using detail::AsyncWaiter;
 using detail::Clock;
 using detail::Deadline;
 using detail::WaitNode;
+
+/// Sleeps while `word` holds `expected`, until woken or `deadline`; may return spuriously.
+/// On Linux this is a bare futex wait: std::atomic::wait and std::counting_semaphore spin and
+/// call sched_yield first, which on a 2-vCPU guest costs more than it saves and keeps a waiter
+/// on the CPU beside the thread it waits for.
+void wait_on(std::atomic<std::uint32_t>& word, std::uint32_t expected, Deadline deadline) noexcept {
+#if defined(__linux__)
+    static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+    auto* addr = reinterpret_cast<std::uint32_t*>(&word);
+    if (deadline == Deadline::max()) {
+        ::syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+        return;
+    }
+    // steady_clock is CLOCK_MONOTONIC, the clock of FUTEX_WAIT_BITSET's absolute timeout.
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count();
+    if (ns <= 0) return;
+    timespec ts{};
+    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    ::syscall(SYS_futex, addr, FUTEX_WAIT_BITSET_PRIVATE, expected, &ts, nullptr, FUTEX_BITSET_MATCH_ANY);
+#else
+    if (deadline == Deadline::max()) {
+        word.wait(expected, std::memory_order_relaxed);
+    } else if (word.load(std::memory_order_relaxed) == expected && Clock::now() < deadline) {
+        std::this_thread::sleep_for(std::min<Clock::duration>(deadline - Clock::now(), std::chrono::milliseconds(1)));
+    }
+#endif
+}
+
+/// Wakes one thread sleeping in wait_on(word). The word's memory may already be gone (the
+/// woken thread may have seen the new value and returned): the address is only a key for the
+/// kernel, never dereferenced, as with glibc's mutex unlock.
+void wake_one(std::atomic<std::uint32_t>& word) noexcept {
+#if defined(__linux__)
+    ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+#else
+    word.notify_one();
+#endif
+}
 
 /// A 4-byte mutex for the shard's short critical sections: spins briefly, then sleeps on the
 /// word (std::atomic::wait). It fits in the shard's hot cache line beside what it guards, and
@@ -66,7 +112,7 @@ public:
         return state_.compare_exchange_strong(expected, 1, std::memory_order_acquire, std::memory_order_relaxed);
     }
     void unlock() noexcept {
-        if (state_.exchange(0, std::memory_order_release) == 2) state_.notify_one();
+        if (state_.exchange(0, std::memory_order_release) == 2) wake_one(state_);
     }
 
 private:
@@ -91,7 +137,7 @@ private:
             }
             // 2 = locked with (possible) sleepers: unlock() then wakes one.
             if (state_.exchange(2, std::memory_order_acquire) == 0) return;
-            state_.wait(2, std::memory_order_relaxed);
+            wait_on(state_, 2, Deadline::max());
             // Woken: spin again before sleeping again, since the holder is likely to be done
             // soon. Having slept, we may not be the only sleeper, so we lock as "2" to make our
             // own unlock wake the next one.
@@ -116,8 +162,11 @@ struct Entry final : detail::Hold, detail::Pin {
     Deadline idle_until{};
 };
 
+/// A blocked lock() call. `signal` is set to 1 by whoever wants it to look again (a release,
+/// a grant, a stop request); the waiter clears it under the shard mutex before each look, so
+/// no signal between that look and its sleep is lost.
 struct SyncWaiter final : WaitNode {
-    std::counting_semaphore<> wake{0};
+    std::atomic<std::uint32_t> signal{0};
 };
 
 /// Recycled entries, per thread: the entry a thread frees is the one it most likely allocates
@@ -310,6 +359,14 @@ public:
         done_[count_++] = {w, error, a.hold, a.fence};
     }
     void delete_backend_after() noexcept { delete_backend_ = true; }
+    /// Sets a sync waiter's signal now and makes the wake-up call once the shard mutex is
+    /// dropped, so that the woken thread does not find the mutex still held by its waker.
+    void wake_after(WaitNode* w) noexcept {
+        auto& signal = static_cast<SyncWaiter*>(w)->signal;
+        signal.store(1, std::memory_order_release);
+        assert(wake_ == nullptr);
+        wake_ = &signal;
+    }
 
 private:
     struct Completion {  // trivial: nothing is initialised on the fast path
@@ -320,6 +377,7 @@ private:
     };
     LocalBackend* backend_;
     std::unique_lock<ShardMutex> lock_;
+    std::atomic<std::uint32_t>* wake_ = nullptr;
     int count_ = 0;
     bool delete_backend_ = false;
     Completion done_[2];  // the first count_ are set
@@ -556,11 +614,11 @@ private:
             if (w->is_async) {
                 guard.complete_after(static_cast<AsyncWaiter*>(w), errc{}, {e, w->fence});
             } else {
-                static_cast<SyncWaiter*>(w)->wake.release();
+                guard.wake_after(w);
             }
         } else if (!w->woken) {
             w->woken = true;
-            static_cast<SyncWaiter*>(w)->wake.release();
+            guard.wake_after(w);
         }
     }
 
@@ -572,14 +630,20 @@ private:
         ++e->refs;
         ++s.waiting;
 
-        // A stop only has to wake the waiter: the semaphore keeps the wake-up even if it comes
+        // A stop only has to wake the waiter: the signal keeps the wake-up even if it comes
         // before the waiter sleeps, and the loop below re-checks everything under the lock.
-        auto on_stop = [&w] { w.wake.release(); };
+        auto on_stop = [&w] {
+            w.signal.store(1, std::memory_order_release);
+            wake_one(w.signal);
+        };
         std::stop_callback<decltype(on_stop)> stop_cb(stop, on_stop);  // inert if stop is impossible
 
         auto& lk = guard.lock();
         Acquired result;
         for (;;) {
+            // An exchange, not a store: it reads a stop callback's signal if that came first,
+            // so the stop check below then sees the request.
+            (void)w.signal.exchange(0, std::memory_order_acquire);
             if (w.granted) {
                 result = {e, w.fence};
                 break;
@@ -603,10 +667,9 @@ private:
             }
             w.woken = false;
             lk.unlock();
-            if (deadline == Deadline::max()) {
-                w.wake.acquire();
-            } else {
-                (void)w.wake.try_acquire_until(deadline);
+            while (w.signal.load(std::memory_order_acquire) == 0 &&
+                   (deadline == Deadline::max() || Clock::now() < deadline)) {
+                wait_on(w.signal, 0, deadline);
             }
             lk.lock();
         }
@@ -692,6 +755,7 @@ private:
 
 ShardLock::~ShardLock() {
     lock_.unlock();
+    if (wake_ != nullptr) wake_one(*wake_);
     for (int i = 0; i < count_; ++i) {
         const Completion& c = done_[i];
         c.waiter->complete(c.error == errc{} ? std::error_code() : make_error_code(c.error), {c.hold, c.fence});
