@@ -321,6 +321,7 @@ int main(int argc, char** argv) {
     ttl_opts.idle_ttl = std::chrono::seconds(30);
     keylock::KeyedLockRegistry reg_ttl(ttl_opts);
     keylock::KeyedLockRegistry reg_hot;
+    keylock::KeyedLockRegistry reg_hot_ttl(ttl_opts);
     keylock::KeyedLockRegistry reg_handle;  // separate: its pinned entry must not help reg_hot
     std::vector<keylock::KeyMutex> hot_handles;  // one per thread, all for the hot key
     for (int t = 0; t < 2; ++t) hot_handles.push_back(reg_handle.obtain(w.hot));
@@ -361,6 +362,7 @@ int main(int argc, char** argv) {
             MapOfMutexesOp{*map});
         add("striped", "(c) 1024 striped std::mutex", false, t, StripedOp{*stripes});
         add("hot_keylock", "hot key: keylock, one key", true, t, KeylockOp{reg_hot});
+        add("hot_keylock_ttl", "hot key: keylock, idle_ttl=30s (extra)", true, t, KeylockOp{reg_hot_ttl});
         add("hot_handle", "hot key: keylock, obtain() handle (extra)", true, t,
             KeyMutexOp{hot_handles});
         add("hot_mutex", "hot key: bare std::mutex", true, t, BareMutexOp{hot_mu});

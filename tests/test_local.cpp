@@ -58,6 +58,14 @@ RegistryOptions with(auto&& edit) {
     return o;
 }
 
+/// "k" + i, built by appending: GCC 12 warns falsely (-Wrestrict, its bug 105329) about
+/// `"k" + std::to_string(i)` at -O2.
+std::string numbered(const char* prefix, int i) {
+    std::string s(prefix);
+    s += std::to_string(i);
+    return s;
+}
+
 errc error_of(auto&& fn) {
     try {
         fn();
@@ -69,7 +77,7 @@ errc error_of(auto&& fn) {
 
 }  // namespace
 
-TEST_CASE("one holder per key; others wait or fail to try", "[local]") {
+TEST_CASE("one holder per key, others wait or fail to try", "[local]") {
     KeyedLockRegistry r;
     Guard g = r.lock("a");
     CHECK_FALSE(r.try_lock("a").has_value());
@@ -186,7 +194,7 @@ TEST_CASE("an entry is never freed while held, awaited or pinned", "[local]") {
 TEST_CASE("entries are freed when their last reference goes", "[local]") {
     KeyedLockRegistry r;
     for (int i = 0; i < 1000; ++i) {
-        Guard g = r.lock("k" + std::to_string(i));
+        Guard g = r.lock(numbered("k", i));
         CHECK(r.stats().entries == 1);
     }
     CHECK(r.stats().entries == 0);
@@ -324,7 +332,7 @@ TEST_CASE("a timed-out waiter passes on the wake-up it consumed", "[local]") {
 TEST_CASE("max_keys bounds the entries in memory with a typed error", "[local]") {
     KeyedLockRegistry r(with([](auto& o) { o.max_keys = 10; }));
     std::vector<Guard> held;
-    for (int i = 0; i < 10; ++i) held.push_back(r.lock("k" + std::to_string(i)));
+    for (int i = 0; i < 10; ++i) held.push_back(r.lock(numbered("k", i)));
     CHECK(error_of([&] { (void)r.lock("k10"); }) == errc::too_many_keys);
     CHECK(error_of([&] { (void)r.try_lock("k10"); }) == errc::too_many_keys);
     CHECK(error_of([&] { (void)r.obtain("k10"); }) == errc::too_many_keys);
@@ -340,23 +348,29 @@ TEST_CASE("fair=true hands the key to waiters strictly first come, first served"
     std::mutex mu;
     std::vector<int> order;
     std::vector<std::thread> threads;
+    std::atomic<bool> checked{false};
     for (int i = 0; i < 8; ++i) {
         threads.emplace_back([&, i] {
             Guard mine = r.lock("order-17");
+            // The first one keeps the key until the check below has run (else all eight could
+            // be done before it, and a free key is then correct).
+            while (i == 0 && !checked.load()) std::this_thread::yield();
             std::lock_guard lk(mu);
             order.push_back(i);
         });
         REQUIRE(eventually([&] { return r.stats().waiting == static_cast<std::uint64_t>(i + 1); }));
     }
     g.reset();
-    // The hand-off is direct: a newcomer cannot take the key while waiters queue.
+    // The hand-off is direct: the key passes to the first waiter inside release(), so a
+    // newcomer cannot take it even before that waiter has woken up.
     CHECK_FALSE(r.try_lock("order-17").has_value());
+    checked = true;
     for (auto& t : threads) t.join();
     CHECK(order == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7});
     CHECK(r.stats().entries == 0);
 }
 
-TEST_CASE("bad keys are typed errors; binary keys work", "[local]") {
+TEST_CASE("bad keys are typed errors, binary keys work", "[local]") {
     KeyedLockRegistry r;
     CHECK(error_of([&] { (void)r.lock(""); }) == errc::invalid_key);
     CHECK(error_of([&] { (void)r.try_lock(""); }) == errc::invalid_key);

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <optional>
 #include <random>
 #include <stop_token>
 #include <string>
@@ -159,5 +160,99 @@ TEST_CASE("threads sharing one KeyMutex, and others locking its key by name", "[
         CHECK(r.stats().acquisitions == static_cast<std::uint64_t>(counter));
         CHECK(r.stats().waiting == 0);
         CHECK(r.stats().entries == 1);  // pinned by `shared`
+    }
+}
+
+TEST_CASE("one hot key locked by name from many threads: exact, rising tokens, nothing left", "[stress]") {
+    // Locks by name of one key from several threads publish its entry (then a thread's next lock
+    // of the key skips the table, spinners join it, a release may linger), free it when it goes
+    // idle and publish the next one again: every cycle must keep the lock exclusive, the tokens
+    // rising and the counts exact.
+    struct Case {
+        const char* name;
+        RegistryOptions options;
+        int threads;
+    };
+    std::vector<Case> cases;
+    cases.push_back({"default, 2 threads", {}, 2});
+    cases.push_back({"default, 6 threads", {}, 6});
+    RegistryOptions fair;
+    fair.fair = true;
+    cases.push_back({"fair, 4 threads", fair, 4});
+    RegistryOptions ttl;
+    ttl.idle_ttl = 1ms;
+    cases.push_back({"idle_ttl=1ms, 4 threads", ttl, 4});
+    for (const Case& c : cases) {
+        INFO(c.name);
+        KeyedLockRegistry r(c.options);
+        long counter = 0;
+        int inside = 0;
+        std::uint64_t last_token = 0;
+        std::atomic<int> violations{0};
+        std::atomic<long> timeouts{0};
+        std::vector<std::thread> threads;
+        for (int t = 0; t < c.threads; ++t) {
+            threads.emplace_back([&, t] {
+                for (int i = 0; i < kOpsPerThread; ++i) {
+                    std::optional<Guard> g;
+                    if (i % 97 == 0) {
+                        g = r.try_lock("hot");  // a try never waits, spinning included
+                    } else if (i % 89 == 0) {
+                        g = r.try_lock_for("hot", std::chrono::microseconds(50 + t));
+                    } else {
+                        g = r.lock("hot");
+                    }
+                    if (!g) {
+                        ++timeouts;
+                        continue;
+                    }
+                    if (++inside != 1) ++violations;
+                    if (g->fencing_token() <= last_token) ++violations;
+                    last_token = g->fencing_token();
+                    long v = counter;
+                    if ((v & 31) == 0) std::this_thread::yield();
+                    counter = v + 1;
+                    --inside;
+                }
+            });
+        }
+        for (auto& t : threads) t.join();
+        CHECK(violations == 0);
+        CHECK(counter + timeouts == static_cast<long>(c.threads) * kOpsPerThread);
+        CHECK(r.stats().acquisitions == static_cast<std::uint64_t>(counter));
+        CHECK(r.stats().waiting == 0);
+        const auto limit = std::chrono::steady_clock::now() + 10s;
+        while (r.stats().entries != 0 && std::chrono::steady_clock::now() < limit) std::this_thread::sleep_for(1ms);
+        CHECK(r.stats().entries == 0);
+    }
+}
+
+TEST_CASE("registries come and go while threads remember their entries", "[stress]") {
+    // A thread remembers the last shared entry it locked, across registries. Registries made
+    // and destroyed in a loop (often at the same address) must never let a remembered entry of
+    // a dead registry be used or freed twice (ASan and TSan watch this test).
+    for (int round = 0; round < 200; ++round) {
+        KeyedLockRegistry r;
+        std::atomic<bool> go{false};
+        long counter = 0;
+        std::vector<std::thread> threads;
+        for (int t = 0; t < 2; ++t) {
+            threads.emplace_back([&] {
+                while (!go.load()) std::this_thread::yield();
+                for (int i = 0; i < 50; ++i) {
+                    Guard g = r.lock("k");
+                    ++counter;
+                }
+            });
+        }
+        go = true;
+        for (int i = 0; i < 50; ++i) {
+            Guard g = r.lock("k");
+            ++counter;
+        }
+        for (auto& t : threads) t.join();
+        REQUIRE(counter == 150);
+        REQUIRE(r.stats().entries == 0);
+        REQUIRE(r.stats().acquisitions == 150);
     }
 }

@@ -1,21 +1,35 @@
 // The local backend. Design notes (docs/design.md has the longer version):
 //
 // * The table is split into shards. A shard's first cache line holds all that an uncontended
-//   lock + unlock touches: a 4-byte spin-then-sleep mutex, the table size, a fencing counter
-//   and a few inline hash buckets. The shard mutex guards bookkeeping only, never a key's lock
-//   while it is waited for or held, so keys of one shard do not wait on each other.
-// * An entry counts its references (holder + waiters + pins). When that count reaches zero the
-//   entry is unlinked and recycled into a small per-thread cache at once, or, with `idle_ttl`,
-//   marked idle and freed later by a sweeper that scans the table. Nothing frees an entry with
-//   references: no expiry or eviction can drop a held or awaited lock.
-// * Fencing tokens come from a per-shard counter. A key always maps to one shard and the
-//   counter never goes back, so a key's tokens strictly increase even though its entry (and any
-//   per-key state) is freed between uses.
-// * Waiters queue FIFO on their entry. Each sync waiter sleeps on its own semaphore, so a
+//   lock + unlock of a fresh key touches: a 4-byte spin-then-sleep mutex, the table size, a
+//   fencing counter and a few inline hash buckets. The shard mutex guards the table and the
+//   waiter queues, never a key's lock while it is waited for or held, so keys of one shard do
+//   not wait on each other.
+// * Each entry has one atomic word: held bit, queue bits, reference count (holder + waiters +
+//   pins) and an incarnation number that changes whenever the entry is freed. While nothing
+//   else refers to an entry its word is changed only under the shard mutex, with plain stores.
+//   An entry that turns out to be shared (found referenced by another thread, or pinned by
+//   obtain()) is *published*: from then on its word is changed only by compare-and-swap, and a
+//   thread that has used it keeps a pointer to it in a thread-local slot. The next lock of that
+//   key by that thread is then one compare-and-swap on the word, and an unlock that leaves the
+//   entry referenced another one, without the shard mutex: a hot key costs what a mutex costs.
+// * The incarnation in the word makes a stale slot harmless (its compare-and-swap fails), and a
+//   published entry's memory is not returned to the allocator while any slot points at it
+//   (hazard pointers, checked only when such an entry is deleted, which is rare: entries are
+//   recycled through a per-thread cache).
+// * When the count reaches zero the entry is unlinked and recycled at once, or, with
+//   `idle_ttl`, marked idle and freed later by a sweeper that scans the table. Nothing frees an
+//   entry with references: no expiry or eviction can drop a held or awaited lock.
+// * Fencing tokens come from a per-shard counter; a published entry counts on from the shard's
+//   value in its own word-adjacent counter and folds it back into the shard when it is freed. A
+//   key always maps to one shard and neither counter goes back, so a key's tokens strictly
+//   increase even though its entry is freed between uses.
+// * Waiters queue FIFO on their entry. Each sync waiter sleeps on its own futex word, so a
 //   release wakes exactly one thread. With `fair`, release hands the lock straight to the first
 //   waiter; otherwise it frees the lock and wakes the first waiter, and a thread arriving
 //   meanwhile may take it (as with std::mutex). Async waiters are always handed the lock
-//   directly, since they cannot retry by themselves.
+//   directly, since they cannot retry by themselves. A release must go through the shard
+//   mutex exactly when the word's "slow release" bit says the queue's head needs it.
 // * The last registry handle calls close(). If guards, waiters or pins still exist the backend
 //   stays alive, counts them down, and the one that frees the last entry deletes it.
 #include "local_backend.hpp"
@@ -26,9 +40,9 @@
 #include <cassert>
 #include <condition_variable>
 #include <cstring>
-#include <random>
 #include <mutex>
 #include <new>
+#include <random>
 #include <string>
 #include <thread>
 #include <utility>
@@ -53,6 +67,15 @@ using detail::AsyncWaiter;
 using detail::Clock;
 using detail::Deadline;
 using detail::WaitNode;
+
+/// A spin-wait hint to the CPU.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
 
 /// Sleeps while `word` holds `expected`, until woken or `deadline`; may return spuriously.
 /// On Linux this is a bare futex wait: std::atomic::wait and std::counting_semaphore spin and
@@ -116,18 +139,11 @@ public:
     }
 
 private:
-    static void pause() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#elif defined(__aarch64__)
-        asm volatile("yield");
-#endif
-    }
     void lock_slow() noexcept {
         std::uint32_t target = 1;
         for (;;) {
             for (int i = 0; i < kSpins; ++i) {
-                pause();
+                cpu_relax();
                 std::uint32_t expected = 0;
                 if (state_.load(std::memory_order_relaxed) == 0 &&
                     state_.compare_exchange_weak(expected, target, std::memory_order_acquire,
@@ -147,20 +163,322 @@ private:
     std::atomic<std::uint32_t> state_{0};
 };
 
+/// The bits of Entry::word.
+namespace word {
+constexpr std::uint64_t kHeld = 1;          // locked
+constexpr std::uint64_t kQueued = 2;        // the waiter queue is not empty
+constexpr std::uint64_t kSlowRelease = 4;   // the queue's head needs the releaser (a wake-up or a grant)
+constexpr std::uint64_t kPublished = 8;     // changed only by CAS; fast paths may use it
+constexpr std::uint64_t kShared = 16;       // two references at once, at some point of this incarnation
+constexpr unsigned kRefShift = 5;
+constexpr std::uint64_t kRef = std::uint64_t{1} << kRefShift;
+constexpr std::uint64_t kRefMask = ((std::uint64_t{1} << 27) - 1) << kRefShift;
+constexpr std::uint64_t kIncMask = ~((std::uint64_t{1} << 32) - 1);  // incarnation: high 32 bits
+constexpr std::uint64_t kIncOne = std::uint64_t{1} << 32;
+
+constexpr std::uint64_t refs(std::uint64_t w) noexcept { return (w & kRefMask) >> kRefShift; }
+/// `w` plus `delta` (references, maybe kHeld), noting when another reference already exists.
+constexpr std::uint64_t add(std::uint64_t w, std::uint64_t delta) noexcept {
+    return (w + delta) | (refs(w) != 0 ? kShared : 0);
+}
+/// The word of a freed entry: the next incarnation, nothing else.
+constexpr std::uint64_t freed(std::uint64_t w) noexcept { return (w & kIncMask) + kIncOne; }
+}  // namespace word
+
 struct Entry final : detail::Hold, detail::Pin {
     // First cache line: what lock and unlock touch.
-    Entry* chain = nullptr;       // next in the hash bucket, or in a free list
-    std::uint64_t hash = 0;
-    WaitNode* head = nullptr;     // FIFO queue of waiters
-    std::uint32_t refs = 0;       // holder + waiters + pins
+    std::atomic<std::uint64_t> word{0};
+    Entry* chain = nullptr;        // next in the hash bucket, or in a free list
+    std::atomic<std::uint64_t> fence{0};  // published entries: the last fencing token issued
+    std::uint32_t hash = 0;        // low half of the key's hash (the bucket index bits)
     std::uint16_t shard = 0;
-    bool held = false;
-    bool idle = false;            // kept warm by idle_ttl
+    bool idle = false;             // kept warm by idle_ttl
+    bool published = false;        // has been published: a thread's slot may point here (sticky)
     std::string key;
-    // Second line: waiting and idle bookkeeping.
+    // Second line: waiting and bookkeeping.
+    WaitNode* head = nullptr;      // FIFO queue of waiters
     WaitNode* tail = nullptr;
     Deadline idle_until{};
+    std::uint64_t fence_base = 0;  // the shard's counter when the entry was published
+    Entry* pub_prev = nullptr;     // the shard's list of published entries (for stats)
+    Entry* pub_next = nullptr;
+
+    std::uint64_t load() const noexcept { return word.load(std::memory_order_acquire); }
+    /// Replaces the word by `next` if it still is `expected` (always, for an unpublished
+    /// entry: only the shard mutex's holder writes those).
+    bool replace(std::uint64_t& expected, std::uint64_t next) noexcept {
+        if ((expected & word::kPublished) == 0) {
+            word.store(next, std::memory_order_release);
+            return true;
+        }
+        return word.compare_exchange_weak(expected, next, std::memory_order_acq_rel,
+                                          std::memory_order_acquire);
+    }
 };
+
+/// Tries to take a published entry's lock without the shard mutex: one compare-and-swap, which
+/// fails if the entry is held, has been freed since `incarnation` was read, or (fair) has
+/// waiters. Returns the fencing token, or 0 (then `w` is the word last seen).
+std::uint64_t fast_take(Entry* e, std::uint64_t incarnation, bool fair, std::uint64_t& w) noexcept {
+    for (;;) {
+        if ((w & (word::kIncMask | word::kPublished | word::kHeld)) != (incarnation | word::kPublished)) return 0;
+        if (fair && (w & word::kQueued) != 0) return 0;
+        if (word::refs(w) == word::refs(word::kRefMask)) return 0;  // would overflow: let the slow path refuse
+        if (e->word.compare_exchange_weak(w, word::add(w, word::kRef + word::kHeld), std::memory_order_acquire,
+                                          std::memory_order_relaxed)) {
+            break;
+        }
+    }
+    // Only the holder writes `fence`, and the word's acquire/release orders the holders.
+    const std::uint64_t token = e->fence.load(std::memory_order_relaxed) + 1;
+    e->fence.store(token, std::memory_order_relaxed);
+    return token;
+}
+
+/// How long a spinner may spin: not at all for a try, never past the deadline or a stop.
+struct SpinLimit {
+    Deadline deadline;
+    const std::stop_token& stop;
+
+    bool allows_spinning() const noexcept {
+        return (deadline == Deadline::max() || deadline > Clock::now()) && !stop.stop_requested();
+    }
+    bool reached() const noexcept {
+        return (deadline != Deadline::max() && Clock::now() >= deadline) || stop.stop_requested();
+    }
+};
+
+/// Spins for the lock of a published entry we hold a reference to (a spinner's or a queued
+/// waiter's), backing off exponentially to leave the holder its cache line. `w` is the word as
+/// last seen. Returns the token (our reference is then the holder's), or 0 when the lock stayed
+/// taken, the limit was reached, or (fair) others queue (we keep the reference).
+std::uint64_t spin_joined(Entry* e, bool fair, std::uint64_t w, const SpinLimit& limit) noexcept {
+    constexpr int kRounds = 13;  // 1 + 2 + ... + 8192 pauses: up to some hundreds of microseconds
+    for (int round = 0;; ++round) {
+        while ((w & word::kHeld) == 0 && (!fair || (w & word::kQueued) == 0)) {
+            if (e->word.compare_exchange_weak(w, w + word::kHeld, std::memory_order_acquire, std::memory_order_relaxed)) {
+                const std::uint64_t token = e->fence.load(std::memory_order_relaxed) + 1;
+                e->fence.store(token, std::memory_order_relaxed);
+                return token;
+            }
+        }
+        if (round == kRounds || (fair && (w & word::kQueued) != 0) || limit.reached()) return 0;
+        for (int i = 0; i < (1 << round); ++i) cpu_relax();
+        w = e->word.load(std::memory_order_relaxed);
+    }
+}
+
+/// As fast_take, but if the entry is held by someone else, joins it as a spinner (one more
+/// reference, so that the entry is not freed meanwhile) and spins for a while: a lock held for
+/// a few dozen nanoseconds is usually free again long before queueing and sleeping would even
+/// have started. Returns the token, or 0; then `joined` says whether we hold a reference.
+std::uint64_t spin_take(Entry* e, std::uint64_t incarnation, bool fair, const SpinLimit& limit,
+                        bool& joined) noexcept {
+    std::uint64_t w = e->word.load(std::memory_order_relaxed);
+    if (const std::uint64_t token = fast_take(e, incarnation, fair, w)) return token;
+    if (!limit.allows_spinning()) return 0;
+    for (;;) {
+        if ((w & (word::kIncMask | word::kPublished)) != (incarnation | word::kPublished) ||
+            (fair && (w & word::kQueued) != 0) || word::refs(w) + 1 >= word::refs(word::kRefMask)) {
+            return 0;  // freed, or (fair) others queue already: take the slow path
+        }
+        if ((w & word::kHeld) == 0) {
+            if (const std::uint64_t token = fast_take(e, incarnation, fair, w)) return token;
+            continue;
+        }
+        if (e->word.compare_exchange_weak(w, word::add(w, word::kRef), std::memory_order_relaxed,
+                                          std::memory_order_relaxed)) {
+            break;
+        }
+    }
+    joined = true;
+    return spin_joined(e, fair, word::add(w, word::kRef), limit);
+}
+
+/// Releases a published entry without the shard mutex if nobody in its queue needs the
+/// releaser and the entry stays referenced (so that nothing has to be freed).
+bool fast_release(Entry* e) noexcept {
+    std::uint64_t w = e->word.load(std::memory_order_relaxed);
+    for (;;) {
+        if ((w & (word::kPublished | word::kSlowRelease)) != word::kPublished || word::refs(w) <= 1) return false;
+        if (e->word.compare_exchange_weak(w, w - word::kRef - word::kHeld, std::memory_order_release,
+                                          std::memory_order_relaxed)) {
+            return true;
+        }
+    }
+}
+
+/// Drops a reference (not the lock) to a published entry without the shard mutex, unless it
+/// is the last one (then the entry must be freed, under the mutex).
+bool fast_unref(Entry* e) noexcept {
+    std::uint64_t w = e->word.load(std::memory_order_relaxed);
+    while (word::refs(w) > 1) {
+        // Release: whoever frees the entry later must see all we did with it.
+        if (e->word.compare_exchange_weak(w, w - word::kRef, std::memory_order_release, std::memory_order_relaxed)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/// The release of a published entry's last reference: releases the lock but keeps the
+/// reference for a moment, in case another thread comes for the key (in a burst of locks on
+/// one key, the other threads are often just between an unlock and their next lock). If one
+/// does, the entry stays and our reference goes without the shard mutex. Returns false if the
+/// lock was not released here; `released` says whether it was, keeping the reference.
+bool linger_release(Entry* e, bool& released) noexcept {
+    constexpr int kLinger = 512;
+    std::uint64_t w = e->word.load(std::memory_order_relaxed);
+    do {
+        if ((w & (word::kPublished | word::kSlowRelease)) != word::kPublished || word::refs(w) != 1) return false;
+    } while (!e->word.compare_exchange_weak(w, w - word::kHeld, std::memory_order_release, std::memory_order_relaxed));
+    released = true;
+    for (int i = 0; i < kLinger; ++i) {
+        cpu_relax();
+        if (word::refs(e->word.load(std::memory_order_relaxed)) > 1) return fast_unref(e);
+    }
+    return false;
+}
+
+/// Where published entries' memory is returned to the allocator. Each thread's fast slot is a
+/// hazard pointer: an entry a slot points at is kept (as a recycled entry of a later
+/// incarnation, or on the deferred list here) until no slot points at it. Deleting a published
+/// entry is rare (a thread's recycle cache overflowing, thread exit, a destroyed backend), so
+/// a mutex and a scan of the slots is fine there; the fast paths never touch this.
+class Reclaimer {
+public:
+    struct Slot {
+        std::atomic<Entry*> hazard{nullptr};
+        Slot* prev = nullptr;
+        Slot* next = nullptr;
+    };
+
+    static Reclaimer& get() {
+        static Reclaimer* instance = new Reclaimer;  // never destroyed: thread exits may still call it
+        return *instance;
+    }
+
+    void add(Slot* slot) {
+        std::lock_guard lk(mu_);
+        slot->next = slots_;
+        if (slots_ != nullptr) slots_->prev = slot;
+        slots_ = slot;
+    }
+    void remove(Slot* slot) noexcept {
+        std::lock_guard lk(mu_);
+        (slot->prev ? slot->prev->next : slots_) = slot->next;
+        if (slot->next != nullptr) slot->next->prev = slot->prev;
+        slot->prev = slot->next = nullptr;
+        collect();
+    }
+    /// Deletes `e` (a published entry, unlinked, its incarnation retired) now or, if a slot
+    /// still points at it, at a later call.
+    void dispose(Entry* e) noexcept {
+        std::lock_guard lk(mu_);
+        try {
+            deferred_.push_back(e);
+        } catch (const std::bad_alloc&) {
+            if (!hazardous(e)) delete e;
+            return;  // else leaked rather than freed under a reader: never happens in practice
+        }
+        collect();
+    }
+
+private:
+    bool hazardous(Entry* e) const noexcept {
+        for (Slot* s = slots_; s != nullptr; s = s->next) {
+            if (s->hazard.load(std::memory_order_acquire) == e) return true;
+        }
+        return false;
+    }
+    void collect() noexcept {
+        std::erase_if(deferred_, [this](Entry* e) {
+            if (hazardous(e)) return false;
+            delete e;
+            return true;
+        });
+    }
+
+    std::mutex mu_;
+    Slot* slots_ = nullptr;
+    std::vector<Entry*> deferred_;
+};
+
+void dispose(Entry* e) noexcept {
+    if (e->published) {
+        Reclaimer::get().dispose(e);
+    } else {
+        delete e;
+    }
+}
+
+/// The last published entry this thread locked through a registry, by key: the next lock of
+/// the same key skips the hash table. Plain data, so that reaching it costs no thread-local
+/// initialisation check; FastSlotOwner unregisters it when the thread exits.
+struct FastSlot {
+    static constexpr std::size_t kMaxKey = 64;  // longer keys are not remembered
+
+    Reclaimer::Slot hazard;        // == entry once registered
+    const void* backend = nullptr;
+    std::uint64_t hash = 0;
+    Entry* entry = nullptr;
+    std::uint64_t incarnation = 0;
+    std::uint32_t key_size = 0;
+    bool registered = false;
+    bool dead = false;             // the thread is exiting: remember nothing more
+    char key[kMaxKey];
+
+    /// The entry and incarnation remembered for `key` in `b`, or null.
+    Entry* find(const void* b, std::uint64_t h, std::string_view k, std::uint64_t& inc) const noexcept {
+        if (backend != b || hash != h || key_size != k.size() || std::memcmp(key, k.data(), k.size()) != 0) {
+            return nullptr;
+        }
+        inc = incarnation;
+        return entry;
+    }
+    void remember(const void* b, std::uint64_t h, std::string_view k, Entry* e) noexcept;
+};
+
+constinit thread_local FastSlot fast_slot{};
+
+struct FastSlotOwner {
+    FastSlotOwner() = default;
+    FastSlotOwner(const FastSlotOwner&) = delete;
+    FastSlotOwner& operator=(const FastSlotOwner&) = delete;
+    ~FastSlotOwner() {
+        FastSlot& slot = fast_slot;
+        slot.dead = true;
+        slot.backend = nullptr;
+        if (slot.registered) Reclaimer::get().remove(&slot.hazard);
+        slot.registered = false;
+    }
+    void touch() noexcept {}
+};
+
+thread_local FastSlotOwner fast_slot_owner;
+
+/// Remembers `e` (which the caller holds a reference to, so it is not being freed).
+void FastSlot::remember(const void* b, std::uint64_t h, std::string_view k, Entry* e) noexcept {
+    if (dead || k.size() > kMaxKey) return;
+    if (!registered) {
+        fast_slot_owner.touch();  // constructs it, so that its destructor runs at thread exit
+        try {
+            Reclaimer::get().add(&hazard);
+        } catch (const std::bad_alloc&) {
+            return;
+        }
+        registered = true;
+    }
+    // The hazard is published while we hold a reference: the entry cannot be freed (let alone
+    // deleted) before our release, which happens after this store.
+    hazard.hazard.store(e, std::memory_order_release);
+    backend = b;
+    hash = h;
+    entry = e;
+    incarnation = e->load() & word::kIncMask;
+    key_size = static_cast<std::uint32_t>(k.size());
+    std::memcpy(key, k.data(), k.size());
+}
 
 /// A blocked lock() call. `signal` is set to 1 by whoever wants it to look again (a release,
 /// a grant, a stop request); the waiter clears it under the shard mutex before each look, so
@@ -177,16 +495,17 @@ public:
     EntryCache(const EntryCache&) = delete;
     EntryCache& operator=(const EntryCache&) = delete;
     ~EntryCache() {
-        while (head_ != nullptr) delete std::exchange(head_, head_->chain);
+        while (head_ != nullptr) dispose(std::exchange(head_, head_->chain));
     }
     Entry* get() {
         if (head_ == nullptr) return new Entry;
         --count_;
         return std::exchange(head_, head_->chain);
     }
+    /// Takes a freed entry (its word already retired to the next incarnation).
     void put(Entry* e) noexcept {
         if (count_ >= kCap || e->key.capacity() > 64) {
-            delete e;
+            dispose(e);
             return;
         }
         e->chain = head_;
@@ -207,13 +526,13 @@ thread_local EntryCache entry_cache;
 constexpr std::uint32_t kInlineBuckets = 4;
 
 struct alignas(64) Shard {
-    // First cache line: everything an uncontended lock + unlock touches.
+    // First cache line: everything an uncontended lock + unlock of a fresh key touches.
     ShardMutex mu;
     std::uint32_t size = 0;
     std::uint32_t mask = kInlineBuckets - 1;
-    bool closed = false;          // the registry is gone: free entries at once, count them down
+    std::uint32_t hot = 0;        // (hash | 1) of the last shared published entry freed, or 0
     Entry** buckets = inline_buckets;
-    std::uint64_t fence = 0;      // also the number of acquisitions in this shard
+    std::uint64_t fence = 0;      // fencing counter of unpublished entries; see acquisitions()
     Entry* inline_buckets[kInlineBuckets] = {};
     // Second line: counters of the slow paths.
     std::uint64_t contended = 0;
@@ -221,25 +540,43 @@ struct alignas(64) Shard {
     std::uint64_t cancellations = 0;
     std::uint64_t waiting = 0;
     std::uint64_t idle = 0;       // entries kept warm now
+    std::uint64_t folded = 0;     // acquisitions of freed published entries not counted in `fence`
+    Entry* published = nullptr;   // live published entries
+    bool closed = false;          // the registry is gone: free entries at once, count them down
 
     Shard() = default;
     Shard(const Shard&) = delete;
     Shard& operator=(const Shard&) = delete;
     ~Shard() {
         for (std::uint32_t i = 0; i <= mask; ++i) {
-            for (Entry* e = buckets[i]; e != nullptr;) delete std::exchange(e, e->chain);
+            for (Entry* e = buckets[i]; e != nullptr;) {
+                Entry* next = e->chain;
+                e->word.store(word::freed(e->load()), std::memory_order_release);
+                dispose(e);
+                e = next;
+            }
         }
         if (buckets != inline_buckets) delete[] buckets;
     }
 
+    /// Every acquisition in this shard so far (under the mutex).
+    std::uint64_t acquisitions() const noexcept {
+        std::uint64_t n = fence + folded;
+        for (const Entry* e = published; e != nullptr; e = e->pub_next) {
+            n += e->fence.load(std::memory_order_relaxed) - e->fence_base;
+        }
+        return n;
+    }
+
     Entry* find(std::string_view key, std::uint64_t hash) const noexcept {
-        for (Entry* e = buckets[hash & mask]; e != nullptr; e = e->chain) {
-            if (e->hash == hash && e->key == key) return e;
+        const auto h = static_cast<std::uint32_t>(hash);
+        for (Entry* e = buckets[h & mask]; e != nullptr; e = e->chain) {
+            if (e->hash == h && e->key == key) return e;
         }
         return nullptr;
     }
 
-    Entry* insert(std::string_view key, std::uint64_t hash, std::uint16_t index) {
+    [[gnu::always_inline]] Entry* insert(std::string_view key, std::uint64_t hash, std::uint16_t index) {
         if (size + 1 > mask + 1) rehash((mask + 1) * 2);
         Entry* e = entry_cache.get();
         try {
@@ -248,20 +585,43 @@ struct alignas(64) Shard {
             entry_cache.put(e);
             throw;
         }
-        e->hash = hash;
+        e->hash = static_cast<std::uint32_t>(hash);
         e->shard = index;
-        Entry*& bucket = buckets[hash & mask];
+        Entry*& bucket = buckets[e->hash & mask];
         e->chain = bucket;
         bucket = e;
         ++size;
         return e;
     }
 
+    /// Makes `e` published: from now on its word changes only by CAS, and its tokens come from
+    /// its own counter, starting where the shard's is.
+    void publish(Entry* e) noexcept {
+        e->fence.store(fence, std::memory_order_relaxed);
+        e->fence_base = fence;
+        e->published = true;
+        e->pub_prev = nullptr;
+        e->pub_next = published;
+        if (published != nullptr) published->pub_prev = e;
+        published = e;
+        e->word.store(e->load() | word::kPublished, std::memory_order_release);
+    }
+
+    /// Unlinks an entry whose word has just been retired, and recycles it.
     void erase(Entry* e) noexcept {
         Entry** link = &buckets[e->hash & mask];
         while (*link != e) link = &(*link)->chain;
         *link = e->chain;
         --size;
+        if (e->pub_prev != nullptr || published == e) {
+            (e->pub_prev ? e->pub_prev->pub_next : published) = e->pub_next;
+            if (e->pub_next != nullptr) e->pub_next->pub_prev = e->pub_prev;
+            e->pub_prev = e->pub_next = nullptr;
+            const std::uint64_t last = e->fence.load(std::memory_order_relaxed);
+            const std::uint64_t floor = std::max(fence, last);
+            folded += (last - e->fence_base) - (floor - fence);
+            fence = floor;
+        }
         entry_cache.put(e);
         if (mask + 1 > kInlineBuckets && size * 8 < mask + 1) {
             try {
@@ -334,16 +694,26 @@ std::uint64_t hash_bytes(std::string_view key, std::uint64_t seed) noexcept {
         p += 8;
         n -= 8;
     }
+    // The last 0-7 bytes, without a variable-length memcpy call: two overlapping 4-byte
+    // loads, or the first, middle and last byte.
     std::uint64_t tail = 0;
-    std::memcpy(&tail, p, n);
+    if (n >= 4) {
+        std::uint32_t lo, hi;
+        std::memcpy(&lo, p, 4);
+        std::memcpy(&hi, p + n - 4, 4);
+        tail = (static_cast<std::uint64_t>(hi) << 32) | lo;
+    } else if (n > 0) {
+        const auto* u = reinterpret_cast<const unsigned char*>(p);
+        tail = (static_cast<std::uint64_t>(u[0]) << 16) | (static_cast<std::uint64_t>(u[n / 2]) << 8) | u[n - 1];
+    }
     h = mix(h ^ tail ^ (static_cast<std::uint64_t>(n) << 56), k2);
     return mix(h, k1);
 }
 
 class LocalBackend;
 
-/// The shard lock, plus the work that must happen after it is dropped: completing async
-/// waiters, and deleting a closed backend whose last entry just went.
+/// The shard lock, plus the work that must happen after it is dropped: waking a sync waiter,
+/// completing async waiters, and deleting a closed backend whose last entry just went.
 class ShardLock {
 public:
     ShardLock(LocalBackend* backend, Shard& shard) : backend_(backend), lock_(shard.mu) {}
@@ -399,34 +769,44 @@ public:
 
     Acquired acquire(std::string_view key, detail::Pin* pin, Deadline deadline,
                      const std::stop_token& stop, std::error_code& ec) override {
-        Entry* e = nullptr;
-        std::uint64_t hash = 0;
+        const SpinLimit limit{deadline, stop};
         if (pin != nullptr) {
-            e = static_cast<Entry*>(pin);
-        } else {
-            if (ec = check_key(key); ec) return {};
-            hash = hash_bytes(key, seed_);
+            auto* e = static_cast<Entry*>(pin);  // published, and kept alive by the pin
+            bool joined = false;
+            if (const std::uint64_t token = spin_take(e, e->load() & word::kIncMask, options_.fair, limit, joined)) {
+                return {e, token};
+            }
+            return acquire_slow(shards_[e->shard], e, joined, {}, 0, deadline, stop, ec);
         }
-        Shard& s = pin ? shards_[e->shard] : shards_[shard_of(hash)];
-        ShardLock guard(this, s);
-        if (e == nullptr) {
-            e = find_or_insert(s, key, hash, ec);
-            if (e == nullptr) return {};
+        if (ec = check_key(key); ec) return {};
+        const std::uint64_t hash = hash_bytes(key, seed_);
+        {
+            std::uint64_t incarnation = 0;
+            if (Entry* e = fast_slot.find(this, hash, key, incarnation)) {
+                bool joined = false;
+                if (const std::uint64_t token = spin_take(e, incarnation, options_.fair, limit, joined)) {
+                    return {e, token};
+                }
+                // Having joined, we keep the entry alive: no need to look it up.
+                if (joined) return acquire_slow(shards_[e->shard], e, true, {}, 0, deadline, stop, ec);
+            }
         }
-        if (!e->held && (!options_.fair || e->head == nullptr)) return take(s, e, false);
-        if (deadline != Deadline::max() && deadline <= Clock::now()) {
-            ++s.timeouts;
-            ec = errc::timeout;
-            release_ref(s, e, guard);
-            return {};
+        Entry* spinner = nullptr;
+        Acquired a = acquire_slow(shards_[shard_of(hash)], nullptr, false, key, hash, deadline, stop, ec,
+                                  limit.allows_spinning() ? &spinner : nullptr);
+        if (spinner != nullptr) {
+            // Joined a published entry that is held: spin outside the lock.
+            fast_slot.remember(this, hash, key, spinner);
+            if (const std::uint64_t token = spin_joined(spinner, options_.fair, spinner->load(), limit)) {
+                return {spinner, token};
+            }
+            return acquire_slow(shards_[spinner->shard], spinner, true, {}, 0, deadline, stop, ec);
         }
-        if (stop.stop_requested()) {
-            ++s.cancellations;
-            ec = errc::cancelled;
-            release_ref(s, e, guard);
-            return {};
+        if (a.hold != nullptr) {
+            auto* e = static_cast<Entry*>(a.hold);
+            if ((e->load() & word::kPublished) != 0) fast_slot.remember(this, hash, key, e);
         }
-        return wait(s, e, deadline, stop, guard, ec);
+        return a;
     }
 
     void async_acquire(std::string_view key, AsyncWaiter* w) override {
@@ -443,14 +823,14 @@ public:
             guard.complete_after(w, static_cast<errc>(ec.value()), {});
             return;
         }
-        if (!e->held && (!options_.fair || e->head == nullptr)) {
-            guard.complete_after(w, errc{}, take(s, e, false));
+        if (const std::uint64_t token = take(s, e)) {
+            guard.complete_after(w, errc{}, {e, token});
             return;
         }
         w->shard = e->shard;
         enqueue(e, w);
-        ++e->refs;
         ++s.waiting;
+        if ((add_waiter_ref(e) & word::kHeld) == 0) dispatch(s, e, guard);  // released meanwhile
     }
 
     void cancel(AsyncWaiter* w) noexcept override {
@@ -462,24 +842,20 @@ public:
         --s.waiting;
         ++s.cancellations;
         guard.complete_after(w, errc::cancelled, {});
-        --e->refs;
-        if (!e->held) dispatch(s, e, guard);
-        release_ref(s, e, guard);
+        leave_queue(s, e, guard);
     }
 
     void release(detail::Hold* hold, std::error_code& ec) noexcept override {
         ec.clear();
         auto* e = static_cast<Entry*>(hold);
+        assert((e->load() & word::kHeld) != 0);
+        if (fast_release(e)) return;
+        bool released = false;
+        if (linger_release(e, released)) return;
         Shard& s = shards_[e->shard];
         ShardLock guard(this, s);
-        assert(e->held);
-        e->held = false;
-        --e->refs;
-        if (e->head != nullptr) {
-            dispatch(s, e, guard);
-        } else {
-            release_ref(s, e, guard);
-        }
+        const std::uint64_t w = drop(s, e, released ? word::kRef : word::kRef + word::kHeld, guard);
+        if ((w & word::kQueued) != 0 && (w & word::kHeld) == 0) dispatch(s, e, guard);
     }
 
     std::string_view key(const detail::Hold* hold) const noexcept override {
@@ -494,7 +870,8 @@ public:
             Shard& s = shards_[shard_of(hash)];
             ShardLock guard(this, s);
             if (Entry* e = find_or_insert(s, key, hash, ec)) {
-                ++e->refs;
+                if ((e->load() & word::kPublished) == 0) s.publish(e);
+                add_ref(e);
                 return e;
             }
         }
@@ -504,8 +881,7 @@ public:
         auto* e = static_cast<Entry*>(pin);
         Shard& s = shards_[e->shard];
         ShardLock guard(this, s);
-        --e->refs;
-        release_ref(s, e, guard);
+        drop(s, e, word::kRef, guard);
     }
     std::string_view key(const detail::Pin* pin) const noexcept override {
         return static_cast<const Entry*>(pin)->key;
@@ -517,7 +893,7 @@ public:
             Shard& s = shards_[i];
             std::lock_guard lk(s.mu);
             st.entries += s.size;
-            st.acquisitions += s.fence;
+            st.acquisitions += s.acquisitions();
             st.contended += s.contended;
             st.timeouts += s.timeouts;
             st.cancellations += s.cancellations;
@@ -537,6 +913,7 @@ public:
         // add its live entries to `orphans_`. Each later free in a closed shard takes one off.
         // The extra 1 held during the walk keeps an early free from reaching zero.
         orphans_.fetch_add(1, std::memory_order_relaxed);
+        closed_.store(true, std::memory_order_relaxed);
         for (std::size_t i = 0; i < options_.shards; ++i) {
             Shard& s = shards_[i];
             std::lock_guard lk(s.mu);
@@ -560,6 +937,45 @@ private:
         return shard_bits_ == 0 ? 0 : static_cast<std::size_t>(hash >> (64 - shard_bits_));
     }
 
+    /// The locked part of acquire: `e` is a pinned or joined entry, or null to look `key` up;
+    /// `has_ref` says the caller already counts a reference to `e` (a spinner that joined).
+    /// With `spinner` given, a published entry that is held with nobody queued is not waited
+    /// for here: the caller gets it in *spinner, with a reference, to spin on unlocked.
+    Acquired acquire_slow(Shard& s, Entry* e, bool has_ref, std::string_view key, std::uint64_t hash,
+                          Deadline deadline, const std::stop_token& stop, std::error_code& ec,
+                          Entry** spinner = nullptr) {
+        ShardLock guard(this, s);
+        if (e == nullptr) {
+            e = find_or_insert(s, key, hash, ec);
+            if (e == nullptr) return {};
+            // Referenced by someone else (a holder, a waiter, a pin): a key in use by several
+            // threads. Publish it, so that the next locks of these threads skip this mutex.
+            const std::uint64_t w = e->load();
+            if ((w & word::kPublished) == 0 && word::refs(w) != 0) s.publish(e);
+        }
+        const std::uint64_t ref = has_ref ? 0 : word::kRef;  // what taking or queueing adds
+        if (const std::uint64_t token = take(s, e, ref)) return {e, token};
+        if (deadline != Deadline::max() && deadline <= Clock::now()) {
+            ++s.timeouts;
+            ec = errc::timeout;
+            drop(s, e, word::kRef - ref, guard);
+            return {};
+        }
+        if (stop.stop_requested()) {
+            ++s.cancellations;
+            ec = errc::cancelled;
+            drop(s, e, word::kRef - ref, guard);
+            return {};
+        }
+        const std::uint64_t w = e->load();
+        if (spinner != nullptr && (w & word::kPublished) != 0 && (!options_.fair || (w & word::kQueued) == 0)) {
+            add_ref(e);
+            *spinner = e;
+            return {};
+        }
+        return wait(s, e, ref, deadline, stop, guard, ec);
+    }
+
     Entry* find_or_insert(Shard& s, std::string_view key, std::uint64_t hash, std::error_code& ec) {
         if (Entry* e = s.find(key, hash)) {
             if (e->idle) {
@@ -573,7 +989,12 @@ private:
             return nullptr;
         }
         try {
-            return s.insert(key, hash, static_cast<std::uint16_t>(&s - shards_.get()));
+            Entry* e = s.insert(key, hash, static_cast<std::uint16_t>(&s - shards_.get()));
+            if (s.hot == (e->hash | 1)) {
+                s.hot = 0;
+                s.publish(e);
+            }
+            return e;
         } catch (const std::bad_alloc&) {
             if (options_.max_keys != 0) total_.fetch_sub(1, std::memory_order_relaxed);
             throw;
@@ -593,24 +1014,110 @@ private:
         }
     }
 
-    Acquired take(Shard& s, Entry* e, bool waited) noexcept {
-        e->held = true;
-        ++e->refs;
-        if (waited) ++s.contended;
-        return {e, ++s.fence};
+    /// The next fencing token of a lock just taken (by its holder, under the shard mutex).
+    static std::uint64_t next_token(Shard& s, Entry* e, std::uint64_t w) noexcept {
+        if ((w & word::kPublished) == 0) return ++s.fence;
+        const std::uint64_t token = e->fence.load(std::memory_order_relaxed) + 1;
+        e->fence.store(token, std::memory_order_relaxed);
+        return token;
     }
 
-    /// The entry is free and may have waiters: hand it on according to the fairness policy.
+    /// Takes the lock for a new holder if it is free (and, with `fair`, nobody is queued).
+    /// Returns the token, or 0.
+    std::uint64_t take(Shard& s, Entry* e, std::uint64_t ref = word::kRef) noexcept {
+        std::uint64_t w = e->load();
+        do {
+            if ((w & word::kHeld) != 0 || (options_.fair && (w & word::kQueued) != 0)) return 0;
+        } while (!e->replace(w, word::add(w, ref + word::kHeld)));
+        return next_token(s, e, w);
+    }
+
+    void add_ref(Entry* e) noexcept {
+        std::uint64_t w = e->load();
+        while (!e->replace(w, word::add(w, word::kRef))) {
+        }
+    }
+
+    /// The queue bits the word should carry for the entry's queue as it is now.
+    std::uint64_t queue_bits(const Entry* e) const noexcept {
+        const WaitNode* h = e->head;
+        if (h == nullptr) return 0;
+        return word::kQueued | (options_.fair || h->is_async || !h->woken ? word::kSlowRelease : 0);
+    }
+
+    /// A waiter was just enqueued: counts its reference and sets the queue bits, after which
+    /// every release comes through the shard mutex. Returns the new word: if the lock was
+    /// released by a fast path just before, it is free now and the caller must look again.
+    std::uint64_t add_waiter_ref(Entry* e, std::uint64_t ref = word::kRef) noexcept {
+        const std::uint64_t bits = queue_bits(e);
+        std::uint64_t w = e->load();
+        std::uint64_t next = 0;
+        do {
+            next = word::add((w & ~(word::kQueued | word::kSlowRelease)) | bits, ref);
+        } while (!e->replace(w, next));
+        return next;
+    }
+
+    /// Re-derives the queue bits after the queue changed without a reference going.
+    void sync_queue_bits(Entry* e) noexcept {
+        const std::uint64_t bits = queue_bits(e);
+        std::uint64_t w = e->load();
+        while (!e->replace(w, (w & ~(word::kQueued | word::kSlowRelease)) | bits)) {
+        }
+    }
+
+    /// Drops `delta` (references, plus kHeld for a release) from the word, re-deriving the queue
+    /// bits; frees the entry if nothing refers to it any more, or parks it for idle_ttl.
+    /// Returns the new word (a freed entry's is 0 apart from the incarnation).
+    [[gnu::always_inline]] std::uint64_t drop(Shard& s, Entry* e, std::uint64_t delta, ShardLock& guard) noexcept {
+        const bool keep = options_.idle_ttl.count() > 0 && !s.closed;
+        std::uint64_t w = e->load();
+        // The queue bits are re-derived from the queue (on the entry's second line) only if
+        // the word says there is one: under the shard mutex, only we change the queue.
+        const std::uint64_t bits = (w & word::kQueued) != 0 ? queue_bits(e) : 0;
+        std::uint64_t next = 0;
+        do {
+            next = ((w - delta) & ~(word::kQueued | word::kSlowRelease)) | bits;
+            if (!keep && (next & (word::kRefMask | word::kHeld)) == 0) next = word::freed(w);
+        } while (!e->replace(w, next));
+        if ((next & word::kIncMask) != (w & word::kIncMask)) {
+            // A key that several threads used at once is likely to be back at once: its next
+            // entry is published from the start, so that they find each other without
+            // having to meet in this mutex first.
+            if ((w & (word::kPublished | word::kShared)) == (word::kPublished | word::kShared)) s.hot = e->hash | 1;
+            free_entry(s, e, guard);
+        } else if (keep && (next & (word::kRefMask | word::kHeld)) == 0 && !e->idle) {
+            e->idle = true;
+            e->idle_until = Clock::now() + options_.idle_ttl;
+            ++s.idle;
+        }
+        return next;
+    }
+
+    /// A waiter was dequeued without taking the lock (timeout, stop, cancel): drop its
+    /// reference, and if the lock is free, pass the wake-up it may have consumed on.
+    void leave_queue(Shard& s, Entry* e, ShardLock& guard) noexcept {
+        const std::uint64_t w = drop(s, e, word::kRef, guard);
+        if ((w & word::kQueued) != 0 && (w & word::kHeld) == 0) dispatch(s, e, guard);
+    }
+
+    /// The entry may be free and has waiters: hand it on according to the fairness policy.
     void dispatch(Shard& s, Entry* e, ShardLock& guard) noexcept {
         WaitNode* w = e->head;
         if (w == nullptr) return;
         if (options_.fair || w->is_async) {
+            // Hand over: the waiter's reference becomes the holder's. Fails only if an unfair
+            // barger took the lock meanwhile; its release will come back here.
+            std::uint64_t x = e->load();
+            do {
+                if ((x & word::kHeld) != 0) return;
+            } while (!e->replace(x, x + word::kHeld));
             dequeue(e, w);
             --s.waiting;
-            e->held = true;  // the waiter's reference becomes the holder's
             ++s.contended;
             w->granted = true;
-            w->fence = ++s.fence;
+            w->fence = next_token(s, e, x);
+            sync_queue_bits(e);
             if (w->is_async) {
                 guard.complete_after(static_cast<AsyncWaiter*>(w), errc{}, {e, w->fence});
             } else {
@@ -618,17 +1125,28 @@ private:
             }
         } else if (!w->woken) {
             w->woken = true;
+            sync_queue_bits(e);
             guard.wake_after(w);
         }
     }
 
-    Acquired wait(Shard& s, Entry* e, Deadline deadline, const std::stop_token& stop,
+    /// Before a woken waiter sleeps again: sets the bit that makes the next release wake it,
+    /// unless the lock is free already (then the waiter takes it instead of sleeping).
+    bool arm(Entry* e) noexcept {
+        std::uint64_t w = e->load();
+        do {
+            if ((w & word::kHeld) == 0) return false;
+        } while (!e->replace(w, w | word::kSlowRelease));
+        return true;
+    }
+
+    Acquired wait(Shard& s, Entry* e, std::uint64_t ref, Deadline deadline, const std::stop_token& stop,
                   ShardLock& guard, std::error_code& ec) {
         SyncWaiter w;
         w.shard = e->shard;
         enqueue(e, &w);
-        ++e->refs;
         ++s.waiting;
+        add_waiter_ref(e, ref);
 
         // A stop only has to wake the waiter: the signal keeps the wake-up even if it comes
         // before the waiter sleeps, and the loop below re-checks everything under the lock.
@@ -640,6 +1158,7 @@ private:
 
         auto& lk = guard.lock();
         Acquired result;
+        bool may_spin = false;  // the caller has just spun (or could not)
         for (;;) {
             // An exchange, not a store: it reads a stop callback's signal if that came first,
             // so the stop check below then sees the request.
@@ -648,12 +1167,26 @@ private:
                 result = {e, w.fence};
                 break;
             }
-            if (!e->held && !options_.fair) {
-                dequeue(e, &w);
-                --s.waiting;
-                --e->refs;  // take() counts the holder's reference
-                result = take(s, e, true);
-                break;
+            if (!options_.fair || e->head == &w) {
+                // Take the lock if it is free (with `fair`, only at the head of the queue; the
+                // lock can be free with waiters only if a fast release came just before we
+                // queued): our queue reference becomes the holder's.
+                std::uint64_t x = e->load();
+                bool taken = false;
+                while ((x & word::kHeld) == 0) {
+                    if (e->replace(x, x + word::kHeld)) {
+                        taken = true;
+                        break;
+                    }
+                }
+                if (taken) {
+                    dequeue(e, &w);
+                    --s.waiting;
+                    ++s.contended;
+                    sync_queue_bits(e);
+                    result = {e, next_token(s, e, x)};
+                    break;
+                }
             }
             if (stop.stop_requested()) {
                 ec = errc::cancelled;
@@ -665,7 +1198,31 @@ private:
                 ++s.timeouts;
                 break;
             }
-            w.woken = false;
+            if (!options_.fair && may_spin && (e->load() & word::kPublished) != 0) {
+                // Awake: spin like a new arrival would, before sleeping again. Marked woken,
+                // we need no wake-up, so releases meanwhile stay on their fast path.
+                may_spin = false;
+                w.woken = true;
+                sync_queue_bits(e);
+                lk.unlock();
+                const std::uint64_t token = spin_joined(e, false, e->load(), SpinLimit{deadline, stop});
+                lk.lock();
+                if (token != 0) {
+                    dequeue(e, &w);
+                    --s.waiting;
+                    ++s.contended;
+                    sync_queue_bits(e);
+                    result = {e, token};
+                    break;
+                }
+                continue;  // look again: granted, stopped, timed out?
+            }
+            if (!options_.fair) {
+                w.woken = false;
+                if (e->head == &w && !arm(e)) continue;  // freed meanwhile: take it
+                sync_queue_bits(e);
+            }
+            may_spin = true;  // after the next wake-up
             lk.unlock();
             while (w.signal.load(std::memory_order_acquire) == 0 &&
                    (deadline == Deadline::max() || Clock::now() < deadline)) {
@@ -676,40 +1233,32 @@ private:
         if (result.hold == nullptr) {
             dequeue(e, &w);
             --s.waiting;
-            --e->refs;
-            if (!e->held) dispatch(s, e, guard);  // pass on a wake-up we may have consumed
-            release_ref(s, e, guard);
+            leave_queue(s, e, guard);
         }
         // Wakers touch `w` only under the shard mutex, which we hold; the stop callback goes
         // before `w` does (members and locals are destroyed in reverse order).
         return result;
     }
 
-    /// Called after a reference to `e` went: frees or parks the entry if nothing refers to it.
-    void release_ref(Shard& s, Entry* e, ShardLock& guard) noexcept {
-        if (e->refs != 0 || e->held) return;
-        if (options_.idle_ttl.count() > 0 && !s.closed) {
-            e->idle = true;
-            e->idle_until = Clock::now() + options_.idle_ttl;
-            ++s.idle;
-            return;
-        }
-        free_entry(s, e);
-        if (s.closed && orphans_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            guard.delete_backend_after();
-        }
-    }
-
-    void free_entry(Shard& s, Entry* e) noexcept {
+    /// Unlinks and recycles an entry whose word drop() has just retired.
+    void free_entry(Shard& s, Entry* e, ShardLock& guard) noexcept {
         if (e->idle) {
             e->idle = false;
             --s.idle;
         }
         s.erase(e);
         if (options_.max_keys != 0) total_.fetch_sub(1, std::memory_order_relaxed);
+        // closed_ is set before any shard is marked closed (and read under the shard mutex),
+        // so it only spares reading the shard's second line while the registry is open.
+        if (closed_.load(std::memory_order_relaxed) && s.closed &&
+            orphans_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            guard.delete_backend_after();
+        }
     }
 
-    /// Frees the shard's idle entries whose time is up (all of them for Deadline::max()).
+    /// Frees the shard's idle entries whose time is up (all of them for Deadline::max()). An
+    /// idle published entry may have been taken again by a fast path: it is then just no
+    /// longer idle.
     void expire_idle(Shard& s, Deadline now) noexcept {
         if (s.idle == 0) return;
         std::vector<Entry*> expired;
@@ -724,7 +1273,25 @@ private:
                 }
             }
         }
-        for (Entry* e : expired) free_entry(s, e);
+        for (Entry* e : expired) {
+            std::uint64_t w = e->load();
+            bool in_use = false;
+            do {
+                if ((w & (word::kRefMask | word::kHeld)) != 0) {
+                    in_use = true;
+                    break;
+                }
+            } while (!e->replace(w, word::freed(w)));
+            if (in_use) {
+                e->idle = false;
+                --s.idle;
+                continue;
+            }
+            e->idle = false;
+            --s.idle;
+            s.erase(e);
+            if (options_.max_keys != 0) total_.fetch_sub(1, std::memory_order_relaxed);
+        }
     }
 
     /// Frees idle entries a few times per idle_ttl, scanning each shard's table. A scan is
@@ -750,6 +1317,7 @@ private:
     std::unique_ptr<Shard[]> shards_;
     std::atomic<std::size_t> total_{0};    // entries, maintained only when max_keys is set
     std::atomic<std::size_t> orphans_{0};  // entries still referenced after close()
+    std::atomic<bool> closed_{false};      // close() has begun
     std::jthread sweeper_;
 };
 
