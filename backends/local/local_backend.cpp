@@ -170,9 +170,10 @@ constexpr std::uint64_t kQueued = 2;        // the waiter queue is not empty
 constexpr std::uint64_t kSlowRelease = 4;   // the queue's head needs the releaser (a wake-up or a grant)
 constexpr std::uint64_t kPublished = 8;     // changed only by CAS; fast paths may use it
 constexpr std::uint64_t kShared = 16;       // two references at once since it was last unreferenced
-constexpr unsigned kRefShift = 5;
+constexpr std::uint64_t kHot = 32;          // its key was being shared when its last entry was freed
+constexpr unsigned kRefShift = 6;
 constexpr std::uint64_t kRef = std::uint64_t{1} << kRefShift;
-constexpr std::uint64_t kRefMask = ((std::uint64_t{1} << 27) - 1) << kRefShift;
+constexpr std::uint64_t kRefMask = ((std::uint64_t{1} << 26) - 1) << kRefShift;
 constexpr std::uint64_t kIncMask = ~((std::uint64_t{1} << 32) - 1);  // incarnation: high 32 bits
 constexpr std::uint64_t kIncOne = std::uint64_t{1} << 32;
 
@@ -331,7 +332,7 @@ bool linger_release(Entry* e, bool& released) noexcept {
     std::uint64_t w = e->word.load(std::memory_order_relaxed);
     do {
         // Only while the key is being shared: a key one thread uses alone must not wait here.
-        if ((w & (word::kPublished | word::kSlowRelease | word::kShared)) != (word::kPublished | word::kShared) ||
+        if ((w & (word::kPublished | word::kSlowRelease)) != word::kPublished || (w & (word::kShared | word::kHot)) == 0 ||
             word::refs(w) != 1) {
             return false;
         }
@@ -995,8 +996,13 @@ private:
         try {
             Entry* e = s.insert(key, hash, static_cast<std::uint16_t>(&s - shards_.get()));
             if (s.hot == (e->hash | 1)) {
+                // Published, and marked hot: its first release lingers for the other threads of
+                // the burst instead of freeing it under them. If none comes, kShared stays
+                // clear and the next entry of the key starts plain: a key one thread now uses
+                // alone pays one linger, not one per unlock.
                 s.hot = 0;
                 s.publish(e);
+                e->word.store(e->load() | word::kHot, std::memory_order_release);
             }
             return e;
         } catch (const std::bad_alloc&) {
@@ -1072,7 +1078,8 @@ private:
 
     /// Drops `delta` (references, plus kHeld for a release) from the word, re-deriving the queue
     /// bits; frees the entry if nothing refers to it any more, or parks it for idle_ttl.
-    /// Returns the new word (a freed entry's is 0 apart from the incarnation).
+    /// Returns the new word (a freed entry's is 0 apart from the incarnation). A freed entry
+    /// that several threads held references to at once is remembered as the shard's hot key.
     [[gnu::always_inline]] std::uint64_t drop(Shard& s, Entry* e, std::uint64_t delta, ShardLock& guard) noexcept {
         const bool keep = options_.idle_ttl.count() > 0 && !s.closed;
         std::uint64_t w = e->load();
@@ -1084,14 +1091,16 @@ private:
             next = ((w - delta) & ~(word::kQueued | word::kSlowRelease)) | bits;
             if ((next & (word::kRefMask | word::kHeld)) == 0) {
                 // Unreferenced: freed, or parked for idle_ttl with its sharing episode over.
-                next = keep ? next & ~word::kShared : word::freed(w);
+                next = keep ? next & ~(word::kShared | word::kHot) : word::freed(w);
             }
         } while (!e->replace(w, next));
         if ((next & word::kIncMask) != (w & word::kIncMask)) {
             // A key that several threads used at once is likely to be back at once: its next
             // entry is published from the start, so that they find each other without
             // having to meet in this mutex first.
-            if ((w & (word::kPublished | word::kShared)) == (word::kPublished | word::kShared)) s.hot = e->hash | 1;
+            if ((w & (word::kPublished | word::kShared)) == (word::kPublished | word::kShared)) {
+                s.hot = e->hash | 1;
+            }
             free_entry(s, e, guard);
         } else if (keep && (next & (word::kRefMask | word::kHeld)) == 0 && !e->idle) {
             e->idle = true;
