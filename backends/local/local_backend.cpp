@@ -55,7 +55,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <ctime>
 #endif
 
@@ -217,6 +216,14 @@ struct Entry final : detail::Hold, detail::Pin {
     }
 };
 
+/// The next fencing token of a published entry, issued by its new holder: only the holder writes
+/// `fence`, and the word's acquire/release orders the holders.
+std::uint64_t next_entry_token(Entry* e) noexcept {
+    const std::uint64_t token = e->fence.load(std::memory_order_relaxed) + 1;
+    e->fence.store(token, std::memory_order_relaxed);
+    return token;
+}
+
 /// Tries to take a published entry's lock without the shard mutex: one compare-and-swap, which
 /// fails if the entry is held, has been freed since `incarnation` was read, or (fair) has
 /// waiters. Returns the fencing token, or 0 (then `w` is the word last seen).
@@ -230,10 +237,7 @@ std::uint64_t fast_take(Entry* e, std::uint64_t incarnation, bool fair, std::uin
             break;
         }
     }
-    // Only the holder writes `fence`, and the word's acquire/release orders the holders.
-    const std::uint64_t token = e->fence.load(std::memory_order_relaxed) + 1;
-    e->fence.store(token, std::memory_order_relaxed);
-    return token;
+    return next_entry_token(e);
 }
 
 /// How long a spinner may spin: not at all for a try, never past the deadline or a stop.
@@ -258,9 +262,7 @@ std::uint64_t spin_joined(Entry* e, bool fair, std::uint64_t w, const SpinLimit&
     for (int round = 0;; ++round) {
         while ((w & word::kHeld) == 0 && (!fair || (w & word::kQueued) == 0)) {
             if (e->word.compare_exchange_weak(w, w + word::kHeld, std::memory_order_acquire, std::memory_order_relaxed)) {
-                const std::uint64_t token = e->fence.load(std::memory_order_relaxed) + 1;
-                e->fence.store(token, std::memory_order_relaxed);
-                return token;
+                return next_entry_token(e);
             }
         }
         if (round == kRounds || (fair && (w & word::kQueued) != 0) || limit.reached()) return 0;
@@ -1026,10 +1028,7 @@ private:
 
     /// The next fencing token of a lock just taken (by its holder, under the shard mutex).
     static std::uint64_t next_token(Shard& s, Entry* e, std::uint64_t w) noexcept {
-        if ((w & word::kPublished) == 0) return ++s.fence;
-        const std::uint64_t token = e->fence.load(std::memory_order_relaxed) + 1;
-        e->fence.store(token, std::memory_order_relaxed);
-        return token;
+        return (w & word::kPublished) == 0 ? ++s.fence : next_entry_token(e);
     }
 
     /// Takes the lock for a new holder if it is free (and, with `fair`, nobody is queued).
