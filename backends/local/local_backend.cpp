@@ -799,8 +799,7 @@ public:
             }
         }
         Entry* spinner = nullptr;
-        Acquired a = acquire_slow(shards_[shard_of(hash)], nullptr, false, key, hash, deadline, stop, ec,
-                                  limit.allows_spinning() ? &spinner : nullptr);
+        Acquired a = acquire_slow(shards_[shard_of(hash)], nullptr, false, key, hash, deadline, stop, ec, &spinner);
         if (spinner != nullptr) {
             // Joined a published entry that is held: spin outside the lock.
             fast_slot.remember(this, hash, key, spinner);
@@ -947,7 +946,9 @@ private:
     /// The locked part of acquire: `e` is a pinned or joined entry, or null to look `key` up;
     /// `has_ref` says the caller already counts a reference to `e` (a spinner that joined).
     /// With `spinner` given, a published entry that is held with nobody queued is not waited
-    /// for here: the caller gets it in *spinner, with a reference, to spin on unlocked.
+    /// for here: the caller gets it in *spinner, with a reference, to spin on unlocked. (That
+    /// point is reached only with time left and no stop requested: the checks just before it
+    /// are the spin limit's.)
     Acquired acquire_slow(Shard& s, Entry* e, bool has_ref, std::string_view key, std::uint64_t hash,
                           Deadline deadline, const std::stop_token& stop, std::error_code& ec,
                           Entry** spinner = nullptr) {
