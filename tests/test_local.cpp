@@ -203,6 +203,91 @@ TEST_CASE("entries are freed when their last reference goes", "[local]") {
     CHECK(r.stats().entries == 0);
 }
 
+namespace {
+
+/// Makes `key` a key shared by two threads: the test's thread holds it while a helper thread
+/// comes for it, so the helper joins it (a second reference) and takes it over. The helper
+/// then releases it as its last reference, which it may keep as a deferred reference (see
+/// docs/semantics.md), and parks until `go` is set, then runs `after`.
+class SharedKey {
+public:
+    template <class After>
+    SharedKey(KeyedLockRegistry& r, std::string key, After after)
+        : helper_([this, &r, key, after] {
+              started_.store(true);
+              {
+                  Guard g = r.lock(key);
+                  THREAD_CHECK(checks_, g.owns_lock());
+              }
+              done_.store(true);
+              std::unique_lock lk(mu_);
+              cv_.wait(lk, [this] { return go_; });
+              lk.unlock();
+              after();
+          }) {
+        Guard g = r.lock(key);
+        // Hold the key until the helper has had time to find it taken and to join it.
+        while (!started_.load()) std::this_thread::yield();
+        std::this_thread::sleep_for(50ms);
+        g.release();
+        while (!done_.load()) std::this_thread::yield();
+    }
+    SharedKey(const SharedKey&) = delete;
+    SharedKey& operator=(const SharedKey&) = delete;
+    ~SharedKey() { finish(); }
+
+    void finish() {
+        if (!helper_.joinable()) return;
+        {
+            std::lock_guard lk(mu_);
+            go_ = true;
+        }
+        cv_.notify_all();
+        helper_.join();
+        checks_.report();
+    }
+
+private:
+    ThreadChecks checks_;
+    std::atomic<bool> started_{false}, done_{false};
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool go_ = false;
+    std::thread helper_;  // last: starts once the rest exists
+};
+
+}  // namespace
+
+TEST_CASE("a key threads took turns on is not counted once they are done with it", "[local]") {
+    // A thread that releases a shared key's last reference may keep it for its next lock of
+    // the key; stats() does not count such entries, and they do not outlive the registry.
+    auto r = std::make_unique<KeyedLockRegistry>();
+    SharedKey shared(*r, "hot", [] {
+        // Stale per-thread state from the destroyed registry must not confuse a new one.
+        KeyedLockRegistry fresh;
+        for (int i = 0; i < 100; ++i) Guard g = fresh.lock("hot");
+    });
+    CHECK(r->stats().entries == 0);
+    std::uint64_t token = 0;
+    {
+        Guard g = r->lock("hot");
+        token = g.fencing_token();
+        CHECK(token == 3);
+    }
+    CHECK(r->stats().entries == 0);
+    CHECK(r->stats().acquisitions == 3);
+    r.reset();  // while the helper may still keep a reference to one of its entries
+    shared.finish();
+}
+
+TEST_CASE("with max_keys, released keys never count against the bound", "[local]") {
+    KeyedLockRegistry r(with([](auto& o) { o.max_keys = 1; }));
+    SharedKey shared(r, "a", [] {});
+    // The helper is alive and used "a" last; the bound must still be free for another key.
+    CHECK(r.try_lock("b").has_value());
+    CHECK(r.stats().entries == 0);
+}
+
 TEST_CASE("memory returns to its baseline after a million distinct keys", "[local][memory]") {
     constexpr int kKeys = 1'000'000;
     std::vector<std::string> keys;

@@ -185,6 +185,74 @@ constexpr std::uint64_t add(std::uint64_t w, std::uint64_t delta) noexcept {
 constexpr std::uint64_t freed(std::uint64_t w) noexcept { return (w & kIncMask) + kIncOne; }
 }  // namespace word
 
+/// Copies n <= 16 bytes without a call: overlapping 8- or 4-byte moves.
+[[gnu::always_inline]] inline void copy_small(char* to, const char* from, std::size_t n) noexcept {
+    if (n >= 8) {
+        std::uint64_t a, b;
+        std::memcpy(&a, from, 8);
+        std::memcpy(&b, from + n - 8, 8);
+        std::memcpy(to, &a, 8);
+        std::memcpy(to + n - 8, &b, 8);
+    } else if (n >= 4) {
+        std::uint32_t a, b;
+        std::memcpy(&a, from, 4);
+        std::memcpy(&b, from + n - 4, 4);
+        std::memcpy(to, &a, 4);
+        std::memcpy(to + n - 4, &b, 4);
+    } else {
+        for (std::size_t i = 0; i < n; ++i) to[i] = from[i];
+    }
+}
+
+/// An entry's key: up to 16 bytes inline (most ids), longer ones on the heap. Cheaper to set
+/// and compare than a std::string, and the same 32 bytes.
+class EntryKey {
+public:
+    static constexpr std::size_t kInline = 16;
+
+    EntryKey() = default;
+    EntryKey(const EntryKey&) = delete;
+    EntryKey& operator=(const EntryKey&) = delete;
+    ~EntryKey() {
+        if (data_ != inline_) delete[] data_;
+    }
+
+    std::string_view view() const noexcept { return {data_, size_}; }
+    operator std::string_view() const noexcept { return view(); }
+    std::size_t capacity() const noexcept { return capacity_; }
+    bool operator==(std::string_view k) const noexcept {
+        return k.size() == size_ && std::memcmp(data_, k.data(), k.size()) == 0;
+    }
+
+    /// Sets the key; keeps a heap buffer that is large enough.
+    [[gnu::always_inline]] void assign(std::string_view k) {
+        if (k.size() <= capacity_) [[likely]] {
+            if (k.size() <= kInline && data_ == inline_) {
+                copy_small(inline_, k.data(), k.size());
+            } else {
+                std::memcpy(data_, k.data(), k.size());
+            }
+        } else {
+            grow(k.size());
+            std::memcpy(data_, k.data(), k.size());
+        }
+        size_ = static_cast<std::uint32_t>(k.size());
+    }
+
+private:
+    void grow(std::size_t n) {
+        char* fresh = new char[n];  // may throw: the key is then unchanged
+        if (data_ != inline_) delete[] data_;
+        data_ = fresh;
+        capacity_ = static_cast<std::uint32_t>(n);
+    }
+
+    char* data_ = inline_;
+    std::uint32_t size_ = 0;
+    std::uint32_t capacity_ = kInline;
+    char inline_[kInline];
+};
+
 struct Entry final : detail::Hold, detail::Pin {
     // First cache line: what lock and unlock touch.
     std::atomic<std::uint64_t> word{0};
@@ -194,7 +262,7 @@ struct Entry final : detail::Hold, detail::Pin {
     std::uint16_t shard = 0;
     bool idle = false;             // kept warm by idle_ttl
     bool published = false;        // has been published: a thread's slot may point here (sticky)
-    std::string key;
+    EntryKey key;
     // Second line: waiting and bookkeeping.
     WaitNode* head = nullptr;      // FIFO queue of waiters
     WaitNode* tail = nullptr;
@@ -202,6 +270,7 @@ struct Entry final : detail::Hold, detail::Pin {
     std::uint64_t fence_base = 0;  // the shard's counter when the entry was published
     Entry* pub_prev = nullptr;     // the shard's list of published entries (for stats)
     Entry* pub_next = nullptr;
+    void* owner = nullptr;         // published entries: the LocalBackend (for a deferred reference)
 
     std::uint64_t load() const noexcept { return word.load(std::memory_order_acquire); }
     /// Replaces the word by `next` if it still is `expected` (always, for an unpublished
@@ -356,6 +425,10 @@ class Reclaimer {
 public:
     struct Slot {
         std::atomic<Entry*> hazard{nullptr};
+        /// A reference the thread kept when it released a shared entry's last one (see
+        /// LocalBackend::defer_release). Written by its thread; taken (exchanged for null) by
+        /// its thread or by drain().
+        std::atomic<Entry*> deferred{nullptr};
         Slot* prev = nullptr;
         Slot* next = nullptr;
     };
@@ -389,6 +462,29 @@ public:
             return;  // else leaked rather than freed under a reader: never happens in practice
         }
         collect();
+    }
+
+    /// Takes every thread's deferred reference and passes each to `drop` (outside the mutex:
+    /// dropping one may free an entry, which takes a shard mutex and may come back here).
+    template <class Drop>
+    void drain(Drop drop) noexcept {
+        for (bool more = true; more;) {
+            Entry* batch[64];
+            std::size_t n = 0;
+            more = false;
+            {
+                std::lock_guard lk(mu_);
+                for (Slot* s = slots_; s != nullptr; s = s->next) {
+                    if (s->deferred.load(std::memory_order_relaxed) == nullptr) continue;
+                    if (n == std::size(batch)) {
+                        more = true;
+                        break;
+                    }
+                    if (Entry* e = s->deferred.exchange(nullptr, std::memory_order_seq_cst)) batch[n++] = e;
+                }
+            }
+            for (std::size_t i = 0; i < n; ++i) drop(batch[i]);
+        }
     }
 
 private:
@@ -448,6 +544,9 @@ struct FastSlot {
 
 constinit thread_local FastSlot fast_slot{};
 
+/// Drops a deferred reference to `e` (whose backend it keeps alive). Defined after LocalBackend.
+void drop_deferred(Entry* e) noexcept;
+
 struct FastSlotOwner {
     FastSlotOwner() = default;
     FastSlotOwner(const FastSlotOwner&) = delete;
@@ -456,6 +555,7 @@ struct FastSlotOwner {
         FastSlot& slot = fast_slot;
         slot.dead = true;
         slot.backend = nullptr;
+        if (Entry* e = slot.hazard.deferred.exchange(nullptr, std::memory_order_seq_cst)) drop_deferred(e);
         if (slot.registered) Reclaimer::get().remove(&slot.hazard);
         slot.registered = false;
     }
@@ -464,28 +564,6 @@ struct FastSlotOwner {
 
 thread_local FastSlotOwner fast_slot_owner;
 
-/// Remembers `e` (which the caller holds a reference to, so it is not being freed).
-void FastSlot::remember(const void* b, std::uint64_t h, std::string_view k, Entry* e) noexcept {
-    if (dead || k.size() > kMaxKey) return;
-    if (!registered) {
-        fast_slot_owner.touch();  // constructs it, so that its destructor runs at thread exit
-        try {
-            Reclaimer::get().add(&hazard);
-        } catch (const std::bad_alloc&) {
-            return;
-        }
-        registered = true;
-    }
-    // The hazard is published while we hold a reference: the entry cannot be freed (let alone
-    // deleted) before our release, which happens after this store.
-    hazard.hazard.store(e, std::memory_order_release);
-    backend = b;
-    hash = h;
-    entry = e;
-    incarnation = e->load() & word::kIncMask;
-    key_size = static_cast<std::uint32_t>(k.size());
-    std::memcpy(key, k.data(), k.size());
-}
 
 /// A blocked lock() call. `signal` is set to 1 by whoever wants it to look again (a release,
 /// a grant, a stop request); the waiter clears it under the shard mutex before each look, so
@@ -504,6 +582,7 @@ public:
     ~EntryCache() {
         while (head_ != nullptr) dispose(std::exchange(head_, head_->chain));
     }
+    void touch() noexcept {}
     Entry* get() {
         if (head_ == nullptr) return new Entry;
         --count_;
@@ -529,6 +608,32 @@ private:
 };
 
 thread_local EntryCache entry_cache;
+
+/// Remembers `e` (which the caller holds a reference to, so it is not being freed).
+void FastSlot::remember(const void* b, std::uint64_t h, std::string_view k, Entry* e) noexcept {
+    if (dead || k.size() > kMaxKey) return;
+    if (!registered) {
+        // Constructs them, the cache first: the slot owner's destructor (at thread exit) may
+        // free an entry into the cache, which must then still exist.
+        entry_cache.touch();
+        fast_slot_owner.touch();
+        try {
+            Reclaimer::get().add(&hazard);
+        } catch (const std::bad_alloc&) {
+            return;
+        }
+        registered = true;
+    }
+    // The hazard is published while we hold a reference: the entry cannot be freed (let alone
+    // deleted) before our release, which happens after this store.
+    hazard.hazard.store(e, std::memory_order_release);
+    backend = b;
+    hash = h;
+    entry = e;
+    incarnation = e->load() & word::kIncMask;
+    key_size = static_cast<std::uint32_t>(k.size());
+    std::memcpy(key, k.data(), k.size());
+}
 
 constexpr std::uint32_t kInlineBuckets = 4;
 
@@ -603,7 +708,8 @@ struct alignas(64) Shard {
 
     /// Makes `e` published: from now on its word changes only by CAS, and its tokens come from
     /// its own counter, starting where the shard's is.
-    void publish(Entry* e) noexcept {
+    void publish(Entry* e, void* owner) noexcept {
+        e->owner = owner;
         e->fence.store(fence, std::memory_order_relaxed);
         e->fence_base = fence;
         e->published = true;
@@ -723,19 +829,24 @@ class LocalBackend;
 /// completing async waiters, and deleting a closed backend whose last entry just went.
 class ShardLock {
 public:
-    ShardLock(LocalBackend* backend, Shard& shard) : backend_(backend), lock_(shard.mu) {}
+    ShardLock(LocalBackend* backend, Shard& shard) : backend_(backend), mu_(shard.mu) { mu_.lock(); }
     ShardLock(const ShardLock&) = delete;
     ShardLock& operator=(const ShardLock&) = delete;
-    ~ShardLock();
+    ~ShardLock() {
+        mu_.unlock();
+        if (pending_) [[unlikely]] finish();
+    }
 
-    std::unique_lock<ShardMutex>& lock() noexcept { return lock_; }
+    /// The mutex, for a waiter that drops it to sleep (and takes it again before it returns).
+    ShardMutex& mutex() noexcept { return mu_; }
     /// Completes `w` once the shard mutex is dropped (at most two per lock: a cancelled waiter
     /// and the one the lock passes to).
     void complete_after(AsyncWaiter* w, errc error, Acquired a) noexcept {
         assert(count_ < 2);
         done_[count_++] = {w, error, a.hold, a.fence};
+        pending_ = true;
     }
-    void delete_backend_after() noexcept { delete_backend_ = true; }
+    void delete_backend_after() noexcept { delete_backend_ = pending_ = true; }
     /// Sets a sync waiter's signal now and makes the wake-up call once the shard mutex is
     /// dropped, so that the woken thread does not find the mutex still held by its waker.
     void wake_after(WaitNode* w) noexcept {
@@ -743,6 +854,7 @@ public:
         signal.store(1, std::memory_order_release);
         assert(wake_ == nullptr);
         wake_ = &signal;
+        pending_ = true;
     }
 
 private:
@@ -752,8 +864,12 @@ private:
         detail::Hold* hold;
         std::uint64_t fence;
     };
+    /// The work queued for after the mutex is dropped.
+    [[gnu::noinline]] void finish() noexcept;
+
     LocalBackend* backend_;
-    std::unique_lock<ShardMutex> lock_;
+    ShardMutex& mu_;
+    bool pending_ = false;  // any of the below is set
     std::atomic<std::uint32_t>* wake_ = nullptr;
     int count_ = 0;
     bool delete_backend_ = false;
@@ -785,15 +901,27 @@ public:
             }
             return acquire_slow(shards_[e->shard], e, joined, {}, 0, deadline, stop, ec);
         }
-        if (ec = check_key(key); ec) return {};
+        if (key.empty() || key.size() > options_.max_key_bytes) [[unlikely]] {
+            ec = check_key(key);
+            return {};
+        }
         const std::uint64_t hash = hash_bytes(key, seed_);
         {
             std::uint64_t incarnation = 0;
             if (Entry* e = fast_slot.find(this, hash, key, incarnation)) {
                 bool joined = false;
-                if (const std::uint64_t token = spin_take(e, incarnation, options_.fair, limit, joined)) {
-                    return {e, token};
+                std::uint64_t token = 0;
+                auto& deferred = fast_slot.hazard.deferred;
+                if (deferred.load(std::memory_order_relaxed) == e &&
+                    deferred.exchange(nullptr, std::memory_order_acquire) == e) {
+                    // We kept a reference at our last release (unless drain() took it just
+                    // now): the entry is alive, and taking the lock adds only the held bit.
+                    joined = true;
+                    token = spin_joined(e, options_.fair, e->word.load(std::memory_order_relaxed), limit);
+                } else {
+                    token = spin_take(e, incarnation, options_.fair, limit, joined);
                 }
+                if (token != 0) return {e, token};
                 // Having joined, we keep the entry alive: no need to look it up.
                 if (joined) return acquire_slow(shards_[e->shard], e, true, {}, 0, deadline, stop, ec);
             }
@@ -852,12 +980,13 @@ public:
     }
 
     void release(detail::Hold* hold, std::error_code& ec) noexcept override {
-        ec.clear();
+        if (ec) ec.clear();
         auto* e = static_cast<Entry*>(hold);
         assert((e->load() & word::kHeld) != 0);
         if (fast_release(e)) return;
+        if (defer_ && defer_release(e)) return;
         bool released = false;
-        if (linger_release(e, released)) return;
+        if (!defer_ && linger_release(e, released)) return;
         Shard& s = shards_[e->shard];
         ShardLock guard(this, s);
         const std::uint64_t w = drop(s, e, released ? word::kRef : word::kRef + word::kHeld, guard);
@@ -876,7 +1005,7 @@ public:
             Shard& s = shards_[shard_of(hash)];
             ShardLock guard(this, s);
             if (Entry* e = find_or_insert(s, key, hash, ec)) {
-                if ((e->load() & word::kPublished) == 0) s.publish(e);
+                if ((e->load() & word::kPublished) == 0) s.publish(e, this);
                 add_ref(e);
                 return e;
             }
@@ -894,6 +1023,9 @@ public:
     }
 
     Stats stats() const override {
+        // Threads' deferred references are not uses: drop them, so that `entries` counts the
+        // entries really in use (and returns to 0 when nothing is).
+        if (defer_) Reclaimer::get().drain(drop_deferred);
         Stats st;
         for (std::size_t i = 0; i < options_.shards; ++i) {
             Shard& s = shards_[i];
@@ -919,7 +1051,10 @@ public:
         // add its live entries to `orphans_`. Each later free in a closed shard takes one off.
         // The extra 1 held during the walk keeps an early free from reaching zero.
         orphans_.fetch_add(1, std::memory_order_relaxed);
-        closed_.store(true, std::memory_order_relaxed);
+        // Seq_cst, against defer_release(): either it sees closed_ and drops the reference it
+        // kept, or the drain below finds it.
+        closed_.store(true, std::memory_order_seq_cst);
+        if (defer_) Reclaimer::get().drain(drop_deferred);
         for (std::size_t i = 0; i < options_.shards; ++i) {
             Shard& s = shards_[i];
             std::lock_guard lk(s.mu);
@@ -930,8 +1065,44 @@ public:
         if (orphans_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
     }
 
+    /// Drops a reference (not the lock), freeing the entry if it was the last.
+    void unref(Entry* e) noexcept {
+        if (fast_unref(e)) return;
+        Shard& s = shards_[e->shard];
+        ShardLock guard(this, s);
+        leave_queue(s, e, guard);
+    }
+
 private:
     friend class ShardLock;
+
+    /// The release of the last reference of an entry that is being shared: releases the lock
+    /// but keeps the reference, in this thread's slot, instead of freeing the entry. In a burst
+    /// of locks on one key, the other threads are usually just between an unlock and their
+    /// next lock, and would otherwise find the entry gone and have to re-create it under the
+    /// shard mutex. The thread uses the reference for its next lock of the key; it is dropped
+    /// when the thread defers another one, exits, or at stats() and close() (drain). So each
+    /// thread keeps at most one entry alive this way. Not used with max_keys, whose bound must
+    /// not depend on what other threads did last.
+    bool defer_release(Entry* e) noexcept {
+        std::uint64_t w = e->word.load(std::memory_order_relaxed);
+        FastSlot& slot = fast_slot;
+        do {
+            if ((w & (word::kPublished | word::kSlowRelease)) != word::kPublished ||
+                (w & (word::kShared | word::kHot)) == 0 || word::refs(w) != 1 ||
+                !slot.registered) {  // (no slot for drain() to find)
+                return false;
+            }
+        } while (!e->word.compare_exchange_weak(w, w - word::kHeld, std::memory_order_release,
+                                                std::memory_order_relaxed));
+        Entry* old = slot.hazard.deferred.exchange(e, std::memory_order_seq_cst);
+        if (closed_.load(std::memory_order_seq_cst)) {
+            // close() has begun and may have drained already: drop it ourselves.
+            if (Entry* mine = slot.hazard.deferred.exchange(nullptr, std::memory_order_seq_cst)) unref(mine);
+        }
+        if (old != nullptr) drop_deferred(old);
+        return true;
+    }
 
     std::error_code check_key(std::string_view key) const noexcept {
         if (key.empty()) return errc::invalid_key;
@@ -949,7 +1120,7 @@ private:
     /// for here: the caller gets it in *spinner, with a reference, to spin on unlocked. (That
     /// point is reached only with time left and no stop requested: the checks just before it
     /// are the spin limit's.)
-    Acquired acquire_slow(Shard& s, Entry* e, bool has_ref, std::string_view key, std::uint64_t hash,
+    [[gnu::always_inline]] Acquired acquire_slow(Shard& s, Entry* e, bool has_ref, std::string_view key, std::uint64_t hash,
                           Deadline deadline, const std::stop_token& stop, std::error_code& ec,
                           Entry** spinner = nullptr) {
         ShardLock guard(this, s);
@@ -959,10 +1130,18 @@ private:
             // Referenced by someone else (a holder, a waiter, a pin): a key in use by several
             // threads. Publish it, so that the next locks of these threads skip this mutex.
             const std::uint64_t w = e->load();
-            if ((w & word::kPublished) == 0 && word::refs(w) != 0) s.publish(e);
+            if ((w & word::kPublished) == 0 && word::refs(w) != 0) s.publish(e, this);
         }
         const std::uint64_t ref = has_ref ? 0 : word::kRef;  // what taking or queueing adds
         if (const std::uint64_t token = take(s, e, ref)) return {e, token};
+        return acquire_held(s, e, ref, deadline, stop, guard, ec, spinner);
+    }
+
+    /// The rest of acquire_slow, when the lock was taken: time out, stop, spin or queue. Out
+    /// of line, so that the uncontended path above is short.
+    [[gnu::noinline]] Acquired acquire_held(Shard& s, Entry* e, std::uint64_t ref, Deadline deadline,
+                                            const std::stop_token& stop, ShardLock& guard, std::error_code& ec,
+                                            Entry** spinner) {
         if (deadline != Deadline::max() && deadline <= Clock::now()) {
             ++s.timeouts;
             ec = errc::timeout;
@@ -984,7 +1163,8 @@ private:
         return wait(s, e, ref, deadline, stop, guard, ec);
     }
 
-    Entry* find_or_insert(Shard& s, std::string_view key, std::uint64_t hash, std::error_code& ec) {
+    [[gnu::always_inline]] Entry* find_or_insert(Shard& s, std::string_view key, std::uint64_t hash,
+                                                 std::error_code& ec) {
         if (Entry* e = s.find(key, hash)) {
             if (e->idle) {
                 e->idle = false;
@@ -1004,7 +1184,7 @@ private:
                 // clear and the next entry of the key starts plain: a key one thread now uses
                 // alone pays one linger, not one per unlock.
                 s.hot = 0;
-                s.publish(e);
+                s.publish(e, this);
                 e->word.store(e->load() | word::kHot, std::memory_order_release);
             }
             return e;
@@ -1172,7 +1352,7 @@ private:
         };
         std::stop_callback<decltype(on_stop)> stop_cb(stop, on_stop);  // inert if stop is impossible
 
-        auto& lk = guard.lock();
+        ShardMutex& lk = guard.mutex();
         Acquired result;
         bool may_spin = false;  // the caller has just spun (or could not)
         for (;;) {
@@ -1334,11 +1514,13 @@ private:
     std::atomic<std::size_t> total_{0};    // entries, maintained only when max_keys is set
     std::atomic<std::size_t> orphans_{0};  // entries still referenced after close()
     std::atomic<bool> closed_{false};      // close() has begun
+    const bool defer_ = options_.max_keys == 0;  // releases may keep a deferred reference
     std::jthread sweeper_;
 };
 
-ShardLock::~ShardLock() {
-    lock_.unlock();
+void drop_deferred(Entry* e) noexcept { static_cast<LocalBackend*>(e->owner)->unref(e); }
+
+void ShardLock::finish() noexcept {
     if (wake_ != nullptr) wake_one(*wake_);
     for (int i = 0; i < count_; ++i) {
         const Completion& c = done_[i];
