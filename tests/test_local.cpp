@@ -280,6 +280,40 @@ TEST_CASE("a key threads took turns on is not counted once they are done with it
     shared.finish();
 }
 
+TEST_CASE("a thread's remembered key never leads it to another key's entry", "[local]") {
+    // A thread remembers the last shared key it locked (its entry and that entry's
+    // incarnation). Here that entry is freed and its memory reused for another key, which
+    // the thread then keeps a reference to: its next lock of the remembered key must not
+    // take that other key's entry.
+    KeyedLockRegistry r;
+    {
+        // "x" becomes shared: a helper holds it while this thread comes for it.
+        std::atomic<bool> held{false};
+        std::thread h([&] {
+            Guard g = r.lock("x");
+            held = true;
+            std::this_thread::sleep_for(50ms);
+        });
+        while (!held) std::this_thread::yield();
+        Guard g = r.lock("x");
+        h.join();
+    }
+    CHECK(r.stats().entries == 0);  // "x"'s entry freed, into this thread's cache
+    {
+        Guard k = r.lock("k");  // most likely in the memory "x"'s entry had
+        bool taken = true;
+        std::thread h([&] { taken = r.try_lock_for("k", 20ms).has_value(); });  // shares "k"
+        h.join();
+        CHECK_FALSE(taken);
+    }  // this thread may keep "k"'s entry now
+    Guard x = r.lock("x");
+    CHECK(x.key() == "x");
+    bool free = false;
+    std::thread h([&] { free = r.try_lock("k").has_value(); });
+    h.join();
+    CHECK(free);
+}
+
 TEST_CASE("with max_keys, released keys never count against the bound", "[local]") {
     KeyedLockRegistry r(with([](auto& o) { o.max_keys = 1; }));
     SharedKey shared(r, "a", [] {});

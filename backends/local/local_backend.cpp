@@ -204,6 +204,31 @@ constexpr std::uint64_t freed(std::uint64_t w) noexcept { return (w & kIncMask) 
     }
 }
 
+/// Whether n bytes at a and b are equal; n <= 16 without a call, like copy_small.
+[[gnu::always_inline]] inline bool equal_bytes(const char* a, const char* b, std::size_t n) noexcept {
+    if (n > 16) return std::memcmp(a, b, n) == 0;
+    if (n >= 8) {
+        std::uint64_t a1, a2, b1, b2;
+        std::memcpy(&a1, a, 8);
+        std::memcpy(&a2, a + n - 8, 8);
+        std::memcpy(&b1, b, 8);
+        std::memcpy(&b2, b + n - 8, 8);
+        return ((a1 ^ b1) | (a2 ^ b2)) == 0;
+    }
+    if (n >= 4) {
+        std::uint32_t a1, a2, b1, b2;
+        std::memcpy(&a1, a, 4);
+        std::memcpy(&a2, a + n - 4, 4);
+        std::memcpy(&b1, b, 4);
+        std::memcpy(&b2, b + n - 4, 4);
+        return ((a1 ^ b1) | (a2 ^ b2)) == 0;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        if (a[i] != b[i]) return false;
+    }
+    return true;
+}
+
 /// An entry's key: up to 16 bytes inline (most ids), longer ones on the heap. Cheaper to set
 /// and compare than a std::string, and the same 32 bytes.
 class EntryKey {
@@ -221,7 +246,7 @@ public:
     operator std::string_view() const noexcept { return view(); }
     std::size_t capacity() const noexcept { return capacity_; }
     bool operator==(std::string_view k) const noexcept {
-        return k.size() == size_ && std::memcmp(data_, k.data(), k.size()) == 0;
+        return k.size() == size_ && equal_bytes(data_, k.data(), k.size());
     }
 
     /// Sets the key; keeps a heap buffer that is large enough.
@@ -517,7 +542,7 @@ void dispose(Entry* e) noexcept {
 
 /// The last published entry this thread locked through a registry, by key: the next lock of
 /// the same key skips the hash table. Plain data, so that reaching it costs no thread-local
-/// initialisation check; FastSlotOwner unregisters it when the thread exits.
+/// initialisation check; ThreadExit unregisters it when the thread exits.
 struct FastSlot {
     static constexpr std::size_t kMaxKey = 64;  // longer keys are not remembered
 
@@ -533,7 +558,7 @@ struct FastSlot {
 
     /// The entry and incarnation remembered for `key` in `b`, or null.
     Entry* find(const void* b, std::uint64_t h, std::string_view k, std::uint64_t& inc) const noexcept {
-        if (backend != b || hash != h || key_size != k.size() || std::memcmp(key, k.data(), k.size()) != 0) {
+        if (backend != b || hash != h || key_size != k.size() || !equal_bytes(key, k.data(), k.size())) {
             return nullptr;
         }
         inc = incarnation;
@@ -547,23 +572,67 @@ constinit thread_local FastSlot fast_slot{};
 /// Drops a deferred reference to `e` (whose backend it keeps alive). Defined after LocalBackend.
 void drop_deferred(Entry* e) noexcept;
 
-struct FastSlotOwner {
-    FastSlotOwner() = default;
-    FastSlotOwner(const FastSlotOwner&) = delete;
-    FastSlotOwner& operator=(const FastSlotOwner&) = delete;
-    ~FastSlotOwner() {
+/// Recycled entries, per thread: the entry a thread frees is the one it most likely allocates
+/// next, still in its own cache. Bounded, and freed when the thread exits (ThreadExit). Plain
+/// data, like FastSlot.
+struct EntryCache {
+    static constexpr int kCap = 16;
+
+    Entry* head = nullptr;
+    int count = 0;
+    bool owned = false;  // ThreadExit will empty it
+    bool dead = false;   // the thread is exiting: cache nothing more
+
+    Entry* get() {
+        if (head == nullptr) return new Entry;
+        --count;
+        return std::exchange(head, head->chain);
+    }
+    /// Takes a freed entry (its word already retired to the next incarnation).
+    void put(Entry* e) noexcept;
+};
+
+constinit thread_local EntryCache entry_cache{};
+
+/// Runs a thread's clean-up at its exit, in this order: drop its deferred reference (which may
+/// free an entry into its cache), unregister its slot, then empty its cache. One object, so
+/// the order does not depend on which thread-local was touched first.
+struct ThreadExit {
+    ThreadExit() = default;
+    ThreadExit(const ThreadExit&) = delete;
+    ThreadExit& operator=(const ThreadExit&) = delete;
+    ~ThreadExit() {
         FastSlot& slot = fast_slot;
         slot.dead = true;
         slot.backend = nullptr;
         if (Entry* e = slot.hazard.deferred.exchange(nullptr, std::memory_order_seq_cst)) drop_deferred(e);
         if (slot.registered) Reclaimer::get().remove(&slot.hazard);
         slot.registered = false;
+        EntryCache& cache = entry_cache;
+        cache.dead = true;
+        while (cache.head != nullptr) dispose(std::exchange(cache.head, cache.head->chain));
+        cache.count = 0;
     }
     void touch() noexcept {}
 };
 
-thread_local FastSlotOwner fast_slot_owner;
+thread_local ThreadExit thread_exit;
 
+void EntryCache::put(Entry* e) noexcept {
+    if (!owned) [[unlikely]] {
+        thread_exit.touch();  // constructs it, so that its destructor runs at thread exit
+        owned = true;
+    }
+    if (count >= kCap || dead || e->key.capacity() > 64) {
+        dispose(e);
+        return;
+    }
+    e->chain = head;
+    e->head = e->tail = nullptr;
+    e->idle = false;
+    head = e;
+    ++count;
+}
 
 /// A blocked lock() call. `signal` is set to 1 by whoever wants it to look again (a release,
 /// a grant, a stop request); the waiter clears it under the shard mutex before each look, so
@@ -572,51 +641,11 @@ struct SyncWaiter final : WaitNode {
     std::atomic<std::uint32_t> signal{0};
 };
 
-/// Recycled entries, per thread: the entry a thread frees is the one it most likely allocates
-/// next, still in its own cache. Bounded, and freed when the thread exits.
-class EntryCache {
-public:
-    EntryCache() = default;
-    EntryCache(const EntryCache&) = delete;
-    EntryCache& operator=(const EntryCache&) = delete;
-    ~EntryCache() {
-        while (head_ != nullptr) dispose(std::exchange(head_, head_->chain));
-    }
-    void touch() noexcept {}
-    Entry* get() {
-        if (head_ == nullptr) return new Entry;
-        --count_;
-        return std::exchange(head_, head_->chain);
-    }
-    /// Takes a freed entry (its word already retired to the next incarnation).
-    void put(Entry* e) noexcept {
-        if (count_ >= kCap || e->key.capacity() > 64) {
-            dispose(e);
-            return;
-        }
-        e->chain = head_;
-        e->head = e->tail = nullptr;
-        e->idle = false;
-        head_ = e;
-        ++count_;
-    }
-
-private:
-    static constexpr int kCap = 16;
-    Entry* head_ = nullptr;
-    int count_ = 0;
-};
-
-thread_local EntryCache entry_cache;
-
 /// Remembers `e` (which the caller holds a reference to, so it is not being freed).
 void FastSlot::remember(const void* b, std::uint64_t h, std::string_view k, Entry* e) noexcept {
     if (dead || k.size() > kMaxKey) return;
     if (!registered) {
-        // Constructs them, the cache first: the slot owner's destructor (at thread exit) may
-        // free an entry into the cache, which must then still exist.
-        entry_cache.touch();
-        fast_slot_owner.touch();
+        thread_exit.touch();  // constructs it, so that its destructor runs at thread exit
         try {
             Reclaimer::get().add(&hazard);
         } catch (const std::bad_alloc&) {
@@ -915,9 +944,17 @@ public:
                 if (deferred.load(std::memory_order_relaxed) == e &&
                     deferred.exchange(nullptr, std::memory_order_acquire) == e) {
                     // We kept a reference at our last release (unless drain() took it just
-                    // now): the entry is alive, and taking the lock adds only the held bit.
-                    joined = true;
-                    token = spin_joined(e, options_.fair, e->word.load(std::memory_order_relaxed), limit);
+                    // now), so the entry is alive. It is our key's only if the incarnation is
+                    // still the one the slot saw: the slot may be older than the reference
+                    // (kept through a pin, or a key too long to remember) and the memory
+                    // recycled for another key since.
+                    const std::uint64_t w = e->word.load(std::memory_order_relaxed);
+                    if ((w & word::kIncMask) == incarnation) {
+                        joined = true;
+                        token = spin_joined(e, options_.fair, w, limit);
+                    } else {
+                        unref(e);
+                    }
                 } else {
                     token = spin_take(e, incarnation, options_.fair, limit, joined);
                 }
@@ -1093,7 +1130,9 @@ private:
                 !slot.registered) {  // (no slot for drain() to find)
                 return false;
             }
-        } while (!e->word.compare_exchange_weak(w, w - word::kHeld, std::memory_order_release,
+        // Acquire as well: the entry may have been published after we took it (under the
+        // shard mutex, by another thread), and dropping the reference later reads `owner`.
+        } while (!e->word.compare_exchange_weak(w, w - word::kHeld, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed));
         Entry* old = slot.hazard.deferred.exchange(e, std::memory_order_seq_cst);
         if (closed_.load(std::memory_order_seq_cst)) {

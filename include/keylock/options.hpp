@@ -16,8 +16,9 @@ namespace keylock {
 /// gets; `to_url()` gives the URL that configures the same registry.
 struct RegistryOptions {
     /// How long an idle entry (no guard, waiter or handle) stays in memory before it is freed.
-    /// Zero (the default) frees it as soon as its last reference goes. A warm entry makes the
-    /// next lock of its key cheaper; it is still counted in `Stats::entries`.
+    /// Zero (the default) frees it as soon as its last reference goes (a thread may keep the
+    /// last shared key it released for its next lock; see docs/semantics.md). A warm entry makes
+    /// the next lock of its key cheaper; it is still counted in `Stats::entries`.
     std::chrono::milliseconds idle_ttl{0};
     /// The most per-key entries in memory at once; an acquisition that needs one more fails
     /// with `errc::too_many_keys`. Zero means no limit.
