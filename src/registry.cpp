@@ -29,6 +29,9 @@ public:
             case errc::unknown_option: return "unknown option";
             case errc::invalid_option: return "invalid option value";
             case errc::unavailable: return "backend unavailable";
+            case errc::auth_failed: return "authentication failed";
+            case errc::backend_error: return "the backend answered with an error";
+            case errc::protocol_error: return "unexpected reply: not the backend's protocol";
         }
         return "unknown keylock error";
     }

@@ -186,7 +186,9 @@ private:
                 }
                 if (const int fd = connect_tcp(port_); fd >= 0) {
                     ::close(fd);
-                    if (command("PING") == "+PONG") return;
+                    // A server with a password answers NOAUTH: it is up all the same.
+                    const std::string pong = command("PING");
+                    if (pong == "+PONG" || pong.rfind("-NOAUTH", 0) == 0) return;
                 }
                 std::this_thread::sleep_for(std::chrono::milliseconds(10));
             }

@@ -32,7 +32,10 @@ enum class errc {
     unknown_option,     ///< the URL or options name an option this backend does not have
     invalid_option,     ///< an option has a value out of range or of the wrong form
     // Backends
-    unavailable,        ///< the backend cannot be reached
+    unavailable,        ///< the backend cannot be reached (connection refused or lost, no reply in time)
+    auth_failed,        ///< the backend refused our credentials (wrong password, unknown user, ACL)
+    backend_error,      ///< the backend answered with an error (e.g. WRONGTYPE on a lock key)
+    protocol_error,     ///< the server's replies are not the backend's protocol (not Redis?)
 };
 
 /// The "keylock" error category.

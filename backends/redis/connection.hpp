@@ -1,0 +1,112 @@
+// One connection to a Redis server: TCP, Unix socket or TLS, owned by Boost.Asio, with
+// hiredis's RESP encoder and reply parser. Commands are pipelined: any number may be in
+// flight, and their callbacks run in order as the replies arrive.
+//
+// Single-threaded: every member function must be called on the io_context's thread (the
+// backend runs one thread per registry), and callbacks run there.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/system/error_code.hpp>
+
+namespace keylock::redis {
+
+/// Where and how to connect. Built from a `redis://`, `rediss://` or `unix://` URL.
+struct Endpoint {
+    std::string host;              ///< TCP host name or address (empty for a Unix socket)
+    std::uint16_t port = 6379;
+    std::string unix_path;         ///< Unix socket path (empty for TCP)
+    bool tls = false;
+    std::string ca_file, cert_file, key_file;  ///< TLS files (PEM); empty = system defaults / none
+    bool verify = true;            ///< TLS: verify the server's certificate and host name
+    std::string user;              ///< ACL user (empty = "default" via password-only AUTH)
+    std::string password;          ///< never printed
+    int db = 0;
+    std::chrono::milliseconds connect_timeout{5000};
+    std::chrono::milliseconds command_timeout{5000};
+
+    /// "host:port" or the socket path, for messages (no user, no password).
+    std::string where() const;
+};
+
+/// A reply, copied out of hiredis's reply tree.
+struct Reply {
+    enum class Type { string, array, integer, nil, status, error };
+    Type type = Type::nil;
+    long long integer = 0;
+    std::string str;               ///< string, status and error replies
+    std::vector<Reply> elements;   ///< array replies
+
+    bool is_error() const noexcept { return type == Type::error; }
+    bool is_nil() const noexcept { return type == Type::nil; }
+};
+
+/// Callback of a command: `ec` is set when the connection failed before the reply came (the
+/// reply is then empty); an error *reply* from Redis is a successful call with `Type::error`.
+using ReplyHandler = std::function<void(std::error_code ec, Reply reply)>;
+
+class Connection : public std::enable_shared_from_this<Connection> {
+public:
+    /// `on_failure` runs once, when the connection breaks after having been established (I/O
+    /// error, a command timing out, a reply that is not RESP); pending commands have then
+    /// already failed with `errc::unavailable`.
+    Connection(boost::asio::io_context& io, Endpoint endpoint);
+    ~Connection();
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    /// Connects, does the TLS handshake, AUTH and SELECT, all within `connect_timeout`. The
+    /// handler gets a keylock error (`unavailable`, `auth_failed`, `protocol_error`) and a
+    /// message naming the endpoint but never the password.
+    void connect(std::function<void(std::error_code, std::string message)> handler);
+
+    /// Sends one command (binary-safe arguments). Commands sent before the connection is up
+    /// wait for it.
+    void send(const std::vector<std::string_view>& argv, ReplyHandler handler);
+
+    /// Called once when an established connection breaks (see above), with a message.
+    void on_failure(std::function<void(std::error_code, std::string)> handler) { on_failure_ = std::move(handler); }
+
+    /// Closes the connection; pending commands fail with `errc::cancelled`.
+    void close();
+
+    bool connected() const noexcept { return state_ == State::ready; }
+    std::size_t pending() const noexcept { return pending_.size(); }
+
+private:
+    struct Impl;
+    enum class State { idle, connecting, ready, failed, closed };
+    struct Pending {
+        ReplyHandler handler;
+        std::chrono::steady_clock::time_point deadline;
+    };
+
+    void fail(std::error_code ec, const std::string& message);
+    void connect_address(std::size_t index, boost::system::error_code last);
+    void start_write();
+    void start_read();
+    void arm_timer();
+    void on_bytes(const char* data, std::size_t n);
+
+    std::unique_ptr<Impl> impl_;
+    Endpoint endpoint_;
+    State state_ = State::idle;
+    std::deque<Pending> pending_;  // commands written (or queued), oldest first
+    std::string out_;              // formatted commands not yet handed to a write
+    std::string writing_;          // the buffer of the write in flight
+    bool write_in_flight_ = false;
+    std::function<void(std::error_code, std::string)> on_failure_;
+};
+
+}  // namespace keylock::redis
