@@ -3,7 +3,11 @@ include(CMakePackageConfigHelpers)
 
 set(KEYLOCK_CMAKE_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/keylock")
 
-install(TARGETS keylock EXPORT keylockTargets
+set(_keylock_targets keylock)
+if(KEYLOCK_BUILD_REDIS)
+    list(APPEND _keylock_targets keylock_redis)
+endif()
+install(TARGETS ${_keylock_targets} EXPORT keylockTargets
     ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
     LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
     RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
@@ -12,6 +16,8 @@ install(EXPORT keylockTargets
     NAMESPACE keylock::
     DESTINATION ${KEYLOCK_CMAKE_DIR})
 
+# Read by keylockConfig.cmake.in: whether keylock::redis (and so its dependencies) is in the package.
+set(KEYLOCK_PACKAGE_HAS_REDIS ${KEYLOCK_BUILD_REDIS})
 configure_package_config_file(cmake/keylockConfig.cmake.in
     "${PROJECT_BINARY_DIR}/keylockConfig.cmake"
     INSTALL_DESTINATION ${KEYLOCK_CMAKE_DIR})

@@ -7,6 +7,7 @@ packages=(
     build-essential cmake pkg-config
     libboost1.81-dev libboost-url1.81-dev   # Asio (headers) and Boost.URL
     libhiredis-dev libssl-dev               # the Redis backend: RESP encoder/parser, TLS
+    openssl                                 # tests: throwaway certificates for Redis over TLS
     catch2                                  # tests
     redis-server                            # tests of the Redis backend start their own server
     libsqlite3-dev                          # the get-or-create demo

@@ -22,6 +22,21 @@ std::string lower(std::string_view s) {
     return out;
 }
 
+[[noreturn]] void bad_option(std::string_view name, std::string_view value, const char* expected) {
+    throw Error(errc::invalid_option, "keylock: option '" + std::string(name) + "' has value '" +
+                                          shown(value) + "'; expected " + expected);
+}
+
+}  // namespace
+
+std::optional<std::size_t> parse_size(std::string_view text) {
+    std::size_t value = 0;
+    if (text.empty()) return std::nullopt;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+    return value;
+}
+
 /// Shows a user-supplied value in a message: at most 64 bytes, non-printable bytes escaped.
 std::string shown(std::string_view value) {
     std::string out;
@@ -37,21 +52,6 @@ std::string shown(std::string_view value) {
     }
     if (value.size() > 64) out += "...";
     return out;
-}
-
-[[noreturn]] void bad_option(std::string_view name, std::string_view value, const char* expected) {
-    throw Error(errc::invalid_option, "keylock: option '" + std::string(name) + "' has value '" +
-                                          shown(value) + "'; expected " + expected);
-}
-
-}  // namespace
-
-std::optional<std::size_t> parse_size(std::string_view text) {
-    std::size_t value = 0;
-    if (text.empty()) return std::nullopt;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
-    return value;
 }
 
 std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {

@@ -11,6 +11,9 @@
 
 namespace keylock::detail {
 
+/// A user-supplied value as shown in a message: at most 64 bytes, non-printable bytes escaped.
+std::string shown(std::string_view value);
+
 /// "500ms", "30s", "2m", "1h", "0": a whole number and a unit. nullopt when malformed or too
 /// large to represent.
 std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);

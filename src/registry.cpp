@@ -1,5 +1,7 @@
 // The backend-independent parts of the registry: errors, construction from URLs.
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
 
 #include <keylock/keylock.hpp>
@@ -46,6 +48,26 @@ const std::error_category& error_category() noexcept {
 
 namespace detail {
 
+namespace {
+
+struct Schemes {
+    std::mutex mu;
+    std::map<std::string, BackendFactory, std::less<>> factories;
+};
+Schemes& schemes() {
+    static Schemes* s = new Schemes;  // never destroyed: registrations happen at static init
+    return *s;
+}
+
+}  // namespace
+
+bool register_scheme(std::string_view scheme, BackendFactory factory) {
+    Schemes& s = schemes();
+    std::lock_guard lk(s.mu);
+    s.factories[std::string(scheme)] = factory;
+    return true;
+}
+
 void throw_error(std::error_code ec, std::string_view key, const char* what) {
     std::string message = "keylock: ";
     message += what;
@@ -75,8 +97,21 @@ KeyedLockRegistry::KeyedLockRegistry(const RegistryOptions& options)
 KeyedLockRegistry KeyedLockRegistry::from_url(std::string_view url) {
     const std::string scheme = detail::url_scheme(url);
     if (scheme == "local") return KeyedLockRegistry(detail::parse_local_url(url));
+    std::string known = "local";
+    {
+        detail::Schemes& s = detail::schemes();
+        std::unique_lock lk(s.mu);
+        if (auto it = s.factories.find(scheme); it != s.factories.end()) {
+            const detail::BackendFactory factory = it->second;
+            lk.unlock();
+            return KeyedLockRegistry(factory(url));
+        }
+        for (const auto& [name, factory] : s.factories) known += ", " + name;
+    }
+    std::string hint;
+    if (scheme == "redis" || scheme == "rediss" || scheme == "unix") hint = "; link keylock::redis for " + scheme + "://";
     throw Error(errc::unknown_scheme,
-                "keylock: unknown URL scheme '" + scheme + "' (this build supports: local)");
+                "keylock: unknown URL scheme '" + scheme + "' (this program supports: " + known + hint + ")");
 }
 
 KeyedLockRegistry KeyedLockRegistry::from_env(const char* var, std::string_view fallback) {

@@ -2,14 +2,19 @@
 // fresh temporary directory, and always stopped (also if the test process dies: the server
 // gets SIGKILL with its parent). No persistence unless a test asks for it.
 //
-// Tests that need Redis must never skip: if redis-server is missing or does not start, the
-// constructor throws, and the test fails with the server's log.
+// Opt-in TLS (RedisServer(RedisServer::Tls{})): the fixture makes throwaway certificates with the
+// openssl command-line tool in the server's directory and adds a TLS port next to the plain one
+// (which stays, so tests reach both and the readiness check needs no TLS client).
+//
+// Tests that need Redis must never skip: if redis-server (or, for TLS, openssl) is missing or
+// does not start, the constructor throws, and the test fails with the server's (or openssl's) log.
 #pragma once
 
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -23,6 +28,7 @@
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -33,12 +39,24 @@ namespace keylock::test {
 
 class RedisServer {
 public:
+    /// How a TLS server is set up. Its members are enums, not bools, so that a braced list of
+    /// strings (`RedisServer({"--appendonly", "yes"})`) can never be taken for a `Tls`.
+    struct Tls {
+        /// `optional`: a client may present a certificate (then it must be signed by ca_file());
+        /// `required`: `--tls-auth-clients yes`, a client without one is refused.
+        enum class ClientAuth { optional, required };
+        /// `localhost`: the certificate for IP 127.0.0.1 and DNS localhost; `wrong_name`: one for
+        /// "wrong.example" only, signed by the same CA (for host-name verification tests).
+        enum class ServerCert { localhost, wrong_name };
+        ClientAuth client_auth = ClientAuth::optional;
+        ServerCert server_cert = ServerCert::localhost;
+    };
+
     /// Starts a server; `extra` are more `redis-server` arguments (e.g. {"--appendonly", "yes"}).
-    explicit RedisServer(std::vector<std::string> extra = {}) : extra_(std::move(extra)) {
-        char tmpl[] = "/tmp/keylock-redis-XXXXXX";
-        if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp: " + std::string(std::strerror(errno)));
-        dir_ = tmpl;
-        start();
+    explicit RedisServer(std::vector<std::string> extra = {}) : extra_(std::move(extra)) { init(); }
+    /// Starts a server that also listens with TLS on tls_port(); see the file accessors below.
+    explicit RedisServer(Tls tls, std::vector<std::string> extra = {}) : extra_(std::move(extra)), tls_(tls) {
+        init();
     }
     RedisServer(const RedisServer&) = delete;
     RedisServer& operator=(const RedisServer&) = delete;
@@ -53,6 +71,29 @@ public:
     const std::string& dir() const noexcept { return dir_; }
     pid_t pid() const noexcept { return pid_; }
     bool running() const noexcept { return pid_ > 0; }
+
+    // TLS mode only (the file accessors throw std::logic_error otherwise). All files are PEM, in
+    // dir(), valid for a week; keys are EC P-256 (fast to make) and unencrypted.
+    bool tls() const noexcept { return tls_.has_value(); }
+    /// The TLS port (0 without TLS); port() keeps serving plain RESP.
+    int tls_port() const noexcept { return tls_port_; }
+    /// The CA that signed the server and client certificates (what a client should trust).
+    std::string ca_file() const { return tls_file("ca.crt"); }
+    /// The certificate the server presents (for 127.0.0.1 and localhost) and its key.
+    std::string server_cert_file() const { return tls_file("server.crt"); }
+    std::string server_key_file() const { return tls_file("server.key"); }
+    /// A certificate for "wrong.example" only (CN and subjectAltName), signed by ca_file(); the
+    /// server presents it with Tls::ServerCert::wrong_name.
+    std::string wrong_name_cert_file() const { return tls_file("wrong-name.crt"); }
+    std::string wrong_name_key_file() const { return tls_file("wrong-name.key"); }
+    /// A client certificate signed by ca_file(): accepted with Tls::ClientAuth::required.
+    std::string client_cert_file() const { return tls_file("client.crt"); }
+    std::string client_key_file() const { return tls_file("client.key"); }
+    /// An unrelated CA: trusting only it, a client must refuse the server.
+    std::string other_ca_file() const { return tls_file("other-ca.crt"); }
+    /// A client certificate signed by other_ca_file(): the server must refuse it.
+    std::string other_client_cert_file() const { return tls_file("other-client.crt"); }
+    std::string other_client_key_file() const { return tls_file("other-client.key"); }
 
     /// Stops the server (SIGTERM, then SIGKILL after 5 s) and reaps it.
     void stop() noexcept {
@@ -72,10 +113,11 @@ public:
         reap(std::chrono::seconds(5));
         pid_ = -1;
     }
-    /// Starts it again on the same port and socket (a restart: empty unless persisted).
+    /// Starts it again on the same ports and socket, with the same certificates (a restart:
+    /// empty unless persisted).
     void restart() {
         stop();
-        start(port_);
+        start(port_, tls_port_);
     }
     void pause() noexcept { if (pid_ > 0) ::kill(pid_, SIGSTOP); }
     void resume() noexcept { if (pid_ > 0) ::kill(pid_, SIGCONT); }
@@ -104,6 +146,133 @@ public:
     }
 
 private:
+    /// Makes the directory, the certificates (TLS mode) and starts the server. A constructor
+    /// that throws runs no destructor, so this cleans up itself.
+    void init() {
+        char tmpl[] = "/tmp/keylock-redis-XXXXXX";
+        if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp: " + std::string(std::strerror(errno)));
+        dir_ = tmpl;
+        try {
+            if (tls_) make_certificates();
+            start();
+        } catch (...) {
+            stop();
+            std::error_code ignored;
+            std::filesystem::remove_all(dir_, ignored);
+            throw;
+        }
+    }
+
+    std::string tls_file(const char* name) const {
+        if (!tls_) throw std::logic_error("RedisServer: TLS files exist only with RedisServer::Tls");
+        return dir_ + "/tls/" + name;
+    }
+
+    /// Runs `openssl args...` (no shell, so no quoting: paths are single arguments) with stdin
+    /// from /dev/null (it must never wait for a prompt) and its output in a log file; throws
+    /// with that output unless it exits with 0.
+    void openssl(std::vector<std::string> args) const {
+        const std::string log_path = dir_ + "/tls/openssl.log";
+        args.insert(args.begin(), "openssl");
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
+
+        std::string command;
+        for (const auto& a : args) command += (command.empty() ? "" : " ") + a;
+
+        // posix_spawn rather than fork: nothing of this (possibly multithreaded) process runs
+        // in the child, and a missing binary is an error code here, not an exit status.
+        posix_spawn_file_actions_t actions;
+        if (::posix_spawn_file_actions_init(&actions) != 0) throw std::runtime_error("posix_spawn_file_actions_init");
+        int spawned = ::posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+        if (spawned == 0) {
+            spawned = ::posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(),
+                                                         O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        }
+        if (spawned == 0) spawned = ::posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+        pid_t pid = -1;
+        if (spawned == 0) spawned = ::posix_spawnp(&pid, "openssl", &actions, nullptr, argv.data(), environ);
+        ::posix_spawn_file_actions_destroy(&actions);
+        if (spawned != 0) {
+            throw std::runtime_error("cannot run `" + command + "`: " + std::strerror(spawned) +
+                                     " (is openssl installed? Debian: apt-get install openssl)");
+        }
+        int status = 0;
+        while (::waitpid(pid, &status, 0) < 0) {
+            if (errno != EINTR) throw std::runtime_error("waitpid(openssl): " + std::string(std::strerror(errno)));
+        }
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            std::ifstream in(log_path);
+            std::stringstream output;
+            output << in.rdbuf();
+            throw std::runtime_error("`" + command + "` failed (" +
+                                     (WIFEXITED(status) ? "exit " + std::to_string(WEXITSTATUS(status))
+                                                        : "signal " + std::to_string(WTERMSIG(status))) +
+                                     "):\n" + output.str());
+        }
+    }
+
+    /// A CA: a key and a self-signed certificate, `<name>.key` and `<name>.crt`.
+    void make_ca(const std::string& name, const std::string& subject) const {
+        const std::string base = dir_ + "/tls/" + name;
+        openssl({"req", "-x509", "-config", dir_ + "/tls/openssl.cnf", "-extensions", "ca",
+                 "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", base + ".key", "-out", base + ".crt", "-days", "7", "-subj", subject});
+    }
+
+    /// A key and a certificate signed by the CA `ca`, with the extensions of config section
+    /// `extensions`, in one run (`req -CA`, OpenSSL 3.0+: each run costs ~40 ms of start-up);
+    /// serials only need to differ among one CA's certificates.
+    void make_leaf(const std::string& name, const std::string& ca, const std::string& subject,
+                   const std::string& extensions, int serial) const {
+        const std::string dir = dir_ + "/tls/";
+        const std::string base = dir + name;
+        openssl({"req", "-x509", "-config", dir + "openssl.cnf", "-extensions", extensions,
+                 "-CA", dir + ca + ".crt", "-CAkey", dir + ca + ".key", "-set_serial", std::to_string(serial),
+                 "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", base + ".key", "-out", base + ".crt", "-days", "7", "-subj", subject});
+    }
+
+    /// Every certificate a TLS test needs, made once per fixture (restart() reuses them). Our
+    /// own config file, so that the system's openssl.cnf (or $OPENSSL_CONF) cannot change what
+    /// is made.
+    void make_certificates() const {
+        std::filesystem::create_directory(dir_ + "/tls");
+        {
+            std::ofstream cnf(dir_ + "/tls/openssl.cnf");
+            cnf << "[req]\n"
+                   "distinguished_name = dn\n"
+                   "prompt = no\n"
+                   "[dn]\n"
+                   "[ca]\n"
+                   "basicConstraints = critical, CA:TRUE\n"
+                   "keyUsage = critical, keyCertSign, cRLSign\n"
+                   "subjectKeyIdentifier = hash\n"
+                   "[server]\n"
+                   "basicConstraints = critical, CA:FALSE\n"
+                   "keyUsage = critical, digitalSignature\n"
+                   "extendedKeyUsage = serverAuth\n"
+                   "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+                   "[wrong_name]\n"
+                   "basicConstraints = critical, CA:FALSE\n"
+                   "keyUsage = critical, digitalSignature\n"
+                   "extendedKeyUsage = serverAuth\n"
+                   "subjectAltName = DNS:wrong.example\n"
+                   "[client]\n"
+                   "basicConstraints = critical, CA:FALSE\n"
+                   "keyUsage = critical, digitalSignature\n"
+                   "extendedKeyUsage = clientAuth\n";
+            if (!cnf.flush()) throw std::runtime_error("cannot write " + dir_ + "/tls/openssl.cnf");
+        }
+        make_ca("ca", "/CN=keylock test CA");
+        make_ca("other-ca", "/CN=keylock unrelated test CA");
+        make_leaf("server", "ca", "/CN=localhost", "server", 1);
+        make_leaf("wrong-name", "ca", "/CN=wrong.example", "wrong_name", 2);
+        make_leaf("client", "ca", "/CN=keylock test client", "client", 3);
+        make_leaf("other-client", "other-ca", "/CN=keylock unrelated test client", "client", 1);
+    }
+
     static int connect_tcp(int port) noexcept {
         const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) return -1;
@@ -148,11 +317,16 @@ private:
         return false;
     }
 
-    void start(int fixed_port = 0) {
+    void start(int fixed_port = 0, int fixed_tls_port = 0) {
         socket_ = dir_ + "/redis.sock";
         std::string last_log;
         for (int attempt = 0; attempt < (fixed_port != 0 ? 1 : 5); ++attempt) {
             port_ = fixed_port != 0 ? fixed_port : free_port();
+            if (tls_) {
+                // Both ports were free when picked; the kernel may hand out the same one twice.
+                tls_port_ = fixed_tls_port;
+                while (tls_port_ == 0 || tls_port_ == port_) tls_port_ = free_port();
+            }
             std::vector<std::string> args = {"redis-server",
                                              "--bind", "127.0.0.1",
                                              "--port", std::to_string(port_),
@@ -163,6 +337,15 @@ private:
                                              "--save", "",
                                              "--appendonly", "no",
                                              "--daemonize", "no"};
+            if (tls_) {
+                const bool wrong_name = tls_->server_cert == Tls::ServerCert::wrong_name;
+                const bool required = tls_->client_auth == Tls::ClientAuth::required;
+                args.insert(args.end(), {"--tls-port", std::to_string(tls_port_),
+                                         "--tls-cert-file", wrong_name ? wrong_name_cert_file() : server_cert_file(),
+                                         "--tls-key-file", wrong_name ? wrong_name_key_file() : server_key_file(),
+                                         "--tls-ca-cert-file", ca_file(),
+                                         "--tls-auth-clients", required ? "yes" : "optional"});
+            }
             args.insert(args.end(), extra_.begin(), extra_.end());
             std::vector<char*> argv;
             for (auto& a : args) argv.push_back(a.data());
@@ -188,7 +371,11 @@ private:
                     ::close(fd);
                     // A server with a password answers NOAUTH: it is up all the same.
                     const std::string pong = command("PING");
-                    if (pong == "+PONG" || pong.rfind("-NOAUTH", 0) == 0) return;
+                    // Redis opens every listener before it serves any, so the TLS port is open
+                    // by now; checked all the same, as a cheap guard against a silent change.
+                    const int tls_fd = tls_ ? connect_tcp(tls_port_) : -1;
+                    if (tls_fd >= 0) ::close(tls_fd);
+                    if ((pong == "+PONG" || pong.rfind("-NOAUTH", 0) == 0) && (!tls_ || tls_fd >= 0)) return;
                 }
                 std::this_thread::sleep_for(std::chrono::milliseconds(10));
             }
@@ -200,9 +387,11 @@ private:
     }
 
     std::vector<std::string> extra_;
+    std::optional<Tls> tls_;
     std::string dir_;
     std::string socket_;
     int port_ = 0;
+    int tls_port_ = 0;
     pid_t pid_ = -1;
 };
 

@@ -311,3 +311,253 @@ TEST_CASE("a command without a reply within command_timeout breaks the connectio
     CHECK(*broke == errc::unavailable);
     CHECK_FALSE(c->connected());
 }
+
+// TLS (RedisServer::Tls: a throwaway CA, certificates made with openssl, a TLS port next to
+// the plain one).
+
+namespace {
+
+/// The server's TLS port, trusting the CA that signed its certificate.
+Endpoint tls(const RedisServer& s, std::string host = "127.0.0.1") {
+    Endpoint e;
+    e.host = std::move(host);
+    e.port = static_cast<std::uint16_t>(s.tls_port());
+    e.tls = true;
+    e.ca_file = s.ca_file();
+    return e;
+}
+
+/// connect() with how long it took until the handler ran.
+std::shared_ptr<Connection> timed_connect(boost::asio::io_context& io, const Endpoint& e, Outcome& out,
+                                          std::chrono::steady_clock::duration& took) {
+    const auto start = std::chrono::steady_clock::now();
+    auto c = connected(io, e, out);
+    took = std::chrono::steady_clock::now() - start;
+    return c;
+}
+
+/// A value with every byte value, bigger than a TLS record (16 KiB) and than the connection's
+/// read buffer, so that it crosses records and reads.
+std::string big_binary_value() {
+    std::string v(300 * 1024, '\0');
+    for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<char>((i * 131 + i / 256) & 0xff);
+    return v;
+}
+
+}  // namespace
+
+TEST_CASE("TLS trusting the server's CA carries pipelined binary-safe commands", "[redis][tls]") {
+    RedisServer server(RedisServer::Tls{});
+    REQUIRE(server.tls());
+    REQUIRE(server.tls_port() > 0);
+    REQUIRE(server.tls_port() != server.port());
+    boost::asio::io_context io;
+
+    // The certificate names both the address and "localhost" (which may resolve to ::1 first,
+    // where nothing listens: the connection then tries the next address).
+    for (const std::string host : {"127.0.0.1", "localhost"}) {
+        const Endpoint e = tls(server, host);
+        Outcome out;
+        auto c = connected(io, e, out);
+        INFO(e.where() << ": " << out.message);
+        REQUIRE_FALSE(out.ec);
+        REQUIRE(c->connected());
+        CHECK(call(io, *c, {"PING"}).str == "PONG");
+
+        const std::string key = std::string("tls\r\n\0\xff key-", 12) + host;
+        const std::string value("v\0\r\n*3\r\n", 9);
+        CHECK(call(io, *c, {"SET", key, value}).str == "OK");
+        CHECK(call(io, *c, {"GET", key}).str == value);
+        const std::string big = big_binary_value();
+        CHECK(call(io, *c, {"SET", "big", big}).str == "OK");
+        const Reply got = call(io, *c, {"GET", "big"});
+        CHECK(got.type == Reply::Type::string);
+        CHECK(got.str.size() == big.size());
+        CHECK(got.str == big);
+
+        call(io, *c, {"DEL", "n"});
+        std::vector<long long> seen;
+        for (int i = 0; i < 2000; ++i) {
+            c->send({"INCR", "n"}, [&](std::error_code ec, Reply r) { seen.push_back(ec ? -1 : r.integer); });
+        }
+        REQUIRE(run_until(io, [&] { return seen.size() == 2000; }));
+        bool ordered = true;
+        for (std::size_t i = 0; i < seen.size(); ++i) ordered = ordered && seen[i] == static_cast<long long>(i + 1);
+        CHECK(ordered);
+        c->close();
+    }
+    // One server behind both ports: what went in over TLS is there in plain RESP.
+    CHECK(server.command("GET n") == "$4");
+
+    // A restart keeps the ports and the certificates.
+    const int tls_port = server.tls_port();
+    server.restart();
+    CHECK(server.tls_port() == tls_port);
+    Outcome out;
+    auto c = connected(io, tls(server), out);
+    INFO(out.message);
+    REQUIRE_FALSE(out.ec);
+    CHECK(call(io, *c, {"PING"}).str == "PONG");
+}
+
+TEST_CASE("TLS with verify off connects whatever CA it was given", "[redis][tls]") {
+    RedisServer server(RedisServer::Tls{});
+    boost::asio::io_context io;
+    Endpoint e = tls(server);
+    e.ca_file = server.other_ca_file();
+    e.verify = false;
+    Outcome out;
+    auto c = connected(io, e, out);
+    INFO(out.message);
+    REQUIRE_FALSE(out.ec);
+    CHECK(call(io, *c, {"PING"}).str == "PONG");
+}
+
+TEST_CASE("a TLS server whose certificate no trusted CA signed is refused", "[redis][tls]") {
+    RedisServer server(RedisServer::Tls{});
+    boost::asio::io_context io;
+    Endpoint e = tls(server);
+    e.password = "never-Shown-pw";  // the handshake fails first: AUTH is never sent
+    e.connect_timeout = 3s;
+    SECTION("trusting an unrelated CA") { e.ca_file = server.other_ca_file(); }
+    SECTION("trusting the system's CAs") { e.ca_file.clear(); }
+    Outcome out;
+    std::chrono::steady_clock::duration took{};
+    auto c = timed_connect(io, e, out, took);
+    INFO(out.message);
+    CHECK(out.ec == errc::unavailable);
+    CHECK_THAT(out.message, Catch::Contains("TLS handshake"));
+    CHECK_THAT(out.message, Catch::Contains(e.where()));
+    CHECK_THAT(out.message, !Catch::Contains("never-Shown-pw"));
+    CHECK(took < e.connect_timeout);
+    CHECK_FALSE(c->connected());
+}
+
+TEST_CASE("a TLS server certificate for another host name is refused when verifying", "[redis][tls]") {
+    // Signed by the trusted CA, but for "wrong.example" only: the chain is good, the name is not.
+    RedisServer server(RedisServer::Tls{.server_cert = RedisServer::Tls::ServerCert::wrong_name});
+    boost::asio::io_context io;
+    for (const std::string host : {"127.0.0.1", "localhost"}) {
+        Endpoint e = tls(server, host);
+        e.connect_timeout = 3s;
+        Outcome out;
+        std::chrono::steady_clock::duration took{};
+        auto c = timed_connect(io, e, out, took);
+        INFO(host << ": " << out.message);
+        CHECK(out.ec == errc::unavailable);
+        CHECK_THAT(out.message, Catch::Contains("TLS handshake"));
+        CHECK_THAT(out.message, Catch::Contains(e.where()));
+        CHECK(took < e.connect_timeout);
+
+        // The same endpoint without verification connects: it was the name that was refused.
+        e.verify = false;
+        Outcome unverified;
+        auto u = connected(io, e, unverified);
+        INFO(unverified.message);
+        CHECK_FALSE(unverified.ec);
+    }
+}
+
+TEST_CASE("TLS to a plain port and plain to a TLS port fail with typed errors within connect_timeout",
+          "[redis][tls]") {
+    RedisServer server(RedisServer::Tls{});
+    boost::asio::io_context io;
+    SECTION("a TLS client on the plain port") {
+        // Redis reads the ClientHello as an inline command, which has no end (its length
+        // fields put a NUL byte before any newline) and answers nothing, so connect_timeout
+        // ends this. (Should a ClientHello ever hold an early newline, Redis would answer with
+        // an error that is no TLS record, and the handshake would fail sooner: also unavailable.)
+        Endpoint e = tls(server);
+        e.port = static_cast<std::uint16_t>(server.port());
+        e.connect_timeout = 500ms;
+        Outcome out;
+        std::chrono::steady_clock::duration took{};
+        auto c = timed_connect(io, e, out, took);
+        INFO(out.message);
+        CHECK(out.ec == errc::unavailable);
+        CHECK_THAT(out.message, Catch::Contains(e.where()));
+        CHECK(took < e.connect_timeout + 500ms);
+    }
+    SECTION("a plain client on the TLS port") {
+        // The server's TLS layer reads the first 5 bytes of our PING as a record header, finds
+        // no TLS there and closes with the rest of the PING unread, which resets the connection
+        // (no alert comes first): the read fails at once, before any byte could be parsed.
+        Endpoint e = tcp(server);
+        e.port = static_cast<std::uint16_t>(server.tls_port());
+        e.connect_timeout = 500ms;
+        Outcome out;
+        std::chrono::steady_clock::duration took{};
+        auto c = timed_connect(io, e, out, took);
+        INFO(out.message);
+        CHECK(out.ec == errc::unavailable);
+        CHECK_THAT(out.message, Catch::Contains(e.where()));
+        CHECK(took < e.connect_timeout);
+    }
+    // The server is none the worse.
+    CHECK(server.command("PING") == "+PONG");
+}
+
+TEST_CASE("a TLS server that requires client certificates accepts only its CA's", "[redis][tls]") {
+    RedisServer server(RedisServer::Tls{.client_auth = RedisServer::Tls::ClientAuth::required});
+    boost::asio::io_context io;
+    Endpoint e = tls(server);
+    e.connect_timeout = 3s;
+    SECTION("with a client certificate signed by the server's CA") {
+        e.cert_file = server.client_cert_file();
+        e.key_file = server.client_key_file();
+        Outcome out;
+        auto c = connected(io, e, out);
+        INFO(out.message);
+        REQUIRE_FALSE(out.ec);
+        CHECK(call(io, *c, {"PING"}).str == "PONG");
+    }
+    // With TLS 1.3 the client's side of the handshake ends before the server has checked the
+    // client: the refusal (an alert, or the server closing) comes with the first read.
+    SECTION("without a client certificate") {
+        Outcome out;
+        std::chrono::steady_clock::duration took{};
+        auto c = timed_connect(io, e, out, took);
+        INFO(out.message);
+        CHECK(out.ec == errc::unavailable);
+        CHECK_THAT(out.message, Catch::Contains(e.where()));
+        CHECK(took < e.connect_timeout);
+        CHECK_FALSE(c->connected());
+    }
+    SECTION("with a client certificate signed by another CA") {
+        e.cert_file = server.other_client_cert_file();
+        e.key_file = server.other_client_key_file();
+        Outcome out;
+        std::chrono::steady_clock::duration took{};
+        auto c = timed_connect(io, e, out, took);
+        INFO(out.message);
+        CHECK(out.ec == errc::unavailable);
+        CHECK_THAT(out.message, Catch::Contains(e.where()));
+        CHECK(took < e.connect_timeout);
+        CHECK_FALSE(c->connected());
+    }
+}
+
+TEST_CASE("AUTH over TLS with a password that no message shows", "[redis][tls]") {
+    RedisServer server(RedisServer::Tls{}, {"--requirepass", "tls-s3cret-pw"});
+    boost::asio::io_context io;
+    SECTION("the right password") {
+        Endpoint e = tls(server);
+        e.password = "tls-s3cret-pw";
+        Outcome out;
+        auto c = connected(io, e, out);
+        INFO(out.message);
+        REQUIRE_FALSE(out.ec);
+        CHECK(call(io, *c, {"PING"}).str == "PONG");
+    }
+    SECTION("a wrong password") {
+        Endpoint e = tls(server);
+        e.password = "wrong-tls-Pa55word";
+        Outcome out;
+        auto c = connected(io, e, out);
+        INFO(out.message);
+        CHECK(out.ec == errc::auth_failed);
+        CHECK_THAT(out.message, Catch::Contains(e.where()));
+        CHECK_THAT(out.message, !Catch::Contains("wrong-tls-Pa55word"));
+        CHECK_THAT(out.message, !Catch::Contains("tls-s3cret-pw"));
+    }
+}

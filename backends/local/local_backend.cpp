@@ -1030,6 +1030,11 @@ public:
         if ((w & word::kQueued) != 0 && (w & word::kHeld) == 0) dispatch(s, e, guard);
     }
 
+    void release_unobserved(detail::Hold* hold) noexcept override {
+        std::error_code ignored;
+        release(hold, ignored);  // (final class: a direct call)
+    }
+
     std::string_view key(const detail::Hold* hold) const noexcept override {
         return static_cast<const Entry*>(hold)->key;
     }

@@ -198,7 +198,12 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
             }
             impl_->ssl = std::move(ctx);
             impl_->tls = std::make_unique<TlsStream>(std::move(impl_->socket), *impl_->ssl);
-            if (endpoint_.unix_path.empty()) SSL_set_tlsext_host_name(impl_->tls->native_handle(), endpoint_.host.c_str());
+            // SNI carries host names only (RFC 6066): not for an IP address.
+            boost::system::error_code not_ip;
+            (void)asio::ip::make_address(endpoint_.host, not_ip);
+            if (endpoint_.unix_path.empty() && not_ip) {
+                SSL_set_tlsext_host_name(impl_->tls->native_handle(), endpoint_.host.c_str());
+            }
         } catch (const boost::system::system_error& e) {
             fail(make_ec(errc::invalid_option), "TLS setup for " + endpoint_.where() + " failed: " + e.code().message());
             return;
@@ -359,6 +364,12 @@ void Connection::on_bytes(const char* data, std::size_t n) {
         auto* reply = static_cast<redisReply*>(raw);
         Reply copy = copy_reply(reply);
         freeReplyObject(reply);
+        if (on_push_ && copy.type == Reply::Type::array && !copy.elements.empty() &&
+            (copy.elements[0].str == "message" || copy.elements[0].str == "smessage")) {
+            on_push_(std::move(copy));
+            if (state_ != State::ready) return;
+            continue;
+        }
         if (pending_.empty()) {
             fail(make_ec(errc::protocol_error), "unexpected reply from " + endpoint_.where());
             return;

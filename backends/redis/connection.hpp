@@ -38,6 +38,8 @@ struct Endpoint {
 
     /// "host:port" or the socket path, for messages (no user, no password).
     std::string where() const;
+
+    friend bool operator==(const Endpoint&, const Endpoint&) = default;
 };
 
 /// A reply, copied out of hiredis's reply tree.
@@ -78,6 +80,10 @@ public:
     /// Called once when an established connection breaks (see above), with a message.
     void on_failure(std::function<void(std::error_code, std::string)> handler) { on_failure_ = std::move(handler); }
 
+    /// For a subscriber connection: pub/sub messages (arrays whose first element is "message"
+    /// or "smessage") go to `handler` instead of answering a command.
+    void on_push(std::function<void(Reply)> handler) { on_push_ = std::move(handler); }
+
     /// Closes the connection; pending commands fail with `errc::cancelled`.
     void close();
 
@@ -107,6 +113,7 @@ private:
     std::string writing_;          // the buffer of the write in flight
     bool write_in_flight_ = false;
     std::function<void(std::error_code, std::string)> on_failure_;
+    std::function<void(Reply)> on_push_;
 };
 
 }  // namespace keylock::redis

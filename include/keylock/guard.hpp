@@ -91,10 +91,7 @@ private:
         : backend_(acquired.hold ? backend : nullptr), hold_(acquired.hold), fence_(acquired.fence) {}
 
     void reset() noexcept {
-        if (hold_ != nullptr) {
-            std::error_code ignored;
-            std::exchange(backend_, nullptr)->release(std::exchange(hold_, nullptr), ignored);
-        }
+        if (hold_ != nullptr) std::exchange(backend_, nullptr)->release_unobserved(std::exchange(hold_, nullptr));
     }
 
     detail::Backend* backend_ = nullptr;

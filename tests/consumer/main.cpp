@@ -101,6 +101,20 @@ int main() {
             CHECK(e.code() == keylock::errc::unknown_scheme);
         }
 
+#ifdef KEYLOCK_CONSUMER_REDIS
+        {
+            // Registered by linking keylock::redis; nothing listens on port 1.
+            auto redis = keylock::KeyedLockRegistry::from_url("redis://127.0.0.1:1/?connect_timeout=100ms");
+            CHECK(redis.describe().rfind("redis://127.0.0.1:1", 0) == 0);
+            try {
+                (void)redis.lock("k");
+                check(false, "lock on a closed port did not throw", __LINE__);
+            } catch (const keylock::Error& e) {
+                CHECK(e.code() == keylock::errc::unavailable);
+            }
+        }
+#endif
+
         const keylock::Stats stats = registry.stats();
         CHECK(stats.acquisitions >= 8);
         CHECK(registry.describe().rfind("local://", 0) == 0);

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -80,6 +81,14 @@ public:
     /// Releases a hold. Never throws; reports `not_owner` when the lock was no longer ours.
     virtual void release(Hold* hold, std::error_code& ec) noexcept = 0;
 
+    /// Releases a hold when nobody waits for the outcome (a guard's destructor). A remote
+    /// backend may send the release without waiting for its answer, as long as the release is
+    /// ordered before every later request of this process and flushed when the backend closes.
+    virtual void release_unobserved(Hold* hold) noexcept {
+        std::error_code ignored;
+        release(hold, ignored);
+    }
+
     /// The key of a live hold.
     virtual std::string_view key(const Hold* hold) const noexcept = 0;
 
@@ -100,5 +109,13 @@ public:
     /// its last guard, waiter or pin goes.
     virtual void close() noexcept = 0;
 };
+
+/// Makes a backend for a URL of one scheme; throws keylock::Error for a bad URL.
+using BackendFactory = std::shared_ptr<Backend> (*)(std::string_view url);
+
+/// Makes `KeyedLockRegistry::from_url` hand URLs of `scheme` (lower case, e.g. "redis") to
+/// `factory`. Backend libraries register their schemes at static initialisation (see
+/// keylock::redis). Returns true, so that it can initialise a static.
+bool register_scheme(std::string_view scheme, BackendFactory factory);
 
 }  // namespace keylock::detail

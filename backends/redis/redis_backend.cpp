@@ -1,0 +1,788 @@
+// The Redis backend. All of its state lives on one I/O thread per registry: user threads post
+// requests to it and wait (sync calls) or get a completion (async calls). That thread owns two
+// connections (commands, and a subscriber for release notifications), one entry per key in
+// use (its local queue of waiters, its local holder), the holds, and the watchdog timer.
+#include "redis_backend.hpp"
+
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <keylock/error.hpp>
+
+#include "connection.hpp"
+#include "scripts.hpp"
+#include "slots.hpp"
+
+namespace keylock::redis {
+
+namespace asio = boost::asio;
+using detail::Acquired;
+using detail::Deadline;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::error_code make_ec(errc e) { return make_error_code(e); }
+
+/// 128 random bits as 32 hex digits: the owner token of one acquisition.
+std::string random_token() {
+    unsigned char bytes[16];
+    if (RAND_bytes(bytes, sizeof bytes) != 1) {
+        // Never expected; fall back to the OS's generator rather than failing a lock.
+        std::random_device rd;
+        for (auto& b : bytes) b = static_cast<unsigned char>(rd());
+    }
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out(32, '0');
+    for (int i = 0; i < 16; ++i) {
+        out[2 * i] = hex[bytes[i] >> 4];
+        out[2 * i + 1] = hex[bytes[i] & 15];
+    }
+    return out;
+}
+
+std::string sha1_hex(std::string_view text) {
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    SHA1(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest);
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned char b : digest) {
+        out.push_back(hex[b >> 4]);
+        out.push_back(hex[b & 15]);
+    }
+    return out;
+}
+
+struct Script {
+    const char* body;
+    std::string sha;
+    explicit Script(const char* b) : body(b), sha(sha1_hex(b)) {}
+};
+
+struct KeyState;
+
+/// A lock held through this backend. Written on the I/O thread; `lost` is read anywhere.
+struct RedisHold final : detail::Hold {
+    std::string key;
+    std::string token;
+    std::uint64_t fence = 0;
+    bool releasing = false;  // I/O thread: its release is under way (no guard refers to it)
+    std::atomic<bool> lost{false};
+    /// The lease's end as of the last confirmed renewal (steady clock, ns): past it the lock may
+    /// be someone else's, so the hold counts as lost even before the watchdog says so.
+    std::atomic<Clock::rep> valid_until{0};
+
+    bool is_lost() const noexcept {
+        return lost.load(std::memory_order_acquire) ||
+               Clock::now().time_since_epoch().count() >= valid_until.load(std::memory_order_relaxed);
+    }
+    void valid_for(Clock::time_point since, std::chrono::milliseconds lease) noexcept {
+        valid_until.store((since + lease).time_since_epoch().count(), std::memory_order_relaxed);
+    }
+};
+
+struct RedisPin final : detail::Pin {
+    std::string key;
+};
+
+/// A wait on the I/O thread: a blocked sync call or an async operation.
+struct Waiter {
+    virtual ~Waiter() = default;
+    /// Called exactly once, on the I/O thread.
+    virtual void done(std::error_code ec, Acquired a) noexcept = 0;
+
+    std::uint64_t id = 0;
+    Deadline deadline = Deadline::max();
+    bool expired = false;  // the deadline passed while this waiter's attempt was in flight
+    bool waited = false;   // could not be granted at once (counts as contended)
+    KeyState* state = nullptr;
+    std::unique_ptr<asio::steady_timer> timer;
+};
+
+struct SyncWaiter final : Waiter {
+    void done(std::error_code e, Acquired a) noexcept override {
+        std::lock_guard lk(mu);
+        ec = e;
+        result = a;
+        ready = true;
+        cv.notify_one();  // under the lock: the waiter cannot go before we are done with it
+    }
+    std::mutex mu;
+    std::condition_variable cv;
+    bool ready = false;
+    std::error_code ec;
+    Acquired result;
+};
+
+struct AsyncAdapter final : Waiter {
+    explicit AsyncAdapter(detail::AsyncWaiter* w) : op(w) {}
+    void done(std::error_code e, Acquired a) noexcept override { op->complete(e, a); }
+    detail::AsyncWaiter* op;
+};
+
+/// One key in use in this process.
+struct KeyState {
+    std::string key;
+    std::string lock_key;   // <prefix><key>; also the channel its releases are published on
+    std::string fence_key;  // the fencing counter of lock_key's slot
+    std::deque<Waiter*> queue;
+    RedisHold* holder = nullptr;  // held by this process (until its release is confirmed)
+    bool attempting = false;      // an acquire is in flight
+    bool waiting_remote = false;  // held elsewhere: waiting for a notification or the retry timer
+    bool subscribed = false;      // SUBSCRIBE sent (confirmed or not)
+    int transfers = 0;            // hand-overs within this process in a row
+    Clock::time_point first_failure{};  // of the current run of unavailable attempts
+    std::unique_ptr<asio::steady_timer> retry;
+};
+
+/// At most this many local hand-overs in a row before a real release, so that other processes
+/// waiting for the key get their turn.
+constexpr int kMaxTransfers = 16;
+
+class RedisBackend final : public detail::Backend {
+public:
+    explicit RedisBackend(const RedisConfig& config)
+        : config_(config),
+          work_(asio::make_work_guard(io_)),
+          watchdog_(io_),
+          acquire_(scripts::acquire),
+          release_(scripts::release),
+          extend_(scripts::extend),
+          transfer_(scripts::transfer) {
+        lease_ms_ = std::to_string(config_.lease.count());
+        thread_ = std::thread([this] { run(); });
+        post([this] { arm_watchdog(); });
+    }
+
+    ~RedisBackend() override = default;
+
+    Acquired acquire(std::string_view key, detail::Pin* pin, Deadline deadline, const std::stop_token& stop,
+                     std::error_code& ec) override {
+        if (pin != nullptr) key = static_cast<RedisPin*>(pin)->key;
+        if (ec = check_key(key); ec) return {};
+        SyncWaiter w;
+        w.deadline = deadline;
+        w.id = next_id_.fetch_add(1, std::memory_order_relaxed);
+        post([this, &w, k = std::string(key)] { enqueue(&w, k); });
+        {
+            // A stop only asks the I/O thread to end the wait; the answer comes as done().
+            const std::uint64_t id = w.id;
+            std::stop_callback on_stop(stop, [this, id] { post([this, id] { cancel_waiter(id, errc::cancelled); }); });
+            std::unique_lock lk(w.mu);
+            w.cv.wait(lk, [&] { return w.ready; });
+        }
+        ec = w.ec;
+        return w.result;
+    }
+
+    void async_acquire(std::string_view key, detail::AsyncWaiter* op) override {
+        if (std::error_code ec = check_key(key)) {
+            op->complete(ec, {});
+            return;
+        }
+        auto* w = new AsyncAdapter(op);
+        w->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+        {
+            std::lock_guard lk(async_mu_);
+            async_ids_[op] = w->id;
+        }
+        post([this, w, k = std::string(key)] { enqueue(w, k); });
+    }
+
+    void cancel(detail::AsyncWaiter* op) noexcept override {
+        std::uint64_t id = 0;
+        {
+            std::lock_guard lk(async_mu_);
+            auto it = async_ids_.find(op);
+            if (it == async_ids_.end()) return;
+            id = it->second;
+        }
+        post([this, id] { cancel_waiter(id, errc::cancelled); });
+    }
+
+    void release(detail::Hold* hold, std::error_code& ec) noexcept override {
+        ec.clear();
+        auto* h = static_cast<RedisHold*>(hold);
+        std::mutex mu;
+        std::condition_variable cv;
+        bool ready = false;
+        std::error_code result;
+        post([&, h] {
+            do_release(h, [&](std::error_code e) {
+                std::lock_guard lk(mu);
+                result = e;
+                ready = true;
+                cv.notify_one();
+            });
+        });
+        std::unique_lock lk(mu);
+        cv.wait(lk, [&] { return ready; });
+        ec = result;
+    }
+
+    /// A guard's destructor: nobody waits for the answer, so the release is only queued. It is
+    /// ordered before every later request of this process (they go through the same thread,
+    /// and the key counts as held until Redis has answered), and close() waits for it.
+    void release_unobserved(detail::Hold* hold) noexcept override {
+        auto* h = static_cast<RedisHold*>(hold);
+        post([this, h] { do_release(h, [](std::error_code) {}); });
+    }
+
+    std::string_view key(const detail::Hold* hold) const noexcept override {
+        return static_cast<const RedisHold*>(hold)->key;
+    }
+    bool lost(const detail::Hold* hold) const noexcept override { return static_cast<const RedisHold*>(hold)->is_lost(); }
+
+    detail::Pin* pin(std::string_view key) override {
+        if (std::error_code ec = check_key(key)) detail::throw_error(ec, key, "obtain");
+        auto* p = new RedisPin;
+        p->key.assign(key);
+        return p;
+    }
+    void unpin(detail::Pin* pin) noexcept override { delete static_cast<RedisPin*>(pin); }
+    std::string_view key(const detail::Pin* pin) const noexcept override {
+        return static_cast<const RedisPin*>(pin)->key;
+    }
+
+    Stats stats() const override {
+        Stats s;
+        s.entries = entries_.load(std::memory_order_relaxed);
+        s.acquisitions = acquisitions_.load(std::memory_order_relaxed);
+        s.contended = contended_.load(std::memory_order_relaxed);
+        s.timeouts = timeouts_.load(std::memory_order_relaxed);
+        s.cancellations = cancellations_.load(std::memory_order_relaxed);
+        s.waiting = waiting_.load(std::memory_order_relaxed);
+        return s;
+    }
+
+    std::string describe() const override { return to_url(config_); }
+
+    void close() noexcept override {
+        // The last registry copy is gone. Guards and waits may still be out: then the I/O
+        // thread goes on, and deletes the backend when the last of them has gone. If only
+        // releases are under way (guards destroyed just before), wait for them, so that a
+        // program that ends now does not leave its locks to expire.
+        std::promise<bool> live;
+        auto answer = live.get_future();
+        post([this, &live] {
+            closing_ = true;
+            bool in_use = !waiters_.empty();
+            for (RedisHold* h : holds_) in_use = in_use || !h->releasing;
+            live.set_value(!finished() && in_use);
+        });
+        const bool in_use = answer.get();
+        bool detach = false;
+        {
+            std::unique_lock lk(close_mu_);
+            if (!in_use) {
+                close_cv_.wait_for(lk, config_.endpoint.command_timeout + std::chrono::seconds(1), [this] { return stopped_; });
+            }
+            detach = detached_ = !stopped_;
+        }
+        if (!detach) {
+            thread_.join();
+            delete this;
+            return;
+        }
+        thread_.detach();
+        detach_done_.store(true, std::memory_order_release);
+        detach_done_.notify_one();
+    }
+
+private:
+    template <class F>
+    void post(F&& f) {
+        asio::post(io_, std::forward<F>(f));
+    }
+
+    void run() {
+        io_.run();
+        // Stopped by finished(): after close(), with nothing left. If close() detached us, we
+        // are the last one to touch the backend (once close() is done with thread_).
+        bool detached = false;
+        {
+            std::lock_guard lk(close_mu_);
+            stopped_ = true;
+            detached = detached_;
+        }
+        close_cv_.notify_all();
+        if (detached) {
+            detach_done_.wait(false, std::memory_order_acquire);
+            delete this;
+        }
+    }
+
+    /// After close(): true (and the loop is told to stop) once no hold and no wait is left.
+    bool finished() {
+        if (!closing_ || !holds_.empty() || !waiters_.empty()) return false;
+        for (auto& [key, st] : keys_) {
+            if (st->holder != nullptr || st->attempting) return false;
+        }
+        work_.reset();
+        if (main_) main_->close();
+        if (sub_) sub_->close();
+        watchdog_.cancel();
+        for (auto& [key, st] : keys_) {
+            if (st->retry) st->retry->cancel();
+        }
+        keys_.clear();
+        io_.stop();
+        return true;
+    }
+
+    std::error_code check_key(std::string_view key) const noexcept {
+        if (key.empty()) return errc::invalid_key;
+        if (key.size() > config_.max_key_bytes) return errc::key_too_long;
+        return {};
+    }
+
+    // ---- connections ----------------------------------------------------------------
+
+    Connection& main() {
+        if (!main_ || (!main_->connected() && main_failed_)) {
+            main_ = std::make_shared<Connection>(io_, config_.endpoint);
+            main_failed_ = false;
+            std::weak_ptr<Connection> weak = main_;
+            main_->on_failure([this, weak](std::error_code, std::string message) {
+                last_error_ = std::move(message);
+                if (main_ == weak.lock()) main_failed_ = true;
+            });
+            main_->connect([this, weak](std::error_code ec, std::string message) {
+                if (!ec) return;
+                last_error_ = std::move(message);
+                if (main_ == weak.lock()) main_failed_ = true;
+            });
+        }
+        return *main_;
+    }
+
+    Connection& subscriber() {
+        if (!sub_ || (!sub_->connected() && sub_failed_)) {
+            sub_ = std::make_shared<Connection>(io_, config_.endpoint);
+            sub_failed_ = false;
+            std::weak_ptr<Connection> weak = sub_;
+            auto lost = [this, weak](std::error_code, std::string) {
+                if (sub_ != weak.lock()) return;
+                // Notifications may have been missed: every subscription is made again on
+                // the next connection, and waiters fall back on their retry timers meanwhile.
+                sub_failed_ = true;
+                for (auto& [key, st] : keys_) st->subscribed = false;
+            };
+            sub_->on_failure(lost);
+            sub_->connect([lost](std::error_code ec, std::string m) {
+                if (ec) lost(ec, std::move(m));
+            });
+            sub_->on_push([this](Reply r) { on_message(r); });
+        }
+        return *sub_;
+    }
+
+    /// Runs a script by SHA, sending its body once if the server does not know it (a fresh or
+    /// restarted server, a failover).
+    void eval(const Script& script, std::vector<std::string_view> keys, std::vector<std::string_view> args,
+              ReplyHandler handler) {
+        std::vector<std::string> argv;  // owned: the retry after NOSCRIPT needs them
+        argv.reserve(3 + keys.size() + args.size());
+        argv.emplace_back("EVALSHA");
+        argv.push_back(script.sha);
+        argv.push_back(std::to_string(keys.size()));
+        for (auto k : keys) argv.emplace_back(k);
+        for (auto a : args) argv.emplace_back(a);
+        std::vector<std::string_view> view(argv.begin(), argv.end());
+        main().send(view, [this, &script, argv = std::move(argv), handler = std::move(handler)](std::error_code ec,
+                                                                                               Reply r) mutable {
+            if (!ec && r.is_error() && r.str.rfind("NOSCRIPT", 0) == 0) {
+                argv[0] = "EVAL";
+                argv[1] = script.body;
+                std::vector<std::string_view> again(argv.begin(), argv.end());
+                main().send(again, std::move(handler));
+                return;
+            }
+            handler(ec, std::move(r));
+        });
+    }
+
+    // ---- waiting ----------------------------------------------------------------------
+
+    KeyState& state_of(const std::string& key) {
+        auto& slot = keys_[key];
+        if (!slot) {
+            slot = std::make_unique<KeyState>();
+            slot->key = key;
+            slot->lock_key = config_.prefix + key;
+            slot->fence_key = "{" + std::string(slot_tag(key_slot(slot->lock_key))) + "}" + config_.prefix + "fence";
+            entries_.store(keys_.size(), std::memory_order_relaxed);
+        }
+        return *slot;
+    }
+
+    void enqueue(Waiter* w, const std::string& key) {
+        KeyState& st = state_of(key);
+        w->state = &st;
+        waiters_[w->id] = w;
+        waiting_.fetch_add(1, std::memory_order_relaxed);
+        st.queue.push_back(w);
+        if (w->deadline != Deadline::max()) {
+            w->timer = std::make_unique<asio::steady_timer>(io_, w->deadline);
+            w->timer->async_wait([this, id = w->id](boost::system::error_code ec) {
+                if (!ec) deadline_passed(id);
+            });
+        }
+        if (st.holder != nullptr || st.attempting || st.waiting_remote || st.queue.size() > 1) w->waited = true;
+        pump(st);
+    }
+
+    void deadline_passed(std::uint64_t id) {
+        auto it = waiters_.find(id);
+        if (it == waiters_.end()) return;
+        Waiter* w = it->second;
+        KeyState& st = *w->state;
+        if (st.attempting && !st.queue.empty() && st.queue.front() == w) {
+            w->expired = true;  // its one attempt is in flight: let it finish
+            return;
+        }
+        finish(w, make_ec(errc::timeout), {});
+    }
+
+    /// Fails the waiters at the head whose deadline passed during the attempt. Returns false
+    /// (and frees the key's state if it can) when nobody is left waiting.
+    bool drop_expired(KeyState& st) {
+        while (!st.queue.empty() && st.queue.front()->expired) finish(st.queue.front(), make_ec(errc::timeout), {}, false);
+        if (!st.queue.empty()) return true;
+        settle(st);
+        return false;
+    }
+
+    void cancel_waiter(std::uint64_t id, errc why) {
+        auto it = waiters_.find(id);
+        if (it == waiters_.end()) return;  // done already
+        finish(it->second, make_ec(why), {});
+    }
+
+    /// Ends a wait: takes the waiter out of its queue and reports.
+    void finish(Waiter* w, std::error_code ec, Acquired a, bool then_settle = true) {
+        KeyState& st = *w->state;
+        st.queue.erase(std::find(st.queue.begin(), st.queue.end(), w));
+        waiters_.erase(w->id);
+        waiting_.fetch_sub(1, std::memory_order_relaxed);
+        if (w->timer) w->timer->cancel();
+        if (ec == errc::timeout) timeouts_.fetch_add(1, std::memory_order_relaxed);
+        if (ec == errc::cancelled) cancellations_.fetch_add(1, std::memory_order_relaxed);
+        if (!ec && w->waited) contended_.fetch_add(1, std::memory_order_relaxed);
+        if (auto* async = dynamic_cast<AsyncAdapter*>(w)) {
+            {
+                std::lock_guard lk(async_mu_);
+                async_ids_.erase(async->op);
+            }
+            async->done(ec, a);
+            delete async;
+        } else {
+            w->done(ec, a);  // a sync waiter may be gone right after this
+        }
+        if (then_settle) settle(st);
+    }
+
+    /// Frees a key's state once nothing refers to it; stops the loop after close().
+    void settle(KeyState& st) {
+        if (st.queue.empty() && st.holder == nullptr && !st.attempting) {
+            if (st.retry) st.retry->cancel();
+            if (st.subscribed && sub_ && sub_->connected()) sub_->send({"UNSUBSCRIBE", st.lock_key}, [](auto, auto) {});
+            keys_.erase(st.key);
+            entries_.store(keys_.size(), std::memory_order_relaxed);
+        }
+        if (closing_) finished();
+    }
+
+    /// Starts an attempt for the key if one is needed and none is under way.
+    void pump(KeyState& st) {
+        if (st.queue.empty() || st.holder != nullptr || st.attempting || st.waiting_remote) return;
+        attempt(st);
+    }
+
+    void attempt(KeyState& st) {
+        st.attempting = true;
+        st.waiting_remote = false;
+        auto token = std::make_shared<std::string>(random_token());
+        eval(acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
+             [this, key = st.key, token](std::error_code ec, Reply r) {
+                 auto it = keys_.find(key);
+                 if (it == keys_.end()) return;  // cannot happen: an attempt keeps its state
+                 KeyState& st = *it->second;
+                 st.attempting = false;
+                 if (ec) return unavailable(st, ec);
+                 if (r.is_error() || r.type != Reply::Type::array || r.elements.size() != 2) {
+                     return fail_all(st, make_ec(errc::backend_error));
+                 }
+                 st.first_failure = {};
+                 if (r.elements[0].integer == 1) {
+                     return granted(st, std::move(*token), static_cast<std::uint64_t>(r.elements[1].integer));
+                 }
+                 held_elsewhere(st, r.elements[1].integer);
+             });
+    }
+
+    /// The lock is ours, with `token` and `fence`: give it to the first waiter still waiting,
+    /// or give it back at once if none is.
+    void granted(KeyState& st, std::string token, std::uint64_t fence) {
+        if (st.queue.empty()) {
+            auto* h = new RedisHold;
+            h->key = st.key;
+            h->token = std::move(token);
+            h->valid_for(Clock::now(), config_.lease);
+            st.holder = h;
+            holds_.insert(h);
+            do_release(h, [](std::error_code) {});
+            return;
+        }
+        Waiter* w = st.queue.front();
+        auto* h = new RedisHold;
+        h->key = st.key;
+        h->token = std::move(token);
+        h->fence = fence;
+        h->valid_for(Clock::now(), config_.lease);
+        st.holder = h;
+        holds_.insert(h);
+        acquisitions_.fetch_add(1, std::memory_order_relaxed);
+        finish(w, {}, {h, fence});
+    }
+
+    /// Someone else holds the key for `pttl` ms more: wait for its release notification (or,
+    /// if that is missed, for the lease to run out), after failing the waiters out of time.
+    void held_elsewhere(KeyState& st, long long pttl) {
+        if (!drop_expired(st)) return;
+        for (Waiter* w : st.queue) w->waited = true;
+        st.waiting_remote = true;
+        if (!st.subscribed) {
+            // Subscribe first, then try again once: a release between our attempt and the
+            // subscription would otherwise go unnoticed.
+            st.subscribed = true;
+            subscriber().send({"SUBSCRIBE", st.lock_key}, [this, key = st.key](std::error_code ec, Reply) {
+                auto it = keys_.find(key);
+                if (it == keys_.end()) return;
+                KeyState& st = *it->second;
+                if (ec) st.subscribed = false;
+                retry_now(st);
+            });
+        }
+        // Never wait longer than the holder's lease (a crashed holder's lock frees itself then),
+        // plus a little jitter so that waiters of several processes do not retry in step.
+        std::chrono::milliseconds wait = pttl >= 0 ? std::chrono::milliseconds(pttl) : std::chrono::milliseconds(pttl == -2 ? 0 : 1000);
+        wait += std::chrono::milliseconds(jitter_(rng_));
+        if (!st.retry) st.retry = std::make_unique<asio::steady_timer>(io_);
+        st.retry->expires_after(wait);
+        st.retry->async_wait([this, key = st.key](boost::system::error_code ec) {
+            if (ec) return;
+            auto it = keys_.find(key);
+            if (it != keys_.end()) retry_now(*it->second);
+        });
+    }
+
+    void retry_now(KeyState& st) {
+        if (!st.waiting_remote) return;
+        st.waiting_remote = false;
+        if (st.retry) st.retry->cancel();
+        pump(st);
+    }
+
+    /// A release notification: the key may be free now.
+    void on_message(const Reply& r) {
+        if (r.elements.size() < 2) return;
+        const std::string& channel = r.elements[1].str;
+        if (channel.compare(0, config_.prefix.size(), config_.prefix) != 0) return;
+        auto it = keys_.find(channel.substr(config_.prefix.size()));
+        if (it != keys_.end()) retry_now(*it->second);
+    }
+
+    /// The attempt could not reach Redis. Credentials or protocol errors fail the waiters at
+    /// once; a connection problem is retried with back-off for up to connect_timeout.
+    void unavailable(KeyState& st, std::error_code ec) {
+        if (ec != errc::unavailable) return fail_all(st, ec);
+        const auto now = Clock::now();
+        if (st.first_failure == Clock::time_point{}) st.first_failure = now;
+        if (now - st.first_failure >= config_.endpoint.connect_timeout) return fail_all(st, ec);
+        if (!drop_expired(st)) return;
+        st.waiting_remote = true;
+        if (!st.retry) st.retry = std::make_unique<asio::steady_timer>(io_);
+        st.retry->expires_after(std::chrono::milliseconds(50 + jitter_(rng_)));
+        st.retry->async_wait([this, key = st.key](boost::system::error_code e) {
+            if (e) return;
+            auto it = keys_.find(key);
+            if (it != keys_.end()) retry_now(*it->second);
+        });
+    }
+
+    void fail_all(KeyState& st, std::error_code ec) {
+        st.first_failure = {};
+        // finish() may free the state with the last waiter: take them out first.
+        std::vector<Waiter*> all(st.queue.begin(), st.queue.end());
+        for (Waiter* w : all) finish(w, ec, {});
+    }
+
+    // ---- releasing ---------------------------------------------------------------------
+
+    /// Releases a hold and then calls `reply` with the outcome — after the backend's own
+    /// bookkeeping, so that a caller woken by it sees the entry gone from stats().
+    void do_release(RedisHold* h, std::function<void(std::error_code)> reply) {
+        h->releasing = true;
+        auto it = keys_.find(h->key);
+        KeyState* st = it != keys_.end() ? it->second.get() : nullptr;
+        auto forget = [this, h] {
+            holds_.erase(h);
+            auto it = keys_.find(h->key);
+            delete h;
+            if (it == keys_.end()) return;
+            KeyState& st = *it->second;
+            st.holder = nullptr;
+            pump(st);
+            settle(st);
+        };
+        // Ours no more, as far as we know: the release still goes out (token-checked: it
+        // deletes the lock only if it is ours after all), but the answer is not_owner.
+        const bool lost = h->is_lost();
+        if (!lost && st != nullptr && !st->queue.empty() && st->transfers < kMaxTransfers) {
+            hand_over(*st, h, std::move(reply), forget);
+            return;
+        }
+        if (st != nullptr) st->transfers = 0;
+        const std::string channel = st != nullptr ? st->lock_key : config_.prefix + h->key;
+        eval(release_, {channel}, {h->token, channel},
+             [reply = std::move(reply), forget, lost](std::error_code ec, Reply r) {
+                 std::error_code result;
+                 if (lost) {
+                     result = make_ec(errc::not_owner);
+                 } else if (ec) {
+                     result = ec;  // the lease will free it
+                 } else if (r.is_error()) {
+                     result = make_ec(errc::backend_error);
+                 } else if (r.integer != 1) {
+                     result = make_ec(errc::not_owner);
+                 }
+                 forget();
+                 reply(result);
+             });
+    }
+
+    /// A waiter of this process is next: hands the lock over in one round trip (a new owner
+    /// token and fencing token; never free in between).
+    template <class Forget>
+    void hand_over(KeyState& st, RedisHold* h, std::function<void(std::error_code)> reply, Forget forget) {
+        auto token = std::make_shared<std::string>(random_token());
+        eval(transfer_, {st.lock_key, st.fence_key}, {h->token, *token, lease_ms_},
+             [this, h, token, reply = std::move(reply), forget](std::error_code ec, Reply r) {
+                 if (ec || r.type != Reply::Type::integer || r.integer == 0) {
+                     forget();
+                     reply(ec ? ec : make_ec(r.is_error() ? errc::backend_error : errc::not_owner));
+                     return;
+                 }
+                 holds_.erase(h);
+                 auto it = keys_.find(h->key);
+                 delete h;
+                 KeyState& st = *it->second;
+                 st.holder = nullptr;
+                 ++st.transfers;
+                 granted(st, std::move(*token), static_cast<std::uint64_t>(r.integer));
+                 settle(st);
+                 reply({});
+             });
+    }
+
+    // ---- the watchdog -----------------------------------------------------------------
+
+    void arm_watchdog() {
+        watchdog_.expires_after(std::max<std::chrono::milliseconds>(config_.lease / 3, std::chrono::milliseconds(1)));
+        watchdog_.async_wait([this](boost::system::error_code ec) {
+            if (ec) return;
+            renew_all();
+            if (!closing_ || !holds_.empty()) arm_watchdog();
+        });
+    }
+
+    /// Renews every held lease, all in one pipelined batch; a lease that could not be renewed
+    /// before it ran out, or that turns out to be someone else's now, is lost.
+    void renew_all() {
+        const auto now = Clock::now();
+        for (RedisHold* h : holds_) {
+            if (h->is_lost()) {
+                h->lost.store(true, std::memory_order_release);
+                continue;
+            }
+            auto it = keys_.find(h->key);
+            if (it == keys_.end()) continue;
+            eval(extend_, {it->second->lock_key}, {h->token, lease_ms_}, [this, h, now](std::error_code ec, Reply r) {
+                if (!holds_.contains(h) || ec) return;  // released meanwhile, or no answer: next round
+                if (r.type == Reply::Type::integer && r.integer == 1) {
+                    if (!h->is_lost()) h->valid_for(now, config_.lease);
+                } else if (r.type == Reply::Type::integer) {
+                    h->lost.store(true, std::memory_order_release);
+                }
+            });
+        }
+    }
+
+    const RedisConfig config_;
+    std::string lease_ms_;
+    asio::io_context io_;
+    asio::executor_work_guard<asio::io_context::executor_type> work_;
+    asio::steady_timer watchdog_;
+    std::thread thread_;
+    std::mutex close_mu_;
+    std::condition_variable close_cv_;
+    bool stopped_ = false;   // the loop has ended (close_mu_)
+    bool detached_ = false;  // close() left the thread to delete the backend (close_mu_)
+    std::atomic<bool> detach_done_{false};
+    bool closing_ = false;
+
+    const Script acquire_, release_, extend_, transfer_;
+
+    // I/O thread only.
+    std::shared_ptr<Connection> main_, sub_;
+    bool main_failed_ = false, sub_failed_ = false;
+    std::string last_error_;
+    std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
+    std::unordered_map<std::uint64_t, Waiter*> waiters_;
+    std::unordered_set<RedisHold*> holds_;
+    std::mt19937 rng_{std::random_device{}()};
+    std::uniform_int_distribution<int> jitter_{0, 10};
+
+    std::mutex async_mu_;
+    std::unordered_map<detail::AsyncWaiter*, std::uint64_t> async_ids_;
+
+    std::atomic<std::uint64_t> next_id_{1};
+    std::atomic<std::uint64_t> entries_{0}, acquisitions_{0}, contended_{0}, timeouts_{0}, cancellations_{0},
+        waiting_{0};
+};
+
+std::shared_ptr<detail::Backend> from_url(std::string_view url) { return make_backend(parse_redis_url(url)); }
+
+}  // namespace
+
+std::shared_ptr<detail::Backend> make_backend(const RedisConfig& config) {
+    return std::shared_ptr<detail::Backend>(new RedisBackend(config), [](detail::Backend* b) { b->close(); });
+}
+
+}  // namespace keylock::redis
+
+// Registers the schemes when this object file is linked in. keylock::redis's CMake target
+// makes the linker keep it (it references this symbol), so from_url("redis://…") works in any
+// program that links keylock::redis.
+extern "C" {
+extern const bool keylock_redis_registered;
+const bool keylock_redis_registered = keylock::detail::register_scheme("redis", keylock::redis::from_url) &&
+                                      keylock::detail::register_scheme("rediss", keylock::redis::from_url) &&
+                                      keylock::detail::register_scheme("unix", keylock::redis::from_url);
+}

@@ -1,0 +1,345 @@
+#include "redis_config.hpp"
+
+#include <sys/un.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <set>
+
+#include <boost/url/encoding_opts.hpp>
+#include <boost/url/parse.hpp>
+#include <boost/url/url_view.hpp>
+
+#include <keylock/error.hpp>
+
+#include "../../src/config.hpp"
+
+namespace keylock::redis {
+
+namespace {
+
+using detail::shown;
+
+using namespace std::chrono_literals;
+using std::chrono::milliseconds;
+
+constexpr const char* known_options =
+    "prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, ca_file, cert_file, key_file, verify";
+constexpr std::size_t max_prefix_bytes = 128;
+constexpr std::size_t max_max_key_bytes = 65536;
+constexpr std::size_t max_db = std::numeric_limits<std::int32_t>::max();  // SELECT takes a 32-bit index
+// A sockaddr_un holds the path and its terminating NUL.
+constexpr std::size_t max_socket_path_bytes = sizeof(sockaddr_un::sun_path) - 1;
+
+bool is_unreserved(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
+           c == '_' || c == '~';
+}
+
+/// Percent-encodes every byte but RFC 3986's unreserved characters and those in `keep`.
+std::string encode(std::string_view text, std::string_view keep = {}) {
+    static const char hex[] = "0123456789ABCDEF";
+    std::string out;
+    for (unsigned char c : text) {
+        if (is_unreserved(c) || keep.find(static_cast<char>(c)) != std::string_view::npos) {
+            out.push_back(static_cast<char>(c));
+        } else {
+            out.push_back('%');
+            out.push_back(hex[c >> 4]);
+            out.push_back(hex[c & 15]);
+        }
+    }
+    return out;
+}
+
+/// Writes the error messages about one URL, which never show its password. They are built from
+/// the parsed parts, never from the raw URL, and a part is shown only if it does not contain the
+/// password. An '@' after the host is the sign of a user or password with an unencoded '/', '?',
+/// '#' or '@': Boost.URL then reads pieces of the password as host, port, path, query or
+/// fragment, so in that case no part is shown at all.
+class Messages {
+public:
+    Messages(std::string scheme, const boost::urls::url_view& url, std::string password)
+        : scheme_(std::move(scheme)), password_(std::move(password)) {
+        auto has_at = [](std::string_view part) { return part.find('@') != std::string_view::npos; };
+        misplaced_at_ = has_at(url.encoded_path()) || has_at(url.encoded_query()) || has_at(url.encoded_fragment());
+    }
+
+    const std::string& scheme() const noexcept { return scheme_; }
+
+    /// "'value'" (shortened, escaped), or "(not shown)" when it might hold the password.
+    std::string quote(std::string_view value) const {
+        if (misplaced_at_ || (!password_.empty() && value.find(password_) != std::string_view::npos)) {
+            return "(not shown)";
+        }
+        std::string out = "'";  // appended, not "'" + ...: GCC 12 warns falsely (-Wrestrict) on that
+        out += shown(value);
+        out += '\'';
+        return out;
+    }
+
+    [[noreturn]] void fail(errc code, const std::string& what) const {
+        std::string message = "keylock: " + what;
+        if (misplaced_at_) {
+            message += " (the URL has an '@' after its host: if a user or password contains '@', '/', '?' or '#', "
+                       "percent-encode it as %40, %2F, %3F or %23)";
+        }
+        throw Error(code, message);
+    }
+
+    [[noreturn]] void bad_value(std::string_view name, std::string_view value, const char* expected) const {
+        fail(errc::invalid_option,
+             "option '" + std::string(name) + "' has value " + quote(value) + "; expected " + expected);
+    }
+
+private:
+    std::string scheme_;
+    std::string password_;
+    bool misplaced_at_ = false;
+};
+
+milliseconds duration(const Messages& m, std::string_view name, std::string_view value, milliseconds min,
+                      milliseconds max, const char* expected) {
+    const auto d = detail::parse_duration(value);
+    if (!d || *d < min || *d > max) m.bad_value(name, value, expected);
+    return *d;
+}
+
+/// host[:port][/db] of redis:// and rediss://.
+void parse_tcp_location(const boost::urls::url_view& url, const Messages& m, Endpoint& ep) {
+    const std::string& scheme = m.scheme();
+    if (url.encoded_host().empty()) {
+        m.fail(errc::invalid_url, "a " + scheme + ":// URL needs a host: " + scheme +
+                                      "://[user[:password]@]host[:port][/db][?options]");
+    }
+    switch (url.host_type()) {
+        case boost::urls::host_type::ipv4:
+        case boost::urls::host_type::ipv6:
+            ep.host = url.host_address();  // IPv6 without its brackets, as Endpoint wants it
+            break;
+        case boost::urls::host_type::name:
+            ep.host = url.host_name();
+            if (!std::all_of(ep.host.begin(), ep.host.end(),
+                             [](unsigned char c) { return is_unreserved(c) && c != '~'; })) {
+                m.fail(errc::invalid_url, "bad host name " + m.quote(ep.host) + " in a " + scheme +
+                                              ":// URL; expected letters, digits, '-', '.' and '_'");
+            }
+            break;
+        default:
+            m.fail(errc::invalid_url, "unsupported host " + m.quote(url.encoded_host()) + " in a " + scheme +
+                                          ":// URL; expected a name, an IPv4 address or an [IPv6] address");
+    }
+    const std::string_view path = url.encoded_path();
+    // Boost.URL 1.81 accepts a path without its leading '/' after the authority: "host:63x9" is
+    // port 63 and path "x9", "user:pw" (with "@host" forgotten) is host "user", an empty port and
+    // path "pw". Not shown, then: it may be a password.
+    if (!path.empty() && path.front() != '/') {
+        m.fail(errc::invalid_url, "malformed " + scheme + ":// URL after the host; expected [:port][/db][?options]");
+    }
+    if (url.has_port()) {
+        // Not shown either: with "@host" forgotten, a numeric password is the port.
+        const auto port = detail::parse_size(url.port());
+        if (!port || *port == 0 || *port > 65535) {
+            m.fail(errc::invalid_url, "bad port in a " + scheme + ":// URL; expected a number from 1 to 65535");
+        }
+        ep.port = static_cast<std::uint16_t>(*port);
+    }
+    if (path.empty() || path == "/") return;
+    const auto db = detail::parse_size(path.substr(1));
+    if (!db || *db > max_db) {
+        m.fail(errc::invalid_url, "bad database path " + m.quote(path) + " in a " + scheme +
+                                      ":// URL; expected /N with N from 0 to 2147483647");
+    }
+    ep.db = static_cast<int>(*db);
+}
+
+/// The socket path of unix://.
+void parse_unix_location(const boost::urls::url_view& url, const Messages& m, Endpoint& ep) {
+    if (!url.encoded_host().empty() || url.has_port()) {
+        // The host only: with "@/path" forgotten, the port is a numeric password.
+        const std::string found =
+            url.encoded_host().empty() ? "" : " (found host " + m.quote(url.encoded_host()) + ")";
+        m.fail(errc::invalid_url, "a unix:// URL takes no host or port" + found +
+                                      "; write unix:///path/to/redis.sock, with three slashes");
+    }
+    ep.unix_path = url.path();
+    if (ep.unix_path.empty()) {
+        m.fail(errc::invalid_url, "a unix:// URL needs a socket path: unix://[user[:password]@]/path/to/redis.sock");
+    }
+    if (ep.unix_path.front() != '/') {
+        m.fail(errc::invalid_url, "the socket path " + m.quote(ep.unix_path) + " of a unix:// URL is not absolute");
+    }
+    if (ep.unix_path.find('\0') != std::string::npos) {
+        m.fail(errc::invalid_url, "the socket path of a unix:// URL contains a NUL byte (%00)");
+    }
+    if (ep.unix_path.size() > max_socket_path_bytes) {
+        m.fail(errc::invalid_url, "the socket path of a unix:// URL has " + std::to_string(ep.unix_path.size()) +
+                                      " bytes; a Unix socket path has at most " +
+                                      std::to_string(max_socket_path_bytes));
+    }
+}
+
+void parse_options(const boost::urls::url_view& url, const Messages& m, RedisConfig& config) {
+    Endpoint& ep = config.endpoint;
+    const std::string& scheme = m.scheme();
+    std::set<std::string> seen;
+    // '+' stays a plus: the values are names and paths, not HTML form data.
+    for (const auto& param : url.params(boost::urls::encoding_opts(false, false, false))) {
+        const std::string& name = param.key;
+        const std::string& value = param.value;
+        if (name.empty() && !param.has_value) continue;  // from "?" alone, "&&" or a trailing '&'
+        if (!seen.insert(name).second) m.fail(errc::invalid_option, "option " + m.quote(name) + " is given twice");
+
+        if (name == "prefix") {
+            // Braces would make the prefix a Redis Cluster hash tag, and the fencing counter keys
+            // use a hash tag of their own.
+            if (value.empty() || value.size() > max_prefix_bytes || value.find_first_of("{}") != std::string::npos) {
+                m.bad_value(name, value, "1 to 128 bytes without '{' or '}'");
+            }
+            config.prefix = value;
+        } else if (name == "lease") {
+            config.lease = duration(m, name, value, 1s, 24h, "a duration from 1s to 24h");
+        } else if (name == "connect_timeout") {
+            ep.connect_timeout = duration(m, name, value, 10ms, 10min, "a duration from 10ms to 10m");
+        } else if (name == "command_timeout") {
+            ep.command_timeout = duration(m, name, value, 10ms, 10min, "a duration from 10ms to 10m");
+        } else if (name == "max_key_bytes") {
+            const auto n = detail::parse_size(value);
+            if (!n || *n == 0 || *n > max_max_key_bytes) m.bad_value(name, value, "a whole number from 1 to 65536");
+            config.max_key_bytes = *n;
+        } else if (name == "db") {
+            if (scheme != "unix") {
+                m.fail(errc::invalid_option, "option 'db' is for unix:// URLs; a " + scheme +
+                                                 ":// URL has the database in its path (" + scheme +
+                                                 "://host:6379/2)");
+            }
+            const auto db = detail::parse_size(value);
+            if (!db || *db > max_db) m.bad_value(name, value, "a whole number from 0 to 2147483647");
+            ep.db = static_cast<int>(*db);
+        } else if (name == "ca_file" || name == "cert_file" || name == "key_file" || name == "verify") {
+            if (!ep.tls) {
+                m.fail(errc::invalid_option, "option '" + name + "' needs rediss:// " +
+                                                 (scheme == "unix" ? "(TLS over a Unix socket is not supported)"
+                                                                   : "(TLS); this is a redis:// URL"));
+            }
+            if (name == "verify") {
+                const auto b = detail::parse_bool(value);
+                if (!b) m.bad_value(name, value, "true or false");
+                ep.verify = *b;
+            } else {
+                if (value.empty()) m.bad_value(name, value, "the path of a PEM file");
+                std::string& file = name == "ca_file" ? ep.ca_file : name == "cert_file" ? ep.cert_file : ep.key_file;
+                file = value;
+            }
+        } else {
+            const bool credentials = name == "user" || name == "username" || name == "password";
+            m.fail(errc::unknown_option,
+                   "unknown option " + m.quote(name) + " for a Redis URL (known: " + known_options + ")" +
+                       (credentials ? "; a user and password go before the host: redis://user:password@host" : ""));
+        }
+    }
+    // Connection loads each file on its own: a certificate without its key fails only in the
+    // handshake, with an OpenSSL message.
+    if (ep.cert_file.empty() != ep.key_file.empty()) {
+        m.fail(errc::invalid_option, "options 'cert_file' and 'key_file' go together (a client certificate and its "
+                                     "private key)");
+    }
+}
+
+}  // namespace
+
+RedisConfig parse_redis_url(std::string_view text) {
+    const std::string scheme = detail::url_scheme(text);
+    if (scheme != "redis" && scheme != "rediss" && scheme != "unix") {
+        throw Error(errc::invalid_url, "keylock: not a Redis URL: scheme '" + shown(scheme) +
+                                           "' (expected redis://, rediss:// or unix://)");
+    }
+    const auto parsed = boost::urls::parse_uri(text);
+    if (!parsed) {
+        // Boost.URL does not say where; the likeliest cause is a password with a reserved
+        // character. The message shows no part of the URL: we cannot tell which part is the password.
+        const std::string grammar = scheme == "unix" ? "unix://[user[:password]@]/path/to/redis.sock[?options]"
+                                                     : scheme + "://[user[:password]@]host[:port][/db][?options]";
+        throw Error(errc::invalid_url, "keylock: malformed " + scheme + ":// URL (" + parsed.error().message() +
+                                           "); expected " + grammar + ", with '@', ':', '/', '?', '#', '%' and "
+                                           "spaces percent-encoded in a user or password");
+    }
+    const boost::urls::url_view& url = *parsed;
+
+    RedisConfig config;
+    Endpoint& ep = config.endpoint;
+    ep.tls = scheme == "rediss";
+    if (url.has_userinfo()) {
+        ep.user = url.user();
+        if (url.has_password()) ep.password = url.password();
+    }
+    const Messages m(scheme, url, ep.password);
+    if (url.has_fragment()) m.fail(errc::invalid_url, "a " + scheme + ":// URL takes no fragment ('#...')");
+    if (scheme == "unix") {
+        parse_unix_location(url, m, ep);
+    } else {
+        parse_tcp_location(url, m, ep);
+    }
+    parse_options(url, m, config);
+    return config;
+}
+
+std::string to_url(const RedisConfig& config) {
+    const RedisConfig defaults;
+    const Endpoint& ep = config.endpoint;
+    const bool unix_socket = !ep.unix_path.empty();
+
+    std::string url = unix_socket ? "unix://" : ep.tls ? "rediss://" : "redis://";
+    if (!ep.user.empty() || !ep.password.empty()) {
+        url += encode(ep.user);
+        if (!ep.password.empty()) url += ":***";
+        url += '@';
+    }
+    if (unix_socket) {
+        url += encode(ep.unix_path, "/:");
+    } else {
+        if (ep.host.find(':') != std::string::npos) {  // IPv6
+            url += '[';
+            url += ep.host;
+            url += ']';
+        } else {
+            url += encode(ep.host);
+        }
+        if (ep.port != defaults.endpoint.port) {
+            url += ':';
+            url += std::to_string(ep.port);
+        }
+        if (ep.db != 0) {
+            url += '/';
+            url += std::to_string(ep.db);
+        }
+    }
+
+    char separator = '?';
+    auto add = [&](const char* name, const std::string& value) {
+        url += separator;
+        url += name;
+        url += '=';
+        url += encode(value, "/:");  // '@' too is encoded: an '@' after the host looks like a misplaced password
+        separator = '&';
+    };
+    if (unix_socket && ep.db != 0) add("db", std::to_string(ep.db));
+    if (config.prefix != defaults.prefix) add("prefix", config.prefix);
+    if (config.lease != defaults.lease) add("lease", detail::format_duration(config.lease));
+    if (ep.connect_timeout != defaults.endpoint.connect_timeout) {
+        add("connect_timeout", detail::format_duration(ep.connect_timeout));
+    }
+    if (ep.command_timeout != defaults.endpoint.command_timeout) {
+        add("command_timeout", detail::format_duration(ep.command_timeout));
+    }
+    if (config.max_key_bytes != defaults.max_key_bytes) add("max_key_bytes", std::to_string(config.max_key_bytes));
+    if (!ep.ca_file.empty()) add("ca_file", ep.ca_file);
+    if (!ep.cert_file.empty()) add("cert_file", ep.cert_file);
+    if (!ep.key_file.empty()) add("key_file", ep.key_file);
+    if (ep.verify != defaults.endpoint.verify) add("verify", ep.verify ? "true" : "false");
+    return url;
+}
+
+}  // namespace keylock::redis

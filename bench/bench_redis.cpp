@@ -1,0 +1,235 @@
+// bench_redis — the Redis backend against the same redis-server in the same run (it starts its
+// own, on loopback). See docs/benchmarks.md.
+//
+//   keylock_bench_redis            full run (5 rounds of 1 s per throughput measurement)
+//   keylock_bench_redis --quick    smoke run, for CI: checks that it runs
+//   options: --rounds N  --ms N
+//
+// Figures:
+//   ping        raw round trips/s of PING over one blocking hiredis connection (the baseline)
+//   seq         one thread, lock + release of distinct keys, one after the other
+//   t64         64 threads on distinct keys through one registry
+//   handoff     one process releases, a waiting process acquires: latency p50 / p99
+//   commands    8 threads of one process contending one key: Redis commands per acquisition
+// Ratios are medians over rounds of same-round ratios; the exit status is 0 whatever they are.
+#include <hiredis/hiredis.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <keylock/keylock.hpp>
+
+#include "redis_server.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using keylock::KeyedLockRegistry;
+
+struct Options {
+    int rounds = 5;
+    int ms = 1000;
+    int handoffs = 400;
+};
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+}
+
+/// Round trips per second of PING over one blocking hiredis connection.
+double ping_rate(int port, int ms) {
+    redisContext* c = redisConnect("127.0.0.1", port);
+    if (c == nullptr || c->err) {
+        std::fprintf(stderr, "bench: cannot connect to redis-server\n");
+        std::exit(1);
+    }
+    long n = 0;
+    const auto end = Clock::now() + std::chrono::milliseconds(ms);
+    const auto start = Clock::now();
+    while (Clock::now() < end) {
+        for (int i = 0; i < 64; ++i) freeReplyObject(redisCommand(c, "PING"));
+        n += 64;
+    }
+    const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    redisFree(c);
+    return n / secs;
+}
+
+/// Lock + release pairs per second: `threads` threads on distinct keys through one registry.
+double pair_rate(KeyedLockRegistry& r, int threads, int ms, int round) {
+    std::atomic<bool> go{false}, stop{false};
+    std::vector<long> counts(static_cast<std::size_t>(threads), 0);
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+            const std::string base = "r" + std::to_string(round) + "-t" + std::to_string(t) + "-";
+            long n = 0;
+            while (!go.load()) std::this_thread::yield();
+            while (!stop.load(std::memory_order_relaxed)) {
+                keylock::Guard g = r.lock(base + std::to_string(n));
+                ++n;
+            }
+            counts[static_cast<std::size_t>(t)] = n;
+        });
+    }
+    const auto start = Clock::now();
+    go = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    stop = true;
+    for (auto& th : pool) th.join();
+    const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    long total = 0;
+    for (long c : counts) total += c;
+    return total / secs;
+}
+
+/// Commands clients sent (INFO commandstats, without the commands our scripts run inside the
+/// server, which commandstats also counts, and without our own INFO calls).
+long command_count(int port) {
+    redisContext* c = redisConnect("127.0.0.1", port);
+    auto* reply = static_cast<redisReply*>(redisCommand(c, "INFO commandstats"));
+    long total = 0;
+    if (reply != nullptr && reply->type == REDIS_REPLY_STRING) {
+        const std::string text(reply->str, reply->len);
+        static const char* const sent[] = {"evalsha", "eval", "subscribe", "unsubscribe", "ping", "auth", "select"};
+        for (const char* name : sent) {
+            const std::string tag = std::string("cmdstat_") + name + ":calls=";
+            if (auto at = text.find(tag); at != std::string::npos) total += std::atol(text.c_str() + at + tag.size());
+        }
+    }
+    freeReplyObject(reply);
+    redisFree(c);
+    return total;
+}
+
+/// Two processes take turns on one key: each release is followed by the other's acquisition.
+/// Returns the release-to-acquire latencies in microseconds.
+std::vector<double> handoffs(const std::string& url, int count) {
+    struct Shared {
+        std::atomic<long> released_at_ns;
+        std::atomic<int> turn;
+        double latency_us[100000];
+    };
+    auto* sh = static_cast<Shared*>(::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    new (sh) Shared{};
+    auto now_ns = [] { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count(); };
+    // Process p acquires on odd (p=1) or even (p=0) turns: it waits in lock() for the other to
+    // release, measures, then holds until the other is waiting again, and releases.
+    auto player = [&](int p) {
+        auto r = KeyedLockRegistry::from_url(url);
+        for (int i = p; i < count; i += 2) {
+            while (sh->turn.load() != i) std::this_thread::yield();  // the other holds now
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));  // let it be waiting... in lock()
+            keylock::Guard g = r.lock("handoff");
+            const long rel = sh->released_at_ns.load();
+            if (i > 0) sh->latency_us[i] = static_cast<double>(now_ns() - rel) / 1000.0;
+            sh->turn.store(i + 1);
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the other gets into lock()
+            sh->released_at_ns.store(now_ns());
+            g.release();
+        }
+    };
+    const pid_t child = ::fork();
+    if (child == 0) {
+        player(1);
+        ::_exit(0);
+    }
+    player(0);
+    ::waitpid(child, nullptr, 0);
+    std::vector<double> out(sh->latency_us + 1, sh->latency_us + count);
+    ::munmap(sh, sizeof(Shared));
+    return out;
+}
+
+double percentile(std::vector<double> v, double p) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options o;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--quick") {
+            o.rounds = 1;
+            o.ms = 50;
+            o.handoffs = 20;
+        } else if (a == "--rounds" && i + 1 < argc) {
+            o.rounds = std::atoi(argv[++i]);
+        } else if (a == "--ms" && i + 1 < argc) {
+            o.ms = std::atoi(argv[++i]);
+        } else {
+            std::fprintf(stderr, "usage: %s [--quick] [--rounds N] [--ms N]\n", argv[0]);
+            return 64;
+        }
+    }
+    keylock::test::RedisServer server;
+    const std::string url = "redis://127.0.0.1:" + std::to_string(server.port());
+    auto r = KeyedLockRegistry::from_url(url);
+
+    std::vector<double> ping, seq, t64, seq_ratio;
+    for (int round = 0; round < o.rounds; ++round) {
+        const double p = ping_rate(server.port(), o.ms);
+        const double s = pair_rate(r, 1, o.ms, round);
+        const double t = pair_rate(r, 64, o.ms, round);
+        ping.push_back(p);
+        seq.push_back(s);
+        t64.push_back(t);
+        seq_ratio.push_back(s / p);
+        std::fprintf(stderr, "round %d/%d: ping %.0f/s, seq %.0f pairs/s, 64 threads %.0f pairs/s\n", round + 1,
+                     o.rounds, p, s, t);
+    }
+
+    // Commands per acquisition: 8 threads contending one key.
+    long acquisitions = 0;
+    const long before = command_count(server.port());
+    {
+        std::atomic<bool> stop{false};
+        std::atomic<long> n{0};
+        std::vector<std::thread> pool;
+        for (int t = 0; t < 8; ++t) {
+            pool.emplace_back([&] {
+                while (!stop.load(std::memory_order_relaxed)) {
+                    keylock::Guard g = r.lock("contended");
+                    n.fetch_add(1, std::memory_order_relaxed);
+                }
+            });
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(o.ms));
+        stop = true;
+        for (auto& th : pool) th.join();
+        acquisitions = n.load();
+    }
+    const long commands = command_count(server.port()) - before;
+
+    const auto lat = handoffs(url, o.handoffs);
+
+    std::printf("## Redis backend (redis-server on loopback, started by the benchmark)\n\n");
+    std::printf("| figure | measured | target | result |\n|---|---:|---:|---|\n");
+    const double sr = median(seq_ratio);
+    std::printf("| PING round trips/s, one blocking hiredis connection | %.0f | (baseline) | |\n", median(ping));
+    std::printf("| one thread, lock + release of distinct keys, pairs/s | %.0f | | |\n", median(seq));
+    std::printf("| one thread / PING round trips | %.2fx | >= 0.45x | %s |\n", sr, sr >= 0.45 ? "PASS" : "FAIL");
+    std::printf("| 64 threads, distinct keys, pairs/s | %.0f | >= 2x node-redlock (~32,000 here: 64,000) | %s |\n",
+                median(t64), median(t64) >= 64000 ? "PASS" : "FAIL");
+    const double p50 = percentile(lat, 0.50) / 1000.0, p99 = percentile(lat, 0.99) / 1000.0;
+    std::printf("| hand-off between processes, p50 | %.2f ms | <= 1 ms | %s |\n", p50, p50 <= 1.0 ? "PASS" : "FAIL");
+    std::printf("| hand-off between processes, p99 | %.2f ms | <= 5 ms | %s |\n", p99, p99 <= 5.0 ? "PASS" : "FAIL");
+    const double cpa = acquisitions > 0 ? static_cast<double>(commands) / static_cast<double>(acquisitions) : 0;
+    std::printf("| 8 threads on one key: Redis commands per acquisition | %.2f (%ld / %ld) | <= 3 | %s |\n", cpa,
+                commands, acquisitions, cpa <= 3.0 ? "PASS" : "FAIL");
+    return 0;
+}

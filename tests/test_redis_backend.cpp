@@ -1,0 +1,452 @@
+// The Redis backend through the public API, against a real redis-server: mutual exclusion
+// across threads, registries and forked processes, leases, lost locks, fencing tokens,
+// notifications, restarts, and failures as typed errors.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <keylock/keylock.hpp>
+
+#include "redis_server.hpp"
+#include "thread_checks.hpp"
+
+using keylock::errc;
+using keylock::Guard;
+using keylock::KeyedLockRegistry;
+using keylock::test::RedisServer;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string url(const RedisServer& s, const std::string& query = "") {
+    return "redis://127.0.0.1:" + std::to_string(s.port()) + (query.empty() ? "" : "/?" + query);
+}
+
+template <class F>
+errc error_of(F&& f) {
+    try {
+        f();
+    } catch (const keylock::Error& e) {
+        return static_cast<errc>(e.code().value());
+    }
+    return errc{};
+}
+
+template <class F>
+std::string message_of(F&& f) {
+    try {
+        f();
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    return {};
+}
+
+/// Runs `body` in a forked child and returns its exit status (0 = all its checks passed). The
+/// child must not touch registries made before the fork: it makes its own.
+template <class Body>
+pid_t spawn(Body body) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        int status = 1;
+        try {
+            status = body();
+        } catch (...) {
+            status = 99;
+        }
+        ::_exit(status);
+    }
+    return pid;
+}
+
+/// Polls `pred` until it holds or `limit` passes.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 5s) {
+    const auto end = Clock::now() + limit;
+    while (!pred()) {
+        if (Clock::now() > end) return false;
+        std::this_thread::sleep_for(5ms);
+    }
+    return true;
+}
+
+int wait_exit(pid_t pid) {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+TEST_CASE("a redis registry locks and releases with rising fencing tokens", "[redis]") {
+    RedisServer server;
+    auto a = KeyedLockRegistry::from_url(url(server));
+    auto b = KeyedLockRegistry::from_url(url(server));
+    CHECK_THAT(a.describe(), Catch::StartsWith("redis://127.0.0.1:"));
+    std::uint64_t first = 0;
+    {
+        Guard g = a.lock("order-42");
+        CHECK(g.owns_lock());
+        CHECK(g.key() == "order-42");
+        CHECK_FALSE(g.lost());
+        first = g.fencing_token();
+        CHECK(first > 0);
+        CHECK_FALSE(b.try_lock("order-42").has_value());  // another registry: like another process
+        CHECK(b.try_lock("order-43").has_value());        // other keys are free
+        CHECK(server.command("EXISTS keylock:order-42") == ":1");
+    }
+    // Released, not left to expire: a guard's destructor sends the release without waiting
+    // for the answer, so it takes effect within a round trip.
+    CHECK(eventually([&] { return server.command("EXISTS keylock:order-42") == ":0"; }));
+    auto g = b.try_lock("order-42");
+    REQUIRE(g.has_value());
+    CHECK(g->fencing_token() > first);
+    g.reset();
+    CHECK(a.stats().acquisitions == 1);
+    CHECK(eventually([&] { return a.stats().entries == 0 && b.stats().entries == 0; }));
+    // release() waits for the answer: afterwards the lock is gone.
+    Guard again = a.lock("order-42");
+    again.release();
+    CHECK(server.command("EXISTS keylock:order-42") == ":0");
+    CHECK(a.stats().entries == 0);
+}
+
+TEST_CASE("redis locks exclude each other across threads and registries", "[redis]") {
+    RedisServer server;
+    std::vector<KeyedLockRegistry> registries;
+    for (int i = 0; i < 3; ++i) registries.push_back(KeyedLockRegistry::from_url(url(server)));
+    constexpr int kThreads = 6, kRounds = 150, kKeys = 3;
+    long counters[kKeys] = {};  // plain: only the lock protects them
+    std::vector<std::uint64_t> tokens[kKeys];
+    ThreadChecks checks;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            auto& r = registries[static_cast<std::size_t>(t) % registries.size()];
+            for (int i = 0; i < kRounds; ++i) {
+                const int k = (t + i) % kKeys;
+                Guard g = r.lock("counter-" + std::to_string(k));
+                const long seen = counters[k];
+                std::this_thread::yield();
+                counters[k] = seen + 1;
+                tokens[k].push_back(g.fencing_token());
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    checks.report();
+    long total = 0;
+    for (int k = 0; k < kKeys; ++k) {
+        total += counters[k];
+        bool rising = true;
+        for (std::size_t i = 1; i < tokens[k].size(); ++i) rising = rising && tokens[k][i] > tokens[k][i - 1];
+        CHECK(rising);
+    }
+    CHECK(total == kThreads * kRounds);
+    for (auto& r : registries) CHECK(r.stats().entries == 0);
+}
+
+TEST_CASE("redis locks exclude each other across forked processes", "[redis]") {
+    RedisServer server;
+    auto* shared = static_cast<long*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(shared != MAP_FAILED);
+    shared[0] = 0;
+    constexpr int kProcesses = 4, kRounds = 200;
+    std::vector<pid_t> children;
+    for (int p = 0; p < kProcesses; ++p) {
+        children.push_back(spawn([&] {
+            auto r = KeyedLockRegistry::from_url(url(server));
+            std::uint64_t last = 0;
+            for (int i = 0; i < kRounds; ++i) {
+                Guard g = r.lock("shared-counter");
+                if (g.fencing_token() <= last) return 2;
+                last = g.fencing_token();
+                const long seen = shared[0];
+                if (i % 16 == 0) std::this_thread::sleep_for(100us);
+                shared[0] = seen + 1;
+            }
+            return 0;
+        }));
+    }
+    for (pid_t c : children) CHECK(wait_exit(c) == 0);
+    CHECK(shared[0] == kProcesses * kRounds);
+    ::munmap(shared, 4096);
+}
+
+TEST_CASE("a waiter is woken by the release, not by the end of the lease", "[redis]") {
+    RedisServer server;
+    auto a = KeyedLockRegistry::from_url(url(server, "lease=30s"));
+    auto b = KeyedLockRegistry::from_url(url(server, "lease=30s"));
+    Guard held = a.lock("k");
+    std::atomic<bool> got{false};
+    Clock::time_point got_at;
+    std::thread waiter([&] {
+        Guard g = b.lock("k");
+        got_at = Clock::now();
+        got = true;
+    });
+    std::this_thread::sleep_for(200ms);
+    CHECK_FALSE(got.load());
+    const auto released_at = Clock::now();
+    held.release();
+    waiter.join();
+    CHECK(got.load());
+    // With a 30 s lease, only the release notification can explain a wake-up this soon.
+    CHECK(got_at - released_at < 5s);
+}
+
+TEST_CASE("a crashed holder's lock frees itself when its lease ends", "[redis]") {
+    RedisServer server;
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    const pid_t child = spawn([&] {
+        auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));
+        Guard g = r.lock("crash");
+        (void)::write(ready[1], "x", 1);
+        ::kill(::getpid(), SIGKILL);  // dies holding the lock: no release, no watchdog
+        return 0;
+    });
+    char c = 0;
+    REQUIRE(::read(ready[0], &c, 1) == 1);
+    const auto start = Clock::now();
+    CHECK(wait_exit(child) == 128 + SIGKILL);
+    auto r = KeyedLockRegistry::from_url(url(server));
+    CHECK_FALSE(r.try_lock("crash").has_value());
+    Guard g = r.lock("crash");  // waits for the lease, not forever
+    const auto waited = Clock::now() - start;
+    CHECK(waited < 10s);
+    ::close(ready[0]);
+    ::close(ready[1]);
+}
+
+TEST_CASE("the watchdog keeps a lock for three times its lease", "[redis]") {
+    RedisServer server;
+    auto a = KeyedLockRegistry::from_url(url(server, "lease=1s"));
+    auto b = KeyedLockRegistry::from_url(url(server));
+    Guard g = a.lock("long-job");
+    const auto end = Clock::now() + 3200ms;
+    bool excluded = true;
+    while (Clock::now() < end) {
+        excluded = excluded && !b.try_lock("long-job").has_value();
+        std::this_thread::sleep_for(100ms);
+    }
+    CHECK(excluded);
+    CHECK_FALSE(g.lost());
+    std::error_code ec;
+    g.release(ec);
+    CHECK_FALSE(ec);
+}
+
+TEST_CASE("a holder paused past its lease loses the lock and its release deletes nothing", "[redis]") {
+    RedisServer server;
+    int pipes[2][2];
+    REQUIRE(::pipe(pipes[0]) == 0);  // child -> parent: "holding"
+    REQUIRE(::pipe(pipes[1]) == 0);  // parent -> child: "you were paused; check"
+    const pid_t child = spawn([&] {
+        auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));
+        Guard g = r.lock("paused");
+        const std::uint64_t token = g.fencing_token();
+        (void)::write(pipes[0][1], &token, sizeof token);
+        char c = 0;
+        if (::read(pipes[1][0], &c, 1) != 1) return 3;
+        if (!g.lost()) return 4;  // resumed: the guard knows at once
+        std::error_code ec;
+        g.release(ec);
+        return ec == errc::not_owner ? 0 : 5;
+    });
+    std::uint64_t child_token = 0;
+    REQUIRE(::read(pipes[0][0], &child_token, sizeof child_token) == sizeof child_token);
+    ::kill(child, SIGSTOP);
+    std::this_thread::sleep_for(1500ms);  // past the lease: the watchdog could not renew it
+    auto r = KeyedLockRegistry::from_url(url(server));
+    auto g = r.try_lock_for("paused", 5s);
+    REQUIRE(g.has_value());
+    CHECK(g->fencing_token() > child_token);
+    ::kill(child, SIGCONT);
+    (void)::write(pipes[1][1], "x", 1);
+    CHECK(wait_exit(child) == 0);
+    // The resumed holder's release deleted nothing: the lock is still ours.
+    auto other = KeyedLockRegistry::from_url(url(server));
+    CHECK_FALSE(other.try_lock("paused").has_value());
+    CHECK_FALSE(g->lost());
+    for (auto& p : pipes) {
+        ::close(p[0]);
+        ::close(p[1]);
+    }
+}
+
+TEST_CASE("a stale guard's release reports not_owner and leaves the new owner's lock", "[redis]") {
+    RedisServer server;
+    auto a = KeyedLockRegistry::from_url(url(server));
+    auto b = KeyedLockRegistry::from_url(url(server));
+    Guard old = a.lock("stolen");
+    server.command("DEL keylock:stolen");  // e.g. an operator's forced release
+    Guard now = b.lock("stolen");
+    std::error_code ec;
+    old.release(ec);
+    CHECK(ec == errc::not_owner);
+    CHECK(server.command("EXISTS keylock:stolen") == ":1");
+    CHECK_FALSE(a.try_lock("stolen").has_value());
+}
+
+TEST_CASE("a redis restart mid-hold: the guard reports its loss and locking goes on", "[redis]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server, "command_timeout=2s"));
+    std::uint64_t before = 0;
+    {
+        Guard g = r.lock("survivor");
+        before = g.fencing_token();
+        server.restart();  // empty: no keys, no scripts
+        std::error_code ec;
+        g.release(ec);  // the lock is gone with the server's data
+        CHECK((ec == errc::not_owner || ec == errc::unavailable));
+    }
+    Guard g = r.lock("survivor");  // reconnects, reloads the scripts
+    CHECK(g.fencing_token() > before);
+}
+
+TEST_CASE("redis bad input and unreachable servers are typed errors", "[redis]") {
+    SECTION("a wrong password never shows in the error") {
+        RedisServer server({"--requirepass", "right-pw"});
+        auto r = KeyedLockRegistry::from_url("redis://:Wr0ng-Secret@127.0.0.1:" + std::to_string(server.port()));
+        CHECK(error_of([&] { (void)r.lock("k"); }) == errc::auth_failed);
+        CHECK_THAT(message_of([&] { (void)r.lock("k"); }), !Catch::Contains("Wr0ng-Secret"));
+        CHECK_THAT(r.describe(), !Catch::Contains("Wr0ng-Secret"));
+        auto ok = KeyedLockRegistry::from_url("redis://:right-pw@127.0.0.1:" + std::to_string(server.port()));
+        CHECK(ok.try_lock("k").has_value());
+    }
+    SECTION("nobody listening: unavailable within connect_timeout") {
+        int port = 0;
+        {
+            RedisServer gone;
+            port = gone.port();
+        }
+        auto r = KeyedLockRegistry::from_url("redis://127.0.0.1:" + std::to_string(port) + "/?connect_timeout=300ms");
+        const auto start = Clock::now();
+        CHECK(error_of([&] { (void)r.lock("k"); }) == errc::unavailable);
+        CHECK(Clock::now() - start < 3s);
+    }
+    SECTION("keys: empty, too long, binary") {
+        RedisServer server;
+        auto r = KeyedLockRegistry::from_url(url(server, "max_key_bytes=16"));
+        CHECK(error_of([&] { (void)r.lock(""); }) == errc::invalid_key);
+        CHECK(error_of([&] { (void)r.lock(std::string(17, 'k')); }) == errc::key_too_long);
+        const std::string binary("a\0b\r\n\xff", 6);
+        auto other = KeyedLockRegistry::from_url(url(server));
+        Guard g = r.lock(binary);
+        CHECK(g.key() == binary);
+        CHECK_FALSE(other.try_lock(binary).has_value());
+        CHECK(other.try_lock(std::string("a\0c\r\n\xff", 6)).has_value());
+    }
+}
+
+TEST_CASE("redis deadlines and cancellation leave nothing behind", "[redis]") {
+    RedisServer server;
+    auto a = KeyedLockRegistry::from_url(url(server));
+    auto b = KeyedLockRegistry::from_url(url(server));
+    Guard held = a.lock("busy");
+    const auto start = Clock::now();
+    CHECK_FALSE(b.try_lock_for("busy", 300ms).has_value());
+    const auto took = Clock::now() - start;
+    CHECK(took >= 300ms);
+    CHECK(took < 3s);
+    CHECK(b.stats().timeouts == 1);
+    std::stop_source stop;
+    std::thread canceller([&] {
+        std::this_thread::sleep_for(200ms);
+        stop.request_stop();
+    });
+    CHECK(error_of([&] { (void)b.lock("busy", stop.get_token()); }) == errc::cancelled);
+    canceller.join();
+    CHECK(b.stats().waiting == 0);
+    // An attempt may still be on the wire when the wait ends; its answer frees the entry.
+    CHECK(eventually([&] { return b.stats().entries == 0; }));
+    held.release();
+    CHECK(b.try_lock("busy").has_value());
+}
+
+TEST_CASE("ten thousand redis keys held at once, then nothing left but the counters", "[redis]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server));
+    std::vector<Guard> held;
+    held.reserve(10000);
+    for (int i = 0; i < 10000; ++i) held.push_back(r.lock("many-" + std::to_string(i)));
+    CHECK(r.stats().entries == 10000);
+    const auto dbsize = [&] { return std::stoll(server.command("DBSIZE").substr(1)); };
+    CHECK(dbsize() >= 10000);
+    held.clear();
+    CHECK(eventually([&] { return r.stats().entries == 0; }));
+    // Only the fencing counters remain: at most one per hash slot.
+    CHECK(dbsize() <= 16384);
+    CHECK(server.command("EXISTS keylock:many-1") == ":0");
+}
+
+TEST_CASE("ten thousand async redis waiters on one io_context", "[redis]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server));
+    auto other = KeyedLockRegistry::from_url(url(server));
+    boost::asio::io_context io;
+    Guard held = other.lock("hot");  // held by "another process" while they all queue
+    constexpr int kWaiters = 10000;
+    int granted = 0;
+    std::uint64_t last = 0;
+    bool rising = true;
+    for (int i = 0; i < kWaiters; ++i) {
+        r.async_lock("hot", boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
+                         if (ec || !g.owns_lock()) return;
+                         ++granted;
+                         rising = rising && g.fencing_token() > last;
+                         last = g.fencing_token();
+                     }));  // each guard is released as its handler returns
+    }
+    // No thread is blocked while they wait.
+    CHECK(eventually([&] { return r.stats().waiting == kWaiters; }));
+    held.release();
+    io.run();
+    CHECK(granted == kWaiters);
+    CHECK(rising);
+    CHECK(eventually([&] { return r.stats().entries == 0; }));
+}
+
+TEST_CASE("an async redis wait can be cancelled and works with use_future", "[redis]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server));
+    auto other = KeyedLockRegistry::from_url(url(server));
+    boost::asio::io_context io;
+    Guard held = other.lock("k");
+    boost::asio::cancellation_signal signal;
+    std::optional<boost::system::error_code> result;
+    r.async_lock("k", boost::asio::bind_cancellation_slot(
+                          signal.slot(), boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard) {
+                              result = ec;
+                          })));
+    CHECK(eventually([&] { return r.stats().waiting == 1; }));
+    boost::asio::post(io, [&] { signal.emit(boost::asio::cancellation_type::terminal); });
+    io.run();
+    REQUIRE(result.has_value());
+    CHECK(*result == boost::asio::error::operation_aborted);
+    CHECK(r.stats().waiting == 0);
+    held.release();
+    std::future<Guard> f = r.async_lock("k", boost::asio::use_future);
+    Guard g = f.get();
+    CHECK(g.owns_lock());
+    CHECK(g.fencing_token() > 0);
+}

@@ -1,0 +1,353 @@
+// Redis URLs: every accepted form and default, every error class, and no password in any
+// message or in to_url().
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <tuple>
+
+#include <keylock/error.hpp>
+
+#include "redis_config.hpp"
+
+using keylock::errc;
+using keylock::redis::parse_redis_url;
+using keylock::redis::RedisConfig;
+using keylock::redis::to_url;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* password = "S3cr3t-pw";
+
+/// Every field (Endpoint has no operator==).
+auto fields(const RedisConfig& c) {
+    const auto& e = c.endpoint;
+    return std::tie(e.host, e.port, e.unix_path, e.tls, e.ca_file, e.cert_file, e.key_file, e.verify, e.user,
+                    e.password, e.db, e.connect_timeout, e.command_timeout, c.prefix, c.lease, c.max_key_bytes);
+}
+
+/// Runs parse_redis_url(url), expecting keylock::Error with `code` whose message starts with
+/// "keylock: ", contains `part` and contains none of `secrets` (by default, the test password).
+void expect_error(const std::string& url, errc code, const std::string& part,
+                  std::initializer_list<const char*> secrets = {password}) {
+    INFO("URL: " << url);
+    try {
+        parse_redis_url(url);
+        FAIL("no error thrown; expected " << keylock::make_error_code(code).message());
+    } catch (const keylock::Error& e) {
+        const std::string message = e.what();
+        INFO("message: " << message);
+        CHECK(e.code() == code);
+        CHECK(message.rfind("keylock: ", 0) == 0);
+        CHECK(message.find(part) != std::string::npos);
+        for (const char* secret : secrets) CHECK(message.find(secret) == std::string::npos);
+    }
+}
+
+/// parse(to_url(c)) is c but for the password, which comes back as "***" (never the real one).
+void check_round_trip(const RedisConfig& c) {
+    const std::string url = to_url(c);
+    INFO("to_url: " << url);
+    CHECK(url.find(password) == std::string::npos);
+    RedisConfig expected = c;
+    if (!expected.endpoint.password.empty()) expected.endpoint.password = "***";
+    CHECK(fields(parse_redis_url(url)) == fields(expected));
+}
+
+}  // namespace
+
+TEST_CASE("a bare redis URL takes every default", "[redis][config]") {
+    const RedisConfig c = parse_redis_url("redis://localhost");
+    CHECK(fields(c) == fields([] {
+              RedisConfig d;
+              d.endpoint.host = "localhost";
+              return d;
+          }()));
+    CHECK(c.endpoint.port == 6379);
+    CHECK(c.endpoint.db == 0);
+    CHECK_FALSE(c.endpoint.tls);
+    CHECK(c.endpoint.verify);
+    CHECK(c.endpoint.user.empty());
+    CHECK(c.endpoint.password.empty());
+    CHECK(c.endpoint.connect_timeout == 5s);
+    CHECK(c.endpoint.command_timeout == 5s);
+    CHECK(c.prefix == "keylock:");
+    CHECK(c.lease == 30s);
+    CHECK(c.max_key_bytes == 1024);
+    CHECK(to_url(c) == "redis://localhost");
+    CHECK(fields(parse_redis_url("redis://localhost/")) == fields(c));
+    CHECK(fields(parse_redis_url("redis://localhost:6379/0")) == fields(c));
+    CHECK(fields(parse_redis_url("REDIS://localhost")) == fields(c));
+    // An empty query, "&&" and a trailing '&' are no options.
+    CHECK(fields(parse_redis_url("redis://localhost?")) == fields(c));
+    CHECK(parse_redis_url("redis://localhost?&lease=2s&&").lease == 2s);
+}
+
+TEST_CASE("redis URLs set the user and password and host and port and db and every option", "[redis][config]") {
+    const RedisConfig c = parse_redis_url(
+        "redis://alice:S3cr3t-pw@cache.example.com:6380/3?prefix=app:&lease=10s&connect_timeout=250ms"
+        "&command_timeout=2m&max_key_bytes=256");
+    CHECK(c.endpoint.user == "alice");
+    CHECK(c.endpoint.password == password);
+    CHECK(c.endpoint.host == "cache.example.com");
+    CHECK(c.endpoint.port == 6380);
+    CHECK(c.endpoint.db == 3);
+    CHECK(c.endpoint.unix_path.empty());
+    CHECK_FALSE(c.endpoint.tls);
+    CHECK(c.prefix == "app:");
+    CHECK(c.lease == 10s);
+    CHECK(c.endpoint.connect_timeout == 250ms);
+    CHECK(c.endpoint.command_timeout == 2min);
+    CHECK(c.max_key_bytes == 256);
+    CHECK(to_url(c) == "redis://alice:***@cache.example.com:6380/3?prefix=app:&lease=10s&connect_timeout=250ms"
+                       "&command_timeout=2m&max_key_bytes=256");
+    check_round_trip(c);
+
+    CHECK(parse_redis_url("redis://127.0.0.1").endpoint.host == "127.0.0.1");
+    CHECK(parse_redis_url("redis://h/2147483647").endpoint.db == 2147483647);
+    CHECK(parse_redis_url("redis://h:1").endpoint.port == 1);
+    CHECK(parse_redis_url("redis://h:65535").endpoint.port == 65535);
+}
+
+TEST_CASE("IPv6 hosts are written in brackets and kept without them", "[redis][config]") {
+    const RedisConfig c = parse_redis_url("redis://[::1]:6380/1");
+    CHECK(c.endpoint.host == "::1");
+    CHECK(c.endpoint.port == 6380);
+    CHECK(c.endpoint.db == 1);
+    CHECK(c.endpoint.where() == "[::1]:6380");
+    CHECK(to_url(c) == "redis://[::1]:6380/1");
+    CHECK(parse_redis_url("rediss://[2001:db8::7]").endpoint.host == "2001:db8::7");
+    check_round_trip(c);
+}
+
+TEST_CASE("a user or password alone is allowed", "[redis][config]") {
+    RedisConfig c = parse_redis_url("redis://:S3cr3t-pw@h");
+    CHECK(c.endpoint.user.empty());
+    CHECK(c.endpoint.password == password);
+    CHECK(to_url(c) == "redis://:***@h");
+    check_round_trip(c);
+
+    c = parse_redis_url("redis://bob@h");
+    CHECK(c.endpoint.user == "bob");
+    CHECK(c.endpoint.password.empty());
+    CHECK(to_url(c) == "redis://bob@h");
+    check_round_trip(c);
+
+    c = parse_redis_url("redis://@h");
+    CHECK(c.endpoint.user.empty());
+    CHECK(c.endpoint.password.empty());
+}
+
+TEST_CASE("user and password and paths and values are percent-decoded", "[redis][config]") {
+    const RedisConfig c = parse_redis_url("redis://us%3Aer%40x:p%40ss%2Fw%3Ard%25%23%3F@h?prefix=a%26b%3Dc+d%20");
+    CHECK(c.endpoint.user == "us:er@x");
+    CHECK(c.endpoint.password == "p@ss/w:rd%#?");
+    CHECK(c.prefix == "a&b=c+d ");  // '+' is a plus, not a space
+    check_round_trip(c);
+    CHECK(parse_redis_url("unix:///run/my%20redis/r.sock").endpoint.unix_path == "/run/my redis/r.sock");
+    CHECK(parse_redis_url("rediss://h?ca_file=/etc/ssl/c%2B%2B.pem").endpoint.ca_file == "/etc/ssl/c++.pem");
+}
+
+TEST_CASE("rediss URLs turn TLS on and take the TLS options", "[redis][config]") {
+    RedisConfig c = parse_redis_url("rediss://h");
+    CHECK(c.endpoint.tls);
+    CHECK(c.endpoint.verify);
+    CHECK(c.endpoint.port == 6379);
+    CHECK(to_url(c) == "rediss://h");
+    CHECK(parse_redis_url("RediSS://h").endpoint.tls);
+
+    c = parse_redis_url("rediss://u:S3cr3t-pw@h:6390/4?ca_file=/etc/ca.pem&cert_file=/etc/c.pem&key_file=/etc/k.pem"
+                        "&verify=false");
+    CHECK(c.endpoint.tls);
+    CHECK(c.endpoint.ca_file == "/etc/ca.pem");
+    CHECK(c.endpoint.cert_file == "/etc/c.pem");
+    CHECK(c.endpoint.key_file == "/etc/k.pem");
+    CHECK_FALSE(c.endpoint.verify);
+    CHECK(c.endpoint.db == 4);
+    CHECK(to_url(c) == "rediss://u:***@h:6390/4?ca_file=/etc/ca.pem&cert_file=/etc/c.pem&key_file=/etc/k.pem"
+                       "&verify=false");
+    check_round_trip(c);
+    CHECK(parse_redis_url("rediss://h?verify=on").endpoint.verify);
+}
+
+TEST_CASE("unix URLs name an absolute socket path and take db as an option", "[redis][config]") {
+    RedisConfig c = parse_redis_url("unix:///run/redis/redis.sock");
+    CHECK(c.endpoint.unix_path == "/run/redis/redis.sock");
+    CHECK(c.endpoint.host.empty());
+    CHECK(c.endpoint.db == 0);
+    CHECK_FALSE(c.endpoint.tls);
+    CHECK(c.endpoint.where() == "/run/redis/redis.sock");
+    CHECK(to_url(c) == "unix:///run/redis/redis.sock");
+
+    c = parse_redis_url("UNIX://worker:S3cr3t-pw@/tmp/r.sock?db=2&lease=1m&prefix=jobs%40eu:");
+    CHECK(c.endpoint.unix_path == "/tmp/r.sock");
+    CHECK(c.endpoint.user == "worker");
+    CHECK(c.endpoint.password == password);
+    CHECK(c.endpoint.db == 2);
+    CHECK(c.lease == 1min);
+    CHECK(c.prefix == "jobs@eu:");
+    CHECK(to_url(c) == "unix://worker:***@/tmp/r.sock?db=2&prefix=jobs%40eu:&lease=1m");
+    check_round_trip(c);
+
+    CHECK(parse_redis_url("unix:/tmp/r.sock").endpoint.unix_path == "/tmp/r.sock");  // no authority at all
+    CHECK(parse_redis_url("unix:///tmp/r.sock?db=2147483647").endpoint.db == 2147483647);
+    CHECK(parse_redis_url("unix:///" + std::string(106, 's')).endpoint.unix_path.size() == 107);
+}
+
+TEST_CASE("option bounds are inclusive", "[redis][config]") {
+    CHECK(parse_redis_url("redis://h?lease=1s").lease == 1s);
+    CHECK(parse_redis_url("redis://h?lease=24h").lease == 24h);
+    CHECK(parse_redis_url("redis://h?connect_timeout=10ms").endpoint.connect_timeout == 10ms);
+    CHECK(parse_redis_url("redis://h?command_timeout=10m").endpoint.command_timeout == 10min);
+    CHECK(parse_redis_url("redis://h?max_key_bytes=1").max_key_bytes == 1);
+    CHECK(parse_redis_url("redis://h?max_key_bytes=65536").max_key_bytes == 65536);
+    CHECK(parse_redis_url("redis://h?prefix=" + std::string(128, 'p')).prefix.size() == 128);
+
+    const std::string base = "redis://u:S3cr3t-pw@h?";
+    expect_error(base + "lease=999ms", errc::invalid_option, "'lease' has value '999ms'");
+    expect_error(base + "lease=25h", errc::invalid_option, "'lease' has value '25h'");
+    expect_error(base + "lease=0", errc::invalid_option, "lease");
+    expect_error(base + "connect_timeout=9ms", errc::invalid_option, "'connect_timeout' has value '9ms'");
+    expect_error(base + "command_timeout=601s", errc::invalid_option, "'command_timeout' has value '601s'");
+    expect_error(base + "max_key_bytes=0", errc::invalid_option, "'max_key_bytes' has value '0'");
+    expect_error(base + "max_key_bytes=65537", errc::invalid_option, "'max_key_bytes' has value '65537'");
+    expect_error(base + "prefix=" + std::string(129, 'p'), errc::invalid_option, "'prefix' has value 'ppp");
+}
+
+TEST_CASE("malformed URLs and bad hosts and ports and paths are invalid_url naming the part", "[redis][config]") {
+    expect_error("http://u:S3cr3t-pw@h", errc::invalid_url, "scheme 'http'");
+    expect_error("localhost:6379", errc::invalid_url, "scheme 'localhost'");
+    expect_error("", errc::invalid_url, "no scheme");
+    expect_error("redis://u:S3cr3t-pw@h?a b", errc::invalid_url, "malformed redis://");
+    expect_error("redis://u:S3cr3t-pw@h:6379/0#frag", errc::invalid_url, "fragment");
+    expect_error("redis://u:S3cr3t-pw@", errc::invalid_url, "needs a host");
+    expect_error("redis://:6379", errc::invalid_url, "needs a host");
+    expect_error("rediss:///0", errc::invalid_url, "rediss:// URL needs a host");
+    expect_error("redis://u:S3cr3t-pw@ho%24t", errc::invalid_url, "bad host name 'ho$t'");
+    expect_error("redis://u:S3cr3t-pw@[v1.x]", errc::invalid_url, "unsupported host '[v1.x]'");
+    expect_error("redis://u:S3cr3t-pw@h:", errc::invalid_url, "bad port in a redis:// URL");
+    expect_error("redis://u:S3cr3t-pw@h:0", errc::invalid_url, "bad port");
+    expect_error("redis://u:S3cr3t-pw@h:65536", errc::invalid_url, "bad port");
+    expect_error("redis://u:S3cr3t-pw@h:99999999999999999999999", errc::invalid_url, "bad port");
+    expect_error("redis://u:S3cr3t-pw@h:63x9", errc::invalid_url, "malformed redis:// URL after the host");
+    // "@host" forgotten: the password is read as the port, and is not shown.
+    expect_error("redis://default:S3cr3t-pw", errc::invalid_url, "after the host");
+    expect_error("redis://default:987654321", errc::invalid_url, "bad port", {"987654321"});
+    expect_error("unix://default:987654321", errc::invalid_url, "(found host 'default')", {"987654321"});
+    expect_error("redis://u:S3cr3t-pw@h/db1", errc::invalid_url, "bad database path '/db1'");
+    expect_error("redis://u:S3cr3t-pw@h/-1", errc::invalid_url, "bad database path '/-1'");
+    expect_error("redis://u:S3cr3t-pw@h/2147483648", errc::invalid_url, "bad database path '/2147483648'");
+    expect_error("redis://u:S3cr3t-pw@h/0/", errc::invalid_url, "bad database path '/0/'");
+    expect_error("redis://u:S3cr3t-pw@h//0", errc::invalid_url, "bad database path");
+    expect_error("redis://u:S3cr3t-pw@h/%31", errc::invalid_url, "bad database path '/%31'");
+    expect_error("unix://u:S3cr3t-pw@", errc::invalid_url, "needs a socket path");
+    expect_error("unix://tmp/r.sock", errc::invalid_url, "takes no host or port (found host 'tmp')");
+    expect_error("unix://u:S3cr3t-pw@localhost:6379/tmp/r.sock", errc::invalid_url, "no host or port");
+    expect_error("unix:run/r.sock", errc::invalid_url, "socket path 'run/r.sock' of a unix:// URL is not absolute");
+    expect_error("unix:///tmp/a%00b", errc::invalid_url, "NUL");
+    expect_error("unix:///" + std::string(107, 's'), errc::invalid_url, "108 bytes");
+    expect_error("unix://u:S3cr3t-pw@/tmp/r.sock#x", errc::invalid_url, "unix:// URL takes no fragment");
+}
+
+TEST_CASE("unknown options are unknown_option listing the known ones", "[redis][config]") {
+    const std::string known =
+        "(known: prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, ca_file, cert_file, key_file, "
+        "verify)";
+    expect_error("redis://u:S3cr3t-pw@h?lease=1s&leese=2s", errc::unknown_option, "unknown option 'leese'");
+    expect_error("redis://u:S3cr3t-pw@h?Lease=1s", errc::unknown_option, known);  // names are case-sensitive
+    expect_error("redis://h?password=S3cr3t-pw", errc::unknown_option, "go before the host");
+    expect_error("unix:///tmp/r.sock?tls=1", errc::unknown_option, "'tls'");
+    expect_error("redis://h?=1", errc::unknown_option, "unknown option ''");
+}
+
+TEST_CASE("bad option values are invalid_option naming the option and the value", "[redis][config]") {
+    const std::string base = "redis://u:S3cr3t-pw@h?";
+    expect_error(base + "lease=soon", errc::invalid_option, "option 'lease' has value 'soon'; expected a duration");
+    expect_error(base + "lease", errc::invalid_option, "option 'lease' has value ''");
+    expect_error(base + "connect_timeout=1.5s", errc::invalid_option, "'connect_timeout' has value '1.5s'");
+    expect_error(base + "max_key_bytes=1e3", errc::invalid_option, "'max_key_bytes' has value '1e3'");
+    expect_error(base + "prefix=", errc::invalid_option, "option 'prefix' has value ''");
+    expect_error(base + "prefix=%7Bjobs%7D", errc::invalid_option, "option 'prefix' has value '{jobs}'");
+    expect_error(base + "lease=1%0As", errc::invalid_option, "'1\\x0as'");  // shown escaped
+    expect_error(base + "lease=1s&lease=2s", errc::invalid_option, "option 'lease' is given twice");
+    expect_error(base + "db=2", errc::invalid_option, "a redis:// URL has the database in its path");
+    expect_error("rediss://h?db=2", errc::invalid_option, "'db' is for unix://");
+    expect_error("unix:///tmp/r.sock?db=x", errc::invalid_option, "option 'db' has value 'x'");
+    expect_error("unix:///tmp/r.sock?db=2147483648", errc::invalid_option, "'db' has value '2147483648'");
+    expect_error("rediss://u:S3cr3t-pw@h?verify=maybe", errc::invalid_option, "option 'verify' has value 'maybe'");
+    expect_error("rediss://u:S3cr3t-pw@h?ca_file=", errc::invalid_option, "option 'ca_file' has value ''");
+    expect_error("rediss://h?cert_file=/c.pem", errc::invalid_option, "'cert_file' and 'key_file' go together");
+    expect_error("rediss://h?key_file=/k.pem", errc::invalid_option, "'cert_file' and 'key_file' go together");
+    for (const char* option : {"ca_file=/ca.pem", "cert_file=/c.pem", "key_file=/k.pem", "verify=false"}) {
+        const std::string name = std::string(option).substr(0, std::string(option).find('='));
+        expect_error(base + option, errc::invalid_option, "option '" + name + "' needs rediss://");
+        expect_error("unix://u:S3cr3t-pw@/tmp/r.sock?" + std::string(option), errc::invalid_option,
+                     "option '" + name + "' needs rediss:// (TLS over a Unix socket is not supported)");
+    }
+}
+
+TEST_CASE("no message shows the password", "[redis][config]") {
+    // A value holding the password is not shown.
+    expect_error("redis://:S3cr3t-pw@h?prefix=%7BS3cr3t-pw%7D", errc::invalid_option, "'prefix' has value (not shown)");
+    expect_error("redis://:S3cr3t-pw@h?S3cr3t-pw", errc::unknown_option, "unknown option (not shown)");
+    expect_error("redis://u:S3cr3t-pw@h/S3cr3t-pw", errc::invalid_url, "bad database path (not shown)");
+    // The percent-encoded password is no more shown than the decoded one.
+    expect_error("redis://u:S3cr3t%2Dpw@h:0", errc::invalid_url, "bad port", {password, "S3cr3t%2Dpw"});
+
+    // A reserved character left unencoded in a password puts pieces of it anywhere in the URL:
+    // with an '@' after the host, no part is shown.
+    const char* hint = "percent-encode it";
+    const std::initializer_list<const char*> pieces = {"S3cr3t", "Xy9zQ"};
+    expect_error("redis://u:S3cr3t@Xy9zQ@h:6379/0", errc::invalid_url, hint, pieces);
+    expect_error("redis://u:S3cr3t/Xy9zQ@h", errc::invalid_url, hint, pieces);
+    expect_error("redis://u:123/Xy9zQ@h", errc::invalid_url, hint, pieces);
+    expect_error("redis://:S3cr3t?Xy9zQ@h/1", errc::invalid_url, hint, pieces);
+    expect_error("redis://u:S3cr3t#Xy9zQ@h", errc::invalid_url, "fragment", pieces);
+    expect_error("redis://u:99999/Xy9zQ@h", errc::invalid_url, hint, pieces);
+    expect_error("redis://h:6379?Xy9zQ@h", errc::unknown_option, "unknown option (not shown)", pieces);
+    expect_error("unix://:12/Xy9zQ@/tmp/r.sock", errc::invalid_url, hint, pieces);
+    expect_error("unix://u:S3cr3t/Xy9zQ@/tmp/r.sock", errc::invalid_url, "found host (not shown)", pieces);
+    expect_error("redis://u:S3cr3t%Xy9zQ@h", errc::invalid_url, "malformed", pieces);
+    expect_error("redis://u:S3cr3t Xy9zQ@h", errc::invalid_url, "malformed", pieces);
+
+    // Nor does to_url.
+    for (const char* url : {"redis://u:S3cr3t-pw@h", "rediss://:S3cr3t-pw@h/1?verify=0", "unix://:S3cr3t-pw@/s"}) {
+        INFO(url);
+        CHECK(to_url(parse_redis_url(url)).find(password) == std::string::npos);
+        CHECK(to_url(parse_redis_url(url)).find(":***@") != std::string::npos);
+    }
+}
+
+TEST_CASE("to_url round-trips configurations built in code", "[redis][config]") {
+    RedisConfig c;
+    c.endpoint.host = "redis-1.internal";
+    c.endpoint.port = 7000;
+    c.endpoint.db = 15;
+    c.endpoint.user = "a:b@c/d";
+    c.endpoint.password = password;
+    c.endpoint.connect_timeout = 1500ms;
+    c.endpoint.command_timeout = 1min;
+    c.prefix = "tenant 7/#&=%+@:";
+    c.lease = 90s;
+    c.max_key_bytes = 4096;
+    check_round_trip(c);
+
+    c.endpoint.tls = true;
+    c.endpoint.ca_file = "/etc/ssl/my ca.pem";
+    c.endpoint.cert_file = "/etc/ssl/c.pem";
+    c.endpoint.key_file = "/etc/ssl/k.pem";
+    c.endpoint.verify = false;
+    check_round_trip(c);
+
+    RedisConfig u;
+    u.endpoint.host.clear();
+    u.endpoint.unix_path = "/var/run/redis #1/r.sock";
+    u.endpoint.db = 9;
+    u.endpoint.password = password;
+    check_round_trip(u);
+
+    RedisConfig v6;
+    v6.endpoint.host = "fe80::1";
+    check_round_trip(v6);
+    CHECK(to_url(v6) == "redis://[fe80::1]");
+}
