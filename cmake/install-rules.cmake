@@ -12,6 +12,11 @@ install(TARGETS ${_keylock_targets} EXPORT keylockTargets
     LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
     RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY include/keylock DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+if(KEYLOCK_BUILD_REDIS)
+    install(FILES backends/redis/anchor.cpp
+        DESTINATION ${CMAKE_INSTALL_DATADIR}/keylock
+        RENAME keylock_redis_anchor.cpp)
+endif()
 install(EXPORT keylockTargets
     NAMESPACE keylock::
     DESTINATION ${KEYLOCK_CMAKE_DIR})
