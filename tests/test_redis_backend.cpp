@@ -450,3 +450,24 @@ TEST_CASE("an async redis wait can be cancelled and works with use_future", "[re
     CHECK(g.owns_lock());
     CHECK(g.fencing_token() > 0);
 }
+
+TEST_CASE("redis registries over a Unix socket and over TLS", "[redis][tls]") {
+    SECTION("unix://") {
+        RedisServer server;
+        auto r = KeyedLockRegistry::from_url("unix://" + server.unix_socket());
+        auto tcp = KeyedLockRegistry::from_url(url(server));
+        Guard g = r.lock("via-socket");
+        CHECK_FALSE(tcp.try_lock("via-socket").has_value());  // one server, whichever way
+    }
+    SECTION("rediss:// with the server's CA, and refused with another CA") {
+        RedisServer server(RedisServer::Tls{});
+        const std::string base = "rediss://127.0.0.1:" + std::to_string(server.tls_port()) + "/?ca_file=";
+        auto r = KeyedLockRegistry::from_url(base + server.ca_file());
+        auto plain = KeyedLockRegistry::from_url(url(server));
+        Guard g = r.lock("via-tls");
+        CHECK(g.fencing_token() > 0);
+        CHECK_FALSE(plain.try_lock("via-tls").has_value());
+        auto wrong = KeyedLockRegistry::from_url(base + server.other_ca_file() + "&connect_timeout=2s");
+        CHECK(error_of([&] { (void)wrong.lock("other"); }) == errc::unavailable);
+    }
+}

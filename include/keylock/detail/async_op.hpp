@@ -58,6 +58,10 @@ public:
         // without running it, the guard inside releases the lock.
         Guard guard(backend_, acquired);
         auto ex = work_.get_executor();
+        // Our own claim on the executor's context, until post() has returned: otherwise the
+        // handler could run and its context finish (and be destroyed) while post() is still
+        // signalling it from this thread.
+        auto busy = boost::asio::make_work_guard(ex);
         boost::asio::post(ex, [self = std::unique_ptr<AsyncLockOp>(this), ec,
                                guard = std::move(guard)]() mutable {
             auto slot = boost::asio::get_associated_cancellation_slot(self->handler_);
