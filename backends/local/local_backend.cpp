@@ -185,44 +185,46 @@ constexpr std::uint64_t add(std::uint64_t w, std::uint64_t delta) noexcept {
 constexpr std::uint64_t freed(std::uint64_t w) noexcept { return (w & kIncMask) + kIncOne; }
 }  // namespace word
 
-/// Copies n <= 16 bytes without a call: overlapping 8- or 4-byte moves.
+/// The first and the last sizeof(Word) bytes of n (sizeof(Word) <= n <= 2 sizeof(Word)) bytes:
+/// two overlapping loads that cover them all.
+template <class Word>
+[[gnu::always_inline]] inline void load_ends(const char* p, std::size_t n, Word& first, Word& last) noexcept {
+    std::memcpy(&first, p, sizeof(Word));
+    std::memcpy(&last, p + n - sizeof(Word), sizeof(Word));
+}
+
+template <class Word>
+[[gnu::always_inline]] inline void copy_ends(char* to, const char* from, std::size_t n) noexcept {
+    Word first, last;
+    load_ends(from, n, first, last);
+    std::memcpy(to, &first, sizeof(Word));
+    std::memcpy(to + n - sizeof(Word), &last, sizeof(Word));
+}
+
+template <class Word>
+[[gnu::always_inline]] inline bool equal_ends(const char* a, const char* b, std::size_t n) noexcept {
+    Word a1, a2, b1, b2;
+    load_ends(a, n, a1, a2);
+    load_ends(b, n, b1, b2);
+    return ((a1 ^ b1) | (a2 ^ b2)) == 0;
+}
+
+/// Copies n <= 16 bytes without a call.
 [[gnu::always_inline]] inline void copy_small(char* to, const char* from, std::size_t n) noexcept {
     if (n >= 8) {
-        std::uint64_t a, b;
-        std::memcpy(&a, from, 8);
-        std::memcpy(&b, from + n - 8, 8);
-        std::memcpy(to, &a, 8);
-        std::memcpy(to + n - 8, &b, 8);
+        copy_ends<std::uint64_t>(to, from, n);
     } else if (n >= 4) {
-        std::uint32_t a, b;
-        std::memcpy(&a, from, 4);
-        std::memcpy(&b, from + n - 4, 4);
-        std::memcpy(to, &a, 4);
-        std::memcpy(to + n - 4, &b, 4);
+        copy_ends<std::uint32_t>(to, from, n);
     } else {
         for (std::size_t i = 0; i < n; ++i) to[i] = from[i];
     }
 }
 
-/// Whether n bytes at a and b are equal; n <= 16 without a call, like copy_small.
+/// Whether n bytes at a and b are equal; n <= 16 without a call.
 [[gnu::always_inline]] inline bool equal_bytes(const char* a, const char* b, std::size_t n) noexcept {
     if (n > 16) return std::memcmp(a, b, n) == 0;
-    if (n >= 8) {
-        std::uint64_t a1, a2, b1, b2;
-        std::memcpy(&a1, a, 8);
-        std::memcpy(&a2, a + n - 8, 8);
-        std::memcpy(&b1, b, 8);
-        std::memcpy(&b2, b + n - 8, 8);
-        return ((a1 ^ b1) | (a2 ^ b2)) == 0;
-    }
-    if (n >= 4) {
-        std::uint32_t a1, a2, b1, b2;
-        std::memcpy(&a1, a, 4);
-        std::memcpy(&a2, a + n - 4, 4);
-        std::memcpy(&b1, b, 4);
-        std::memcpy(&b2, b + n - 4, 4);
-        return ((a1 ^ b1) | (a2 ^ b2)) == 0;
-    }
+    if (n >= 8) return equal_ends<std::uint64_t>(a, b, n);
+    if (n >= 4) return equal_ends<std::uint32_t>(a, b, n);
     for (std::size_t i = 0; i < n; ++i) {
         if (a[i] != b[i]) return false;
     }

@@ -69,9 +69,9 @@ std::string sha1_hex(std::string_view text) {
 }
 
 struct Script {
-    const char* body;
+    std::string body;
     std::string sha;
-    explicit Script(const char* b) : body(b), sha(sha1_hex(b)) {}
+    explicit Script(std::string b) : body(std::move(b)), sha(sha1_hex(body)) {}
 };
 
 struct KeyState;

@@ -5,24 +5,33 @@
 // counter of the lock key's hash slot (`{<tag>}<prefix>fence`, same slot: see slots.hpp).
 #pragma once
 
+#include <string>
+
 namespace keylock::redis::scripts {
 
-// ARGV[1] token, ARGV[2] lease in ms. Returns {1, fencing token} when acquired, else
-// {0, remaining lease in ms (-1: no expiry, -2: gone meanwhile)}.
+// The next fencing token from the slot's counter KEYS[2] (shared by acquire and transfer).
 //
 // The counter starts from the server's clock in microseconds rather than from 1, so a counter
 // lost with a restart of a Redis without persistence comes back larger than every token it
 // issued before, as long as its slot averaged fewer than one acquisition per microsecond
 // since the counter was made (and the server's clock did not step back).
-inline constexpr const char* acquire = R"lua(
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+inline constexpr const char* next_fence = R"lua(
+local function next_fence()
   local fence = redis.call('INCR', KEYS[2])
   if fence == 1 then
     local t = redis.call('TIME')
     fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
     redis.call('SET', KEYS[2], fence)
   end
-  return {1, fence}
+  return fence
+end
+)lua";
+
+// ARGV[1] token, ARGV[2] lease in ms. Returns {1, fencing token} when acquired, else
+// {0, remaining lease in ms (-1: no expiry, -2: gone meanwhile)}.
+inline const std::string acquire = std::string(next_fence) + R"lua(
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, next_fence()}
 end
 return {0, redis.call('PTTL', KEYS[1])}
 )lua";
@@ -50,18 +59,12 @@ return 0
 // ARGV[1] old token, ARGV[2] new token, ARGV[3] lease in ms. Hands a lock we hold to another
 // waiter of this process in one round trip: a new owner token and a new fencing token, never
 // free in between. Returns the new fencing token, or 0 if the lock was not ours any more.
-inline constexpr const char* transfer = R"lua(
+inline const std::string transfer = std::string(next_fence) + R"lua(
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-local fence = redis.call('INCR', KEYS[2])
-if fence == 1 then
-  local t = redis.call('TIME')
-  fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  redis.call('SET', KEYS[2], fence)
-end
-return fence
+return next_fence()
 )lua";
 
 }  // namespace keylock::redis::scripts
