@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -471,4 +472,38 @@ TEST_CASE("redis registries over a Unix socket and over TLS", "[redis][tls]") {
         auto wrong = KeyedLockRegistry::from_url(base + server.other_ca_file() + "&connect_timeout=2s");
         CHECK(error_of([&] { (void)wrong.lock("other"); }) == errc::unavailable);
     }
+}
+
+TEST_CASE("a lock found taken by someone else is lost and on_lost says so", "[redis]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));
+    std::mutex mu;
+    int calls = 0;
+    std::string lost_key;
+    std::uint64_t lost_token = 0;
+    r.on_lost([&](std::string_view key, std::uint64_t token) {
+        std::lock_guard lk(mu);
+        ++calls;
+        lost_key.assign(key);
+        lost_token = token;
+    });
+    Guard g = r.lock("taken");
+    CHECK_FALSE(g.lost());
+    server.command("SET keylock:taken someone-else");  // e.g. an operator's doing
+    CHECK(eventually([&] { return g.lost(); }));       // the watchdog's next renewal finds out
+    CHECK(eventually([&] {
+        std::lock_guard lk(mu);
+        return calls == 1;
+    }));
+    {
+        std::lock_guard lk(mu);
+        CHECK(lost_key == "taken");
+        CHECK(lost_token == g.fencing_token());
+    }
+    std::error_code ec;
+    g.release(ec);
+    CHECK(ec == errc::not_owner);
+    CHECK(server.command("GET keylock:taken") == "$12");  // still the other owner's value
+    std::lock_guard lk(mu);
+    CHECK(calls == 1);
 }

@@ -272,6 +272,10 @@ public:
 
     std::string describe() const override { return to_url(config_); }
 
+    void on_lost(std::function<void(std::string_view, std::uint64_t)> handler) override {
+        post([this, h = std::move(handler)]() mutable { lost_handler_ = std::move(h); });
+    }
+
     void close() noexcept override {
         // The last registry copy is gone. Guards and waits may still be out: then the I/O
         // thread goes on, and deletes the backend when the last of them has gone. If only
@@ -717,20 +721,31 @@ private:
     void renew_all() {
         const auto now = Clock::now();
         for (RedisHold* h : holds_) {
+            if (h->releasing) continue;  // its guard is gone
             if (h->is_lost()) {
-                h->lost.store(true, std::memory_order_release);
+                mark_lost(h);
                 continue;
             }
             auto it = keys_.find(h->key);
             if (it == keys_.end()) continue;
             eval(extend_, {it->second->lock_key}, {h->token, lease_ms_}, [this, h, now](std::error_code ec, Reply r) {
-                if (!holds_.contains(h) || ec) return;  // released meanwhile, or no answer: next round
+                if (!holds_.contains(h) || h->releasing || ec) return;  // released meanwhile, or no answer: next round
                 if (r.type == Reply::Type::integer && r.integer == 1) {
                     if (!h->is_lost()) h->valid_for(now, config_.lease);
                 } else if (r.type == Reply::Type::integer) {
-                    h->lost.store(true, std::memory_order_release);
+                    mark_lost(h);  // gone, or someone else's now
                 }
             });
+        }
+    }
+
+    /// Marks a held lock lost (once) and tells the registry's on_lost handler.
+    void mark_lost(RedisHold* h) noexcept {
+        if (h->lost.exchange(true, std::memory_order_acq_rel) || !lost_handler_) return;
+        try {
+            lost_handler_(h->key, h->fence);
+        } catch (...) {
+            // A handler's exception must not end the watchdog of every other lock.
         }
     }
 
@@ -756,6 +771,7 @@ private:
     std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
     std::unordered_set<RedisHold*> holds_;
+    std::function<void(std::string_view, std::uint64_t)> lost_handler_;
     std::mt19937 rng_{std::random_device{}()};
     std::uniform_int_distribution<int> jitter_{0, 10};
 

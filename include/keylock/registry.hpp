@@ -247,6 +247,16 @@ public:
     /// The configuration as a URL (passwords redacted).
     std::string describe() const { return backend_->describe(); }
 
+    /// Calls `handler(key, fencing_token)` when a lock held through this registry is found
+    /// lost while its guard lives (a distributed backend could not renew its lease in time, or
+    /// found it taken by someone else); from then on the guard's `lost()` is true. Runs on the
+    /// backend's own thread: keep it short and do not wait for keylock in it. Replaces any
+    /// earlier handler; an empty function removes it. Locks of the local backend are never
+    /// lost, so it never calls it.
+    void on_lost(std::function<void(std::string_view key, std::uint64_t fencing_token)> handler) {
+        backend_->on_lost(std::move(handler));
+    }
+
 private:
     explicit KeyedLockRegistry(std::shared_ptr<detail::Backend> backend) noexcept
         : backend_(std::move(backend)) {}

@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stop_token>
 #include <string>
@@ -101,6 +102,9 @@ public:
     virtual std::string_view key(const Pin* pin) const noexcept = 0;
 
     virtual Stats stats() const = 0;
+
+    /// See KeyedLockRegistry::on_lost. Backends whose locks cannot be lost ignore it.
+    virtual void on_lost(std::function<void(std::string_view key, std::uint64_t fencing_token)>) {}
 
     /// The configuration as a URL, with any password redacted.
     virtual std::string describe() const = 0;
