@@ -122,6 +122,11 @@ struct SyncWaiter final : Waiter {
         ready = true;
         cv.notify_one();  // under the lock: the waiter cannot go before we are done with it
     }
+    /// Blocks until done() has been called.
+    void wait() {
+        std::unique_lock lk(mu);
+        cv.wait(lk, [this] { return ready; });
+    }
     std::mutex mu;
     std::condition_variable cv;
     bool ready = false;
@@ -183,8 +188,7 @@ public:
             // A stop only asks the I/O thread to end the wait; the answer comes as done().
             const std::uint64_t id = w.id;
             std::stop_callback on_stop(stop, [this, id] { post([this, id] { cancel_waiter(id, errc::cancelled); }); });
-            std::unique_lock lk(w.mu);
-            w.cv.wait(lk, [&] { return w.ready; });
+            w.wait();
         }
         ec = w.ec;
         return w.result;
@@ -218,21 +222,10 @@ public:
     void release(detail::Hold* hold, std::error_code& ec) noexcept override {
         ec.clear();
         auto* h = static_cast<RedisHold*>(hold);
-        std::mutex mu;
-        std::condition_variable cv;
-        bool ready = false;
-        std::error_code result;
-        post([&, h] {
-            do_release(h, [&](std::error_code e) {
-                std::lock_guard lk(mu);
-                result = e;
-                ready = true;
-                cv.notify_one();
-            });
-        });
-        std::unique_lock lk(mu);
-        cv.wait(lk, [&] { return ready; });
-        ec = result;
+        SyncWaiter answer;  // (only its done() and wait(): it is never queued)
+        post([this, h, &answer] { do_release(h, [&answer](std::error_code e) { answer.done(e, {}); }); });
+        answer.wait();
+        ec = answer.ec;
     }
 
     /// A guard's destructor: nobody waits for the answer, so the release is only queued. It is
@@ -362,14 +355,11 @@ private:
             main_ = std::make_shared<Connection>(io_, config_.endpoint);
             main_failed_ = false;
             std::weak_ptr<Connection> weak = main_;
-            main_->on_failure([this, weak](std::error_code, std::string message) {
-                last_error_ = std::move(message);
+            main_->on_failure([this, weak](std::error_code, std::string) {
                 if (main_ == weak.lock()) main_failed_ = true;
             });
-            main_->connect([this, weak](std::error_code ec, std::string message) {
-                if (!ec) return;
-                last_error_ = std::move(message);
-                if (main_ == weak.lock()) main_failed_ = true;
+            main_->connect([this, weak](std::error_code ec, std::string) {
+                if (ec && main_ == weak.lock()) main_failed_ = true;
             });
         }
         return *main_;
@@ -767,7 +757,6 @@ private:
     // I/O thread only.
     std::shared_ptr<Connection> main_, sub_;
     bool main_failed_ = false, sub_failed_ = false;
-    std::string last_error_;
     std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
     std::unordered_set<RedisHold*> holds_;
