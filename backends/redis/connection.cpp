@@ -69,7 +69,8 @@ void append_command(std::string& out, const std::vector<std::string_view>& argv)
 }  // namespace
 
 struct Connection::Impl {
-    explicit Impl(asio::io_context& io) : io(io), socket(io), resolver(io), timer(io), reader(redisReaderCreate()) {}
+    explicit Impl(asio::io_context& io)
+        : io(io), socket(io), resolver(io), timer(io), command_timer(io), reader(redisReaderCreate()) {}
     ~Impl() {
         if (reader != nullptr) redisReaderFree(reader);
     }
@@ -86,6 +87,7 @@ struct Connection::Impl {
     void shut() {
         boost::system::error_code ignored;
         timer.cancel();
+        command_timer.cancel();
         resolver.cancel();
         transport_up = nullptr;  // it holds the connection: no cycle may outlive a failure
         if (tls) {
@@ -100,7 +102,10 @@ struct Connection::Impl {
     std::unique_ptr<asio::ssl::context> ssl;
     std::unique_ptr<TlsStream> tls;
     asio::ip::tcp::resolver resolver;
-    asio::steady_timer timer;              // connect timeout, then the oldest command's deadline
+    asio::steady_timer timer;              // connect_timeout
+    asio::steady_timer command_timer;      // the oldest command's deadline (never cancelled while ready)
+    bool command_timer_armed = false;
+    bool flush_posted = false;             // a flush of out_ is queued behind the handlers now ready
     redisReader* reader;
     std::array<char, 16 * 1024> buffer{};
     std::function<void(std::error_code, std::string)> on_connect;
@@ -276,10 +281,17 @@ void Connection::send(const std::vector<std::string_view>& argv, ReplyHandler ha
         return;
     }
     append_command(out_, argv);
-    const bool was_empty = pending_.empty();
     pending_.push_back({std::move(handler), Clock::now() + endpoint_.command_timeout});
-    if (was_empty) arm_timer();
-    start_write();
+    arm_timer();
+    // Written once the handlers that are ready now have run, so that commands they send go
+    // out together (e.g. a guard's release and the next lock of the same thread).
+    if (!impl_->flush_posted && !write_in_flight_) {
+        impl_->flush_posted = true;
+        asio::post(impl_->io, [this, self = shared_from_this()] {
+            impl_->flush_posted = false;
+            start_write();
+        });
+    }
 }
 
 void Connection::close() {
@@ -376,24 +388,25 @@ void Connection::on_bytes(const char* data, std::size_t n) {
         }
         ReplyHandler handler = std::move(pending_.front().handler);
         pending_.pop_front();
-        arm_timer();
         handler({}, std::move(copy));
         if (state_ != State::ready && state_ != State::connecting) return;
     }
 }
 
 void Connection::arm_timer() {
-    if (state_ != State::ready) return;
-    if (pending_.empty()) {
-        impl_->timer.cancel();
-        return;
-    }
-    const auto deadline = pending_.front().deadline;
-    impl_->timer.expires_at(deadline);
-    auto self = shared_from_this();
-    impl_->timer.async_wait([this, self, deadline](boost::system::error_code ec) {
-        if (ec || state_ != State::ready || pending_.empty() || pending_.front().deadline != deadline) return;
-        fail(make_ec(errc::unavailable), "no reply from Redis at " + endpoint_.where() + " within command_timeout");
+    // One wait at a time, for the oldest command's deadline; when it ends, the next oldest is
+    // waited for. Replies never touch the timer: deadlines only grow along the queue.
+    if (state_ != State::ready || impl_->command_timer_armed || pending_.empty()) return;
+    impl_->command_timer_armed = true;
+    impl_->command_timer.expires_at(pending_.front().deadline);
+    impl_->command_timer.async_wait([this, self = shared_from_this()](boost::system::error_code ec) {
+        impl_->command_timer_armed = false;
+        if (ec || state_ != State::ready || pending_.empty()) return;
+        if (pending_.front().deadline <= Clock::now()) {
+            fail(make_ec(errc::unavailable), "no reply from Redis at " + endpoint_.where() + " within command_timeout");
+            return;
+        }
+        arm_timer();
     });
 }
 
