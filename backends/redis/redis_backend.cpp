@@ -24,6 +24,7 @@
 
 #include <keylock/error.hpp>
 
+#include "../../src/futex.hpp"
 #include "connection.hpp"
 #include "scripts.hpp"
 #include "slots.hpp"
@@ -114,22 +115,27 @@ struct Waiter {
     std::unique_ptr<asio::steady_timer> timer;
 };
 
+/// A thread blocked in a sync call. It sleeps on its own futex word, which done() sets and
+/// wakes only if the thread is asleep: one wake-up, and no lock for the woken thread to take.
 struct SyncWaiter final : Waiter {
+    static constexpr std::uint32_t kWaiting = 0, kDone = 1, kAsleep = 2;
+
     void done(std::error_code e, Acquired a) noexcept override {
-        std::lock_guard lk(mu);
         ec = e;
         result = a;
-        ready = true;
-        cv.notify_one();  // under the lock: the waiter cannot go before we are done with it
+        // From this store on, the waiting thread may return and `this` be gone (see wake_one).
+        if (signal.exchange(kDone, std::memory_order_acq_rel) == kAsleep) detail::wake_one(signal);
     }
     /// Blocks until done() has been called.
-    void wait() {
-        std::unique_lock lk(mu);
-        cv.wait(lk, [this] { return ready; });
+    void wait() noexcept {
+        for (;;) {
+            std::uint32_t s = signal.load(std::memory_order_acquire);
+            if (s == kDone) return;
+            if (s == kWaiting && !signal.compare_exchange_weak(s, kAsleep, std::memory_order_acq_rel)) continue;
+            detail::wait_on(signal, kAsleep, Deadline::max());
+        }
     }
-    std::mutex mu;
-    std::condition_variable cv;
-    bool ready = false;
+    std::atomic<std::uint32_t> signal{kWaiting};
     std::error_code ec;
     Acquired result;
 };
