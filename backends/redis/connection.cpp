@@ -138,6 +138,15 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
     // After the transport is up: TLS handshake, then PING (and AUTH, SELECT) through the
     // pipeline; the connection is ready when the last of them answers.
     auto handshake = [this, self] {
+        if (!impl_->tls) {
+            // Plain sockets are written and read directly (see start_write, start_read).
+            boost::system::error_code ec;
+            impl_->socket.non_blocking(true, ec);
+            if (ec) {
+                fail(make_ec(errc::unavailable), "cannot set up the socket to " + endpoint_.where() + ": " + ec.message());
+                return;
+            }
+        }
         start_read();
         auto commands = std::make_shared<std::vector<std::vector<std::string>>>();
         if (!endpoint_.password.empty()) {
@@ -326,6 +335,17 @@ void Connection::fail(std::error_code ec, const std::string& message) {
 void Connection::start_write() {
     if (write_in_flight_ || out_.empty()) return;
     if (state_ != State::ready && state_ != State::connecting) return;
+    if (!impl_->tls) {
+        // A plain socket usually takes all of it at once: no completion to wait for.
+        boost::system::error_code ec;
+        const std::size_t n = impl_->socket.write_some(asio::buffer(out_), ec);
+        if (ec && ec != asio::error::would_block) {
+            fail(make_ec(errc::unavailable), "write to Redis at " + endpoint_.where() + " failed: " + ec.message());
+            return;
+        }
+        out_.erase(0, ec ? 0 : n);
+        if (out_.empty()) return;
+    }
     write_in_flight_ = true;
     writing_.swap(out_);
     out_.clear();
@@ -344,19 +364,37 @@ void Connection::start_write() {
     });
 }
 
+void Connection::read_failed(boost::system::error_code ec) {
+    fail(make_ec(errc::unavailable), ec == asio::error::eof ? "Redis at " + endpoint_.where() + " closed the connection"
+                                                            : "read from Redis at " + endpoint_.where() + " failed: " + ec.message());
+}
+
 void Connection::start_read() {
     auto self = shared_from_this();
-    impl_->with_stream([&](auto& stream) {
-        stream.async_read_some(asio::buffer(impl_->buffer), [this, self](boost::system::error_code ec, std::size_t n) {
+    if (!impl_->tls) {
+        // A plain socket: wait until it is readable, then read what is there. A read shorter
+        // than the buffer took everything, and the next bytes to arrive will wake the wait
+        // queued below (it is queued before this thread polls again).
+        impl_->socket.async_wait(Socket::wait_read, [this, self](boost::system::error_code ec) {
             if (state_ != State::ready && state_ != State::connecting) return;
-            if (ec) {
-                fail(make_ec(errc::unavailable), (ec == asio::error::eof ? "Redis at " + endpoint_.where() + " closed the connection"
-                                                                          : "read from Redis at " + endpoint_.where() + " failed: " + ec.message()));
-                return;
+            if (ec) return read_failed(ec);
+            for (;;) {
+                const std::size_t n = impl_->socket.read_some(asio::buffer(impl_->buffer), ec);
+                if (ec == asio::error::would_block) break;
+                if (ec) return read_failed(ec);
+                on_bytes(impl_->buffer.data(), n);
+                if (state_ != State::ready && state_ != State::connecting) return;
+                if (n < impl_->buffer.size()) break;
             }
-            on_bytes(impl_->buffer.data(), n);
-            if (state_ == State::ready || state_ == State::connecting) start_read();
+            start_read();
         });
+        return;
+    }
+    impl_->tls->async_read_some(asio::buffer(impl_->buffer), [this, self](boost::system::error_code ec, std::size_t n) {
+        if (state_ != State::ready && state_ != State::connecting) return;
+        if (ec) return read_failed(ec);
+        on_bytes(impl_->buffer.data(), n);
+        if (state_ == State::ready || state_ == State::connecting) start_read();
     });
 }
 

@@ -102,6 +102,7 @@ private:
     void connect_address(std::size_t index, boost::system::error_code last);
     void start_write();
     void start_read();
+    void read_failed(boost::system::error_code ec);
     void arm_timer();
     void on_bytes(const char* data, std::size_t n);
 
