@@ -139,7 +139,7 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
     // pipeline; the connection is ready when the last of them answers.
     auto handshake = [this, self] {
         if (!impl_->tls) {
-            // Plain sockets are written and read directly (see start_write, start_read).
+            // Plain sockets are written directly (see start_write).
             boost::system::error_code ec;
             impl_->socket.non_blocking(true, ec);
             if (ec) {
@@ -371,30 +371,13 @@ void Connection::read_failed(boost::system::error_code ec) {
 
 void Connection::start_read() {
     auto self = shared_from_this();
-    if (!impl_->tls) {
-        // A plain socket: wait until it is readable, then read what is there. A read shorter
-        // than the buffer took everything, and the next bytes to arrive will wake the wait
-        // queued below (it is queued before this thread polls again).
-        impl_->socket.async_wait(Socket::wait_read, [this, self](boost::system::error_code ec) {
+    impl_->with_stream([&](auto& stream) {
+        stream.async_read_some(asio::buffer(impl_->buffer), [this, self](boost::system::error_code ec, std::size_t n) {
             if (state_ != State::ready && state_ != State::connecting) return;
             if (ec) return read_failed(ec);
-            for (;;) {
-                const std::size_t n = impl_->socket.read_some(asio::buffer(impl_->buffer), ec);
-                if (ec == asio::error::would_block) break;
-                if (ec) return read_failed(ec);
-                on_bytes(impl_->buffer.data(), n);
-                if (state_ != State::ready && state_ != State::connecting) return;
-                if (n < impl_->buffer.size()) break;
-            }
-            start_read();
+            on_bytes(impl_->buffer.data(), n);
+            if (state_ == State::ready || state_ == State::connecting) start_read();
         });
-        return;
-    }
-    impl_->tls->async_read_some(asio::buffer(impl_->buffer), [this, self](boost::system::error_code ec, std::size_t n) {
-        if (state_ != State::ready && state_ != State::connecting) return;
-        if (ec) return read_failed(ec);
-        on_bytes(impl_->buffer.data(), n);
-        if (state_ == State::ready || state_ == State::connecting) start_read();
     });
 }
 

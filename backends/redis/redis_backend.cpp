@@ -40,22 +40,36 @@ namespace {
 
 std::error_code make_ec(errc e) { return make_error_code(e); }
 
-/// 128 random bits as 32 hex digits: the owner token of one acquisition.
-std::string random_token() {
-    unsigned char bytes[16];
-    if (RAND_bytes(bytes, sizeof bytes) != 1) {
-        // Never expected; fall back to the OS's generator rather than failing a lock.
-        std::random_device rd;
-        for (auto& b : bytes) b = static_cast<unsigned char>(rd());
+/// Owner tokens, one per acquisition: 128 random bits as 32 hex digits. The bits come from
+/// OpenSSL's CSPRNG, 64 tokens per call. (Each backend has its own, used on its I/O thread; a
+/// forked child cannot use its parent's backend, so it never repeats the parent's tokens.)
+class TokenSource {
+public:
+    std::string next() {
+        if (used_ == kTokens) refill();
+        const unsigned char* bytes = bytes_ + used_++ * 16;
+        static constexpr char hex[] = "0123456789abcdef";
+        std::string out(32, '0');
+        for (int i = 0; i < 16; ++i) {
+            out[2 * i] = hex[bytes[i] >> 4];
+            out[2 * i + 1] = hex[bytes[i] & 15];
+        }
+        return out;
     }
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out(32, '0');
-    for (int i = 0; i < 16; ++i) {
-        out[2 * i] = hex[bytes[i] >> 4];
-        out[2 * i + 1] = hex[bytes[i] & 15];
+
+private:
+    void refill() {
+        if (RAND_bytes(bytes_, sizeof bytes_) != 1) {
+            // Never expected; fall back to the OS's generator rather than failing a lock.
+            std::random_device rd;
+            for (auto& b : bytes_) b = static_cast<unsigned char>(rd());
+        }
+        used_ = 0;
     }
-    return out;
-}
+    static constexpr int kTokens = 64;
+    unsigned char bytes_[kTokens * 16];
+    int used_ = kTokens;
+};
 
 std::string sha1_hex(std::string_view text) {
     unsigned char digest[SHA_DIGEST_LENGTH];
@@ -517,7 +531,7 @@ private:
     void attempt(KeyState& st) {
         st.attempting = true;
         st.waiting_remote = false;
-        auto token = std::make_shared<std::string>(random_token());
+        auto token = std::make_shared<std::string>(tokens_.next());
         eval(acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
              [this, key = st.key, token](std::error_code ec, Reply r) {
                  auto it = keys_.find(key);
@@ -681,7 +695,7 @@ private:
     /// token and fencing token; never free in between).
     template <class Forget>
     void hand_over(KeyState& st, RedisHold* h, std::function<void(std::error_code)> reply, Forget forget) {
-        auto token = std::make_shared<std::string>(random_token());
+        auto token = std::make_shared<std::string>(tokens_.next());
         eval(transfer_, {st.lock_key, st.fence_key}, {h->token, *token, lease_ms_},
              [this, h, token, reply = std::move(reply), forget](std::error_code ec, Reply r) {
                  if (ec || r.type != Reply::Type::integer || r.integer == 0) {
@@ -767,6 +781,7 @@ private:
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
     std::unordered_set<RedisHold*> holds_;
     std::function<void(std::string_view, std::uint64_t)> lost_handler_;
+    TokenSource tokens_;
     std::mt19937 rng_{std::random_device{}()};
     std::uniform_int_distribution<int> jitter_{0, 10};
 
