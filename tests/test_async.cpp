@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -213,4 +214,21 @@ TEST_CASE("async and sync waiters share one queue", "[async]") {
     CHECK(async_done == 200);
     CHECK(done == 4);
     CHECK(r.stats().entries == 0);
+}
+
+TEST_CASE("a local guard's cancellation slot is never emitted: its lock cannot be lost", "[async]") {
+    KeyedLockRegistry r;
+    asio::io_context io;
+    Guard g = r.lock("k");
+    asio::cancellation_slot slot = g.cancellation_slot(io.get_executor());
+    CHECK(slot.is_connected());
+    CHECK(slot == g.cancellation_slot(io.get_executor()));  // the same slot every time
+    std::optional<boost::system::error_code> result;
+    asio::steady_timer work(io, 50ms);
+    work.async_wait(asio::bind_cancellation_slot(slot, [&](boost::system::error_code ec) { result = ec; }));
+    Guard moved = std::move(g);  // the slot stays the moved-to guard's
+    io.run();
+    REQUIRE(result.has_value());
+    CHECK_FALSE(*result);
+    CHECK_FALSE(moved.lost());
 }

@@ -21,6 +21,7 @@
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_future.hpp>
 
 #include <keylock/keylock.hpp>
@@ -506,4 +507,78 @@ TEST_CASE("a lock found taken by someone else is lost and on_lost says so", "[re
     CHECK(server.command("GET keylock:taken") == "$12");  // still the other owner's value
     std::lock_guard lk(mu);
     CHECK(calls == 1);
+}
+
+TEST_CASE("an async holder's work is cancelled through the guard's slot when its lease is lost", "[redis]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));
+    boost::asio::io_context io;
+    Guard held;
+    boost::asio::steady_timer lost_work(io), kept_work(io);
+    std::optional<boost::system::error_code> lost_result, kept_result;
+    Guard kept;
+    auto start = Clock::now();
+    r.async_lock("doomed", boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
+        REQUIRE_FALSE(ec);
+        held = std::move(g);
+        // Work that would take a minute, bound to the guard's slot.
+        lost_work.expires_after(20s);
+        lost_work.async_wait(boost::asio::bind_cancellation_slot(held.cancellation_slot(io.get_executor()),
+                                                                 [&](boost::system::error_code e) { lost_result = e; }));
+        // Someone takes the key from us (e.g. an operator's forced release and another owner).
+        server.command("SET keylock:doomed someone-else");
+    }));
+    r.async_lock("kept", boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
+        REQUIRE_FALSE(ec);
+        kept = std::move(g);
+        // A guard whose lease the watchdog renews: its slot stays quiet past several renewals.
+        kept_work.expires_after(2s);
+        kept_work.async_wait(boost::asio::bind_cancellation_slot(kept.cancellation_slot(io.get_executor()),
+                                                                 [&](boost::system::error_code e) { kept_result = e; }));
+    }));
+    io.run();
+    REQUIRE(lost_result.has_value());
+    CHECK(*lost_result == boost::asio::error::operation_aborted);
+    CHECK(held.lost());
+    REQUIRE(kept_result.has_value());
+    CHECK_FALSE(*kept_result);  // ran its full 2 s
+    CHECK_FALSE(kept.lost());
+    CHECK(Clock::now() - start < 15s);
+    std::error_code ec;
+    held.release(ec);
+    CHECK(ec == errc::not_owner);
+    kept.release(ec);
+    CHECK_FALSE(ec);
+}
+
+TEST_CASE("a guard asked for its slot after the loss is cancelled at once; a released one never", "[redis]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));
+    boost::asio::io_context io;
+    Guard g = r.lock("gone");
+    server.command("DEL keylock:gone");
+    REQUIRE(eventually([&] { return g.lost(); }));
+    bool cancelled = false;
+    boost::asio::steady_timer work(io);
+    work.expires_after(60s);
+    work.async_wait(boost::asio::bind_cancellation_slot(g.cancellation_slot(io.get_executor()),
+                                                        [&](boost::system::error_code e) {
+                                                            cancelled = e == boost::asio::error::operation_aborted;
+                                                        }));
+    io.run_for(10s);
+    CHECK(cancelled);
+
+    // Released before any loss: a later loss of the key (someone else's lock now) is not ours.
+    Guard released = r.lock("later");
+    boost::asio::io_context io2;
+    boost::asio::steady_timer quiet(io2);
+    std::optional<boost::system::error_code> result;
+    quiet.expires_after(1500ms);
+    quiet.async_wait(boost::asio::bind_cancellation_slot(released.cancellation_slot(io2.get_executor()),
+                                                         [&](boost::system::error_code e) { result = e; }));
+    released.release();
+    server.command("SET keylock:later someone-else");
+    io2.run();
+    REQUIRE(result.has_value());
+    CHECK_FALSE(*result);
 }

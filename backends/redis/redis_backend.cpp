@@ -98,6 +98,7 @@ struct RedisHold final : detail::Hold {
     std::uint64_t fence = 0;
     bool releasing = false;  // I/O thread: its release is under way (no guard refers to it)
     std::atomic<bool> lost{false};
+    std::function<void()> watch;  // I/O thread: see Backend::watch_lost
     /// The lease's end as of the last confirmed renewal (steady clock, ns): past it the lock may
     /// be someone else's, so the hold counts as lost even before the watchdog says so.
     std::atomic<Clock::rep> valid_until{0};
@@ -258,6 +259,15 @@ public:
 
     std::string_view key(const detail::Hold* hold) const noexcept override {
         return static_cast<const RedisHold*>(hold)->key;
+    }
+
+    void watch_lost(detail::Hold* hold, std::function<void()> on_lost) override {
+        // Posted before the hold's release (the same guard asks for both), so it is still ours.
+        post([this, h = static_cast<RedisHold*>(hold), f = std::move(on_lost)]() mutable {
+            if (!holds_.contains(h) || h->releasing) return;
+            h->watch = std::move(f);
+            if (h->is_lost()) mark_lost(h);
+        });
     }
     bool lost(const detail::Hold* hold) const noexcept override { return static_cast<const RedisHold*>(hold)->is_lost(); }
 
@@ -653,6 +663,7 @@ private:
     /// bookkeeping, so that a caller woken by it sees the entry gone from stats().
     void do_release(RedisHold* h, std::function<void(std::error_code)> reply) {
         h->releasing = true;
+        h->watch = nullptr;  // no guard to tell any more
         auto it = keys_.find(h->key);
         KeyState* st = it != keys_.end() ? it->second.get() : nullptr;
         auto forget = [this, h] {
@@ -749,13 +760,21 @@ private:
         }
     }
 
-    /// Marks a held lock lost (once) and tells the registry's on_lost handler.
+    /// Marks a held lock lost (once): tells its guard's watcher (see watch_lost) and the
+    /// registry's on_lost handler.
     void mark_lost(RedisHold* h) noexcept {
-        if (h->lost.exchange(true, std::memory_order_acq_rel) || !lost_handler_) return;
+        const bool first = !h->lost.exchange(true, std::memory_order_acq_rel);
+        // A handler's exception must not end the watchdog of every other lock.
+        if (auto watch = std::exchange(h->watch, nullptr)) {
+            try {
+                watch();
+            } catch (...) {
+            }
+        }
+        if (!first || !lost_handler_) return;
         try {
             lost_handler_(h->key, h->fence);
         } catch (...) {
-            // A handler's exception must not end the watchdog of every other lock.
         }
     }
 

@@ -2,9 +2,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <system_error>
 #include <utility>
+
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/post.hpp>
 
 #include <keylock/detail/backend.hpp>
 #include <keylock/error.hpp>
@@ -32,13 +37,15 @@ public:
     Guard(Guard&& other) noexcept
         : backend_(std::exchange(other.backend_, nullptr)),
           hold_(std::exchange(other.hold_, nullptr)),
-          fence_(other.fence_) {}
+          fence_(other.fence_),
+          lost_signal_(std::move(other.lost_signal_)) {}
     Guard& operator=(Guard&& other) noexcept {
         if (this != &other) {
             reset();
             backend_ = std::exchange(other.backend_, nullptr);
             hold_ = std::exchange(other.hold_, nullptr);
             fence_ = other.fence_;
+            lost_signal_ = std::move(other.lost_signal_);
         }
         return *this;
     }
@@ -62,6 +69,32 @@ public:
     /// Whether the lease behind this guard was lost while held (another owner may now hold
     /// the key). Always false for the local backend.
     bool lost() const noexcept { return hold_ != nullptr && backend_->lost(hold_); }
+
+    /// For async code: a cancellation slot that is emitted, with
+    /// `cancellation_type::terminal`, when the lease behind this guard is found lost. Bind it to
+    /// the operations that must stop once the lock may be someone else's:
+    ///
+    ///     co_await write(bind_cancellation_slot(g.cancellation_slot(ex), use_awaitable));
+    ///
+    /// The emit is posted to `ex`, which must be the executor (or strand) those operations run
+    /// on, as Asio requires. The first call chooses the executor; later calls return the same
+    /// slot. If the lease is already lost, the emit is posted at once. Never emitted after the
+    /// guard has released the lock, nor for backends whose locks cannot be lost (`local://`).
+    /// Keep the guard (or what it was moved to) alive while operations bound to the slot run.
+    template <class Executor>
+    boost::asio::cancellation_slot cancellation_slot(const Executor& ex) {
+        if (!lost_signal_) {
+            lost_signal_ = std::make_shared<boost::asio::cancellation_signal>();
+            if (hold_ != nullptr) {
+                backend_->watch_lost(hold_, [signal = std::weak_ptr(lost_signal_), ex] {
+                    boost::asio::post(ex, [signal] {
+                        if (auto s = signal.lock()) s->emit(boost::asio::cancellation_type::terminal);
+                    });
+                });
+            }
+        }
+        return lost_signal_->slot();
+    }
 
     /// Releases the lock now. Throws keylock::Error with `errc::not_held` if the guard holds
     /// nothing, or `errc::not_owner` if the lock turned out to be no longer ours (nothing of
@@ -97,6 +130,7 @@ private:
     detail::Backend* backend_ = nullptr;
     detail::Hold* hold_ = nullptr;
     std::uint64_t fence_ = 0;
+    std::shared_ptr<boost::asio::cancellation_signal> lost_signal_;  // see cancellation_slot()
 };
 
 }  // namespace keylock

@@ -90,6 +90,13 @@ public:
         release(hold, ignored);
     }
 
+    /// Calls `on_lost` once if `hold` is found lost (at once, on some thread, if it already
+    /// is), and never after it is released. For backends whose locks cannot be lost: nothing.
+    virtual void watch_lost(Hold* hold, std::function<void()> on_lost) {
+        (void)hold;
+        (void)on_lost;
+    }
+
     /// The key of a live hold.
     virtual std::string_view key(const Hold* hold) const noexcept = 0;
 
