@@ -3,7 +3,11 @@
 // notifications, restarts, and failures as typed errors.
 #include <catch2/catch.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -581,4 +585,62 @@ TEST_CASE("a guard asked for its slot after the loss is cancelled at once; a rel
     io2.run();
     REQUIRE(result.has_value());
     CHECK_FALSE(*result);
+}
+
+TEST_CASE("reconnection backs off while the server turns every connection away", "[redis]") {
+    // A listener that accepts each connection and closes it at once, counting them.
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(fd, 64) == 0);
+    socklen_t len = sizeof addr;
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    std::atomic<int> accepted{0};
+    std::atomic<bool> stop{false};
+    std::thread acceptor([&] {
+        while (!stop.load()) {
+            pollfd p{fd, POLLIN, 0};
+            if (::poll(&p, 1, 20) <= 0) continue;
+            const int c = ::accept(fd, nullptr, nullptr);
+            if (c < 0) continue;
+            accepted.fetch_add(1);
+            ::close(c);
+        }
+    });
+    auto r = KeyedLockRegistry::from_url("redis://127.0.0.1:" + std::to_string(ntohs(addr.sin_port)) +
+                                         "/?connect_timeout=3s");
+    const auto start = Clock::now();
+    CHECK(error_of([&] { (void)r.lock("k"); }) == errc::unavailable);
+    const auto took = Clock::now() - start;
+    stop = true;
+    acceptor.join();
+    ::close(fd);
+    CHECK(took >= 2900ms);  // kept trying for connect_timeout...
+    CHECK(took < 6s);
+    // ...with a new connection after 0, 50, 100, 200, … ms, at most 1 s apart: about 9 in 3 s,
+    // where the waiter's retry every ~50 ms would otherwise have made about 60.
+    CHECK(accepted.load() >= 5);
+    CHECK(accepted.load() <= 15);
+}
+
+TEST_CASE("a waiter whose notifications were cut off still gets the lock soon after its release", "[redis]") {
+    RedisServer server;
+    auto a = KeyedLockRegistry::from_url(url(server));  // lease 30 s
+    auto b = KeyedLockRegistry::from_url(url(server));
+    std::optional<Guard> held = a.lock("k");
+    std::atomic<bool> got{false};
+    std::thread waiter([&] {
+        Guard g = b.lock("k");
+        got = true;
+    });
+    REQUIRE(eventually([&] { return server.command("PUBSUB CHANNELS keylock:k") == "*1"; }));
+    REQUIRE(server.command("CLIENT KILL TYPE pubsub") == ":1");  // the waiter's subscriber connection
+    held.reset();                                // its release notification goes nowhere
+    const auto start = Clock::now();
+    CHECK(eventually([&] { return got.load(); }, 5s));  // not 30 s later, at the end of the lease
+    CHECK(Clock::now() - start < 5s);
+    waiter.join();
 }

@@ -180,6 +180,9 @@ struct KeyState {
 /// waiting for the key get their turn.
 constexpr int kMaxTransfers = 16;
 
+/// How often a waiter looks again while release notifications cannot be had.
+constexpr std::chrono::milliseconds kPollWithoutNotifications{200};
+
 class RedisBackend final : public detail::Backend {
 public:
     explicit RedisBackend(const RedisConfig& config)
@@ -380,8 +383,28 @@ private:
 
     // ---- connections ----------------------------------------------------------------
 
+    /// When a connection may be made again after failures: at once the first time, then after
+    /// 50 ms, doubling up to 1 s (jittered), until one gets through the handshake.
+    struct Backoff {
+        std::chrono::milliseconds delay{0};
+        Clock::time_point not_before{};
+    };
+
+    /// Whether a new connection may be tried now (and if so, the delay before the next one).
+    bool may_connect(Backoff& b) {
+        const auto now = Clock::now();
+        if (now < b.not_before) return false;
+        b.not_before = now + b.delay;
+        const auto next = b.delay == std::chrono::milliseconds(0) ? std::chrono::milliseconds(50) : 2 * b.delay;
+        b.delay = std::min<std::chrono::milliseconds>(next, std::chrono::seconds(1)) + std::chrono::milliseconds(jitter_(rng_));
+        return true;
+    }
+
+    /// The command connection. After a failure a new one is made, at most as often as the
+    /// back-off allows; meanwhile commands fail at once with `unavailable` (and the waiters'
+    /// retries go on until connect_timeout).
     Connection& main() {
-        if (!main_ || (!main_->connected() && main_failed_)) {
+        if (!main_ || (!main_->connected() && main_failed_ && may_connect(main_backoff_))) {
             main_ = std::make_shared<Connection>(io_, config_.endpoint);
             main_failed_ = false;
             std::weak_ptr<Connection> weak = main_;
@@ -389,27 +412,45 @@ private:
                 if (main_ == weak.lock()) main_failed_ = true;
             });
             main_->connect([this, weak](std::error_code ec, std::string) {
-                if (ec && main_ == weak.lock()) main_failed_ = true;
+                if (main_ != weak.lock()) return;
+                if (ec) {
+                    main_failed_ = true;
+                } else {
+                    main_backoff_ = {};
+                }
             });
         }
         return *main_;
     }
 
     Connection& subscriber() {
-        if (!sub_ || (!sub_->connected() && sub_failed_)) {
+        if (!sub_ || (!sub_->connected() && sub_failed_ && may_connect(sub_backoff_))) {
             sub_ = std::make_shared<Connection>(io_, config_.endpoint);
             sub_failed_ = false;
             std::weak_ptr<Connection> weak = sub_;
             auto lost = [this, weak](std::error_code, std::string) {
                 if (sub_ != weak.lock()) return;
-                // Notifications may have been missed: every subscription is made again on
-                // the next connection, and waiters fall back on their retry timers meanwhile.
+                // Notifications may have been missed: every waiting key looks again now (and
+                // subscribes again on a new connection if it still has to wait).
                 sub_failed_ = true;
                 for (auto& [key, st] : keys_) st->subscribed = false;
+                asio::post(io_, [this] {
+                    std::vector<std::string> waiting;
+                    for (auto& [key, st] : keys_) {
+                        if (st->waiting_remote && !st->subscribed) waiting.push_back(key);
+                    }
+                    for (const auto& key : waiting) {
+                        if (auto it = keys_.find(key); it != keys_.end()) retry_now(*it->second);
+                    }
+                });
             };
             sub_->on_failure(lost);
-            sub_->connect([lost](std::error_code ec, std::string m) {
-                if (ec) lost(ec, std::move(m));
+            sub_->connect([this, weak, lost](std::error_code ec, std::string m) {
+                if (ec) {
+                    lost(ec, std::move(m));
+                } else if (sub_ == weak.lock()) {
+                    sub_backoff_ = {};
+                }
             });
             sub_->on_push([this](Reply r) { on_message(r); });
         }
@@ -599,16 +640,28 @@ private:
                 auto it = keys_.find(key);
                 if (it == keys_.end()) return;
                 KeyState& st = *it->second;
-                if (ec) st.subscribed = false;
+                if (ec) {
+                    // No notifications for now (the subscriber is down): look again soon
+                    // rather than at the end of the holder's lease.
+                    st.subscribed = false;
+                    if (st.waiting_remote && st.retry->expiry() > Clock::now() + kPollWithoutNotifications) {
+                        arm_retry(st, kPollWithoutNotifications + std::chrono::milliseconds(jitter_(rng_)));
+                    }
+                    return;
+                }
                 retry_now(st);
             });
         }
         // Never wait longer than the holder's lease (a crashed holder's lock frees itself then),
         // plus a little jitter so that waiters of several processes do not retry in step.
         std::chrono::milliseconds wait = pttl >= 0 ? std::chrono::milliseconds(pttl) : std::chrono::milliseconds(pttl == -2 ? 0 : 1000);
-        wait += std::chrono::milliseconds(jitter_(rng_));
+        arm_retry(st, wait + std::chrono::milliseconds(jitter_(rng_)));
+    }
+
+    /// The key's next attempt, `after` from now unless something wakes it earlier.
+    void arm_retry(KeyState& st, std::chrono::milliseconds after) {
         if (!st.retry) st.retry = std::make_unique<asio::steady_timer>(io_);
-        st.retry->expires_after(wait);
+        st.retry->expires_after(after);
         st.retry->async_wait([this, key = st.key](boost::system::error_code ec) {
             if (ec) return;
             auto it = keys_.find(key);
@@ -641,13 +694,7 @@ private:
         if (now - st.first_failure >= config_.endpoint.connect_timeout) return fail_all(st, ec);
         if (!drop_expired(st)) return;
         st.waiting_remote = true;
-        if (!st.retry) st.retry = std::make_unique<asio::steady_timer>(io_);
-        st.retry->expires_after(std::chrono::milliseconds(50 + jitter_(rng_)));
-        st.retry->async_wait([this, key = st.key](boost::system::error_code e) {
-            if (e) return;
-            auto it = keys_.find(key);
-            if (it != keys_.end()) retry_now(*it->second);
-        });
+        arm_retry(st, std::chrono::milliseconds(50 + jitter_(rng_)));
     }
 
     void fail_all(KeyState& st, std::error_code ec) {
@@ -796,6 +843,7 @@ private:
     // I/O thread only.
     std::shared_ptr<Connection> main_, sub_;
     bool main_failed_ = false, sub_failed_ = false;
+    Backoff main_backoff_, sub_backoff_;
     std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
     std::unordered_set<RedisHold*> holds_;
