@@ -5,6 +5,7 @@
 #include "redis_backend.hpp"
 
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <openssl/sha.h>
 
 #include <algorithm>
@@ -195,6 +196,9 @@ public:
           transfer_(scripts::transfer) {
         lease_ms_ = std::to_string(config_.lease.count());
         thread_ = std::thread([this] { run(); });
+#if defined(__linux__)
+        pthread_setname_np(thread_.native_handle(), "keylock-redis");  // for top, perf, gdb
+#endif
         post([this] { arm_watchdog(); });
     }
 
