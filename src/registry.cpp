@@ -34,6 +34,7 @@ public:
             case errc::auth_failed: return "authentication failed";
             case errc::backend_error: return "the backend answered with an error";
             case errc::protocol_error: return "unexpected reply: not the backend's protocol";
+            case errc::not_supported: return "not supported by this backend";
         }
         return "unknown keylock error";
     }

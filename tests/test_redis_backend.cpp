@@ -555,7 +555,7 @@ TEST_CASE("an async holder's work is cancelled through the guard's slot when its
     CHECK_FALSE(ec);
 }
 
-TEST_CASE("a guard asked for its slot after the loss is cancelled at once; a released one never", "[redis]") {
+TEST_CASE("a guard asked for its slot after the loss is cancelled at once, a released one never", "[redis]") {
     RedisServer server;
     auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));
     boost::asio::io_context io;
@@ -643,4 +643,44 @@ TEST_CASE("a waiter whose notifications were cut off still gets the lock soon af
     CHECK(eventually([&] { return got.load(); }, 5s));  // not 30 s later, at the end of the lease
     CHECK(Clock::now() - start < 5s);
     waiter.join();
+}
+
+TEST_CASE("operators see who holds a key and can force its release", "[redis]") {
+    RedisServer server;
+    auto holder = KeyedLockRegistry::from_url(url(server, "lease=10s"));
+    auto waiting = KeyedLockRegistry::from_url(url(server));
+    auto op = KeyedLockRegistry::from_url(url(server));
+    CHECK_FALSE(op.inspect("k").held);
+    Guard g = holder.lock("k");
+    const keylock::LockInfo info = op.inspect("k");
+    CHECK(info.held);
+    CHECK(info.fencing_token == g.fencing_token());
+    CHECK(info.ttl > 8s);
+    CHECK(info.ttl <= 10s);
+    // The value is `<fencing token>:<32 hex digits of owner token>`.
+    CHECK(server.command("STRLEN keylock:k") == ":" + std::to_string(std::to_string(g.fencing_token()).size() + 33));
+
+    std::atomic<bool> got{false};
+    std::thread waiter([&] {
+        Guard w = waiting.lock("k");
+        got = true;
+    });
+    REQUIRE(eventually([&] { return server.command("PUBSUB CHANNELS keylock:k") == "*1"; }));
+    CHECK(op.force_release("k"));
+    CHECK(eventually([&] { return got.load(); }, 3s));  // woken by the forced release, not the 10 s lease
+    waiter.join();
+    CHECK(eventually([&] { return g.lost(); }));  // the watchdog's next renewal finds it gone
+    std::error_code ec;
+    g.release(ec);
+    CHECK(ec == errc::not_owner);
+    CHECK(eventually([&] { return !op.inspect("k").held; }));  // the waiter's guard released it
+    CHECK_FALSE(op.force_release("k"));
+
+    server.command("SET keylock:foreign not-ours");  // a value keylock did not write
+    const keylock::LockInfo foreign = op.inspect("foreign");
+    CHECK(foreign.held);
+    CHECK(foreign.fencing_token == 0);
+    CHECK(foreign.ttl == -1ms);
+    CHECK(error_of([&] { (void)op.inspect(""); }) == errc::invalid_key);
+    CHECK(error_of([&] { (void)op.force_release(""); }) == errc::invalid_key);
 }

@@ -241,3 +241,17 @@ TEST_CASE("the backend is closed when the last registry copy goes", "[registry]"
     }
     CHECK(fake->closed);
 }
+
+TEST_CASE("local locks cannot be inspected or forced from outside: not_supported", "[registry]") {
+    keylock::KeyedLockRegistry r;
+    auto code_of = [](auto&& f) {
+        try {
+            f();
+        } catch (const keylock::Error& e) {
+            return e.code();
+        }
+        return std::error_code{};
+    };
+    CHECK(code_of([&] { (void)r.inspect("k"); }) == keylock::errc::not_supported);
+    CHECK(code_of([&] { (void)r.force_release("k"); }) == keylock::errc::not_supported);
+}

@@ -193,7 +193,9 @@ public:
           acquire_(scripts::acquire),
           release_(scripts::release),
           extend_(scripts::extend),
-          transfer_(scripts::transfer) {
+          transfer_(scripts::transfer),
+          inspect_(scripts::inspect),
+          force_release_(scripts::force_release) {
         lease_ms_ = std::to_string(config_.lease.count());
         thread_ = std::thread([this] { run(); });
 #if defined(__linux__)
@@ -301,6 +303,44 @@ public:
     }
 
     std::string describe() const override { return to_url(config_); }
+
+    LockInfo inspect(std::string_view key, std::error_code& ec) override {
+        if (ec = check_key(key); ec) return {};
+        const Reply r = call(inspect_, config_.prefix + std::string(key), {}, ec);
+        if (ec) return {};
+        if (r.type != Reply::Type::array || r.elements.empty()) {
+            ec = make_ec(errc::backend_error);
+            return {};
+        }
+        LockInfo info;
+        if (r.elements[0].integer != 1 || r.elements.size() != 3) return info;
+        info.held = true;
+        // `<fencing token>:<owner token>`; anything else (someone else's value) has no token.
+        const std::string& value = r.elements[1].str;
+        if (const auto colon = value.find(':'); colon != std::string::npos && colon > 0 && colon <= 20) {
+            std::uint64_t fence = 0;
+            bool digits = true;
+            for (std::size_t i = 0; i < colon; ++i) {
+                digits = digits && value[i] >= '0' && value[i] <= '9';
+                fence = fence * 10 + static_cast<std::uint64_t>(value[i] - '0');
+            }
+            if (digits) info.fencing_token = fence;
+        }
+        info.ttl = std::chrono::milliseconds(r.elements[2].integer >= 0 ? r.elements[2].integer : -1);
+        return info;
+    }
+
+    bool force_release(std::string_view key, std::error_code& ec) override {
+        if (ec = check_key(key); ec) return false;
+        const std::string lock_key = config_.prefix + std::string(key);
+        const Reply r = call(force_release_, lock_key, lock_key, ec);
+        if (ec) return false;
+        if (r.type != Reply::Type::integer) {
+            ec = make_ec(errc::backend_error);
+            return false;
+        }
+        return r.integer == 1;
+    }
 
     void on_lost(std::function<void(std::string_view, std::uint64_t)> handler) override {
         post([this, h = std::move(handler)]() mutable { lost_handler_ = std::move(h); });
@@ -599,35 +639,28 @@ private:
                  }
                  st.first_failure = {};
                  if (r.elements[0].integer == 1) {
-                     return granted(st, std::move(*token), static_cast<std::uint64_t>(r.elements[1].integer));
+                     return granted(st, *token, static_cast<std::uint64_t>(r.elements[1].integer));
                  }
                  held_elsewhere(st, r.elements[1].integer);
              });
     }
 
-    /// The lock is ours, with `token` and `fence`: give it to the first waiter still waiting,
-    /// or give it back at once if none is.
-    void granted(KeyState& st, std::string token, std::uint64_t fence) {
-        if (st.queue.empty()) {
-            auto* h = new RedisHold;
-            h->key = st.key;
-            h->token = std::move(token);
-            h->valid_for(Clock::now(), config_.lease);
-            st.holder = h;
-            holds_.insert(h);
-            do_release(h, [](std::error_code) {});
-            return;
-        }
-        Waiter* w = st.queue.front();
+    /// The lock is ours, with owner token `token` and fencing token `fence`: give it to the first
+    /// waiter still waiting, or give it back at once if none is.
+    void granted(KeyState& st, const std::string& token, std::uint64_t fence) {
         auto* h = new RedisHold;
         h->key = st.key;
-        h->token = std::move(token);
+        h->token = std::to_string(fence) + ":" + token;  // the lock key's value (see scripts.hpp)
         h->fence = fence;
         h->valid_for(Clock::now(), config_.lease);
         st.holder = h;
         holds_.insert(h);
+        if (st.queue.empty()) {
+            do_release(h, [](std::error_code) {});
+            return;
+        }
         acquisitions_.fetch_add(1, std::memory_order_relaxed);
-        finish(w, {}, {h, fence});
+        finish(st.queue.front(), {}, {h, fence});
     }
 
     /// Someone else holds the key for `pttl` ms more: wait for its release notification (or,
@@ -771,7 +804,7 @@ private:
                  KeyState& st = *it->second;
                  st.holder = nullptr;
                  ++st.transfers;
-                 granted(st, std::move(*token), static_cast<std::uint64_t>(r.integer));
+                 granted(st, *token, static_cast<std::uint64_t>(r.integer));
                  settle(st);
                  reply({});
              });
@@ -829,6 +862,24 @@ private:
         }
     }
 
+    /// Runs a one-key script from a user thread and waits for its reply (operator calls).
+    Reply call(const Script& script, const std::string& lock_key, std::string_view arg, std::error_code& ec) {
+        SyncWaiter answer;  // (only its done() and wait(): it is never queued)
+        Reply reply;
+        post([&] {
+            std::vector<std::string_view> args;
+            if (!arg.empty()) args.push_back(arg);
+            eval(script, {lock_key}, std::move(args), [&](std::error_code e, Reply r) {
+                if (!e && r.is_error()) e = make_ec(errc::backend_error);
+                reply = std::move(r);
+                answer.done(e, {});
+            });
+        });
+        answer.wait();
+        ec = answer.ec;
+        return reply;
+    }
+
     const RedisConfig config_;
     std::string lease_ms_;
     asio::io_context io_;
@@ -842,7 +893,7 @@ private:
     std::atomic<bool> detach_done_{false};
     bool closing_ = false;
 
-    const Script acquire_, release_, extend_, transfer_;
+    const Script acquire_, release_, extend_, transfer_, inspect_, force_release_;
 
     // I/O thread only.
     std::shared_ptr<Connection> main_, sub_;

@@ -27,17 +27,24 @@ local function next_fence()
 end
 )lua";
 
-// ARGV[1] token, ARGV[2] lease in ms. Returns {1, fencing token} when acquired, else
-// {0, remaining lease in ms (-1: no expiry, -2: gone meanwhile)}.
+// The lock key's value is `<fencing token>:<owner token>`, so that an operator (or `keylock
+// status`) can read who holds it. The fencing token is formatted with %d: Lua 5.1's own number
+// formatting (`..`) would print a 16-digit token in exponent notation.
+
+// ARGV[1] owner token, ARGV[2] lease in ms. Returns {1, fencing token} when acquired (the value
+// is then `<fencing token>:<owner token>`), else {0, remaining lease in ms (-1: no expiry,
+// -2: gone meanwhile)}.
 inline const std::string acquire = std::string(next_fence) + R"lua(
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, next_fence()}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local fence = next_fence()
+  redis.call('SET', KEYS[1], string.format('%d', fence) .. ':' .. ARGV[1], 'PX', ARGV[2])
+  return {1, fence}
 end
 return {0, redis.call('PTTL', KEYS[1])}
 )lua";
 
-// ARGV[1] token, ARGV[2] the channel to wake waiters on. Deletes the lock only if the token
-// is ours. Returns 1 if it was, else 0.
+// ARGV[1] the lock's value (`<fencing token>:<owner token>`), ARGV[2] the channel to wake
+// waiters on. Deletes the lock only if the value is ours. Returns 1 if it was, else 0.
 inline constexpr const char* release = R"lua(
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
@@ -47,7 +54,8 @@ end
 return 0
 )lua";
 
-// ARGV[1] token, ARGV[2] lease in ms. Renews the lease only if the token is ours: 1, else 0.
+// ARGV[1] the lock's value, ARGV[2] lease in ms. Renews the lease only if the value is ours:
+// 1, else 0.
 inline constexpr const char* extend = R"lua(
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -56,15 +64,36 @@ end
 return 0
 )lua";
 
-// ARGV[1] old token, ARGV[2] new token, ARGV[3] lease in ms. Hands a lock we hold to another
-// waiter of this process in one round trip: a new owner token and a new fencing token, never
-// free in between. Returns the new fencing token, or 0 if the lock was not ours any more.
+// ARGV[1] the lock's value, ARGV[2] a new owner token, ARGV[3] lease in ms. Hands a lock we
+// hold to another waiter of this process in one round trip: a new fencing token and owner
+// token, never free in between. Returns the new fencing token (the value is then `<it>:<new
+// owner token>`), or 0 if the lock was not ours any more.
 inline const std::string transfer = std::string(next_fence) + R"lua(
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return next_fence()
+local fence = next_fence()
+redis.call('SET', KEYS[1], string.format('%d', fence) .. ':' .. ARGV[2], 'PX', ARGV[3])
+return fence
+)lua";
+
+// For operators. Returns {0} when the lock is free, else {1, its value, remaining lease in ms}.
+inline constexpr const char* inspect = R"lua(
+local value = redis.call('GET', KEYS[1])
+if not value then
+  return {0}
+end
+return {1, value, redis.call('PTTL', KEYS[1])}
+)lua";
+
+// For operators. Deletes the lock whoever holds it and wakes its waiters (ARGV[1] the channel).
+// Returns 1 if there was a lock, else 0.
+inline constexpr const char* force_release = R"lua(
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('PUBLISH', ARGV[1], '')
+  return 1
+end
+return 0
 )lua";
 
 }  // namespace keylock::redis::scripts

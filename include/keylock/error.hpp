@@ -36,6 +36,7 @@ enum class errc {
     auth_failed,        ///< the backend refused our credentials (wrong password, unknown user, ACL)
     backend_error,      ///< the backend answered with an error (e.g. WRONGTYPE on a lock key)
     protocol_error,     ///< the server's replies are not the backend's protocol (not Redis?)
+    not_supported,      ///< the backend cannot do this (e.g. inspect a local:// lock from outside its process)
 };
 
 /// The "keylock" error category.

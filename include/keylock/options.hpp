@@ -39,6 +39,13 @@ struct RegistryOptions {
     friend bool operator==(const RegistryOptions&, const RegistryOptions&) = default;
 };
 
+/// One key's lock as the backend sees it now (KeyedLockRegistry::inspect, `keylock status`).
+struct LockInfo {
+    bool held = false;                  ///< someone holds the key now
+    std::uint64_t fencing_token = 0;    ///< the holder's fencing token (0 if it cannot be known)
+    std::chrono::milliseconds ttl{-1};  ///< the holder's remaining lease; -1: no lease
+};
+
 /// A snapshot of a registry's counters. Counters are exact but read shard by shard, so a
 /// snapshot taken while other threads work need not be one instant's state.
 struct Stats {

@@ -247,6 +247,28 @@ public:
     /// The configuration as a URL (passwords redacted).
     std::string describe() const { return backend_->describe(); }
 
+    /// For operators: whether `key` is held now, with the holder's fencing token and remaining
+    /// lease, as the backend's server sees it (whoever holds it, in any process). Throws
+    /// keylock::Error: `not_supported` for `local://` (its locks live inside one process, and
+    /// another process could not see them anyway), or a backend error.
+    LockInfo inspect(std::string_view key) {
+        std::error_code ec;
+        LockInfo info = backend_->inspect(key, ec);
+        if (ec) detail::throw_error(ec, key, "inspect");
+        return info;
+    }
+
+    /// For operators: deletes the lock of `key` whoever holds it, and wakes its waiters; the
+    /// holder's guard finds it lost at its next renewal, and its release reports `not_owner`.
+    /// Returns whether there was a lock. Breaks mutual exclusion by design: for a holder known
+    /// to be dead whose lease is too long to wait out. Throws as inspect() does.
+    bool force_release(std::string_view key) {
+        std::error_code ec;
+        const bool was_held = backend_->force_release(key, ec);
+        if (ec) detail::throw_error(ec, key, "force_release");
+        return was_held;
+    }
+
     /// Calls `handler(key, fencing_token)` when a lock held through this registry is found
     /// lost while its guard lives (a distributed backend could not renew its lease in time, or
     /// found it taken by someone else); from then on the guard's `lost()` is true. Runs on the

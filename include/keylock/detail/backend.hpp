@@ -15,6 +15,7 @@
 #include <string_view>
 #include <system_error>
 
+#include <keylock/error.hpp>
 #include <keylock/options.hpp>
 
 namespace keylock::detail {
@@ -109,6 +110,19 @@ public:
     virtual std::string_view key(const Pin* pin) const noexcept = 0;
 
     virtual Stats stats() const = 0;
+
+    /// For operators: the lock of `key` as the backend sees it now, and deleting it whoever
+    /// holds it (returns whether there was one). Backends that cannot: `errc::not_supported`.
+    virtual LockInfo inspect(std::string_view key, std::error_code& ec) {
+        (void)key;
+        ec = make_error_code(errc::not_supported);
+        return {};
+    }
+    virtual bool force_release(std::string_view key, std::error_code& ec) {
+        (void)key;
+        ec = make_error_code(errc::not_supported);
+        return false;
+    }
 
     /// See KeyedLockRegistry::on_lost. Backends whose locks cannot be lost ignore it.
     virtual void on_lost(std::function<void(std::string_view key, std::uint64_t fencing_token)>) {}
