@@ -41,9 +41,9 @@ int counter = 0;        // shared state, protected by the key "counter"
 int inside = 0;         // coroutines inside the critical section right now
 int max_inside = 0;
 
+// [snippet coroutine]
 asio::awaitable<void> increment(keylock::KeyedLockRegistry& registry) {
-    auto ex = co_await asio::this_coro::executor;
-    asio::steady_timer work(ex);
+    asio::steady_timer work(co_await asio::this_coro::executor);
     for (int i = 0; i < increments; ++i) {
         keylock::Guard guard = co_await registry.async_lock("counter", asio::use_awaitable);
         max_inside = std::max(max_inside, ++inside);
@@ -54,6 +54,7 @@ asio::awaitable<void> increment(keylock::KeyedLockRegistry& registry) {
         --inside;
     }                                        // each guard released at the end of its iteration
 }
+// [/snippet coroutine]
 
 asio::awaitable<void> give_up_after_timeout(keylock::KeyedLockRegistry& registry) {
     keylock::Guard held = co_await registry.async_lock("busy", asio::use_awaitable);  // held...

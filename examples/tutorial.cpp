@@ -1,5 +1,7 @@
-// tutorial — keylock's API in one page. Every CHECK must hold; the program exits with 1 if one
-// does not. (CHECK rather than assert(), which release builds compile out.)
+// tutorial — keylock's API in one page. The regions between `// [snippet NAME]` markers are the
+// C++ samples of README.md and docs/configuration.md (the test docs.code_samples keeps them
+// equal), so the docs show code that compiles and runs. Every CHECK must hold; the program
+// exits with 1 if one does not. (CHECK rather than assert(), which release builds compile out.)
 #include <keylock/keylock.hpp>
 
 #include <chrono>
@@ -15,40 +17,87 @@
 
 using namespace std::chrono_literals;
 
+namespace {
+
+struct Client {
+    std::string id;
+    int number = 0;
+};
+
+/// Stands in for a database table of clients.
+struct Clients {
+    std::map<std::string, Client> rows;
+    int inserts = 0;
+
+    std::optional<Client> find(const std::string& id) const {
+        if (auto it = rows.find(id); it != rows.end()) return it->second;
+        return std::nullopt;
+    }
+    Client insert(const std::string& id) {
+        ++inserts;
+        return rows[id] = Client{id, inserts};
+    }
+};
+
+void configuration() {
+    // [snippet configuration]
+    auto a = keylock::KeyedLockRegistry::from_url("local://?idle_ttl=30s&max_keys=100000");
+    auto b = keylock::KeyedLockRegistry::from_env();          // $KEYLOCK_URL, or local:// if unset/empty
+    auto c = keylock::KeyedLockRegistry::from_env("MY_LOCKS", "local://?fair=true");
+
+    keylock::RegistryOptions o;                                // the same options in code
+    o.idle_ttl = std::chrono::seconds(30);
+    auto d = keylock::KeyedLockRegistry(o);
+    std::string url = d.describe();                            // "local://?idle_ttl=30s"
+    // [/snippet configuration]
+    CHECK(url == "local://?idle_ttl=30s");
+    CHECK(a.describe() == "local://?idle_ttl=30s&max_keys=100000");
+    (void)b;
+    (void)c;
+}
+
+}  // namespace
+
 int main() {
-    auto registry = keylock::KeyedLockRegistry::from_url("local://");  // or from_env("KEYLOCK_URL")
+    Clients db;
+    // [snippet tutorial]
+    auto registry = keylock::KeyedLockRegistry::from_env();      // $KEYLOCK_URL, default local://
 
     std::uint64_t token = 0;
     {
-        keylock::Guard guard = registry.lock("client-42");      // waits until client-42 is ours
-        token = guard.fencing_token();                           // increases with every lock of a key
-        CHECK(!registry.try_lock_for("client-42", 10ms));        // taken: gives up after 10 ms
-        CHECK(registry.try_lock("client-43"));                   // other keys are not blocked
-    }                                                            // released here
-
-    std::optional<keylock::Guard> again = registry.try_lock_for("client-42", 1s);
-    CHECK(again && again->fencing_token() > token);
-    again.reset();                                               // release
-
+        keylock::Guard guard = registry.lock("client-42");        // waits until client-42 is ours
+        token = guard.fencing_token();                             // grows with every lock of a key
+    }                                                              // released here
+    if (auto guard = registry.try_lock_for("client-42", 100ms)) {  // waits at most 100 ms
+        CHECK(guard->fencing_token() > token);
+    }
     int balance = registry.with_lock("account-7", [] { return 100; });  // lock, run, release
-    CHECK(balance == 100);
 
-    std::map<std::string, int> clients;                          // stands in for a database
-    auto find = [&]() -> std::optional<int> {
-        if (auto it = clients.find("client-42"); it != clients.end()) return it->second;
-        return std::nullopt;
-    };
-    auto create = [&] { return clients["client-42"] = static_cast<int>(clients.size()) + 1; };
-    int first = registry.get_or_create("client-42", find, create);   // not found: created
-    int second = registry.get_or_create("client-42", find, create);  // found: not created again
-    CHECK(first == second && clients.size() == 1);
+    Client client = registry.get_or_create("client-42",
+        [&] { return db.find("client-42"); },    // std::optional<Client>: first without the lock
+        [&] { return db.insert("client-42"); }); // then under it, at most once per id
 
-    keylock::KeyMutex mutex = registry.obtain("client-42");     // a TimedLockable handle
+    keylock::KeyMutex mutex = registry.obtain("client-42");       // a TimedLockable handle
     {
-        std::unique_lock lock(mutex);                            // works with std::unique_lock
+        std::unique_lock lock(mutex);                              // std::unique_lock, scoped_lock, ...
+    }
+    // [/snippet tutorial]
+    CHECK(balance == 100);
+    CHECK(client.id == "client-42" && db.inserts == 1);
+    CHECK(registry.get_or_create("client-42", [&] { return db.find("client-42"); },
+                                 [&] { return db.insert("client-42"); }).number == client.number);
+    CHECK(db.inserts == 1);  // found the second time: not created again
+
+    {
+        keylock::Guard held = registry.lock("client-42");
+        CHECK(!registry.try_lock_for("client-42", 10ms));  // taken: gives up after 10 ms
+        CHECK(registry.try_lock("client-43"));             // other keys are not blocked
+    }
+    {
+        std::unique_lock lock(mutex);
         CHECK(lock.owns_lock() && !registry.try_lock("client-42"));
     }
-    CHECK(registry.stats().entries == 1);                        // `mutex` keeps its entry alive
 
+    configuration();
     std::puts("tutorial: all checks passed");
 }
