@@ -350,6 +350,9 @@ TEST_CASE("redis bad input and unreachable servers are typed errors", "[redis]")
         const auto start = Clock::now();
         CHECK(error_of([&] { (void)r.lock("k"); }) == errc::unavailable);
         CHECK(Clock::now() - start < 3s);
+        // Not "held by someone else" (nullopt): the lock could not be asked for at all.
+        CHECK(error_of([&] { (void)r.try_lock("k"); }) == errc::unavailable);
+        CHECK(error_of([&] { (void)r.try_lock_for("k", 100ms); }) == errc::unavailable);
     }
     SECTION("keys: empty, too long, binary") {
         RedisServer server;

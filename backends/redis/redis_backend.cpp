@@ -565,13 +565,14 @@ private:
             w->expired = true;  // its one attempt is in flight: let it finish
             return;
         }
-        finish(w, make_ec(errc::timeout), {});
+        // Out of time while Redis could not be reached: that is the reason, not a holder.
+        finish(w, make_ec(st.first_failure != Clock::time_point{} ? errc::unavailable : errc::timeout), {});
     }
 
-    /// Fails the waiters at the head whose deadline passed during the attempt. Returns false
-    /// (and frees the key's state if it can) when nobody is left waiting.
-    bool drop_expired(KeyState& st) {
-        while (!st.queue.empty() && st.queue.front()->expired) finish(st.queue.front(), make_ec(errc::timeout), {}, false);
+    /// Fails the waiters at the head whose deadline passed during the attempt, with `why`.
+    /// Returns false (and frees the key's state if it can) when nobody is left waiting.
+    bool drop_expired(KeyState& st, errc why = errc::timeout) {
+        while (!st.queue.empty() && st.queue.front()->expired) finish(st.queue.front(), make_ec(why), {}, false);
         if (!st.queue.empty()) return true;
         settle(st);
         return false;
@@ -729,7 +730,7 @@ private:
         const auto now = Clock::now();
         if (st.first_failure == Clock::time_point{}) st.first_failure = now;
         if (now - st.first_failure >= config_.endpoint.connect_timeout) return fail_all(st, ec);
-        if (!drop_expired(st)) return;
+        if (!drop_expired(st, errc::unavailable)) return;  // e.g. a try_lock: its one attempt failed
         st.waiting_remote = true;
         arm_retry(st, std::chrono::milliseconds(50 + jitter_(rng_)));
     }
