@@ -12,6 +12,9 @@ install(TARGETS ${_keylock_targets} EXPORT keylockTargets
     LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
     RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY include/keylock DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+if(TARGET keylock_cli)
+    install(TARGETS keylock_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
 if(KEYLOCK_BUILD_REDIS)
     install(FILES backends/redis/anchor.cpp
         DESTINATION ${CMAKE_INSTALL_DATADIR}/keylock

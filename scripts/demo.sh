@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Quick start, command 1: install what is missing, build, and run the get-or-create demo on the
-# embedded local backend (no server needed). Extra arguments go to the demo (--help lists them).
+# Quick start, command 1: install what is missing, build the keylock command, and run its
+# get-or-create demo twice: without a lock, then on the embedded local backend (no server
+# needed). Extra arguments go to both runs (`keylock demo --help` lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
-cmake --build --preset release --target get_or_create_demo >/dev/null
-exec ./build/release/examples/get_or_create_demo "$@"
+cmake --build --preset release --target keylock_cli >/dev/null
+./build/release/keylock demo --backend none "$@"
+echo
+exec ./build/release/keylock demo --backend local:// "$@"

@@ -1,0 +1,236 @@
+// The keylock command against a real redis-server: exec keeps processes apart, passes on
+// signals, reacts to a lost lease; status and release for operators; exit statuses.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <keylock/keylock.hpp>
+
+#include "cli_run.hpp"
+#include "redis_server.hpp"
+
+using keylock::Guard;
+using keylock::KeyedLockRegistry;
+using keylock::test::Cli;
+using keylock::test::RedisServer;
+using keylock::test::run_cli;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string url(const RedisServer& s, const std::string& query = "") {
+    return "redis://127.0.0.1:" + std::to_string(s.port()) + (query.empty() ? "" : "/?" + query);
+}
+
+/// A fresh directory for a test's files, removed at the end.
+struct TempDir {
+    TempDir() {
+        std::string pattern = (std::filesystem::temp_directory_path() / "keylock-cli-XXXXXX").string();
+        if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+        path = pattern;
+    }
+    ~TempDir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path, ignored);
+    }
+    std::string operator/(const std::string& name) const { return path + "/" + name; }
+    std::string path;
+};
+
+std::vector<std::string> lines_of(const std::string& file) {
+    std::ifstream in(file);
+    std::vector<std::string> out;
+    for (std::string line; std::getline(in, line);) out.push_back(line);
+    return out;
+}
+
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 5s) {
+    const auto end = Clock::now() + limit;
+    while (!pred()) {
+        if (Clock::now() > end) return false;
+        std::this_thread::sleep_for(10ms);
+    }
+    return true;
+}
+
+/// A command that waits until told to stop: it touches `started`, and on SIGTERM writes
+/// `got-term` and exits 3.
+std::vector<std::string> patient_command(const TempDir& dir) {
+    return {"sh", "-c", "trap 'echo term > \"$0/got-term\"; exit 3' TERM; touch \"$0/started\"; while :; do sleep 0.05; done",
+            dir.path};
+}
+
+bool exists(const std::string& path) { return std::filesystem::exists(path); }
+
+}  // namespace
+
+TEST_CASE("keylock exec keeps 8 concurrent processes from overlapping on one key", "[cli][redis]") {
+    RedisServer server;
+    TempDir dir;
+    // The critical section: mkdir fails if another process is inside; the fencing tokens are
+    // appended in the order the processes got in.
+    const std::string section =
+        "mkdir \"$0/inside\" 2>/dev/null || echo overlap >> \"$0/overlaps\"; "
+        "echo \"$KEYLOCK_FENCING_TOKEN\" >> \"$0/tokens\"; sleep 0.05; rmdir \"$0/inside\"";
+    std::atomic<int> failures{0};
+    std::vector<std::thread> processes;
+    for (int p = 0; p < 8; ++p) {
+        processes.emplace_back([&] {
+            for (int round = 0; round < 3; ++round) {
+                auto [status, out] = run_cli({"exec", "--url", url(server), "shared", "--", "sh", "-c", section, dir.path});
+                if (status != 0) failures.fetch_add(1);
+            }
+        });
+    }
+    for (auto& t : processes) t.join();
+    CHECK(failures.load() == 0);
+    CHECK_FALSE(exists(dir / "overlaps"));
+    const auto tokens = lines_of(dir / "tokens");
+    REQUIRE(tokens.size() == 24);
+    for (std::size_t i = 1; i < tokens.size(); ++i) CHECK(std::stoull(tokens[i]) > std::stoull(tokens[i - 1]));
+    CHECK(run_cli({"status", "--url", url(server), "shared"}).second == "free\n");
+}
+
+TEST_CASE("keylock exec exit statuses", "[cli][redis]") {
+    RedisServer server;
+    SECTION("the command's own, 128+N for a signal, 127 for a missing command") {
+        CHECK(run_cli({"exec", "--url", url(server), "k", "--", "sh", "-c", "exit 7"}).first == 7);
+        CHECK(run_cli({"exec", "--url", url(server), "k", "--", "sh", "-c", "kill -KILL $$"}).first == 128 + SIGKILL);
+        auto [status, out] = run_cli({"exec", "--url", url(server), "k", "--", "no-such-command-here"});
+        CHECK(status == 127);
+        CHECK_THAT(out, Catch::Contains("cannot run 'no-such-command-here'"));
+        CHECK(run_cli({"status", "--url", url(server), "k"}).second == "free\n");  // released every time
+    }
+    SECTION("75 when the lock is not ours in time") {
+        auto r = KeyedLockRegistry::from_url(url(server));
+        Guard held = r.lock("busy");
+        auto start = Clock::now();
+        auto [status, out] = run_cli({"exec", "--url", url(server), "--no-wait", "busy", "--", "true"});
+        CHECK(status == 75);
+        CHECK_THAT(out, Catch::Contains("held by someone else"));
+        start = Clock::now();
+        CHECK(run_cli({"exec", "--url", url(server), "--timeout", "300ms", "busy", "--", "true"}).first == 75);
+        CHECK(Clock::now() - start >= 300ms);
+    }
+    SECTION("64 for usage errors, 78 for a bad URL, 69 for an unreachable backend") {
+        CHECK(run_cli({"exec", "--url", url(server)}).first == 64);                       // no KEY
+        CHECK(run_cli({"exec", "--url", url(server), "k"}).first == 64);                  // no CMD
+        CHECK(run_cli({"exec", "--no-wait", "--timeout", "1s", "--url", url(server), "k", "--", "true"}).first == 64);
+        CHECK(run_cli({"exec", "--timeout", "soon", "--url", url(server), "k", "--", "true"}).first == 64);
+        CHECK(run_cli({"exec", "--bogus", "k", "--", "true"}).first == 64);
+        CHECK(run_cli({"frobnicate"}).first == 64);
+        CHECK(run_cli({}).first == 64);
+        auto [local_status, local_out] = run_cli({"exec", "k", "--", "true"});  // default local://
+        CHECK(local_status == 64);
+        CHECK_THAT(local_out, Catch::Contains("local:// locks live inside one process"));
+        CHECK(run_cli({"exec", "--url", "nosuch://x", "k", "--", "true"}).first == 78);
+        CHECK(run_cli({"exec", "--url", url(server, "lease=forever"), "k", "--", "true"}).first == 78);
+        CHECK(run_cli({"exec", "--url", url(server), "--lease", "1ms", "k", "--", "true"}).first == 78);  // below 1s
+        auto [down, down_out] = run_cli({"exec", "--url", "redis://:s3cret-pw@127.0.0.1:1/?connect_timeout=200ms", "k", "--", "true"});
+        CHECK(down == 69);
+        CHECK_THAT(down_out, !Catch::Contains("s3cret-pw"));
+    }
+    SECTION("--help for each command") {
+        for (const char* command : {"exec", "status", "release", "demo"}) {
+            auto [status, out] = run_cli({command, "--help"});
+            CHECK(status == 0);
+            CHECK_THAT(out, Catch::StartsWith("usage: keylock " + std::string(command)));
+        }
+        CHECK(run_cli({"--help"}).first == 0);
+        // After `--`, --help is the command's.
+        CHECK(run_cli({"exec", "--url", url(server), "k", "--", "sh", "-c", "exit 5", "--help"}).first == 5);
+    }
+}
+
+TEST_CASE("keylock exec gives the command its fencing token and the lock while it runs", "[cli][redis]") {
+    RedisServer server;
+    TempDir dir;
+    const std::string inner = std::string(KEYLOCK_CLI_PATH) + " status --url " + url(server) + " k";
+    auto [status, out] = run_cli({"exec", "--url", url(server), "--lease", "5s", "k", "--", "sh", "-c",
+                                  "echo \"$KEYLOCK_FENCING_TOKEN\" > \"$0/token\"; " + inner + " > \"$0/status\"", dir.path});
+    REQUIRE(status == 0);
+    const auto token = lines_of(dir / "token");
+    const auto seen = lines_of(dir / "status");
+    REQUIRE(token.size() == 1);
+    REQUIRE(seen.size() == 1);
+    CHECK_THAT(seen[0], Catch::StartsWith("held token=" + token[0] + " ttl_ms="));
+    const long ttl = std::stol(seen[0].substr(seen[0].find("ttl_ms=") + 7));
+    CHECK(ttl > 3000);  // --lease 5s
+    CHECK(ttl <= 5000);
+}
+
+TEST_CASE("keylock exec: a lost lease stops the command with SIGTERM and exits 75", "[cli][redis]") {
+    RedisServer server;
+    TempDir dir;
+    std::vector<std::string> args{"exec", "--url", url(server), "--lease", "1s", "k", "--"};
+    for (auto& a : patient_command(dir)) args.push_back(a);
+    Cli cli(args);
+    REQUIRE(eventually([&] { return exists(dir / "started"); }));
+    server.command("SET keylock:k someone-else");  // taken from us
+    const auto start = Clock::now();
+    CHECK(cli.wait() == 75);
+    CHECK(Clock::now() - start < 5s);  // the watchdog renews every lease/3
+    CHECK(exists(dir / "got-term"));
+    CHECK_THAT(cli.output(), Catch::Contains("lost"));
+    CHECK(server.command("EXISTS keylock:k") == ":1");  // the new owner's lock stays
+}
+
+TEST_CASE("keylock exec passes signals on and releases the lock when the command ends", "[cli][redis]") {
+    RedisServer server;
+    TempDir dir;
+    std::vector<std::string> args{"exec", "--url", url(server), "k", "--"};
+    for (auto& a : patient_command(dir)) args.push_back(a);
+    Cli cli(args);
+    REQUIRE(eventually([&] { return exists(dir / "started"); }));
+    CHECK_THAT(run_cli({"status", "--url", url(server), "k"}).second, Catch::StartsWith("held token="));
+    cli.signal(SIGTERM);
+    CHECK(cli.wait() == 3);  // the command's own status: its trap ran
+    CHECK(exists(dir / "got-term"));
+    CHECK(run_cli({"status", "--url", url(server), "k"}).second == "free\n");
+}
+
+TEST_CASE("keylock exec: a signal while waiting for the lock ends the wait", "[cli][redis]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server));
+    Guard held = r.lock("k");
+    Cli waiting({"exec", "--url", url(server), "k", "--", "true"});
+    std::this_thread::sleep_for(300ms);
+    const auto start = Clock::now();
+    waiting.signal(SIGINT);
+    CHECK(waiting.wait() == 128 + SIGINT);
+    CHECK(Clock::now() - start < 2s);
+    CHECK_THAT(waiting.output(), Catch::Contains("while waiting for the lock"));
+}
+
+TEST_CASE("keylock status and release --force for operators", "[cli][redis]") {
+    RedisServer server;
+    CHECK(run_cli({"status", "--url", url(server), "k"}) == std::pair<int, std::string>{0, "free\n"});
+    auto r = KeyedLockRegistry::from_url(url(server));
+    Guard g = r.lock("k");
+    auto [status, out] = run_cli({"status", "--url", url(server), "k"});
+    CHECK(status == 0);
+    CHECK_THAT(out, Catch::StartsWith("held token=" + std::to_string(g.fencing_token()) + " ttl_ms="));
+    // KEYLOCK_URL is the default URL.
+    CHECK_THAT(run_cli({"status", "k"}, {"KEYLOCK_URL=" + url(server)}).second, Catch::StartsWith("held token="));
+
+    auto [refused, refused_out] = run_cli({"release", "--url", url(server), "k"});
+    CHECK(refused == 64);
+    CHECK_THAT(refused_out, Catch::Contains("--force"));
+    CHECK(run_cli({"status", "--url", url(server), "k"}).second != "free\n");
+    CHECK(run_cli({"release", "--force", "--url", url(server), "k"}) == std::pair<int, std::string>{0, "released\n"});
+    CHECK(run_cli({"status", "--url", url(server), "k"}).second == "free\n");
+    CHECK(run_cli({"release", "--force", "--url", url(server), "k"}) == std::pair<int, std::string>{0, "free\n"});
+    CHECK(run_cli({"status", "k"}).first == 64);  // local:// cannot see other processes' locks
+    CHECK(run_cli({"status", "--url", url(server), "a", "b"}).first == 64);
+}

@@ -1,0 +1,455 @@
+// keylock — the command-line tool: a flock(1) that works across machines, operator commands,
+// and the get-or-create demo. See docs/cli.md.
+//
+//   keylock exec [--url URL] [--timeout D | --no-wait] [--lease D] KEY -- CMD [ARG...]
+//   keylock status [--url URL] KEY
+//   keylock release --force [--url URL] KEY
+//   keylock demo [...]
+//
+// Exit statuses follow sysexits.h: 64 usage, 69 backend unavailable, 75 lock not acquired (or
+// lost while CMD ran), 78 bad configuration; `exec` otherwise exits with CMD's own status.
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <stop_token>
+#include <thread>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/url/parse.hpp>
+#include <boost/url/url.hpp>
+
+#include <keylock/keylock.hpp>
+
+#include "../src/config.hpp"
+#include "demo.hpp"
+
+extern char** environ;
+
+namespace {
+
+constexpr int exit_usage = 64;        // EX_USAGE
+constexpr int exit_unavailable = 69;  // EX_UNAVAILABLE
+constexpr int exit_tempfail = 75;     // EX_TEMPFAIL: not acquired in time, or lost
+constexpr int exit_config = 78;       // EX_CONFIG
+
+using keylock::errc;
+
+/// A usage problem: `keylock <command>: <message>` and the command's usage, then exit 64.
+struct UsageError {
+    std::string message;
+};
+/// `--help` among a command's options: its usage on stdout, exit 0.
+struct HelpWanted {};
+
+const char* const usage_main =
+    "usage: keylock COMMAND [OPTIONS]\n"
+    "\n"
+    "commands:\n"
+    "  exec     run a command while holding a lock (a flock(1) across machines)\n"
+    "  status   show whether a key is locked, its fencing token and remaining lease\n"
+    "  release  delete a key's lock whoever holds it (--force; for operators)\n"
+    "  demo     the get-or-create race, without and with keylock, in N processes\n"
+    "\n"
+    "`keylock COMMAND --help` describes each. The backend is --url URL, else $KEYLOCK_URL,\n"
+    "else local:// (which exec, status and release refuse: its locks live in one process).\n"
+    "docs/cli.md has the whole manual.\n";
+
+const char* const usage_exec =
+    "usage: keylock exec [--url URL] [--timeout D | --no-wait] [--lease D] KEY -- CMD [ARG...]\n"
+    "\n"
+    "Runs CMD while holding the lock of KEY, renewing its lease while CMD runs. CMD sees the\n"
+    "lock's fencing token in KEYLOCK_FENCING_TOKEN. The lock is released when CMD ends.\n"
+    "\n"
+    "  --url URL      the backend (default: $KEYLOCK_URL), e.g. redis://host:6379\n"
+    "  --timeout D    give up if the lock is not ours within D (e.g. 500ms, 30s, 2m)\n"
+    "  --no-wait      give up at once if someone else holds the lock\n"
+    "  --lease D      the lease (overrides the URL's lease option; default 30s)\n"
+    "\n"
+    "SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to keylock are passed on to CMD. If the lease is\n"
+    "lost while CMD runs (the lock may be someone else's now), CMD gets SIGTERM and keylock\n"
+    "exits 75 once it has ended.\n"
+    "\n"
+    "exit status: CMD's own (128+N if a signal N ended it); 75 if the lock was not acquired in\n"
+    "time or was lost; 64 usage error; 69 backend unreachable; 78 bad URL; 126/127 if CMD\n"
+    "cannot be run / was not found.\n";
+
+const char* const usage_status =
+    "usage: keylock status [--url URL] KEY\n"
+    "\n"
+    "Prints one line: `free`, or `held token=N ttl_ms=N` (the holder's fencing token and the\n"
+    "lease it has left; token=0 if the value was not written by keylock, ttl_ms=-1 if the\n"
+    "lock has no lease).\n"
+    "\n"
+    "exit status: 0; 64 usage error; 69 backend unreachable; 78 bad URL.\n";
+
+const char* const usage_release =
+    "usage: keylock release --force [--url URL] KEY\n"
+    "\n"
+    "Deletes the lock of KEY whoever holds it, and wakes its waiters. The holder is not told\n"
+    "until its next lease renewal (then its guard is lost): use this only for a holder you know\n"
+    "is dead and whose lease is too long to wait out. Prints `released` or `free` (nothing to\n"
+    "release).\n"
+    "\n"
+    "exit status: 0; 64 usage error; 69 backend unreachable; 78 bad URL.\n";
+
+/// Options common to the lock commands.
+struct Common {
+    std::string url;
+    std::string key;
+};
+
+std::string default_url() {
+    const char* env = std::getenv("KEYLOCK_URL");
+    return env != nullptr && *env != '\0' ? env : "local://";
+}
+
+/// The exit status for a keylock error: configuration (78) or backend (69).
+int status_of(const keylock::Error& e) {
+    switch (static_cast<errc>(e.code().value())) {
+        case errc::invalid_url:
+        case errc::unknown_scheme:
+        case errc::unknown_option:
+        case errc::invalid_option: return exit_config;
+        case errc::invalid_key:
+        case errc::key_too_long:
+        case errc::not_supported: return exit_usage;
+        default: return exit_unavailable;
+    }
+}
+
+bool is_local(const std::string& url) {
+    try {
+        return keylock::detail::url_scheme(url) == "local";
+    } catch (const keylock::Error&) {
+        return false;  // from_url reports the malformed URL
+    }
+}
+
+/// Refuses local:// for the commands that coordinate separate processes.
+void require_shared_backend(const std::string& url, const char* command) {
+    if (!is_local(url)) return;
+    throw UsageError{std::string(command) +
+                     " needs a backend that processes share: local:// locks live inside one process, so "
+                     "they cannot keep separate processes apart. Pass --url redis://HOST:PORT (or set "
+                     "KEYLOCK_URL)"};
+}
+
+/// Sets the URL's `lease` option to `lease` (a duration as the user wrote it).
+std::string with_lease(const std::string& url, const std::string& lease) {
+    auto parsed = boost::urls::parse_uri(url);
+    if (!parsed) return url;  // from_url reports it
+    boost::urls::url u = *parsed;
+    u.params().set("lease", lease);
+    return std::string(u.buffer());
+}
+
+/// The value of an option that takes one (`--url URL`), or a usage error.
+std::string value_of(int& i, int argc, char** argv) {
+    const std::string option = argv[i];
+    if (i + 1 >= argc) throw UsageError{option + " needs a value"};
+    return argv[++i];
+}
+
+std::chrono::milliseconds duration_of(const std::string& option, const std::string& text) {
+    const auto d = keylock::detail::parse_duration(text);
+    if (!d) {
+        throw UsageError{option + " wants a duration such as 500ms, 30s or 2m, not '" + keylock::detail::shown(text) +
+                         "'"};
+    }
+    return *d;
+}
+
+// ---- exec ----------------------------------------------------------------------------
+
+struct ExecOptions {
+    Common common;
+    std::optional<std::chrono::milliseconds> timeout;  // nullopt: wait as long as it takes
+    bool no_wait = false;
+    std::string lease;
+    std::vector<char*> command;
+};
+
+ExecOptions parse_exec(int argc, char** argv) {
+    ExecOptions o;
+    o.common.url = default_url();
+    int i = 1;
+    for (; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--url") {
+            o.common.url = value_of(i, argc, argv);
+        } else if (a == "--timeout") {
+            const std::string v = value_of(i, argc, argv);
+            o.timeout = duration_of("--timeout", v);
+        } else if (a == "--no-wait") {
+            o.no_wait = true;
+        } else if (a == "--help" || a == "-h") {
+            throw HelpWanted{};
+        } else if (a == "--lease") {
+            o.lease = value_of(i, argc, argv);
+            (void)duration_of("--lease", o.lease);
+        } else if (a == "--") {
+            throw UsageError{"KEY is missing before --"};
+        } else if (a.size() > 1 && a[0] == '-') {
+            throw UsageError{"unknown option '" + keylock::detail::shown(a) + "'"};
+        } else {
+            break;
+        }
+    }
+    if (i >= argc) throw UsageError{"KEY is missing"};
+    o.common.key = argv[i++];
+    if (i < argc && std::string_view(argv[i]) == "--") ++i;
+    if (i >= argc) throw UsageError{"CMD is missing (keylock exec KEY -- CMD [ARG...])"};
+    for (; i < argc; ++i) o.command.push_back(argv[i]);
+    o.command.push_back(nullptr);
+    if (o.no_wait && o.timeout) throw UsageError{"--timeout and --no-wait exclude each other"};
+    return o;
+}
+
+/// The signals keylock passes on to CMD; with SIGCHLD (CMD ended) and SIGUSR1 (the lease was
+/// lost) they are what keylock waits for while CMD runs.
+constexpr int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+
+sigset_t waited_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s : forwarded) sigaddset(&set, s);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGUSR1);
+    return set;
+}
+
+/// `KEY=VALUE` strings of the environment, with KEYLOCK_FENCING_TOKEN set.
+std::vector<std::string> child_environment(std::uint64_t fence) {
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+        if (std::strncmp(*e, "KEYLOCK_FENCING_TOKEN=", 22) != 0) env.emplace_back(*e);
+    }
+    env.push_back("KEYLOCK_FENCING_TOKEN=" + std::to_string(fence));
+    return env;
+}
+
+/// Starts CMD with default signal handling and an empty signal mask. Returns its pid, or sets
+/// `error` (an errno value).
+pid_t spawn(const ExecOptions& o, std::uint64_t fence, int& error) {
+    std::vector<std::string> env = child_environment(fence);
+    std::vector<char*> envp;
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none, defaults = waited_signals();
+    sigemptyset(&none);
+    sigaddset(&defaults, SIGPIPE);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &defaults);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    pid_t pid = -1;
+    error = posix_spawnp(&pid, o.command[0], nullptr, &attr, o.command.data(), envp.data());
+    posix_spawnattr_destroy(&attr);
+    return error == 0 ? pid : -1;
+}
+
+/// Waits for CMD to end while passing on signals and watching the lease. Returns CMD's exit
+/// status (128+N if signal N ended it); `lost` says whether the lease was lost meanwhile.
+int supervise(pid_t child, const keylock::Guard& guard, bool& lost) {
+    const sigset_t set = waited_signals();
+    for (;;) {
+        int status = 0;
+        const pid_t done = ::waitpid(child, &status, WNOHANG);
+        if (done == child) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (!lost && guard.lost()) {
+            lost = true;
+            std::fprintf(stderr, "keylock exec: the lock was lost while the command ran; sending it SIGTERM\n");
+            ::kill(child, SIGTERM);
+        }
+        // Woken by a signal, or every 100 ms to look at the lease (lost() also turns true when
+        // the lease ran out without a renewal, before the backend says so).
+        const timespec tick{0, 100'000'000};
+        siginfo_t info{};
+        const int sig = ::sigtimedwait(&set, &info, &tick);
+        if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP || sig == SIGQUIT) {
+            // A terminal's ^C or ^\ already reached CMD (same process group): pass on only
+            // what was sent to keylock itself.
+            if (info.si_code != SI_KERNEL) ::kill(child, sig);
+        }
+    }
+}
+
+int run_exec(int argc, char** argv) {
+    ExecOptions o = parse_exec(argc, argv);
+    require_shared_backend(o.common.url, "keylock exec");
+    const std::string url = o.lease.empty() ? o.common.url : with_lease(o.common.url, o.lease);
+
+    // Block the signals we wait for before any thread exists (the registry starts one), so
+    // that they stay pending for sigtimedwait instead of going to that thread.
+    const sigset_t set = waited_signals();
+    ::signal(SIGCHLD, SIG_DFL);  // an inherited SIG_IGN would reap CMD before we see it
+    ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+
+    auto registry = keylock::KeyedLockRegistry::from_url(url);
+    const pid_t self = ::getpid();
+    registry.on_lost([self](std::string_view, std::uint64_t) { ::kill(self, SIGUSR1); });
+
+    // While we wait for the lock, a signal ends the wait (and keylock, with 128+N).
+    std::optional<keylock::Guard> guard;
+    int interrupted = 0;
+    {
+        std::stop_source stop;
+        std::jthread watcher([&](std::stop_token done) {
+            const sigset_t interrupting = waited_signals();
+            const timespec tick{0, 50'000'000};
+            while (!done.stop_requested()) {
+                const int sig = ::sigtimedwait(&interrupting, nullptr, &tick);
+                if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP || sig == SIGQUIT) {
+                    interrupted = sig;
+                    stop.request_stop();
+                    return;
+                }
+            }
+        });
+        if (o.no_wait) {
+            guard = registry.try_lock(o.common.key);
+        } else if (o.timeout) {
+            guard = registry.try_lock_for(o.common.key, *o.timeout, stop.get_token());
+        } else {
+            guard = registry.try_lock_until(o.common.key, std::chrono::steady_clock::time_point::max(), stop.get_token());
+        }
+        watcher.request_stop();
+    }  // joins the watcher: `interrupted` is final
+    if (interrupted != 0) {
+        std::fprintf(stderr, "keylock exec: %s while waiting for the lock\n", ::strsignal(interrupted));
+        return 128 + interrupted;
+    }
+    if (!guard) {
+        std::fprintf(stderr, "keylock exec: '%s' is held by someone else%s\n",
+                     keylock::detail::shown(o.common.key).c_str(), o.no_wait ? "" : " (timed out)");
+        return exit_tempfail;
+    }
+
+    int error = 0;
+    const pid_t child = spawn(o, guard->fencing_token(), error);
+    if (child < 0) {
+        std::fprintf(stderr, "keylock exec: cannot run '%s': %s\n", o.command[0], std::strerror(error));
+        return error == ENOENT ? 127 : 126;
+    }
+    bool lost = false;
+    const int status = supervise(child, *guard, lost);
+    std::error_code ec;
+    guard->release(ec);
+    if (ec == errc::not_owner) lost = true;
+    if (lost) {
+        std::fprintf(stderr, "keylock exec: the lock on '%s' was lost while the command ran\n",
+                     keylock::detail::shown(o.common.key).c_str());
+        return exit_tempfail;
+    }
+    if (ec) std::fprintf(stderr, "keylock exec: release: %s (the lease will free the lock)\n", ec.message().c_str());
+    return status;
+}
+
+// ---- status and release --------------------------------------------------------------------
+
+Common parse_key_command(int argc, char** argv, bool* force) {
+    Common c;
+    c.url = default_url();
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--url") {
+            c.url = value_of(i, argc, argv);
+        } else if (force != nullptr && a == "--force") {
+            *force = true;
+        } else if (a == "--help" || a == "-h") {
+            throw HelpWanted{};
+        } else if (a.size() > 1 && a[0] == '-') {
+            throw UsageError{"unknown option '" + keylock::detail::shown(a) + "'"};
+        } else if (c.key.empty()) {
+            c.key = a;
+        } else {
+            throw UsageError{"one KEY only (got '" + keylock::detail::shown(a) + "' too)"};
+        }
+    }
+    if (c.key.empty()) throw UsageError{"KEY is missing"};
+    return c;
+}
+
+int run_status(int argc, char** argv) {
+    const Common c = parse_key_command(argc, argv, nullptr);
+    require_shared_backend(c.url, "keylock status");
+    auto registry = keylock::KeyedLockRegistry::from_url(c.url);
+    const keylock::LockInfo info = registry.inspect(c.key);
+    if (!info.held) {
+        std::printf("free\n");
+    } else {
+        std::printf("held token=%llu ttl_ms=%lld\n", static_cast<unsigned long long>(info.fencing_token),
+                    static_cast<long long>(info.ttl.count()));
+    }
+    return 0;
+}
+
+int run_release(int argc, char** argv) {
+    bool force = false;
+    const Common c = parse_key_command(argc, argv, &force);
+    if (!force) {
+        throw UsageError{"release deletes the lock whoever holds it: say --force to mean it"};
+    }
+    require_shared_backend(c.url, "keylock release");
+    auto registry = keylock::KeyedLockRegistry::from_url(c.url);
+    std::printf("%s\n", registry.force_release(c.key) ? "released" : "free");
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2) {
+        std::fputs(usage_main, stderr);
+        return exit_usage;
+    }
+    const std::string command = argv[1];
+    if (command == "--help" || command == "-h" || command == "help") {
+        std::fputs(usage_main, stdout);
+        return 0;
+    }
+    if (command == "demo") {
+        std::string name = "keylock demo";
+        argv[1] = name.data();
+        return keylock::cli::demo_main(argc - 1, argv + 1);
+    }
+    struct Command {
+        const char* name;
+        const char* usage;
+        int (*run)(int, char**);
+    };
+    static const Command commands[] = {
+        {"exec", usage_exec, run_exec}, {"status", usage_status, run_status}, {"release", usage_release, run_release}};
+    for (const Command& c : commands) {
+        if (command != c.name) continue;
+        try {
+            return c.run(argc - 1, argv + 1);
+        } catch (const HelpWanted&) {
+            std::fputs(c.usage, stdout);
+            return 0;
+        } catch (const UsageError& e) {
+            std::fprintf(stderr, "keylock %s: %s\n\n%s", c.name, e.message.c_str(), c.usage);
+            return exit_usage;
+        } catch (const keylock::Error& e) {
+            std::fprintf(stderr, "keylock %s: %s\n", c.name, e.what());
+            return status_of(e);
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "keylock %s: %s\n", c.name, e.what());
+            return 1;
+        }
+    }
+    std::fprintf(stderr, "keylock: unknown command '%s'\n\n%s", keylock::detail::shown(command).c_str(), usage_main);
+    return exit_usage;
+}
