@@ -6,8 +6,10 @@
 #include <tuple>
 
 #include <keylock/error.hpp>
+#include <keylock/redis.hpp>
 
 #include "redis_config.hpp"
+#include "redis_server.hpp"
 
 using keylock::errc;
 using keylock::redis::parse_redis_url;
@@ -350,4 +352,53 @@ TEST_CASE("to_url round-trips configurations built in code", "[redis][config]") 
     v6.endpoint.host = "fe80::1";
     check_round_trip(v6);
     CHECK(to_url(v6) == "redis://[fe80::1]");
+}
+
+TEST_CASE("RedisOptions in code: the same options, bounds and redaction as a URL", "[redis][config]") {
+    keylock::test::RedisServer server({"--requirepass", "s3cret"});
+    // [snippet redis-options]
+    keylock::RedisOptions options;
+    options.host = "127.0.0.1";
+    options.port = server.port();
+    options.password = "s3cret";
+    options.lease = std::chrono::seconds(10);
+    auto registry = keylock::redis_registry(options);  // throws keylock::Error as from_url does
+    std::string url = to_string(registry);              // "redis://:***@127.0.0.1:…?lease=10s"
+    // [/snippet redis-options]
+    CHECK(url == "redis://:***@127.0.0.1:" + std::to_string(server.port()) + "?lease=10s");
+    CHECK(registry.try_lock("k").has_value());  // connected, authenticated
+
+    auto error_of = [](const keylock::RedisOptions& o) {
+        try {
+            (void)keylock::redis_registry(o);
+        } catch (const keylock::Error& e) {
+            CHECK_THAT(e.what(), !Catch::Contains("s3cret"));
+            return std::make_pair(static_cast<errc>(e.code().value()), std::string(e.what()));
+        }
+        return std::make_pair(errc{}, std::string());
+    };
+    keylock::RedisOptions bad = options;
+    bad.lease = 500ms;
+    auto [code, message] = error_of(bad);
+    CHECK(code == errc::invalid_option);
+    CHECK_THAT(message, Catch::Contains("lease"));
+    bad = options;
+    bad.prefix = "";
+    CHECK(error_of(bad).first == errc::invalid_option);
+    bad = options;
+    bad.ca_file = "/etc/ssl/ca.pem";  // without tls
+    CHECK(error_of(bad).first == errc::invalid_option);
+    bad = options;
+    bad.tls = true;
+    bad.unix_socket = "/tmp/redis.sock";
+    CHECK(error_of(bad).first == errc::invalid_option);
+    bad = options;
+    bad.host = "";
+    CHECK(error_of(bad).first == errc::invalid_url);
+
+    keylock::RedisOptions unix_socket;
+    unix_socket.unix_socket = server.unix_socket();
+    unix_socket.password = "s3cret";
+    auto over_unix = keylock::redis_registry(unix_socket);
+    CHECK(over_unix.try_lock("u").has_value());
 }

@@ -24,6 +24,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <keylock/error.hpp>
+#include <keylock/redis.hpp>
 
 #include "../../src/futex.hpp"
 #include "connection.hpp"
@@ -925,6 +926,37 @@ std::shared_ptr<detail::Backend> make_backend(const RedisConfig& config) {
 }
 
 }  // namespace keylock::redis
+
+namespace keylock {
+
+KeyedLockRegistry redis_registry(const RedisOptions& o) {
+    if (o.tls && !o.unix_socket.empty()) {
+        throw Error(make_error_code(errc::invalid_option),
+                    "keylock: RedisOptions: tls is for TCP connections, not for unix_socket");
+    }
+    redis::RedisConfig c;
+    c.endpoint.host = o.host;
+    c.endpoint.port = o.port;
+    c.endpoint.unix_path = o.unix_socket;
+    c.endpoint.tls = o.tls;
+    c.endpoint.ca_file = o.ca_file;
+    c.endpoint.cert_file = o.cert_file;
+    c.endpoint.key_file = o.key_file;
+    c.endpoint.verify = o.verify;
+    c.endpoint.user = o.user;
+    c.endpoint.password = o.password;
+    c.endpoint.db = o.db;
+    c.endpoint.connect_timeout = o.connect_timeout;
+    c.endpoint.command_timeout = o.command_timeout;
+    c.prefix = o.prefix;
+    c.lease = o.lease;
+    c.max_key_bytes = o.max_key_bytes;
+    // One set of rules for code and URLs: the options are checked by the URL parser.
+    const redis::RedisConfig checked = redis::parse_redis_url(redis::to_url(c, redis::Password::included));
+    return KeyedLockRegistry::from_backend(redis::make_backend(checked));
+}
+
+}  // namespace keylock
 
 // Registers the schemes when this object file is linked in. keylock::redis's CMake target
 // makes the linker keep it (it references this symbol), so from_url("redis://…") works in any

@@ -286,7 +286,7 @@ RedisConfig parse_redis_url(std::string_view text) {
     return config;
 }
 
-std::string to_url(const RedisConfig& config) {
+std::string to_url(const RedisConfig& config, Password password) {
     const RedisConfig defaults;
     const Endpoint& ep = config.endpoint;
     const bool unix_socket = !ep.unix_path.empty();
@@ -294,7 +294,10 @@ std::string to_url(const RedisConfig& config) {
     std::string url = unix_socket ? "unix://" : ep.tls ? "rediss://" : "redis://";
     if (!ep.user.empty() || !ep.password.empty()) {
         url += encode(ep.user);
-        if (!ep.password.empty()) url += ":***";
+        if (!ep.password.empty()) {
+            url += ':';
+            url += password == Password::redacted ? std::string("***") : encode(ep.password);
+        }
         url += '@';
     }
     if (unix_socket) {

@@ -22,9 +22,12 @@ struct RedisConfig {
 /// `invalid_option`) whose message names the part at fault and never contains the password.
 RedisConfig parse_redis_url(std::string_view url);
 
+enum class Password { redacted, included };
+
 /// The same configuration as a URL, with options at their defaults left out and the password,
 /// if any, written as "***": parse_redis_url(to_url(c)) equals `c` except that its password is
-/// "***". For logs and describe(); not for connecting.
-std::string to_url(const RedisConfig& config);
+/// "***". For logs and describe(). With Password::included (only to validate a configuration
+/// made in code by parsing it), parse_redis_url(to_url(c, included)) equals `c`.
+std::string to_url(const RedisConfig& config, Password password = Password::redacted);
 
 }  // namespace keylock::redis

@@ -302,4 +302,7 @@ private:
     std::shared_ptr<detail::Backend> backend_;
 };
 
+/// The registry's configuration as a URL, with any password written as `***` (describe()).
+inline std::string to_string(const KeyedLockRegistry& registry) { return registry.describe(); }
+
 }  // namespace keylock

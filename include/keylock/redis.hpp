@@ -1,0 +1,38 @@
+// keylock/redis.hpp — the Redis backend configured in code rather than by URL. Link
+// keylock::redis. (`KeyedLockRegistry::from_url("redis://…")` needs only the link, not this
+// header.)
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <keylock/registry.hpp>
+
+namespace keylock {
+
+/// The options of a Redis registry: the same as those of a `redis://`, `rediss://` or `unix://`
+/// URL, with the same defaults and bounds (docs/configuration.md lists them).
+struct RedisOptions {
+    std::string host = "127.0.0.1";                  ///< TCP host name or address
+    std::uint16_t port = 6379;
+    std::string unix_socket;                         ///< a Unix socket path, instead of host and port
+    bool tls = false;                                ///< TLS (as `rediss://`; TCP only)
+    std::string ca_file, cert_file, key_file;        ///< TLS: PEM files; empty = system CAs / no client certificate
+    bool verify = true;                              ///< TLS: verify the server's certificate and host name
+    std::string user;                                ///< ACL user; empty = password-only AUTH
+    std::string password;                            ///< never shown by describe() or in messages
+    int db = 0;                                      ///< database number (SELECT), 0 by default
+    std::chrono::milliseconds connect_timeout{5000};  ///< 10ms to 10m
+    std::chrono::milliseconds command_timeout{5000};  ///< 10ms to 10m
+    std::string prefix = "keylock:";                 ///< prepended to every lock key, 1 to 128 bytes
+    std::chrono::milliseconds lease{30000};          ///< 1s to 24h; renewed every lease/3 while held
+    std::size_t max_key_bytes = 1024;                ///< the longest key accepted
+};
+
+/// A registry on the Redis server `options` describe. Throws keylock::Error as from_url() does
+/// for the same values (`invalid_option`, naming the option), never showing the password.
+KeyedLockRegistry redis_registry(const RedisOptions& options);
+
+}  // namespace keylock
