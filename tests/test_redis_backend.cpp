@@ -687,3 +687,30 @@ TEST_CASE("operators see who holds a key and can force its release", "[redis]") 
     CHECK(error_of([&] { (void)op.inspect(""); }) == errc::invalid_key);
     CHECK(error_of([&] { (void)op.force_release(""); }) == errc::invalid_key);
 }
+
+TEST_CASE("contended keys across registries: no waiter sleeps through a release", "[redis]") {
+    // A release notification may arrive while the waiter's own attempt is still on the wire and
+    // about to say "held": the waiter must try again, not sleep for the rest of a 30 s lease.
+    RedisServer server;
+    constexpr int registries = 3, threads = 6, rounds = 200;
+    std::vector<KeyedLockRegistry> regs;
+    for (int i = 0; i < registries; ++i) regs.push_back(KeyedLockRegistry::from_url(url(server)));  // lease 30 s
+    std::atomic<int> stalled{0}, done{0};
+    std::vector<std::thread> pool;
+    for (int i = 0; i < registries * threads; ++i) {
+        pool.emplace_back([&, i] {
+            KeyedLockRegistry& r = regs[static_cast<std::size_t>(i % registries)];
+            for (int n = 0; n < rounds; ++n) {
+                auto g = r.try_lock_for(n % 2 == 0 ? "even" : "odd", 5s);  // a stall would be ~30 s
+                if (!g) {
+                    stalled.fetch_add(1);
+                    return;
+                }
+                done.fetch_add(1);
+            }
+        });
+    }
+    for (auto& t : pool) t.join();
+    CHECK(stalled.load() == 0);
+    CHECK(done.load() == registries * threads * rounds);
+}

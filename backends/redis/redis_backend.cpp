@@ -173,6 +173,7 @@ struct KeyState {
     bool attempting = false;      // an acquire is in flight
     bool waiting_remote = false;  // held elsewhere: waiting for a notification or the retry timer
     bool subscribed = false;      // SUBSCRIBE sent (confirmed or not)
+    bool look_again = false;      // a release, or our subscription, came while an attempt was in flight
     int transfers = 0;            // hand-overs within this process in a row
     Clock::time_point first_failure{};  // of the current run of unavailable attempts
     std::unique_ptr<asio::steady_timer> retry;
@@ -628,6 +629,7 @@ private:
     void attempt(KeyState& st) {
         st.attempting = true;
         st.waiting_remote = false;
+        st.look_again = false;
         auto token = std::make_shared<std::string>(tokens_.next());
         eval(acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
              [this, key = st.key, token](std::error_code ec, Reply r) {
@@ -688,8 +690,15 @@ private:
                     }
                     return;
                 }
+                // An attempt in flight may have been sent before the subscription took effect:
+                // only one sent after it is sure to be followed by a notification.
+                if (st.attempting) st.look_again = true;
                 retry_now(st);
             });
+        }
+        if (std::exchange(st.look_again, false)) {
+            arm_retry(st, std::chrono::milliseconds(0));  // see on_message and the SUBSCRIBE reply
+            return;
         }
         // Never wait longer than the holder's lease (a crashed holder's lock frees itself then),
         // plus a little jitter so that waiters of several processes do not retry in step.
@@ -721,7 +730,13 @@ private:
         const std::string& channel = r.elements[1].str;
         if (channel.compare(0, config_.prefix.size(), config_.prefix) != 0) return;
         auto it = keys_.find(channel.substr(config_.prefix.size()));
-        if (it != keys_.end()) retry_now(*it->second);
+        if (it == keys_.end()) return;
+        KeyState& st = *it->second;
+        // Notifications and replies come on different connections, and Redis writes its
+        // replies newest client first: a release may be heard of before the answer to our
+        // attempt, which ran before it and will say "held". Keep it for that answer.
+        if (st.attempting) st.look_again = true;
+        retry_now(st);
     }
 
     /// The attempt could not reach Redis. Credentials or protocol errors fail the waiters at
