@@ -714,3 +714,17 @@ TEST_CASE("contended keys across registries: no waiter sleeps through a release"
     CHECK(stalled.load() == 0);
     CHECK(done.load() == registries * threads * rounds);
 }
+
+TEST_CASE("a registry destroyed right after its guards still releases their locks", "[redis]") {
+    RedisServer server;
+    {
+        auto r = KeyedLockRegistry::from_url(url(server));
+        std::vector<Guard> guards;
+        for (int i = 0; i < 100; ++i) guards.push_back(r.lock(std::string("k").append(std::to_string(i))));
+        guards.clear();  // releases queued, not yet answered
+    }                    // the registry goes: it waits for them
+    for (int i = 0; i < 100; i += 11) {
+        CHECK(server.command(std::string("EXISTS keylock:k").append(std::to_string(i))) == ":0");
+    }
+    CHECK(server.command("EXISTS keylock:k99") == ":0");
+}
