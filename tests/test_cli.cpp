@@ -16,6 +16,7 @@
 #include <keylock/keylock.hpp>
 
 #include "cli_run.hpp"
+#include "eventually.hpp"
 #include "redis_server.hpp"
 
 using keylock::Guard;
@@ -23,6 +24,7 @@ using keylock::KeyedLockRegistry;
 using keylock::test::Cli;
 using keylock::test::RedisServer;
 using keylock::test::run_cli;
+using keylock::test::eventually;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
@@ -52,16 +54,6 @@ std::vector<std::string> lines_of(const std::string& file) {
     std::vector<std::string> out;
     for (std::string line; std::getline(in, line);) out.push_back(line);
     return out;
-}
-
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5s) {
-    const auto end = Clock::now() + limit;
-    while (!pred()) {
-        if (Clock::now() > end) return false;
-        std::this_thread::sleep_for(10ms);
-    }
-    return true;
 }
 
 /// A command that waits until told to stop: it touches `started`, and on SIGTERM writes

@@ -15,6 +15,7 @@
 
 #include <keylock/keylock.hpp>
 
+#include "eventually.hpp"
 #include "thread_checks.hpp"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -27,21 +28,11 @@ using keylock::errc;
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
 using keylock::RegistryOptions;
+using keylock::test::eventually;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-/// Polls `pred` until it holds or `limit` passes.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
-    const auto end = Clock::now() + limit;
-    while (!pred()) {
-        if (Clock::now() > end) return false;
-        std::this_thread::sleep_for(1ms);
-    }
-    return true;
-}
 
 /// Heap bytes in use now (the sanitizers' allocator when one is in use).
 std::size_t heap_in_use() {

@@ -30,6 +30,7 @@
 
 #include <keylock/keylock.hpp>
 
+#include "eventually.hpp"
 #include "redis_server.hpp"
 #include "thread_checks.hpp"
 
@@ -37,6 +38,7 @@ using keylock::errc;
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
 using keylock::test::RedisServer;
+using keylock::test::eventually;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
@@ -81,17 +83,6 @@ pid_t spawn(Body body) {
         ::_exit(status);
     }
     return pid;
-}
-
-/// Polls `pred` until it holds or `limit` passes.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5s) {
-    const auto end = Clock::now() + limit;
-    while (!pred()) {
-        if (Clock::now() > end) return false;
-        std::this_thread::sleep_for(5ms);
-    }
-    return true;
 }
 
 int wait_exit(pid_t pid) {
