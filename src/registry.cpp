@@ -69,7 +69,9 @@ bool register_scheme(std::string_view scheme, BackendFactory factory) {
     return true;
 }
 
-void throw_error(std::error_code ec, std::string_view key, const char* what) {
+void throw_error(std::error_code ec, std::string_view key, const char* what) { throw_error(ec, key, what, {}); }
+
+void throw_error(std::error_code ec, std::string_view key, const char* what, std::string_view why) {
     std::string message = "keylock: ";
     message += what;
     if (!key.empty()) {
@@ -87,6 +89,10 @@ void throw_error(std::error_code ec, std::string_view key, const char* what) {
     }
     message += ": ";
     message += ec.message();
+    if (!why.empty()) {
+        message += ": ";
+        message += why;
+    }
     throw Error(ec, message);
 }
 

@@ -321,6 +321,7 @@ void Connection::fail(std::error_code ec, const std::string& message) {
     if (state_ == State::failed || state_ == State::closed) return;
     const bool was_ready = state_ == State::ready;
     state_ = State::failed;
+    failure_ = message;
     impl_->shut();
     auto pending = std::move(pending_);
     pending_.clear();

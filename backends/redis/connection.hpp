@@ -88,6 +88,8 @@ public:
     void close();
 
     bool connected() const noexcept { return state_ == State::ready; }
+    /// Why the connection failed (names the endpoint, never the password); empty until then.
+    const std::string& failure() const noexcept { return failure_; }
     std::size_t pending() const noexcept { return pending_.size(); }
 
 private:
@@ -115,6 +117,7 @@ private:
     bool write_in_flight_ = false;
     std::function<void(std::error_code, std::string)> on_failure_;
     std::function<void(Reply)> on_push_;
+    std::string failure_;
 };
 
 }  // namespace keylock::redis

@@ -126,6 +126,7 @@ struct Waiter {
 
     std::uint64_t id = 0;
     Deadline deadline = Deadline::max();
+    std::string why;       // with an error: what went wrong, for the message (the server's words)
     bool expired = false;  // the deadline passed while this waiter's attempt was in flight
     bool waited = false;   // could not be granted at once (counts as contended)
     KeyState* state = nullptr;
@@ -222,6 +223,7 @@ public:
             std::stop_callback on_stop(stop, [this, id] { post([this, id] { cancel_waiter(id, errc::cancelled); }); });
             w.wait();
         }
+        if (w.ec && !w.why.empty()) detail::throw_error(w.ec, key, "lock", w.why);
         ec = w.ec;
         return w.result;
     }
@@ -571,10 +573,11 @@ private:
         finish(w, make_ec(st.first_failure != Clock::time_point{} ? errc::unavailable : errc::timeout), {});
     }
 
-    /// Fails the waiters at the head whose deadline passed during the attempt, with `why`.
+    /// Fails the waiters at the head whose deadline passed during the attempt with `code` (and
+    /// `why` for the message).
     /// Returns false (and frees the key's state if it can) when nobody is left waiting.
-    bool drop_expired(KeyState& st, errc why = errc::timeout) {
-        while (!st.queue.empty() && st.queue.front()->expired) finish(st.queue.front(), make_ec(why), {}, false);
+    bool drop_expired(KeyState& st, errc code = errc::timeout, const std::string& why = {}) {
+        while (!st.queue.empty() && st.queue.front()->expired) finish(st.queue.front(), make_ec(code), {}, false, why);
         if (!st.queue.empty()) return true;
         settle(st);
         return false;
@@ -587,8 +590,9 @@ private:
     }
 
     /// Ends a wait: takes the waiter out of its queue and reports.
-    void finish(Waiter* w, std::error_code ec, Acquired a, bool then_settle = true) {
+    void finish(Waiter* w, std::error_code ec, Acquired a, bool then_settle = true, std::string why = {}) {
         KeyState& st = *w->state;
+        w->why = std::move(why);
         st.queue.erase(std::find(st.queue.begin(), st.queue.end(), w));
         waiters_.erase(w->id);
         waiting_.fetch_sub(1, std::memory_order_relaxed);
@@ -637,9 +641,10 @@ private:
                  if (it == keys_.end()) return;  // cannot happen: an attempt keeps its state
                  KeyState& st = *it->second;
                  st.attempting = false;
-                 if (ec) return unavailable(st, ec);
-                 if (r.is_error() || r.type != Reply::Type::array || r.elements.size() != 2) {
-                     return fail_all(st, make_ec(errc::backend_error));
+                 if (ec) return unavailable(st, ec, main_ ? main_->failure() : std::string());
+                 if (r.is_error()) return fail_all(st, make_ec(errc::backend_error), "Redis answered '" + r.str + "'");
+                 if (r.type != Reply::Type::array || r.elements.size() != 2) {
+                     return fail_all(st, make_ec(errc::backend_error), "unexpected reply to the acquire script");
                  }
                  st.first_failure = {};
                  if (r.elements[0].integer == 1) {
@@ -741,21 +746,21 @@ private:
 
     /// The attempt could not reach Redis. Credentials or protocol errors fail the waiters at
     /// once; a connection problem is retried with back-off for up to connect_timeout.
-    void unavailable(KeyState& st, std::error_code ec) {
-        if (ec != errc::unavailable) return fail_all(st, ec);
+    void unavailable(KeyState& st, std::error_code ec, const std::string& why) {
+        if (ec != errc::unavailable) return fail_all(st, ec, why);
         const auto now = Clock::now();
         if (st.first_failure == Clock::time_point{}) st.first_failure = now;
-        if (now - st.first_failure >= config_.endpoint.connect_timeout) return fail_all(st, ec);
-        if (!drop_expired(st, errc::unavailable)) return;  // e.g. a try_lock: its one attempt failed
+        if (now - st.first_failure >= config_.endpoint.connect_timeout) return fail_all(st, ec, why);
+        if (!drop_expired(st, errc::unavailable, why)) return;  // e.g. a try_lock: its one attempt failed
         st.waiting_remote = true;
         arm_retry(st, std::chrono::milliseconds(50 + jitter_(rng_)));
     }
 
-    void fail_all(KeyState& st, std::error_code ec) {
+    void fail_all(KeyState& st, std::error_code ec, const std::string& why) {
         st.first_failure = {};
         // finish() may free the state with the last waiter: take them out first.
         std::vector<Waiter*> all(st.queue.begin(), st.queue.end());
-        for (Waiter* w : all) finish(w, ec, {});
+        for (Waiter* w : all) finish(w, ec, {}, true, why);
     }
 
     // ---- releasing ---------------------------------------------------------------------
@@ -854,8 +859,8 @@ private:
                 if (!holds_.contains(h) || h->releasing || ec) return;  // released meanwhile, or no answer: next round
                 if (r.type == Reply::Type::integer && r.integer == 1) {
                     if (!h->is_lost()) h->valid_for(now, config_.lease);
-                } else if (r.type == Reply::Type::integer) {
-                    mark_lost(h);  // gone, or someone else's now
+                } else if (r.type == Reply::Type::integer || (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
+                    mark_lost(h);  // gone, or someone else's now (perhaps not even a lock)
                 }
             });
         }

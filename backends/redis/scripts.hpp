@@ -33,12 +33,17 @@ end
 
 // ARGV[1] owner token, ARGV[2] lease in ms. Returns {1, fencing token} when acquired (the value
 // is then `<fencing token>:<owner token>`), else {0, remaining lease in ms (-1: no expiry,
-// -2: gone meanwhile)}.
+// -2: gone meanwhile)}, or a WRONGTYPE error if the key is not a string (so no lock of ours or
+// anyone's: waiting for it would never end).
 inline const std::string acquire = std::string(next_fence) + R"lua(
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local fence = next_fence()
   redis.call('SET', KEYS[1], string.format('%d', fence) .. ':' .. ARGV[1], 'PX', ARGV[2])
   return {1, fence}
+end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'string' then
+  return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
 end
 return {0, redis.call('PTTL', KEYS[1])}
 )lua";

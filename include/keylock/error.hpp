@@ -68,6 +68,8 @@ namespace keylock::detail {
 /// Throws keylock::Error for `ec`: "keylock: <what> '<printable key prefix>' (<n> bytes): <message>"
 /// (the key part only when `key` is not empty).
 [[noreturn]] void throw_error(std::error_code ec, std::string_view key, const char* what);
+/// As above, followed by ": <why>" (e.g. the server's own error message).
+[[noreturn]] void throw_error(std::error_code ec, std::string_view key, const char* what, std::string_view why);
 }  // namespace keylock::detail
 
 template <>

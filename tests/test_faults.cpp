@@ -1,0 +1,281 @@
+// Faults against a real redis-server, each under load from several registries (as separate
+// processes would be) with the mutual-exclusion checker recording every hold: whatever breaks,
+// no two holds of a key that were not lost overlap, fencing tokens rise in the order holds
+// began, nothing hangs, and every key is free again at the end. docs/failure-modes.md says
+// what each fault does to the user; the test asserts exactly that.
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <keylock/keylock.hpp>
+
+#include "eventually.hpp"
+#include "exclusion_checker.hpp"
+#include "redis_server.hpp"
+
+using keylock::errc;
+using keylock::Guard;
+using keylock::KeyedLockRegistry;
+using keylock::test::eventually;
+using keylock::test::ExclusionChecker;
+using keylock::test::RedisServer;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string url(const RedisServer& s, const std::string& query = "") {
+    return "redis://127.0.0.1:" + std::to_string(s.port()) + (query.empty() ? "" : "/?" + query);
+}
+
+/// Threads of several registries lock a few keys over and over, holding each lock a little,
+/// until told to stop; every hold goes to the checker, every error is counted by its code.
+class Load {
+public:
+    Load(const RedisServer& server, ExclusionChecker& checker, const std::string& query, int registries = 3,
+         int threads_each = 4, int keys = 3)
+        : checker_(checker) {
+        for (int i = 0; i < registries; ++i) regs_.push_back(KeyedLockRegistry::from_url(url(server, query)));
+        for (int t = 0; t < registries * threads_each; ++t) {
+            threads_.emplace_back([this, t, keys] {
+                KeyedLockRegistry& r = regs_[static_cast<std::size_t>(t) % regs_.size()];
+                for (int n = 0; !stop_.load(); ++n) {
+                    const std::string key = "fault-" + std::to_string((t + n) % keys);
+                    try {
+                        auto g = r.try_lock_for(key, 200ms);
+                        if (!g) continue;
+                        const auto start = ExclusionChecker::now_ns();
+                        std::this_thread::sleep_for(2ms);
+                        const auto end = ExclusionChecker::now_ns();
+                        const bool lost = g->lost();
+                        std::error_code ec;
+                        g->release(ec);
+                        // A release that finds the lock gone means it was lost some time during
+                        // the hold: then the hold may overlap the next one's.
+                        checker_.record(key, g->fencing_token(), start, end, lost || ec == errc::not_owner);
+                        if (ec) errors_[static_cast<std::size_t>(ec.value()) % errors_.size()].fetch_add(1);
+                        holds_.fetch_add(1);
+                    } catch (const keylock::Error& e) {
+                        errors_[static_cast<std::size_t>(e.code().value()) % errors_.size()].fetch_add(1);
+                        std::this_thread::sleep_for(10ms);
+                    }
+                }
+            });
+        }
+    }
+    ~Load() { finish(); }
+
+    void finish() {
+        stop_ = true;
+        for (auto& t : threads_) {
+            if (t.joinable()) t.join();
+        }
+    }
+    long holds() const { return holds_.load(); }
+    long errors(errc e) const { return errors_[static_cast<std::size_t>(e)].load(); }
+    long errors_other_than(std::initializer_list<errc> allowed) const {
+        long n = 0;
+        for (std::size_t i = 0; i < errors_.size(); ++i) {
+            bool ok = false;
+            for (errc e : allowed) ok = ok || static_cast<std::size_t>(e) == i;
+            if (!ok) n += errors_[i].load();
+        }
+        return n;
+    }
+    std::vector<KeyedLockRegistry>& registries() { return regs_; }
+
+private:
+    ExclusionChecker& checker_;
+    std::vector<KeyedLockRegistry> regs_;
+    std::vector<std::thread> threads_;
+    std::atomic<bool> stop_{false};
+    std::atomic<long> holds_{0};
+    std::array<std::atomic<long>, 32> errors_{};
+};
+
+/// Holds go on before and after `fault`: waits until `before` holds happened, runs it, then
+/// waits for `after` more.
+void around(Load& load, long before, const std::function<void()>& fault, long after) {
+    REQUIRE(eventually([&] { return load.holds() >= before; }, 20s));
+    fault();
+    const long at = load.holds();
+    CHECK(eventually([&] { return load.holds() >= at + after; }, 20s));
+}
+
+void check_exclusion(const ExclusionChecker& checker) {
+    const auto problems = checker.check();
+    for (const auto& p : problems) FAIL_CHECK(p);
+    CHECK(problems.empty());
+}
+
+}  // namespace
+
+TEST_CASE("the exclusion checker finds overlapping holds and falling tokens, also from children",
+          "[faults]") {
+    ExclusionChecker clean;
+    clean.record("a", 1, 0, 10, false);
+    clean.record("a", 2, 10, 20, false);
+    clean.record("b", 1, 5, 15, false);  // another key may overlap
+    clean.record("a", 3, 15, 30, true);  // lost: may overlap the one before...
+    clean.record("a", 4, 25, 40, false); // ...and the one after
+    CHECK(clean.check().empty());
+
+    ExclusionChecker overlap;
+    overlap.record("a", 1, 0, 10, false);
+    overlap.record("a", 2, 9, 20, false);
+    REQUIRE(overlap.check().size() == 1);
+    CHECK_THAT(overlap.check()[0], Catch::Contains("overlap"));
+
+    ExclusionChecker falling;
+    falling.record("a", 5, 0, 10, false);
+    falling.record("a", 4, 10, 20, false);
+    REQUIRE(falling.check().size() == 1);
+    CHECK_THAT(falling.check()[0], Catch::Contains("token 4 began after token 5"));
+
+    ExclusionChecker shared;  // a forked child's holds land in the parent's history
+    const pid_t child = ::fork();
+    if (child == 0) {
+        shared.record("a", 1, 0, 10, false);
+        ::_exit(0);
+    }
+    ::waitpid(child, nullptr, 0);
+    shared.record("a", 2, 5, 20, false);
+    CHECK(shared.size() == 2);
+    CHECK(shared.check().size() == 1);
+}
+
+TEST_CASE("fault: Redis frozen longer than the lease while locks are held and awaited", "[faults][redis]") {
+    // What the user sees: holders' guards turn lost() (their lease ran out), their releases
+    // report not_owner; waiters get the keys once Redis is back. Nothing else fails.
+    RedisServer server;
+    ExclusionChecker checker;
+    Load load(server, checker, "lease=1s&command_timeout=5s");
+    around(load, 100, [&] {
+        server.pause();
+        std::this_thread::sleep_for(1500ms);  // past the 1 s lease
+        server.resume();
+    }, 100);
+    load.finish();
+    check_exclusion(checker);
+    CHECK(checker.lost() > 0);  // the holds the freeze caught: their releases said not_owner
+    CHECK(load.errors(errc::not_owner) > 0);
+    CHECK(load.errors_other_than({errc::not_owner}) == 0);
+    for (auto& r : load.registries()) CHECK(eventually([&] { return r.stats().entries == 0; }));
+}
+
+TEST_CASE("fault: our connections killed (CLIENT KILL) while locks are held and awaited", "[faults][redis]") {
+    // What the user sees: nothing but a short delay. Commands in flight fail with unavailable
+    // inside the backend, which reconnects and retries; a lease renewed within lease/3 is
+    // never at risk.
+    RedisServer server;
+    ExclusionChecker checker;
+    Load load(server, checker, "lease=3s");
+    around(load, 100, [&] {
+        for (int i = 0; i < 3; ++i) {
+            server.command("CLIENT KILL TYPE normal");
+            server.command("CLIENT KILL TYPE pubsub");
+            std::this_thread::sleep_for(100ms);
+        }
+    }, 100);
+    load.finish();
+    check_exclusion(checker);
+    CHECK(checker.lost() == 0);
+    // A release whose connection was killed under it reports unavailable (the lease frees the
+    // key); nothing else may fail.
+    CHECK(load.errors_other_than({errc::unavailable}) == 0);
+}
+
+TEST_CASE("fault: Redis killed and restarted empty while locks are held and awaited", "[faults][redis]") {
+    // What the user sees: the locks are gone with the data. Holders learn it at their next
+    // renewal (lost(), releases report not_owner, or unavailable while Redis is down); waiters
+    // get the keys once Redis is back; fencing tokens go on rising (new counters start from the
+    // server's clock).
+    RedisServer server;
+    ExclusionChecker checker;
+    Load load(server, checker, "lease=2s&connect_timeout=3s");
+    around(load, 100, [&] { server.restart(); }, 100);
+    load.finish();
+    check_exclusion(checker);
+    CHECK(load.errors_other_than({errc::not_owner, errc::unavailable}) == 0);
+}
+
+TEST_CASE("fault: Redis restarted with its AOF keeps the locks it had", "[faults][redis]") {
+    // With appendonly and appendfsync always, a lock taken before the restart is still there
+    // after it (with its absolute expiry): the holder keeps it, nobody else gets it meanwhile,
+    // and its release works.
+    RedisServer server({"--appendonly", "yes", "--appendfsync", "always"});
+    auto r = KeyedLockRegistry::from_url(url(server, "lease=10s&connect_timeout=3s"));
+    auto other = KeyedLockRegistry::from_url(url(server, "connect_timeout=3s"));
+    Guard g = r.lock("durable");
+    const auto token = g.fencing_token();
+    server.restart();
+    CHECK_FALSE(other.try_lock("durable").has_value());  // still held
+    CHECK_FALSE(g.lost());
+    std::error_code ec;
+    g.release(ec);
+    CHECK_FALSE(ec);
+    auto next = other.try_lock("durable");
+    REQUIRE(next.has_value());
+    CHECK(next->fencing_token() > token);  // the counter came back too
+}
+
+TEST_CASE("fault: Redis stalls (DEBUG SLEEP) past command_timeout", "[faults][redis]") {
+    // What the user sees: requests in flight fail inside the backend (unavailable), which
+    // reconnects and retries until connect_timeout; a stall shorter than that is a delay, and
+    // a hold whose lease ran out during it is lost.
+    RedisServer server({"--enable-debug-command", "local"});
+    ExclusionChecker checker;
+    Load load(server, checker, "lease=1s&command_timeout=200ms&connect_timeout=5s");
+    around(load, 100, [&] { server.command("DEBUG SLEEP 1.5"); }, 100);
+    load.finish();
+    check_exclusion(checker);
+    CHECK(load.errors_other_than({errc::not_owner, errc::unavailable}) == 0);
+}
+
+TEST_CASE("fault: Redis out of memory (maxmemory, noeviction) is a typed error, then works again",
+          "[faults][redis]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server));
+    Guard held = r.lock("before");  // held while memory runs out: its renewals fail, then resume
+    server.command("CONFIG SET maxmemory-policy noeviction");
+    server.command("CONFIG SET maxmemory 1");
+    try {
+        (void)r.lock("k");
+        FAIL("locked while Redis refuses writes");
+    } catch (const keylock::Error& e) {
+        CHECK(e.code() == errc::backend_error);
+        CHECK_THAT(e.what(), Catch::Contains("OOM"));
+    }
+    server.command("CONFIG SET maxmemory 0");
+    CHECK(r.try_lock("k").has_value());
+    CHECK_FALSE(held.lost());
+}
+
+TEST_CASE("fault: a lock key of another type (WRONGTYPE) is a typed error, not a wait", "[faults][redis]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server));
+    server.command("LPUSH keylock:listy something");
+    for (auto attempt : {0, 1}) {
+        try {
+            if (attempt == 0) {
+                (void)r.lock("listy");
+            } else {
+                (void)r.try_lock("listy");
+            }
+            FAIL("locked a key that holds a list");
+        } catch (const keylock::Error& e) {
+            CHECK(e.code() == errc::backend_error);
+            CHECK_THAT(e.what(), Catch::Contains("list"));
+        }
+    }
+    CHECK(r.try_lock("other").has_value());
+}
