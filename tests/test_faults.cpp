@@ -11,6 +11,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <thread>
@@ -278,4 +279,104 @@ TEST_CASE("fault: a lock key of another type (WRONGTYPE) is a typed error, not a
         }
     }
     CHECK(r.try_lock("other").has_value());
+}
+
+TEST_CASE("bad server answers: a read-only replica and an ACL that denies the scripts", "[faults][redis]") {
+    RedisServer master;
+    SECTION("READONLY: the URL points at a replica") {
+        RedisServer replica({"--replicaof", "127.0.0.1", std::to_string(master.port())});
+        auto r = KeyedLockRegistry::from_url(url(replica));
+        try {
+            (void)r.lock("k");
+            FAIL("locked on a read-only replica");
+        } catch (const keylock::Error& e) {
+            CHECK(e.code() == errc::backend_error);
+            CHECK_THAT(e.what(), Catch::Contains("READONLY"));
+        }
+    }
+    SECTION("NOPERM: the user may connect but not run scripts") {
+        master.command("ACL SETUSER locked-out on >pw-of-locked-out ~* +@all -evalsha -eval");
+        auto r = KeyedLockRegistry::from_url("redis://locked-out:pw-of-locked-out@127.0.0.1:" +
+                                             std::to_string(master.port()));
+        try {
+            (void)r.try_lock("k");
+            FAIL("locked without the right to run scripts");
+        } catch (const keylock::Error& e) {
+            CHECK(e.code() == errc::backend_error);
+            CHECK_THAT(e.what(), Catch::Contains("NOPERM"));
+            CHECK_THAT(e.what(), !Catch::Contains("pw-of-locked-out"));
+        }
+    }
+}
+
+TEST_CASE("soak: 200,000 Redis locks from 4 processes x 16 threads leave nothing behind", "[faults][redis][soak]") {
+    // Each process runs two halves. After the first, its connections (commands, notifications)
+    // exist and its allocator is warm: the second half must end with no more file descriptors,
+    // a resident size within 16 MiB of the first's, and no registry entries.
+    RedisServer server;
+    ExclusionChecker checker(1 << 18);
+    constexpr int processes = 4, threads = 16, per_thread = 200'000 / (processes * threads);
+    std::vector<pid_t> children;
+    for (int p = 0; p < processes; ++p) {
+        const pid_t child = ::fork();
+        if (child == 0) {
+            int status = 0;
+            try {
+                auto r = KeyedLockRegistry::from_url(url(server));
+                auto half = [&](int from, int to) {
+                    std::vector<std::thread> pool;
+                    std::atomic<int> failures{0};
+                    for (int t = 0; t < threads; ++t) {
+                        pool.emplace_back([&, t] {
+                            for (int n = from; n < to; ++n) {
+                                // 64 keys for all: contended across threads and processes.
+                                const std::string key = "soak-" + std::to_string((t * 7 + n) % 64);
+                                try {
+                                    Guard g = r.lock(key);
+                                    ExclusionChecker::Scope hold(checker, g);
+                                } catch (...) {
+                                    failures.fetch_add(1);
+                                }
+                            }
+                        });
+                    }
+                    for (auto& th : pool) th.join();
+                    return failures.load() == 0 && eventually([&] { return r.stats().entries == 0; });
+                };
+                auto fds = [] {
+                    return std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                                         std::filesystem::directory_iterator());
+                };
+                auto rss_pages = [] {
+                    long size = 0, resident = 0;
+                    if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
+                        if (std::fscanf(f, "%ld %ld", &size, &resident) != 2) resident = 0;
+                        std::fclose(f);
+                    }
+                    return resident;
+                };
+                if (!half(0, per_thread / 2)) status = 1;
+                const auto fds_warm = fds();
+                const long rss_warm = rss_pages();
+                if (!half(per_thread / 2, per_thread)) status = 1;
+                if (status == 0 && fds() > fds_warm) status = 2;
+                if (status == 0 && (rss_pages() - rss_warm) * ::sysconf(_SC_PAGESIZE) > (16L << 20)) status = 3;
+            } catch (...) {
+                status = 4;
+            }
+            ::_exit(status);
+        }
+        children.push_back(child);
+    }
+    for (pid_t c : children) {
+        int status = 0;
+        ::waitpid(c, &status, 0);
+        CHECK(WIFEXITED(status));
+        // 1: a lock failed or entries were left, 2: descriptors leaked, 3: memory grew, 4: threw
+        CHECK(WEXITSTATUS(status) == 0);
+    }
+    CHECK(checker.size() == static_cast<std::size_t>(processes * threads * per_thread));
+    check_exclusion(checker);
+    CHECK(checker.lost() == 0);
+    CHECK(server.command("KEYS keylock:soak-*") == "*0");  // every lock released
 }
