@@ -162,6 +162,18 @@ TEST_CASE("keylock exec gives the command its fencing token and the lock while i
     CHECK(ttl <= 5000);
 }
 
+TEST_CASE("keylock exec renews the lease while the command runs longer than it", "[cli][redis]") {
+    RedisServer server;
+    TempDir dir;
+    // 3 s under a 1 s lease: the lock must stay ours throughout (checked from outside halfway).
+    Cli cli({"exec", "--url", url(server), "--lease", "1s", "k", "--", "sh", "-c", "touch \"$0/started\"; sleep 3", dir.path});
+    REQUIRE(eventually([&] { return exists(dir / "started"); }));
+    std::this_thread::sleep_for(1500ms);
+    CHECK_THAT(run_cli({"status", "--url", url(server), "k"}).second, Catch::StartsWith("held token="));
+    CHECK(cli.wait() == 0);  // not 75: never lost
+    CHECK(run_cli({"status", "--url", url(server), "k"}).second == "free\n");
+}
+
 TEST_CASE("keylock exec: a lost lease stops the command with SIGTERM and exits 75", "[cli][redis]") {
     RedisServer server;
     TempDir dir;
