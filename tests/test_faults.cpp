@@ -22,6 +22,7 @@
 #include "eventually.hpp"
 #include "exclusion_checker.hpp"
 #include "redis_server.hpp"
+#include "tcp_proxy.hpp"
 
 using keylock::errc;
 using keylock::Guard;
@@ -29,23 +30,28 @@ using keylock::KeyedLockRegistry;
 using keylock::test::eventually;
 using keylock::test::ExclusionChecker;
 using keylock::test::RedisServer;
+using keylock::test::TcpProxy;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::string url(const RedisServer& s, const std::string& query = "") {
-    return "redis://127.0.0.1:" + std::to_string(s.port()) + (query.empty() ? "" : "/?" + query);
+std::string url(int port, const std::string& query = "") {
+    return "redis://127.0.0.1:" + std::to_string(port) + (query.empty() ? "" : "/?" + query);
 }
+std::string url(const RedisServer& s, const std::string& query = "") { return url(s.port(), query); }
 
 /// Threads of several registries lock a few keys over and over, holding each lock a little,
 /// until told to stop; every hold goes to the checker, every error is counted by its code.
 class Load {
 public:
-    Load(const RedisServer& server, ExclusionChecker& checker, const std::string& query, int registries = 3,
-         int threads_each = 4, int keys = 3)
+    Load(const RedisServer& server, ExclusionChecker& checker, const std::string& query)
+        : Load(server.port(), checker, query) {}
+    /// Through whatever listens on `port` (e.g. a TcpProxy).
+    Load(int port, ExclusionChecker& checker, const std::string& query, int registries = 3, int threads_each = 4,
+         int keys = 3)
         : checker_(checker) {
-        for (int i = 0; i < registries; ++i) regs_.push_back(KeyedLockRegistry::from_url(url(server, query)));
+        for (int i = 0; i < registries; ++i) regs_.push_back(KeyedLockRegistry::from_url(url(port, query)));
         for (int t = 0; t < registries * threads_each; ++t) {
             threads_.emplace_back([this, t, keys] {
                 KeyedLockRegistry& r = regs_[static_cast<std::size_t>(t) % regs_.size()];
@@ -379,4 +385,54 @@ TEST_CASE("soak: 200,000 Redis locks from 4 processes x 16 threads leave nothing
     check_exclusion(checker);
     CHECK(checker.lost() == 0);
     CHECK(server.command("KEYS keylock:soak-*") == "*0");  // every lock released
+}
+
+TEST_CASE("fault: a slow network (40 ms each way) only slows locking down", "[faults][redis]") {
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    proxy.delay(40ms);
+    ExclusionChecker checker;
+    Load load(proxy.port(), checker, "lease=2s", 2, 4, 3);
+    CHECK(eventually([&] { return load.holds() >= 30; }, 30s));
+    load.finish();
+    check_exclusion(checker);
+    CHECK(checker.lost() == 0);
+    CHECK(load.errors_other_than({}) == 0);
+}
+
+TEST_CASE("fault: the network stalls past the lease (half-open), then comes back", "[faults][redis]") {
+    // What the user sees: requests in flight time out (command_timeout), new connections
+    // cannot finish their handshake, so locks fail with unavailable after connect_timeout;
+    // holds caught by the stall are lost; when the network is back, locking goes on.
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    ExclusionChecker checker;
+    Load load(proxy.port(), checker, "lease=1s&command_timeout=300ms&connect_timeout=1s");
+    around(load, 50, [&] {
+        proxy.stall();
+        std::this_thread::sleep_for(2500ms);
+        proxy.resume();
+    }, 50);
+    load.finish();
+    check_exclusion(checker);
+    CHECK(load.errors(errc::unavailable) > 0);
+    CHECK(load.errors_other_than({errc::unavailable, errc::not_owner}) == 0);
+}
+
+TEST_CASE("fault: every connection cut at once, again and again", "[faults][redis]") {
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    ExclusionChecker checker;
+    Load load(proxy.port(), checker, "lease=3s");
+    around(load, 50, [&] {
+        for (int i = 0; i < 5; ++i) {
+            proxy.cut();
+            std::this_thread::sleep_for(100ms);
+        }
+    }, 50);
+    load.finish();
+    check_exclusion(checker);
+    CHECK(checker.lost() == 0);
+    CHECK(load.errors_other_than({errc::unavailable}) == 0);
+    CHECK(proxy.accepted() > 6);  // the registries reconnected after every cut
 }
