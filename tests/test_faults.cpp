@@ -5,6 +5,7 @@
 // what each fault does to the user; the test asserts exactly that.
 #include <catch2/catch.hpp>
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -435,4 +436,52 @@ TEST_CASE("fault: every connection cut at once, again and again", "[faults][redi
     CHECK(checker.lost() == 0);
     CHECK(load.errors_other_than({errc::unavailable}) == 0);
     CHECK(proxy.accepted() > 6);  // the registries reconnected after every cut
+}
+
+TEST_CASE("fault: a holder process frozen past its lease, and one killed, among working processes",
+          "[faults][redis]") {
+    // What the user sees: the frozen holder's lock goes to another process when its lease ends
+    // (with a larger token); once resumed, its guard is lost() and its release deletes nothing
+    // (not_owner). The killed holder's lock frees itself when its lease ends. Every hold of
+    // every process goes through the checker.
+    RedisServer server;
+    ExclusionChecker checker;
+    auto holder = [&](const char* key, int hold_ms) {
+        auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));
+        Guard g = r.lock(key);
+        const auto start = ExclusionChecker::now_ns();
+        std::this_thread::sleep_for(std::chrono::milliseconds(hold_ms));  // frozen or killed in here
+        const auto end = ExclusionChecker::now_ns();
+        const bool lost = g.lost();
+        std::error_code ec;
+        g.release(ec);
+        checker.record(key, g.fencing_token(), start, end, lost || ec == errc::not_owner);
+        ::_exit(lost && ec == errc::not_owner ? 10 : ec ? 11 : 0);
+    };
+    const pid_t frozen = ::fork();
+    if (frozen == 0) holder("frozen-key", 3000);  // long enough to be frozen in the middle
+    const pid_t killed = ::fork();
+    if (killed == 0) holder("killed-key", 60'000);
+    // Both hold their keys now (a plain look at Redis), then one is frozen and one is killed.
+    REQUIRE(eventually([&] {
+        return server.command("EXISTS keylock:frozen-key") == ":1" && server.command("EXISTS keylock:killed-key") == ":1";
+    }));
+    ::kill(frozen, SIGSTOP);
+    ::kill(killed, SIGKILL);
+    // The others get both keys once the leases end (within 1 s plus a renewal period).
+    auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));
+    for (const char* key : {"frozen-key", "killed-key"}) {
+        auto g = r.try_lock_for(key, 5s);
+        REQUIRE(g.has_value());
+        ExclusionChecker::Scope hold(checker, *g);
+        std::this_thread::sleep_for(200ms);
+    }
+    ::kill(frozen, SIGCONT);
+    int status = 0;
+    ::waitpid(frozen, &status, 0);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 10);  // lost, and its release said not_owner
+    ::waitpid(killed, &status, 0);
+    check_exclusion(checker);
+    CHECK(checker.lost() == 1);
 }
