@@ -11,6 +11,7 @@ packages=(
     catch2                                  # tests
     redis-server                            # tests of the Redis backend start their own server
     libsqlite3-dev                          # the get-or-create demo
+    iptables iproute2                       # fault tests: the network cut inside a network namespace
 )
 
 missing=()

@@ -5,6 +5,7 @@
 // what each fault does to the user; the test asserts exactly that.
 #include <catch2/catch.hpp>
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,6 +13,8 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -484,4 +487,68 @@ TEST_CASE("fault: a holder process frozen past its lease, and one killed, among 
     ::waitpid(killed, &status, 0);
     check_exclusion(checker);
     CHECK(checker.lost() == 1);
+}
+
+namespace {
+
+/// In a child process with a network namespace of its own (so iptables rules touch nothing
+/// else): a holder with a 1 s lease, then `rule` (iptables arguments for the Redis port) cuts
+/// the network for 2 s. Returns 0 if the user saw exactly what docs/failure-modes.md says, else
+/// the number of the first expectation that failed (the child says which on stderr).
+int network_cut(const std::string& rule) {
+    const pid_t child = ::fork();
+    if (child != 0) {
+        int status = 0;
+        ::waitpid(child, &status, 0);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status);
+    }
+    auto fail = [](int code, const char* what) {
+        std::fprintf(stderr, "network_cut: %s\n", what);
+        ::_exit(code);
+    };
+    if (::unshare(CLONE_NEWNET) != 0) fail(1, "unshare(CLONE_NEWNET) failed (needs root)");
+    if (std::system("ip link set lo up") != 0) fail(2, "ip link set lo up failed");
+    try {
+        RedisServer server;  // inside the namespace
+        const std::string query = "lease=1s&command_timeout=300ms&connect_timeout=1s";
+        auto a = KeyedLockRegistry::from_url(url(server, query));
+        auto b = KeyedLockRegistry::from_url(url(server, query));
+        Guard held = a.lock("k");
+        const std::string port = std::to_string(server.port());
+        if (std::system(("iptables -A INPUT -p tcp --dport " + port + " " + rule).c_str()) != 0) fail(3, "iptables -A failed");
+        std::this_thread::sleep_for(2s);
+        if (!held.lost()) fail(4, "the holder's guard is not lost after its lease passed without renewals");
+        try {
+            (void)b.try_lock_for("k", 500ms);
+            fail(5, "try_lock_for did not throw while the network was cut");
+        } catch (const keylock::Error& e) {
+            if (e.code() != errc::unavailable) fail(6, "try_lock_for threw something other than unavailable");
+        }
+        if (std::system(("iptables -D INPUT -p tcp --dport " + port + " " + rule).c_str()) != 0) fail(7, "iptables -D failed");
+        auto next = b.try_lock_for("k", 5s);  // the lease ran out in Redis too
+        if (!next) fail(8, "the key did not come free after the network came back");
+        if (next->fencing_token() <= held.fencing_token()) fail(9, "the next token is not larger");
+        std::error_code ec;
+        held.release(ec);
+        if (ec != errc::not_owner) fail(10, "the lost holder's release did not report not_owner");
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "network_cut: %s\n", e.what());
+        ::_exit(11);
+    }
+    ::_exit(0);
+}
+
+}  // namespace
+
+TEST_CASE("fault: the network to Redis cut with iptables DROP, then restored", "[faults][redis]") {
+    // Packets vanish: requests time out (command_timeout), reconnections time out
+    // (connect_timeout). The holder's lease ends without renewals: its guard is lost; a lock
+    // attempt meanwhile throws unavailable; afterwards the key is free and its next token larger.
+    CHECK(network_cut("-j DROP") == 0);
+}
+
+TEST_CASE("fault: the network to Redis cut with iptables REJECT (tcp-reset), then restored", "[faults][redis]") {
+    // Connections are reset and refused at once: the same outcome as DROP, but without waiting
+    // for timeouts.
+    CHECK(network_cut("-j REJECT --reject-with tcp-reset") == 0);
 }
