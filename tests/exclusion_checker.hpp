@@ -3,13 +3,15 @@
 // proves the two promises of a lock against that history:
 //
 //   1. no two holds of one key that were not lost overlap in time;
-//   2. fencing tokens of one key increase in the order the holds began.
+//   2. fencing tokens of one key increase in the order the holds that were not lost began, and
+//      no two holds of a key (lost or not) share a token.
 //
 // The records live in an anonymous shared mapping, so children forked after the checker was
 // made append to the same history; times are CLOCK_MONOTONIC (one clock for every process of
 // the machine). A hold is "lost" if its guard said so at the end (its lease ran out or was
-// taken): such a hold may overlap the next one, which is what fencing tokens are for, so it is
-// checked for (2) but not for (1).
+// taken): such a hold may overlap the next one, which is what fencing tokens are for. Its start
+// says little about when it was granted (its lock may have gone before its holder looked), so it
+// counts for (2) only through the uniqueness of its token.
 #pragma once
 
 #include <sys/mman.h>
@@ -102,14 +104,20 @@ public:
         for (std::size_t i = 0; i < size(); ++i) by_key[holds_[i].key].push_back(holds_[i]);
         for (auto& [key, holds] : by_key) {
             std::sort(holds.begin(), holds.end(), [](const Hold& a, const Hold& b) { return a.start_ns < b.start_ns; });
+            std::map<std::uint64_t, int> uses;
+            for (const Hold& h : holds) {
+                if (++uses[h.token] == 2) problems.push_back("key '" + key + "': token " + std::to_string(h.token) + " issued twice");
+            }
             const Hold* last_kept = nullptr;  // the latest-ending hold that was not lost
-            for (std::size_t i = 0; i < holds.size(); ++i) {
-                const Hold& h = holds[i];
-                if (i > 0 && h.token <= holds[i - 1].token) {
-                    problems.push_back("key '" + key + "': token " + std::to_string(h.token) + " began after token " +
-                                       std::to_string(holds[i - 1].token));
-                }
+            const Hold* last_begun = nullptr;  // the latest-starting hold that was not lost
+            for (const Hold& h : holds) {
                 if (h.lost) continue;
+                if (last_begun != nullptr && h.token <= last_begun->token) {
+                    problems.push_back("key '" + key + "': token " + std::to_string(h.token) + " began " +
+                                       std::to_string((h.start_ns - last_begun->start_ns) / 1000) + " us after token " +
+                                       std::to_string(last_begun->token));
+                }
+                last_begun = &h;
                 if (last_kept != nullptr && h.start_ns < last_kept->end_ns) {
                     problems.push_back("key '" + key + "': holds with tokens " + std::to_string(last_kept->token) +
                                        " and " + std::to_string(h.token) + " overlap by " +
