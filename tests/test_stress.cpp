@@ -290,9 +290,11 @@ TEST_CASE("soak: 2,000,000 local locks on 100,000 keys from 16 threads leave not
     };
     half(0, per_thread / 2);
     CHECK(r.stats().entries == 0);
-    const long warm = rss_bytes();
+    [[maybe_unused]] const long warm = rss_bytes();
     half(per_thread / 2, per_thread);
     CHECK(r.stats().entries == 0);
     CHECK(r.stats().acquisitions == static_cast<std::uint64_t>(total));
-    CHECK(rss_bytes() - warm < (16L << 20));
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+    CHECK(rss_bytes() - warm < (16L << 20));  // (sanitizers keep freed memory aside: not there)
+#endif
 }
