@@ -395,4 +395,11 @@ private:
     pid_t pid_ = -1;
 };
 
+/// The registry URL of a server listening on loopback `port`, with `query` as its options
+/// (e.g. "lease=1s&connect_timeout=300ms").
+inline std::string url(int port, const std::string& query = "") {
+    return "redis://127.0.0.1:" + std::to_string(port) + (query.empty() ? "" : "/?" + query);
+}
+inline std::string url(const RedisServer& server, const std::string& query = "") { return url(server.port(), query); }
+
 }  // namespace keylock::test

@@ -24,15 +24,12 @@ using keylock::KeyedLockRegistry;
 using keylock::test::Cli;
 using keylock::test::RedisServer;
 using keylock::test::run_cli;
+using keylock::test::url;
 using keylock::test::eventually;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-std::string url(const RedisServer& s, const std::string& query = "") {
-    return "redis://127.0.0.1:" + std::to_string(s.port()) + (query.empty() ? "" : "/?" + query);
-}
 
 /// A fresh directory for a test's files, removed at the end.
 struct TempDir {

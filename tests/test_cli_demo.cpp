@@ -94,7 +94,7 @@ TEST_CASE("keylock demo: local:// in several processes creates duplicates and sa
 
 TEST_CASE("keylock demo: redis:// in several processes creates every client once", "[cli][redis]") {
     keylock::test::RedisServer server;
-    const Counts c = demo("redis://127.0.0.1:" + std::to_string(server.port()), 3);
+    const Counts c = demo(keylock::test::url(server), 3);
     CHECK(c.duplicates == 0);
     CHECK(c.rows == 2);
     CHECK(c.distinct == 2);

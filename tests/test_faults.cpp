@@ -35,6 +35,7 @@ using keylock::test::eventually;
 using keylock::test::ExclusionChecker;
 using keylock::test::RedisServer;
 using keylock::test::TcpProxy;
+using keylock::test::url;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
@@ -48,10 +49,6 @@ constexpr bool kMeasuresMemory = false;
 constexpr bool kMeasuresMemory = true;
 #endif
 
-std::string url(int port, const std::string& query = "") {
-    return "redis://127.0.0.1:" + std::to_string(port) + (query.empty() ? "" : "/?" + query);
-}
-std::string url(const RedisServer& s, const std::string& query = "") { return url(s.port(), query); }
 
 /// Threads of several registries lock a few keys over and over, holding each lock a little,
 /// until told to stop; every hold goes to the checker, every error is counted by its code.

@@ -38,15 +38,12 @@ using keylock::errc;
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
 using keylock::test::RedisServer;
+using keylock::test::url;
 using keylock::test::eventually;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-std::string url(const RedisServer& s, const std::string& query = "") {
-    return "redis://127.0.0.1:" + std::to_string(s.port()) + (query.empty() ? "" : "/?" + query);
-}
 
 template <class F>
 errc error_of(F&& f) {
@@ -337,7 +334,7 @@ TEST_CASE("redis bad input and unreachable servers are typed errors", "[redis]")
             RedisServer gone;
             port = gone.port();
         }
-        auto r = KeyedLockRegistry::from_url("redis://127.0.0.1:" + std::to_string(port) + "/?connect_timeout=300ms");
+        auto r = KeyedLockRegistry::from_url(url(port, "connect_timeout=300ms"));
         const auto start = Clock::now();
         CHECK(error_of([&] { (void)r.lock("k"); }) == errc::unavailable);
         CHECK(Clock::now() - start < 3s);
@@ -604,8 +601,7 @@ TEST_CASE("reconnection backs off while the server turns every connection away",
             ::close(c);
         }
     });
-    auto r = KeyedLockRegistry::from_url("redis://127.0.0.1:" + std::to_string(ntohs(addr.sin_port)) +
-                                         "/?connect_timeout=3s");
+    auto r = KeyedLockRegistry::from_url(url(ntohs(addr.sin_port), "connect_timeout=3s"));
     const auto start = Clock::now();
     CHECK(error_of([&] { (void)r.lock("k"); }) == errc::unavailable);
     const auto took = Clock::now() - start;
