@@ -585,3 +585,42 @@ TEST_CASE("fault: maxmemory with allkeys-lru evicts keys under the locks", "[fau
     check_exclusion(checker);
     CHECK(load.errors_other_than({errc::not_owner}) == 0);
 }
+
+TEST_CASE("no message anywhere shows a password", "[faults][redis]") {
+    // Every way a registry with a password can fail or describe itself; each text is checked.
+    const std::string secret = "Pa55-w0rd-never-shown";
+    RedisServer server({"--requirepass", "right-one"});
+    std::vector<std::string> texts;
+    auto collect = [&](auto&& f) {
+        try {
+            f();
+        } catch (const std::exception& e) {
+            texts.emplace_back(e.what());
+        }
+    };
+    const std::vector<std::string> urls = {
+        "redis://:" + secret + "@127.0.0.1:" + std::to_string(server.port()),             // wrong password
+        "redis://user:" + secret + "@127.0.0.1:" + std::to_string(server.port()),         // unknown ACL user
+        "redis://:" + secret + "@127.0.0.1:1/?connect_timeout=100ms",                    // unreachable
+        "rediss://:" + secret + "@127.0.0.1:" + std::to_string(server.port()) + "/?connect_timeout=300ms",  // TLS to plain
+        "redis://:" + secret + "@127.0.0.1:" + std::to_string(server.port()) + "/?lease=forever",  // bad option
+        "redis://:" + secret + "@127.0.0.1:" + std::to_string(server.port()) + "/?bogus=1",        // unknown option
+        "redis://:" + secret + "@/?x",                                                    // no host
+        "redis://:" + secret + "@127.0.0.1:notaport",                                    // bad port
+    };
+    for (const auto& u : urls) {
+        collect([&] {
+            auto r = KeyedLockRegistry::from_url(u);
+            texts.push_back(r.describe());
+            texts.push_back(to_string(r));
+            (void)r.lock("k");
+        });
+        collect([&] { (void)KeyedLockRegistry::from_url(u).try_lock("k"); });
+        collect([&] { (void)KeyedLockRegistry::from_url(u).inspect("k"); });
+    }
+    CHECK(texts.size() >= urls.size());
+    for (const auto& t : texts) {
+        INFO(t);
+        CHECK(t.find(secret) == std::string::npos);
+    }
+}
