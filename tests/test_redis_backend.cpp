@@ -715,3 +715,32 @@ TEST_CASE("a registry destroyed right after its guards still releases their lock
     }
     CHECK(server.command("EXISTS keylock:k99") == ":0");
 }
+
+TEST_CASE("hand-overs under a short lease never make a live guard look lost", "[redis]") {
+    // A renewal that meets NOSCRIPT is sent again as EVAL, behind whatever was sent meanwhile:
+    // its answer can then come after its hold was handed over and a new hold took its place
+    // at the same address. It must not count for the new one. SCRIPT FLUSH makes it happen.
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));  // renewals every 333 ms
+    std::atomic<bool> stop{false};
+    std::atomic<long> holds{0}, lost{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < 8; ++t) {
+        pool.emplace_back([&] {
+            while (!stop.load()) {
+                Guard g = r.lock("hot");
+                holds.fetch_add(1);
+                std::this_thread::sleep_for(200us);
+                if (g.lost()) lost.fetch_add(1);
+            }
+        });
+    }
+    for (int i = 0; i < 100; ++i) {
+        server.command("SCRIPT FLUSH");
+        std::this_thread::sleep_for(25ms);
+    }
+    stop = true;
+    for (auto& t : pool) t.join();
+    CHECK(holds.load() > 100);
+    CHECK(lost.load() == 0);
+}

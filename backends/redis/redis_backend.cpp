@@ -634,9 +634,10 @@ private:
         st.attempting = true;
         st.waiting_remote = false;
         st.look_again = false;
+        const auto sent = Clock::now();
         auto token = std::make_shared<std::string>(tokens_.next());
         eval(acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
-             [this, key = st.key, token](std::error_code ec, Reply r) {
+             [this, key = st.key, token, sent](std::error_code ec, Reply r) {
                  auto it = keys_.find(key);
                  if (it == keys_.end()) return;  // cannot happen: an attempt keeps its state
                  KeyState& st = *it->second;
@@ -648,7 +649,7 @@ private:
                  }
                  st.first_failure = {};
                  if (r.elements[0].integer == 1) {
-                     return granted(st, *token, static_cast<std::uint64_t>(r.elements[1].integer));
+                     return granted(st, *token, static_cast<std::uint64_t>(r.elements[1].integer), sent);
                  }
                  held_elsewhere(st, r.elements[1].integer);
              });
@@ -656,12 +657,12 @@ private:
 
     /// The lock is ours, with owner token `token` and fencing token `fence`: give it to the first
     /// waiter still waiting, or give it back at once if none is.
-    void granted(KeyState& st, const std::string& token, std::uint64_t fence) {
+    void granted(KeyState& st, const std::string& token, std::uint64_t fence, Clock::time_point sent) {
         auto* h = new RedisHold;
         h->key = st.key;
         h->token = std::to_string(fence) + ":" + token;  // the lock key's value (see scripts.hpp)
         h->fence = fence;
-        h->valid_for(Clock::now(), config_.lease);
+        h->valid_for(sent, config_.lease);  // the lease began in Redis after `sent`, never before
         st.holder = h;
         holds_.insert(h);
         if (st.queue.empty()) {
@@ -812,9 +813,10 @@ private:
     /// token and fencing token; never free in between).
     template <class Forget>
     void hand_over(KeyState& st, RedisHold* h, std::function<void(std::error_code)> reply, Forget forget) {
+        const auto sent = Clock::now();
         auto token = std::make_shared<std::string>(tokens_.next());
         eval(transfer_, {st.lock_key, st.fence_key}, {h->token, *token, lease_ms_},
-             [this, h, token, reply = std::move(reply), forget](std::error_code ec, Reply r) {
+             [this, h, token, sent, reply = std::move(reply), forget](std::error_code ec, Reply r) {
                  if (ec || r.type != Reply::Type::integer || r.integer == 0) {
                      forget();
                      reply(ec ? ec : make_ec(r.is_error() ? errc::backend_error : errc::not_owner));
@@ -826,7 +828,7 @@ private:
                  KeyState& st = *it->second;
                  st.holder = nullptr;
                  ++st.transfers;
-                 granted(st, *token, static_cast<std::uint64_t>(r.integer));
+                 granted(st, *token, static_cast<std::uint64_t>(r.integer), sent);
                  settle(st);
                  reply({});
              });
@@ -855,8 +857,10 @@ private:
             }
             auto it = keys_.find(h->key);
             if (it == keys_.end()) continue;
-            eval(extend_, {it->second->lock_key}, {h->token, lease_ms_}, [this, h, now](std::error_code ec, Reply r) {
-                if (!holds_.contains(h) || h->releasing || ec) return;  // released meanwhile, or no answer: next round
+            // The reply may come after this hold is gone and a new one lives at its address (a
+            // hand-over replaces the hold): it counts only for the same acquisition (token).
+            eval(extend_, {it->second->lock_key}, {h->token, lease_ms_}, [this, h, token = h->token, now](std::error_code ec, Reply r) {
+                if (!holds_.contains(h) || h->token != token || h->releasing || ec) return;  // released meanwhile, or no answer
                 if (r.type == Reply::Type::integer && r.integer == 1) {
                     if (!h->is_lost()) h->valid_for(now, config_.lease);
                 } else if (r.type == Reply::Type::integer || (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
