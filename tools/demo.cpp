@@ -17,6 +17,7 @@
 // prevents the duplicates. The demo counts them and says which of these it has just shown.
 
 #include "demo.hpp"
+#include "exit_status.hpp"
 
 #include <sqlite3.h>
 
@@ -60,9 +61,7 @@ using Clock = std::chrono::steady_clock;
 constexpr auto provider_call = 2ms;
 
 constexpr int exit_failure = 1;
-constexpr int exit_usage = 64;        // EX_USAGE
-constexpr int exit_unavailable = 69;  // EX_UNAVAILABLE
-constexpr int exit_config = 78;       // EX_CONFIG
+using keylock::tools::exit_usage;
 
 // ---------------------------------------------------------------------------------------------
 // A thin SQLite layer: every return code is checked; any failure throws with sqlite3_errmsg.
@@ -508,16 +507,7 @@ std::variant<std::string, int> check_backend(const Settings& s) {
         return registry.describe();
     } catch (const Error& e) {
         std::fprintf(stderr, "%s: %s\n", s.argv0, e.what());
-        const std::error_code ec = e.code();
-        if (ec == errc::invalid_url || ec == errc::unknown_scheme || ec == errc::unknown_option ||
-            ec == errc::invalid_option) {
-            return exit_config;
-        }
-        if (ec == errc::unavailable || ec == errc::auth_failed || ec == errc::protocol_error ||
-            ec == errc::backend_error) {
-            return exit_unavailable;
-        }
-        return exit_failure;
+        return keylock::tools::exit_status_of(e.code(), exit_failure);
     }
 }
 

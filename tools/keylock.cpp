@@ -32,15 +32,16 @@
 
 #include "../src/config.hpp"
 #include "demo.hpp"
+#include "exit_status.hpp"
 
 extern char** environ;
 
 namespace {
 
-constexpr int exit_usage = 64;        // EX_USAGE
-constexpr int exit_unavailable = 69;  // EX_UNAVAILABLE
-constexpr int exit_tempfail = 75;     // EX_TEMPFAIL: not acquired in time, or lost
-constexpr int exit_config = 78;       // EX_CONFIG
+using keylock::tools::exit_config;
+using keylock::tools::exit_tempfail;
+using keylock::tools::exit_unavailable;
+using keylock::tools::exit_usage;
 
 using keylock::errc;
 
@@ -113,19 +114,8 @@ std::string default_url() {
     return env != nullptr && *env != '\0' ? env : "local://";
 }
 
-/// The exit status for a keylock error: configuration (78) or backend (69).
-int status_of(const keylock::Error& e) {
-    switch (static_cast<errc>(e.code().value())) {
-        case errc::invalid_url:
-        case errc::unknown_scheme:
-        case errc::unknown_option:
-        case errc::invalid_option: return exit_config;
-        case errc::invalid_key:
-        case errc::key_too_long:
-        case errc::not_supported: return exit_usage;
-        default: return exit_unavailable;
-    }
-}
+/// The exit status for a keylock error (see exit_status.hpp); anything else is the backend's (69).
+int status_of(const keylock::Error& e) { return keylock::tools::exit_status_of(e.code(), exit_unavailable); }
 
 bool is_local(const std::string& url) {
     try {

@@ -341,7 +341,7 @@ void Connection::start_write() {
         boost::system::error_code ec;
         const std::size_t n = impl_->socket.write_some(asio::buffer(out_), ec);
         if (ec && ec != asio::error::would_block) {
-            fail(make_ec(errc::unavailable), "write to Redis at " + endpoint_.where() + " failed: " + ec.message());
+            write_failed(ec);
             return;
         }
         out_.erase(0, ec ? 0 : n);
@@ -357,12 +357,16 @@ void Connection::start_write() {
             writing_.clear();
             if (state_ != State::ready && state_ != State::connecting) return;
             if (ec) {
-                fail(make_ec(errc::unavailable), "write to Redis at " + endpoint_.where() + " failed: " + ec.message());
+                write_failed(ec);
                 return;
             }
             start_write();
         });
     });
+}
+
+void Connection::write_failed(boost::system::error_code ec) {
+    fail(make_ec(errc::unavailable), "write to Redis at " + endpoint_.where() + " failed: " + ec.message());
 }
 
 void Connection::read_failed(boost::system::error_code ec) {

@@ -105,6 +105,7 @@ private:
     void start_write();
     void start_read();
     void read_failed(boost::system::error_code ec);
+    void write_failed(boost::system::error_code ec);
     void arm_timer();
     void on_bytes(const char* data, std::size_t n);
 
