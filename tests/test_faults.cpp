@@ -281,54 +281,6 @@ TEST_CASE("fault: Redis out of memory (maxmemory, noeviction) is a typed error, 
     CHECK_FALSE(held.lost());
 }
 
-TEST_CASE("fault: a lock key of another type (WRONGTYPE) is a typed error, not a wait", "[faults][redis]") {
-    RedisServer server;
-    auto r = KeyedLockRegistry::from_url(url(server));
-    server.command("LPUSH keylock:listy something");
-    for (auto attempt : {0, 1}) {
-        try {
-            if (attempt == 0) {
-                (void)r.lock("listy");
-            } else {
-                (void)r.try_lock("listy");
-            }
-            FAIL("locked a key that holds a list");
-        } catch (const keylock::Error& e) {
-            CHECK(e.code() == errc::backend_error);
-            CHECK_THAT(e.what(), Catch::Contains("list"));
-        }
-    }
-    CHECK(r.try_lock("other").has_value());
-}
-
-TEST_CASE("bad server answers: a read-only replica and an ACL that denies the scripts", "[faults][redis]") {
-    RedisServer master;
-    SECTION("READONLY: the URL points at a replica") {
-        RedisServer replica({"--replicaof", "127.0.0.1", std::to_string(master.port())});
-        auto r = KeyedLockRegistry::from_url(url(replica));
-        try {
-            (void)r.lock("k");
-            FAIL("locked on a read-only replica");
-        } catch (const keylock::Error& e) {
-            CHECK(e.code() == errc::backend_error);
-            CHECK_THAT(e.what(), Catch::Contains("READONLY"));
-        }
-    }
-    SECTION("NOPERM: the user may connect but not run scripts") {
-        master.command("ACL SETUSER locked-out on >pw-of-locked-out ~* +@all -evalsha -eval");
-        auto r = KeyedLockRegistry::from_url("redis://locked-out:pw-of-locked-out@127.0.0.1:" +
-                                             std::to_string(master.port()));
-        try {
-            (void)r.try_lock("k");
-            FAIL("locked without the right to run scripts");
-        } catch (const keylock::Error& e) {
-            CHECK(e.code() == errc::backend_error);
-            CHECK_THAT(e.what(), Catch::Contains("NOPERM"));
-            CHECK_THAT(e.what(), !Catch::Contains("pw-of-locked-out"));
-        }
-    }
-}
-
 TEST_CASE("soak: 200,000 Redis locks from 4 processes x 16 threads leave nothing behind", "[faults][redis][soak]") {
     // Each process runs two halves. After the first, its connections (commands, notifications)
     // exist and its allocator is warm: the second half must end with no more file descriptors,

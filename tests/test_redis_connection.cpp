@@ -19,12 +19,14 @@
 #include <keylock/error.hpp>
 
 #include "connection.hpp"
+#include "fake_server.hpp"
 #include "redis_server.hpp"
 
 using keylock::errc;
 using keylock::redis::Connection;
 using keylock::redis::Endpoint;
 using keylock::redis::Reply;
+using keylock::test::FakeServer;
 using keylock::test::RedisServer;
 using namespace std::chrono_literals;
 
@@ -77,46 +79,6 @@ Reply call(boost::asio::io_context& io, Connection& c, std::vector<std::string_v
     REQUIRE_FALSE(error);
     return *reply;
 }
-
-/// A TCP listener on a free loopback port that accepts nothing (connections sit in the
-/// backlog) or, with `answer`, writes it to each connection and keeps it open.
-class FakeServer {
-public:
-    explicit FakeServer(std::string answer = {}) : answer_(std::move(answer)) {
-        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t len = sizeof a;
-        REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-        REQUIRE(::listen(fd_, 16) == 0);
-        REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-        port_ = ntohs(a.sin_port);
-        if (!answer_.empty()) {
-            thread_ = std::thread([this] {
-                const int c = ::accept(fd_, nullptr, nullptr);
-                if (c < 0) return;
-                (void)::send(c, answer_.data(), answer_.size(), MSG_NOSIGNAL);
-                while (!stop_) std::this_thread::sleep_for(5ms);
-                ::close(c);
-            });
-        }
-    }
-    ~FakeServer() {
-        stop_ = true;
-        ::shutdown(fd_, SHUT_RDWR);
-        if (thread_.joinable()) thread_.join();
-        ::close(fd_);
-    }
-    std::uint16_t port() const { return port_; }
-
-private:
-    std::string answer_;
-    int fd_ = -1;
-    std::uint16_t port_ = 0;
-    std::atomic<bool> stop_{false};
-    std::thread thread_;
-};
 
 }  // namespace
 

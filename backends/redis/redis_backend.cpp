@@ -177,6 +177,7 @@ struct KeyState {
     bool look_again = false;      // a release, or our subscription, came while an attempt was in flight
     int transfers = 0;            // hand-overs within this process in a row
     Clock::time_point first_failure{};  // of the current run of unavailable attempts
+    std::string failure;                // why the last of them failed (for the messages)
     std::unique_ptr<asio::steady_timer> retry;
 };
 
@@ -570,7 +571,8 @@ private:
             return;
         }
         // Out of time while Redis could not be reached: that is the reason, not a holder.
-        finish(w, make_ec(st.first_failure != Clock::time_point{} ? errc::unavailable : errc::timeout), {});
+        if (st.first_failure != Clock::time_point{}) return finish(w, make_ec(errc::unavailable), {}, true, st.failure);
+        finish(w, make_ec(errc::timeout), {});
     }
 
     /// Fails the waiters at the head whose deadline passed during the attempt with `code` (and
@@ -751,6 +753,7 @@ private:
         if (ec != errc::unavailable) return fail_all(st, ec, why);
         const auto now = Clock::now();
         if (st.first_failure == Clock::time_point{}) st.first_failure = now;
+        st.failure = why;
         if (now - st.first_failure >= config_.endpoint.connect_timeout) return fail_all(st, ec, why);
         if (!drop_expired(st, errc::unavailable, why)) return;  // e.g. a try_lock: its one attempt failed
         st.waiting_remote = true;
@@ -958,6 +961,13 @@ KeyedLockRegistry redis_registry(const RedisOptions& o) {
         throw Error(make_error_code(errc::invalid_option),
                     "keylock: RedisOptions: tls is for TCP connections, not for unix_socket");
     }
+    // What the URL would misread, or report in its own terms (a path, a host part), is checked
+    // here first, in the terms of the struct.
+    auto bad = [](const std::string& why) { throw Error(make_error_code(errc::invalid_option), "keylock: RedisOptions: " + why); };
+    if (!o.unix_socket.empty() && o.unix_socket.front() != '/') bad("unix_socket must be an absolute path");
+    if (o.unix_socket.empty() && o.host.empty()) bad("host is empty; set host (and port), or unix_socket");
+    if (o.unix_socket.empty() && o.port == 0) bad("port is 0; expected 1 to 65535");
+    if (o.db < 0) bad("db is " + std::to_string(o.db) + "; expected 0 or more");
     redis::RedisConfig c;
     c.endpoint.host = o.host;
     c.endpoint.port = o.port;

@@ -1,0 +1,461 @@
+// Every kind of bad input keylock can be given, as tables: keys, URLs, option values in code, and
+// servers that answer with errors or are not Redis. docs/failure-modes.md ("Bad input") has the
+// same tables for users. For each row the test asserts the typed error (`keylock::errc`), words
+// the message must contain, that the message is one line of printable ASCII without the
+// password, and that the call returned within a bound (nothing hangs). Leaks are LeakSanitizer's
+// to find: the asan+ubsan build runs this file too.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <functional>
+#include <future>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+
+#include <keylock/keylock.hpp>
+#include <keylock/redis.hpp>
+
+#include "eventually.hpp"
+#include "fake_server.hpp"
+#include "redis_server.hpp"
+
+using keylock::errc;
+using keylock::Guard;
+using keylock::KeyedLockRegistry;
+using keylock::test::FakeServer;
+using keylock::test::RedisServer;
+using keylock::test::url;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+/// In every URL of these tables that has one, and never to be seen in a message.
+const std::string password = "Pw-0f-the-table";
+
+struct Outcome {
+    bool threw = false;
+    std::error_code code;
+    std::string message;
+    Clock::duration took{};
+};
+
+Outcome run(const std::function<void()>& f) {
+    Outcome out;
+    const auto start = Clock::now();
+    try {
+        f();
+    } catch (const keylock::Error& e) {
+        out.threw = true;
+        out.code = e.code();
+        out.message = e.what();
+    }
+    // Any other exception escapes, and Catch2 fails the test with it.
+    out.took = Clock::now() - start;
+    return out;
+}
+
+/// A message users can read: one line, printable ASCII (bytes of keys and URLs are escaped),
+/// starting with "keylock", without the password.
+void check_message(const std::string& message) {
+    INFO("message: " << message);
+    CHECK(message.rfind("keylock", 0) == 0);
+    for (const char c : message) {
+        CHECK((c >= 0x20 && c < 0x7f));
+        if (c < 0x20 || c >= 0x7f) break;
+    }
+    CHECK(message.find(password) == std::string::npos);
+}
+
+void expect(const Outcome& out, errc code, const std::string& says, Clock::duration within = 5s) {
+    INFO("expected " << keylock::make_error_code(code).message() << ", message containing '" << says << "'");
+    REQUIRE(out.threw);
+    CHECK(out.code == code);
+    CHECK_THAT(out.message, Catch::Contains(says));
+    check_message(out.message);
+    CHECK(out.took < within);
+}
+
+// ---------------------------------------------------------------------------------------------
+// URLs
+
+struct BadUrl {
+    const char* what;
+    std::string url;
+    errc code;
+    std::string says;
+};
+
+const std::string pw = ":" + password + "@";
+
+const std::vector<BadUrl> bad_urls = {
+    // Any scheme
+    {"empty", "", errc::invalid_url, "no scheme"},
+    {"words, no scheme", "just-words", errc::invalid_url, "no scheme"},
+    {"no scheme before ://", "://h", errc::invalid_url, "no scheme"},
+    {"a scheme starting with a digit", "1ocal://", errc::invalid_url, "bad scheme"},
+    {"host:port without a scheme", "localhost:6379", errc::unknown_scheme, "localhost"},
+    {"an unknown scheme", "memcached://h", errc::unknown_scheme, "memcached"},
+    {"http", "http://u" + pw + "h", errc::unknown_scheme, "http"},
+    // local://
+    {"local: a host", "local://host", errc::invalid_url, "no user, host"},
+    {"local: a user and password", "local://u" + pw + "/", errc::invalid_url, "no user"},
+    {"local: a path", "local:///path", errc::invalid_url, "no path"},
+    {"local: a fragment", "local://#frag", errc::invalid_url, "fragment"},
+    {"local: a space in the query", "local://?a b", errc::invalid_url, "malformed"},
+    {"local: a control byte in the query", std::string("local://?x\x01=1"), errc::invalid_url, "malformed"},
+    {"local: a non-UTF-8 byte in the query", std::string("local://?x\xff=1"), errc::invalid_url, "malformed"},
+    {"local: an unknown option", "local://?idle_tll=1s", errc::unknown_option, "idle_tll"},
+    {"local: a duration that is no duration", "local://?idle_ttl=soon", errc::invalid_option, "idle_ttl"},
+    {"local: an option without a value", "local://?idle_ttl", errc::invalid_option, "idle_ttl"},
+    {"local: a negative count", "local://?max_keys=-1", errc::invalid_option, "max_keys"},
+    {"local: a count in exponent form", "local://?max_keys=1e5", errc::invalid_option, "max_keys"},
+    {"local: max_key_bytes 0", "local://?max_key_bytes=0", errc::invalid_option, "max_key_bytes"},
+    {"local: a bool that is no bool", "local://?fair=maybe", errc::invalid_option, "fair"},
+    {"local: shards not a power of two", "local://?shards=3", errc::invalid_option, "shards"},
+    {"local: too many shards", "local://?shards=131072", errc::invalid_option, "shards"},
+    {"local: an option given twice", "local://?fair=1&fair=0", errc::invalid_option, "twice"},
+    // redis://, rediss://, unix://
+    {"redis: a space in the query", "redis://u" + pw + "h?a b", errc::invalid_url, "malformed redis://"},
+    {"redis: a fragment", "redis://u" + pw + "h:6379/0#frag", errc::invalid_url, "fragment"},
+    {"redis: no host", "redis://u" + pw, errc::invalid_url, "needs a host"},
+    {"redis: a port without a host", "redis://:6379", errc::invalid_url, "needs a host"},
+    {"rediss: no host", "rediss:///0", errc::invalid_url, "rediss:// URL needs a host"},
+    {"redis: a bad host name", "redis://u" + pw + "ho%24t", errc::invalid_url, "bad host name 'ho$t'"},
+    {"redis: an IP-future host", "redis://u" + pw + "[v1.x]", errc::invalid_url, "unsupported host"},
+    {"redis: an empty port", "redis://u" + pw + "h:", errc::invalid_url, "bad port"},
+    {"redis: port 0", "redis://u" + pw + "h:0", errc::invalid_url, "bad port"},
+    {"redis: port 65536", "redis://u" + pw + "h:65536", errc::invalid_url, "bad port"},
+    {"redis: a port of 23 digits", "redis://u" + pw + "h:99999999999999999999999", errc::invalid_url, "bad port"},
+    {"redis: letters in the port", "redis://u" + pw + "h:63x9", errc::invalid_url, "after the host"},
+    {"redis: '@host' forgotten (the password read as a port)", "redis://default:" + password, errc::invalid_url,
+     "after the host"},
+    {"redis: a database that is no number", "redis://u" + pw + "h/db1", errc::invalid_url, "bad database path '/db1'"},
+    {"redis: a negative database", "redis://u" + pw + "h/-1", errc::invalid_url, "bad database path '/-1'"},
+    {"redis: a database past int", "redis://u" + pw + "h/2147483648", errc::invalid_url, "bad database path"},
+    {"redis: a path of two segments", "redis://u" + pw + "h/0/", errc::invalid_url, "bad database path '/0/'"},
+    {"redis: a percent-encoded database", "redis://u" + pw + "h/%31", errc::invalid_url, "bad database path"},
+    {"redis: the password as the database", "redis://u" + pw + "h/" + password, errc::invalid_url,
+     "bad database path (not shown)"},
+    {"unix: no path", "unix://u" + pw, errc::invalid_url, "needs a socket path"},
+    {"unix: a host", "unix://tmp/r.sock", errc::invalid_url, "takes no host or port"},
+    {"unix: a host and port", "unix://u" + pw + "localhost:6379/tmp/r.sock", errc::invalid_url, "no host or port"},
+    {"unix: a relative path", "unix:run/r.sock", errc::invalid_url, "is not absolute"},
+    {"unix: a NUL in the path", "unix:///tmp/a%00b", errc::invalid_url, "NUL"},
+    {"unix: a path longer than sun_path", "unix:///" + std::string(107, 's'), errc::invalid_url, "108 bytes"},
+    {"unix: a fragment", "unix://u" + pw + "/tmp/r.sock#x", errc::invalid_url, "takes no fragment"},
+    {"redis: an unknown option", "redis://u" + pw + "h?lease=1s&leese=2s", errc::unknown_option, "'leese'"},
+    {"redis: an option in the wrong case", "redis://h?Lease=1s", errc::unknown_option, "known: prefix, lease"},
+    {"redis: the password as an option", "redis://h?password=" + password, errc::unknown_option,
+     "go before the host"},
+    {"redis: an option with no name", "redis://h?=1", errc::unknown_option, "unknown option ''"},
+    {"unix: a TCP-only option", "unix:///tmp/r.sock?tls=1", errc::unknown_option, "'tls'"},
+    {"redis: a duration that is no duration", "redis://u" + pw + "h?lease=soon", errc::invalid_option,
+     "option 'lease' has value 'soon'"},
+    {"redis: an option without a value", "redis://u" + pw + "h?lease", errc::invalid_option, "'lease' has value ''"},
+    {"redis: a fractional duration", "redis://h?connect_timeout=1.5s", errc::invalid_option, "'1.5s'"},
+    {"redis: a lease under 1 s", "redis://u" + pw + "h?lease=999ms", errc::invalid_option, "'999ms'"},
+    {"redis: a lease over 24 h", "redis://u" + pw + "h?lease=25h", errc::invalid_option, "'25h'"},
+    {"redis: connect_timeout under 10 ms", "redis://h?connect_timeout=9ms", errc::invalid_option, "'9ms'"},
+    {"redis: command_timeout over 10 min", "redis://h?command_timeout=601s", errc::invalid_option, "'601s'"},
+    {"redis: max_key_bytes 0", "redis://h?max_key_bytes=0", errc::invalid_option, "'max_key_bytes' has value '0'"},
+    {"redis: max_key_bytes past 64 KiB", "redis://h?max_key_bytes=65537", errc::invalid_option, "'65537'"},
+    {"redis: an empty prefix", "redis://h?prefix=", errc::invalid_option, "'prefix' has value ''"},
+    {"redis: a prefix over 128 bytes", "redis://h?prefix=" + std::string(129, 'p'), errc::invalid_option,
+     "'prefix' has value 'ppp"},
+    {"redis: a prefix with a hash tag", "redis://h?prefix=%7Bjobs%7D", errc::invalid_option, "'{jobs}'"},
+    {"redis: a value holding the password", "redis://" + pw + "h?prefix=%7B" + password + "%7D",
+     errc::invalid_option, "'prefix' has value (not shown)"},
+    {"redis: a control byte in a value (shown escaped)", "redis://h?lease=1%0As", errc::invalid_option, "'1\\x0as'"},
+    {"redis: a non-UTF-8 byte in a value (shown escaped)", "redis://h?lease=1%FFs", errc::invalid_option,
+     "'1\\xffs'"},
+    {"redis: an option given twice", "redis://h?lease=1s&lease=2s", errc::invalid_option, "given twice"},
+    {"redis: db as an option", "redis://h?db=2", errc::invalid_option, "database in its path"},
+    {"unix: db that is no number", "unix:///tmp/r.sock?db=x", errc::invalid_option, "option 'db' has value 'x'"},
+    {"rediss: verify that is no bool", "rediss://h?verify=maybe", errc::invalid_option, "'verify' has value 'maybe'"},
+    {"rediss: an empty ca_file", "rediss://h?ca_file=", errc::invalid_option, "'ca_file' has value ''"},
+    {"rediss: cert_file without key_file", "rediss://h?cert_file=/c.pem", errc::invalid_option, "go together"},
+    {"redis: a TLS option without TLS", "redis://h?ca_file=/ca.pem", errc::invalid_option, "needs rediss://"},
+    {"unix: a TLS option", "unix:///tmp/r.sock?verify=false", errc::invalid_option, "not supported"},
+};
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// The registries every key row runs on: each backend, with max_key_bytes = 16.
+struct Backends {
+    RedisServer server;
+    std::vector<std::pair<std::string, KeyedLockRegistry>> all;
+    Backends() {
+        all.emplace_back("local", KeyedLockRegistry::from_url("local://?max_key_bytes=16"));
+        all.emplace_back("redis", KeyedLockRegistry::from_url(url(server, "max_key_bytes=16")));
+    }
+};
+
+/// A way of asking for a lock. Every row runs through each, so that bad input is refused by all.
+struct Way {
+    const char* name;
+    std::function<void(KeyedLockRegistry&, const std::string&)> lock;
+    /// Whether the error carries a message: async_lock completes with an error_code alone.
+    bool has_message = true;
+
+    /// What the message must contain: `says`, or nothing where there is no message.
+    std::string expects(const std::string& says) const { return has_message ? says : ""; }
+};
+
+std::vector<Way> ways_to_lock() {
+    return {
+        {"lock", [](KeyedLockRegistry& r, const std::string& k) { (void)r.lock(k); }},
+        {"try_lock", [](KeyedLockRegistry& r, const std::string& k) { (void)r.try_lock(k); }},
+        {"try_lock_for", [](KeyedLockRegistry& r, const std::string& k) { (void)r.try_lock_for(k, 50ms); }},
+        {"with_lock", [](KeyedLockRegistry& r, const std::string& k) { r.with_lock(k, [] {}); }},
+        {"async_lock",
+         [](KeyedLockRegistry& r, const std::string& k) {
+             // The async form completes with the code instead of throwing: rethrow it as the
+             // synchronous calls would, to check it in the same way.
+             std::promise<boost::system::error_code> completed;
+             auto result = completed.get_future();
+             r.async_lock(k, [&](boost::system::error_code ec, Guard) { completed.set_value(ec); });
+             REQUIRE(result.wait_for(10s) == std::future_status::ready);
+             const std::error_code ec = result.get();
+             if (ec) throw keylock::Error(ec, "keylock: async_lock: " + ec.message());
+         },
+         false},
+    };
+}
+
+}  // namespace
+
+TEST_CASE("bad input: every malformed URL is a typed error naming the part at fault", "[bad-input][config]") {
+    for (const BadUrl& row : bad_urls) {
+        INFO(row.what << ": " << row.url);
+        expect(run([&] { (void)KeyedLockRegistry::from_url(row.url); }), row.code, row.says, 1s);
+    }
+}
+
+TEST_CASE("bad input: option values out of range in code are invalid_option", "[bad-input][config]") {
+    struct Row {
+        const char* what;
+        std::function<void()> make;
+        std::string says;
+    };
+    auto local = [](auto change) {
+        return [change] {
+            keylock::RegistryOptions o;
+            change(o);
+            KeyedLockRegistry r(o);
+        };
+    };
+    auto redis = [](auto change) {
+        return [change] {
+            keylock::RedisOptions o;
+            o.password = password;
+            change(o);
+            (void)keylock::redis_registry(o);
+        };
+    };
+    const std::vector<Row> rows = {
+        {"local: shards not a power of two", local([](auto& o) { o.shards = 12; }), "shards"},
+        {"local: no shards", local([](auto& o) { o.shards = 0; }), "shards"},
+        {"local: max_key_bytes 0", local([](auto& o) { o.max_key_bytes = 0; }), "max_key_bytes"},
+        {"redis: a lease under 1 s", redis([](auto& o) { o.lease = 999ms; }), "lease"},
+        {"redis: a lease over 24 h", redis([](auto& o) { o.lease = 25h; }), "lease"},
+        {"redis: connect_timeout 0", redis([](auto& o) { o.connect_timeout = 0ms; }), "connect_timeout"},
+        {"redis: a negative command_timeout", redis([](auto& o) { o.command_timeout = -1ms; }), "command_timeout"},
+        {"redis: max_key_bytes past 64 KiB", redis([](auto& o) { o.max_key_bytes = 65537; }), "max_key_bytes"},
+        {"redis: an empty prefix", redis([](auto& o) { o.prefix.clear(); }), "prefix"},
+        {"redis: a negative database", redis([](auto& o) { o.db = -1; }), "db is -1"},
+        {"redis: port 0", redis([](auto& o) { o.port = 0; }), "port is 0"},
+        {"redis: no host", redis([](auto& o) { o.host.clear(); }), "host is empty"},
+        {"redis: TLS over a Unix socket", redis([](auto& o) { o.tls = true; o.unix_socket = "/r.sock"; }), "tls is for TCP"},
+        {"redis: a relative socket path", redis([](auto& o) { o.unix_socket = "r.sock"; }), "absolute path"},
+        {"redis: TLS files without TLS", redis([](auto& o) { o.ca_file = "/ca.pem"; }), "needs rediss://"},
+    };
+    for (const Row& row : rows) {
+        INFO(row.what);
+        const Outcome out = run(row.make);
+        REQUIRE(out.threw);
+        CHECK((out.code == errc::invalid_option || out.code == errc::invalid_url));
+        CHECK_THAT(out.message, Catch::Contains(row.says));
+        check_message(out.message);
+    }
+}
+
+TEST_CASE("bad input: empty and over-long keys are refused by every backend and every call", "[bad-input][redis]") {
+    Backends backends;
+    for (auto& [name, registry] : backends.all) {
+        for (const Way& way : ways_to_lock()) {
+            INFO(name << " " << way.name);
+            expect(run([&] { way.lock(registry, ""); }), errc::invalid_key, way.expects("empty"));
+            // The message shows how long the key is and a printable beginning of it, not all of it.
+            const std::string long_key = std::string(17, 'k') + "\xff\n" + std::string(4000, 'x');
+            const Outcome out = run([&] { way.lock(registry, long_key); });
+            expect(out, errc::key_too_long, way.expects("(4019 bytes)"));
+            CHECK(out.message.size() < 300);
+        }
+        INFO(name);
+        CHECK(registry.stats().entries == 0);
+    }
+}
+
+TEST_CASE("bad input: binary and non-UTF-8 keys are keys like any other", "[bad-input][redis]") {
+    Backends backends;
+    auto other = KeyedLockRegistry::from_url(url(backends.server, "max_key_bytes=16"));
+    const std::vector<std::pair<const char*, std::string>> keys = {
+        {"NUL inside", std::string("a\0b", 3)},
+        {"NUL alone", std::string(1, '\0')},
+        {"CR LF", "a\r\nb"},
+        {"RESP as a key", "*1\r\n$4\r\nPING\r\n"},
+        {"0xFF", "\xff\xfe"},
+        {"an overlong UTF-8 '/'", "\xc0\xaf"},
+        {"a lone UTF-16 surrogate in UTF-8", "\xed\xa0\x80"},
+        {"a cut UTF-8 sequence", "\xe2\x82"},
+        {"exactly max_key_bytes", std::string(16, 'm')},
+        {"a Redis glob", "k*?[a]"},
+    };
+    for (auto& [name, registry] : backends.all) {
+        for (const auto& [what, key] : keys) {
+            INFO(name << ": " << what);
+            Guard g = registry.lock(key);
+            CHECK(g.key() == key);
+            CHECK(g.fencing_token() > 0);
+            // Held: the same bytes are refused, a key one byte longer is another key.
+            if (name == "redis") CHECK_FALSE(other.try_lock(key).has_value());
+            CHECK_FALSE(registry.try_lock(key).has_value());
+            if (key.size() < 16) CHECK(registry.try_lock(key + std::string(1, '\0')).has_value());
+            g.release();
+            CHECK(registry.try_lock(key).has_value());
+        }
+        INFO(name);
+        CHECK(keylock::test::eventually([&] { return registry.stats().entries == 0; }));
+    }
+}
+
+TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-input][redis]") {
+    struct Row {
+        const char* what;
+        errc code;
+        std::string says;
+        // Makes the server state and returns the URL to lock through.
+        std::function<std::string(RedisServer&)> setup;
+        // Whether the fault is the key's alone, so that other keys still lock.
+        bool other_keys_work = false;
+    };
+    const std::string quick = "connect_timeout=500ms&command_timeout=500ms";
+    const std::vector<Row> rows = {
+        {"WRONGTYPE: the lock key holds a list", errc::backend_error, "holds a list",
+         [&](RedisServer& s) {
+             s.command("LPUSH keylock:k something");
+             return url(s, quick);
+         },
+         true},
+        {"NOAUTH: a password is required and none given", errc::auth_failed, "NOAUTH",
+         [&](RedisServer& s) {
+             s.command("CONFIG SET requirepass " + password);
+             return url(s, quick);
+         }},
+        {"WRONGPASS: a wrong password", errc::auth_failed, "WRONGPASS",
+         [&](RedisServer& s) {
+             s.command("ACL SETUSER alice on >right-pw ~* +@all");
+             return "redis://alice:" + password + "@127.0.0.1:" + std::to_string(s.port()) + "/?" + quick;
+         }},
+        {"an ACL user that does not exist", errc::auth_failed, "WRONGPASS",
+         [&](RedisServer& s) {
+             return "redis://nobody:" + password + "@127.0.0.1:" + std::to_string(s.port()) + "/?" + quick;
+         }},
+        {"NOPERM: an ACL user that may not run scripts", errc::backend_error, "NOPERM",
+         [&](RedisServer& s) {
+             s.command("ACL SETUSER scriptless on >" + password + " ~* +@all -evalsha -eval");
+             return "redis://scriptless:" + password + "@127.0.0.1:" + std::to_string(s.port()) + "/?" + quick;
+         }},
+        {"NOPERM: an ACL user that may not touch keylock's keys", errc::backend_error, "NOPERM",
+         [&](RedisServer& s) {
+             s.command("ACL SETUSER keyless on >" + password + " ~other:* +@all");
+             return "redis://keyless:" + password + "@127.0.0.1:" + std::to_string(s.port()) + "/?" + quick;
+         }},
+        {"a database the server does not have", errc::backend_error, "DB index is out of range",
+         [&](RedisServer& s) { return "redis://127.0.0.1:" + std::to_string(s.port()) + "/99?" + quick; }},
+    };
+    for (const Row& row : rows) {
+        INFO(row.what);
+        RedisServer server;
+        auto registry = KeyedLockRegistry::from_url(row.setup(server));
+        for (const Way& way : ways_to_lock()) {
+            INFO(way.name);
+            expect(run([&] { way.lock(registry, "k"); }), row.code, way.expects(row.says));
+        }
+        if (row.other_keys_work) CHECK(registry.try_lock("other").has_value());
+        CHECK(keylock::test::eventually([&] { return registry.stats().entries == 0; }));
+    }
+    SECTION("READONLY: the URL points at a replica") {
+        RedisServer master;
+        RedisServer replica({"--replicaof", "127.0.0.1", std::to_string(master.port())});
+        auto registry = KeyedLockRegistry::from_url(url(replica, quick));
+        for (const Way& way : ways_to_lock()) {
+            INFO(way.name);
+            expect(run([&] { way.lock(registry, "k"); }), errc::backend_error, way.expects("READONLY"));
+        }
+    }
+    SECTION("WRONGTYPE under a holder: its key replaced by a list") {
+        RedisServer server;
+        auto registry = KeyedLockRegistry::from_url(url(server, "lease=1s&" + quick));
+        Guard g = registry.lock("k");
+        server.command("DEL keylock:k");
+        server.command("LPUSH keylock:k something");
+        CHECK(keylock::test::eventually([&] { return g.lost(); }));  // the next renewal finds out
+        const Outcome out = run([&] { g.release(); });
+        REQUIRE(out.threw);
+        INFO(out.message);
+        CHECK(out.code == errc::not_owner);
+        check_message(out.message);
+        CHECK(server.command("TYPE keylock:k") == "+list");  // left alone
+    }
+    SECTION("NOSCRIPT: the script cache flushed between locks is not an error") {
+        RedisServer server;
+        auto registry = KeyedLockRegistry::from_url(url(server, quick));
+        std::uint64_t last = 0;
+        for (int i = 0; i < 5; ++i) {
+            server.command("SCRIPT FLUSH");
+            Guard g = registry.lock("k");
+            CHECK(g.fencing_token() > last);
+            last = g.fencing_token();
+        }
+    }
+    SECTION("a server that is not Redis: an HTTP server on the port") {
+        FakeServer http("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n");
+        auto registry = KeyedLockRegistry::from_url(url(http.port(), quick));
+        for (const Way& way : ways_to_lock()) {
+            INFO(way.name);
+            expect(run([&] { way.lock(registry, "k"); }), errc::protocol_error, way.expects("does not speak the Redis protocol"));
+        }
+    }
+    SECTION("a server that accepts and never answers") {
+        FakeServer silent;
+        auto registry = KeyedLockRegistry::from_url(url(silent.port(), quick));
+        for (const Way& way : ways_to_lock()) {
+            INFO(way.name);
+            // Each attempt gives up when connect_timeout has passed since the first failure.
+            expect(run([&] { way.lock(registry, "k"); }), errc::unavailable, way.expects("127.0.0.1:"), 3s);
+        }
+    }
+    SECTION("nobody listening on the port") {
+        int port = 0;
+        {
+            RedisServer gone;
+            port = gone.port();
+        }
+        auto registry = KeyedLockRegistry::from_url("redis://:" + password + "@127.0.0.1:" + std::to_string(port) +
+                                                    "/?" + quick);
+        for (const Way& way : ways_to_lock()) {
+            INFO(way.name);
+            expect(run([&] { way.lock(registry, "k"); }), errc::unavailable, way.expects("Connection refused"), 3s);
+        }
+    }
+    SECTION("a host name that does not resolve") {
+        auto registry = KeyedLockRegistry::from_url("redis://u:" + password + "@no-such-host.invalid/?" + quick);
+        expect(run([&] { (void)registry.lock("k"); }), errc::unavailable, "no-such-host.invalid", 5s);
+    }
+}
