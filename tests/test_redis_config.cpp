@@ -393,8 +393,9 @@ TEST_CASE("RedisOptions in code: the same options, bounds and redaction as a URL
     bad.unix_socket = "/tmp/redis.sock";
     CHECK(error_of(bad).first == errc::invalid_option);
     bad = options;
-    bad.host = "";
-    CHECK(error_of(bad).first == errc::invalid_url);
+    bad.host = "";  // a field of the struct: invalid_option, not invalid_url
+    CHECK(error_of(bad).first == errc::invalid_option);
+    CHECK(error_of(bad).second == "keylock: RedisOptions: host is empty; set host (and port), or unix_socket");
 
     keylock::RedisOptions unix_socket;
     unix_socket.unix_socket = server.unix_socket();
