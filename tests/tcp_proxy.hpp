@@ -5,6 +5,8 @@
 //   stall()    nothing is passed on any more, and connections stay open (a half-open peer, a
 //              partition without resets); resume() passes on what was held, and goes on
 //   cut()      every connection is closed at once (new ones are still accepted)
+//   delay_replies(n, d)  what the server sends on connection n (0 = the first accepted) waits d
+//              more: one connection slowed, the others not (e.g. commands but not notifications)
 //
 // One thread runs the proxy; the controls may be called from any thread.
 #pragma once
@@ -49,6 +51,10 @@ public:
     int port() const { return acceptor_.local_endpoint().port(); }
 
     void delay(std::chrono::milliseconds d) { delay_ms_.store(d.count()); }
+    void delay_replies(int connection, std::chrono::milliseconds d) {
+        slow_ms_.store(d.count());
+        slow_connection_.store(connection);
+    }
     void stall() { stalled_.store(true); }
     void resume() {
         stalled_.store(false);
@@ -72,15 +78,18 @@ private:
 
     /// One direction of one connection: reads from `from`, writes to `to`, in order.
     struct Pipe : std::enable_shared_from_this<Pipe> {
-        Pipe(TcpProxy& p, std::shared_ptr<tcp::socket> f, std::shared_ptr<tcp::socket> t)
-            : proxy(p), from(std::move(f)), to(std::move(t)) {}
+        Pipe(TcpProxy& p, std::shared_ptr<tcp::socket> f, std::shared_ptr<tcp::socket> t, int replies_of = -1)
+            : proxy(p), from(std::move(f)), to(std::move(t)), replies_of(replies_of) {}
         void start() { read(); }
         void read() {
             auto self = shared_from_this();
             from->async_read_some(boost::asio::buffer(buf), [this, self](boost::system::error_code ec, std::size_t n) {
                 if (ec) return close();
                 auto chunk = std::make_shared<std::string>(buf.data(), n);
-                const auto d = std::chrono::milliseconds(proxy.delay_ms_.load());
+                auto d = std::chrono::milliseconds(proxy.delay_ms_.load());
+                if (replies_of >= 0 && replies_of == proxy.slow_connection_.load()) {
+                    d += std::chrono::milliseconds(proxy.slow_ms_.load());
+                }
                 if (d.count() == 0) return pass(chunk);
                 auto timer = std::make_shared<boost::asio::steady_timer>(proxy.io_, d);
                 timer->async_wait([this, self, timer, chunk](boost::system::error_code) { pass(chunk); });
@@ -115,6 +124,7 @@ private:
         }
         TcpProxy& proxy;
         std::shared_ptr<tcp::socket> from, to;
+        int replies_of;  // server to client: the connection's number; client to server: -1
         std::array<char, 16384> buf{};
         std::deque<std::shared_ptr<std::string>> held;
     };
@@ -122,16 +132,16 @@ private:
     void accept() {
         acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket client) {
             if (ec) return;
-            accepted_.fetch_add(1);
+            const int number = accepted_.fetch_add(1);
             auto c = std::make_shared<tcp::socket>(std::move(client));
             auto s = std::make_shared<tcp::socket>(io_);
-            s->async_connect(target_, [this, c, s](boost::system::error_code e) {
+            s->async_connect(target_, [this, c, s, number](boost::system::error_code e) {
                 if (e) {
                     boost::system::error_code ignored;
                     c->close(ignored);
                     return;
                 }
-                auto up = std::make_shared<Pipe>(*this, c, s), down = std::make_shared<Pipe>(*this, s, c);
+                auto up = std::make_shared<Pipe>(*this, c, s), down = std::make_shared<Pipe>(*this, s, c, number);
                 links_.insert(up);
                 links_.insert(down);
                 up->start();
@@ -152,6 +162,8 @@ private:
     std::thread thread_;
     std::atomic<long> delay_ms_{0};
     std::atomic<bool> stalled_{false};
+    std::atomic<int> slow_connection_{-1};
+    std::atomic<long> slow_ms_{0};
     std::atomic<int> accepted_{0};
 };
 

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -366,6 +367,38 @@ TEST_CASE("fault: a slow network (40 ms each way) only slows locking down", "[fa
     check_exclusion(checker);
     CHECK(checker.lost() == 0);
     CHECK(load.errors_other_than({}) == 0);
+}
+
+TEST_CASE("fault: a release heard of before the answer to the waiter's own attempt is not missed",
+          "[faults][redis]") {
+    // Notifications and replies come on different connections. Here the waiter's command
+    // connection is slow (its replies wait 400 ms in the proxy) and its subscriber is not, so the
+    // holder's release is heard of while the answer "held" to the waiter's attempt, which Redis
+    // ran before the release, is still on the way. The waiter must look again when that answer
+    // comes, not sleep for the rest of the 30 s lease.
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    proxy.delay_replies(0, 400ms);  // connection 0: the waiter's commands; 1: its subscriber
+    auto holders = KeyedLockRegistry::from_url(url(server));  // lease 30 s
+    std::optional<Guard> held = holders.lock("k");
+    auto waiters = KeyedLockRegistry::from_url(url(proxy.port()));
+    bool subscribed = false;
+    std::thread releaser([&] {
+        // The waiter subscribes after its first attempt says "held", then attempts again at once.
+        // Once Redis counts the subscriber, that second attempt has been sent; 100 ms later it has
+        // run, and its answer waits in the proxy for 300 ms more: release now.
+        subscribed = eventually([&] { return server.command("PUBSUB CHANNELS keylock:k") == "*1"; }, 10s);
+        std::this_thread::sleep_for(100ms);
+        held.reset();
+    });
+    const auto start = Clock::now();
+    auto got = waiters.try_lock_for("k", 10s);
+    const auto waited = Clock::now() - start;
+    releaser.join();
+    CHECK(subscribed);
+    CHECK(got.has_value());
+    CHECK(waited < 5s);
+    CHECK(proxy.accepted() == 2);  // the waiter's two connections, in the order assumed above
 }
 
 TEST_CASE("fault: the network stalls past the lease (half-open), then comes back", "[faults][redis]") {
