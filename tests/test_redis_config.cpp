@@ -4,6 +4,7 @@
 
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include <keylock/error.hpp>
 #include <keylock/redis.hpp>
@@ -21,11 +22,15 @@ namespace {
 
 constexpr const char* password = "S3cr3t-pw";
 
-/// Every field (Endpoint has no operator==).
+/// Every field, as a tuple Catch2 can print when a comparison fails.
 auto fields(const RedisConfig& c) {
     const auto& e = c.endpoint;
-    return std::tie(e.host, e.port, e.unix_path, e.tls, e.ca_file, e.cert_file, e.key_file, e.verify, e.user,
-                    e.password, e.db, e.connect_timeout, e.command_timeout, c.prefix, c.lease, c.max_key_bytes);
+    std::string sentinels;
+    for (const auto& s : c.sentinels) sentinels += s.host + ":" + std::to_string(s.port) + ",";
+    return std::make_tuple(e.host, e.port, e.unix_path, e.tls, e.ca_file, e.cert_file, e.key_file, e.verify, e.user,
+                           e.password, e.db, e.connect_timeout.count(), e.command_timeout.count(), c.prefix,
+                           c.lease.count(), c.max_key_bytes, sentinels, c.master_name, c.wait_replicas,
+                           c.wait_timeout.count());
 }
 
 /// Runs parse_redis_url(url), expecting keylock::Error with `code` whose message starts with
@@ -253,7 +258,8 @@ TEST_CASE("malformed URLs and bad hosts and ports and paths are invalid_url nami
 
 TEST_CASE("unknown options are unknown_option listing the known ones", "[redis][config]") {
     const std::string known =
-        "(known: prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, ca_file, cert_file, key_file, "
+        "(known: prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, wait_replicas, wait_timeout, "
+        "ca_file, cert_file, key_file, "
         "verify)";
     expect_error("redis://u:S3cr3t-pw@h?lease=1s&leese=2s", errc::unknown_option, "unknown option 'leese'");
     expect_error("redis://u:S3cr3t-pw@h?Lease=1s", errc::unknown_option, known);  // names are case-sensitive
@@ -352,6 +358,58 @@ TEST_CASE("to_url round-trips configurations built in code", "[redis][config]") 
     v6.endpoint.host = "fe80::1";
     check_round_trip(v6);
     CHECK(to_url(v6) == "redis://[fe80::1]");
+}
+
+TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis][config][sentinel]") {
+    const RedisConfig c = parse_redis_url(
+        "redis+sentinel://alice:S3cr3t-pw@s1.example.com,10.0.0.2:26380,[::1]:5000/my-master.1?db=3&lease=10s"
+        "&wait_replicas=2&wait_timeout=250ms");
+    CHECK(c.sentinels == std::vector<keylock::redis::HostPort>{
+                             {"s1.example.com", 26379}, {"10.0.0.2", 26380}, {"::1", 5000}});
+    CHECK(c.master_name == "my-master.1");
+    CHECK(c.endpoint.host.empty());  // the sentinels will say
+    CHECK(c.endpoint.user == "alice");
+    CHECK(c.endpoint.password == password);
+    CHECK(c.endpoint.db == 3);
+    CHECK(c.lease == 10s);
+    CHECK(c.wait_replicas == 2);
+    CHECK(c.wait_timeout == 250ms);
+    CHECK(to_url(c) == "redis+sentinel://alice:***@s1.example.com,10.0.0.2:26380,[::1]:5000/my-master.1?db=3"
+                       "&lease=10s&wait_replicas=2&wait_timeout=250ms");
+    check_round_trip(c);
+    // A ',' in an unencoded password is no host separator: hosts come after the last '@'.
+    const RedisConfig comma = parse_redis_url("redis+sentinel://:pw,x@h1,h2/m");
+    CHECK(comma.endpoint.password == "pw,x");
+    CHECK(comma.sentinels.size() == 2);
+    CHECK(parse_redis_url("REDIS+SENTINEL://h/m").sentinels.front().port == 26379);
+    // WAIT works against a plain redis:// master too.
+    CHECK(parse_redis_url("redis://h?wait_replicas=1").wait_replicas == 1);
+    CHECK(parse_redis_url("redis://h?wait_replicas=64").wait_replicas == 64);
+    CHECK(parse_redis_url("redis://h?wait_timeout=1ms").wait_timeout == 1ms);
+    CHECK(parse_redis_url("redis://h?wait_timeout=1m").wait_timeout == 1min);
+
+    expect_error("redis+sentinel://u:S3cr3t-pw@h1,h2", errc::invalid_url, "needs the master's name");
+    expect_error("redis+sentinel://u:S3cr3t-pw@/m", errc::invalid_url, "at least one sentinel");
+    expect_error("redis+sentinel://u:S3cr3t-pw@h1,,h2/m", errc::invalid_url, "empty sentinel address");
+    expect_error("redis+sentinel://u:S3cr3t-pw@h1,/m", errc::invalid_url, "empty sentinel address");
+    expect_error("redis+sentinel://h1:0/m", errc::invalid_url, "bad port");
+    expect_error("redis+sentinel://h1:26379,h%24/m", errc::invalid_url, "bad host name 'h$'");
+    expect_error("redis+sentinel://h1/m/2", errc::invalid_url, "bad master name 'm/2'");
+    expect_error("redis+sentinel://h1/m%20x", errc::invalid_url, "bad master name");
+    expect_error("redis+sentinel://h1/" + std::string(129, 'm'), errc::invalid_url, "bad master name");
+    expect_error("redis+sentinel://u:S3cr3t-pw@h1/m#f", errc::invalid_url, "no fragment");
+    expect_error("redis+sentinel://h1/m?a b", errc::invalid_url, "malformed redis+sentinel://");
+    expect_error("redis+sentinel://" + [] {
+        std::string hosts = "h0";
+        for (int i = 1; i < 17; ++i) hosts += ",h" + std::to_string(i);
+        return hosts;
+    }() + "/m", errc::invalid_url, "more than 16 sentinels");
+    expect_error("redis+sentinel://h1/m?ca_file=/ca.pem", errc::invalid_option, "TLS through sentinels");
+    expect_error("redis+sentinel://h1/m?db=x", errc::invalid_option, "option 'db' has value 'x'");
+    expect_error("redis://h?wait_replicas=65", errc::invalid_option, "'wait_replicas' has value '65'");
+    expect_error("redis://h?wait_replicas=-1", errc::invalid_option, "'wait_replicas' has value '-1'");
+    expect_error("redis://h?wait_timeout=0", errc::invalid_option, "'wait_timeout' has value '0'");
+    expect_error("redis://h?wait_timeout=61s", errc::invalid_option, "'wait_timeout' has value '61s'");
 }
 
 TEST_CASE("RedisOptions in code: the same options, bounds and redaction as a URL", "[redis][config]") {

@@ -26,7 +26,12 @@ using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 
 constexpr const char* known_options =
-    "prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, ca_file, cert_file, key_file, verify";
+    "prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, wait_replicas, wait_timeout, ca_file, "
+    "cert_file, key_file, verify";
+constexpr std::size_t max_sentinels = 16;
+constexpr std::size_t max_master_name_bytes = 128;
+constexpr std::size_t max_wait_replicas = 64;
+constexpr std::uint16_t default_sentinel_port = 26379;
 constexpr std::size_t max_prefix_bytes = 128;
 constexpr std::size_t max_max_key_bytes = 65536;
 constexpr std::size_t max_db = std::numeric_limits<std::int32_t>::max();  // SELECT takes a 32-bit index
@@ -209,8 +214,14 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
             const auto n = detail::parse_size(value);
             if (!n || *n == 0 || *n > max_max_key_bytes) m.bad_value(name, value, "a whole number from 1 to 65536");
             config.max_key_bytes = *n;
+        } else if (name == "wait_replicas") {
+            const auto n = detail::parse_size(value);
+            if (!n || *n > max_wait_replicas) m.bad_value(name, value, "a whole number from 0 to 64");
+            config.wait_replicas = static_cast<int>(*n);
+        } else if (name == "wait_timeout") {
+            config.wait_timeout = duration(m, name, value, 1ms, 1min, "a duration from 1ms to 1m");
         } else if (name == "db") {
-            if (scheme != "unix") {
+            if (scheme != "unix" && scheme != "redis+sentinel") {
                 m.fail(errc::invalid_option, "option 'db' is for unix:// URLs; a " + scheme +
                                                  ":// URL has the database in its path (" + scheme +
                                                  "://host:6379/2)");
@@ -221,8 +232,9 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
         } else if (name == "ca_file" || name == "cert_file" || name == "key_file" || name == "verify") {
             if (!ep.tls) {
                 m.fail(errc::invalid_option, "option '" + name + "' needs rediss:// " +
-                                                 (scheme == "unix" ? "(TLS over a Unix socket is not supported)"
-                                                                   : "(TLS); this is a redis:// URL"));
+                                                 (scheme == "unix"             ? "(TLS over a Unix socket is not supported)"
+                                                  : scheme == "redis+sentinel" ? "(TLS through sentinels is not supported)"
+                                                                               : "(TLS); this is a redis:// URL"));
             }
             if (name == "verify") {
                 const auto b = detail::parse_bool(value);
@@ -248,13 +260,101 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
     }
 }
 
+constexpr const char* sentinel_grammar =
+    "redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master_name[?options]";
+
+/// The master's name, from the path of a redis+sentinel:// URL.
+void parse_master_name(const boost::urls::url_view& url, const Messages& m, RedisConfig& config) {
+    const std::string_view path = url.encoded_path();
+    if (path.empty() || path == "/") {
+        m.fail(errc::invalid_url, std::string("a redis+sentinel:// URL needs the master's name as its path: ") +
+                                      sentinel_grammar);
+    }
+    if (path.front() != '/') {  // see parse_tcp_location: not shown, it may be a password
+        m.fail(errc::invalid_url, std::string("malformed redis+sentinel:// URL after the hosts; expected ") +
+                                      sentinel_grammar);
+    }
+    config.master_name = url.path().substr(1);
+    const std::string& name = config.master_name;
+    const bool printable = std::all_of(name.begin(), name.end(), [](unsigned char c) { return c > ' ' && c < 0x7f; });
+    if (name.empty() || name.size() > max_master_name_bytes || !printable || name.find('/') != std::string::npos) {
+        m.fail(errc::invalid_url, "bad master name " + m.quote(name) +
+                                      " in a redis+sentinel:// URL; expected 1 to 128 printable characters without "
+                                      "spaces or '/'");
+    }
+}
+
+/// redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master_name[?options]. Boost.URL
+/// takes one host: the list is cut out of the authority, each entry parsed on its own, and the
+/// rest parsed as a URL with one placeholder host.
+RedisConfig parse_sentinel_url(std::string_view text) {
+    const std::size_t start = text.find("://");
+    if (start == std::string_view::npos) {
+        throw Error(errc::invalid_url, std::string("keylock: malformed redis+sentinel:// URL; expected ") +
+                                           sentinel_grammar);
+    }
+    const std::size_t authority = start + 3;
+    const std::size_t end = std::min(text.find_first_of("/?#", authority), text.size());
+    const std::size_t at = text.substr(authority, end - authority).rfind('@');
+    const std::size_t hosts_begin = at == std::string_view::npos ? authority : authority + at + 1;
+    const std::string_view hosts = text.substr(hosts_begin, end - hosts_begin);
+    const std::string rest =
+        std::string(text.substr(0, hosts_begin)) + "sentinel.invalid" + std::string(text.substr(end));
+    const auto parsed = boost::urls::parse_uri(rest);
+    if (!parsed) {
+        throw Error(errc::invalid_url, "keylock: malformed redis+sentinel:// URL (" + parsed.error().message() +
+                                           "); expected " + sentinel_grammar + ", with '@', ':', '/', '?', '#', "
+                                           "'%' and spaces percent-encoded in a user or password");
+    }
+    const boost::urls::url_view& url = *parsed;
+    RedisConfig config;
+    Endpoint& ep = config.endpoint;
+    ep.host.clear();
+    ep.port = 0;
+    if (url.has_userinfo()) {
+        ep.user = url.user();
+        if (url.has_password()) ep.password = url.password();
+    }
+    const Messages m("redis+sentinel", url, ep.password);
+    if (url.has_fragment()) m.fail(errc::invalid_url, "a redis+sentinel:// URL takes no fragment ('#...')");
+    if (hosts.empty()) {
+        m.fail(errc::invalid_url, std::string("a redis+sentinel:// URL needs at least one sentinel: ") +
+                                      sentinel_grammar);
+    }
+    std::size_t from = 0;
+    for (;;) {
+        const std::size_t comma = std::min(hosts.find(',', from), hosts.size());
+        const std::string_view one = hosts.substr(from, comma - from);
+        if (one.empty()) m.fail(errc::invalid_url, "an empty sentinel address in a redis+sentinel:// URL (',,')");
+        if (config.sentinels.size() == max_sentinels) {
+            m.fail(errc::invalid_url, "more than 16 sentinels in a redis+sentinel:// URL");
+        }
+        const std::string sentinel_url = "redis://" + std::string(one);  // outlives its url_view
+        const auto sentinel = boost::urls::parse_uri(sentinel_url);
+        if (!sentinel || sentinel->has_userinfo() || !sentinel->encoded_path().empty()) {
+            m.fail(errc::invalid_url, "bad sentinel address " + m.quote(one) +
+                                          " in a redis+sentinel:// URL; expected host[:port]");
+        }
+        Endpoint where;
+        where.port = default_sentinel_port;
+        parse_tcp_location(*sentinel, m, where);
+        config.sentinels.push_back({where.host, where.port});
+        if (comma == hosts.size()) break;
+        from = comma + 1;
+    }
+    parse_master_name(url, m, config);
+    parse_options(url, m, config);
+    return config;
+}
+
 }  // namespace
 
 RedisConfig parse_redis_url(std::string_view text) {
     const std::string scheme = detail::url_scheme(text);
+    if (scheme == "redis+sentinel") return parse_sentinel_url(text);
     if (scheme != "redis" && scheme != "rediss" && scheme != "unix") {
         throw Error(errc::invalid_url, "keylock: not a Redis URL: scheme '" + shown(scheme) +
-                                           "' (expected redis://, rediss:// or unix://)");
+                                           "' (expected redis://, rediss://, unix:// or redis+sentinel://)");
     }
     const auto parsed = boost::urls::parse_uri(text);
     if (!parsed) {
@@ -291,7 +391,8 @@ std::string to_url(const RedisConfig& config, Password password) {
     const Endpoint& ep = config.endpoint;
     const bool unix_socket = !ep.unix_path.empty();
 
-    std::string url = unix_socket ? "unix://" : ep.tls ? "rediss://" : "redis://";
+    const bool sentinel = !config.sentinels.empty();
+    std::string url = sentinel ? "redis+sentinel://" : unix_socket ? "unix://" : ep.tls ? "rediss://" : "redis://";
     if (!ep.user.empty() || !ep.password.empty()) {
         url += encode(ep.user);
         if (!ep.password.empty()) {
@@ -300,20 +401,30 @@ std::string to_url(const RedisConfig& config, Password password) {
         }
         url += '@';
     }
-    if (unix_socket) {
-        url += encode(ep.unix_path, "/:");
-    } else {
-        if (ep.host.find(':') != std::string::npos) {  // IPv6
+    auto add_host = [&](const std::string& host, std::uint16_t port, std::uint16_t default_port) {
+        if (host.find(':') != std::string::npos) {  // IPv6
             url += '[';
-            url += ep.host;
+            url += host;
             url += ']';
         } else {
-            url += encode(ep.host);
+            url += encode(host);
         }
-        if (ep.port != defaults.endpoint.port) {
+        if (port != default_port) {
             url += ':';
-            url += std::to_string(ep.port);
+            url += std::to_string(port);
         }
+    };
+    if (sentinel) {
+        for (std::size_t i = 0; i < config.sentinels.size(); ++i) {
+            if (i > 0) url += ',';
+            add_host(config.sentinels[i].host, config.sentinels[i].port, default_sentinel_port);
+        }
+        url += '/';
+        url += encode(config.master_name);
+    } else if (unix_socket) {
+        url += encode(ep.unix_path, "/:");
+    } else {
+        add_host(ep.host, ep.port, defaults.endpoint.port);
         if (ep.db != 0) {
             url += '/';
             url += std::to_string(ep.db);
@@ -328,7 +439,7 @@ std::string to_url(const RedisConfig& config, Password password) {
         url += encode(value, "/:");  // '@' too is encoded: an '@' after the host looks like a misplaced password
         separator = '&';
     };
-    if (unix_socket && ep.db != 0) add("db", std::to_string(ep.db));
+    if ((unix_socket || sentinel) && ep.db != 0) add("db", std::to_string(ep.db));
     if (config.prefix != defaults.prefix) add("prefix", config.prefix);
     if (config.lease != defaults.lease) add("lease", detail::format_duration(config.lease));
     if (ep.connect_timeout != defaults.endpoint.connect_timeout) {
@@ -338,6 +449,8 @@ std::string to_url(const RedisConfig& config, Password password) {
         add("command_timeout", detail::format_duration(ep.command_timeout));
     }
     if (config.max_key_bytes != defaults.max_key_bytes) add("max_key_bytes", std::to_string(config.max_key_bytes));
+    if (config.wait_replicas != defaults.wait_replicas) add("wait_replicas", std::to_string(config.wait_replicas));
+    if (config.wait_timeout != defaults.wait_timeout) add("wait_timeout", detail::format_duration(config.wait_timeout));
     if (!ep.ca_file.empty()) add("ca_file", ep.ca_file);
     if (!ep.cert_file.empty()) add("cert_file", ep.cert_file);
     if (!ep.key_file.empty()) add("key_file", ep.key_file);

@@ -1,21 +1,37 @@
-// The configuration of the Redis backend, read from a `redis://`, `rediss://` or `unix://` URL
-// (the grammar, options and bounds are in docs/configuration.md).
+// The configuration of the Redis backend, read from a `redis://`, `rediss://`, `unix://` or
+// `redis+sentinel://` URL (the grammar, options and bounds are in docs/configuration.md).
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "connection.hpp"
 
 namespace keylock::redis {
 
+/// A sentinel's address (redis+sentinel://).
+struct HostPort {
+    std::string host;  ///< a name or an address (IPv6 without brackets)
+    std::uint16_t port = 26379;
+    friend bool operator==(const HostPort&, const HostPort&) = default;
+};
+
 struct RedisConfig {
-    Endpoint endpoint;                       ///< where and how to connect
+    /// Where and how to connect. With sentinels, its host and port are the master's as the
+    /// sentinels name it (empty until then), and the rest applies to the master.
+    Endpoint endpoint;
+    std::vector<HostPort> sentinels;         ///< redis+sentinel://: the sentinels to ask, in order
+    std::string master_name;                 ///< redis+sentinel://: the master's name in the sentinels
+    int wait_replicas = 0;                   ///< after an acquire, WAIT for this many replicas (0: no WAIT)
+    std::chrono::milliseconds wait_timeout{500};  ///< ... for at most this long; else it counts as not acquired
     std::string prefix = "keylock:";         ///< prepended to every lock key
     std::chrono::milliseconds lease{30000};  ///< lock lease; the watchdog renews every lease/3
     std::size_t max_key_bytes = 1024;        ///< the longest key accepted
+
+    friend bool operator==(const RedisConfig&, const RedisConfig&) = default;
 };
 
 /// Parses a Redis URL. Throws keylock::Error (`invalid_url`, `unknown_option` or
