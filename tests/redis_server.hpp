@@ -52,6 +52,19 @@ public:
         ServerCert server_cert = ServerCert::localhost;
     };
 
+    /// A sentinel instead of a server (`redis-server sentinel.conf --sentinel`), watching one master.
+    struct Sentinel {
+        int master_port = 0;                ///< on 127.0.0.1
+        std::string master_name = "mymaster";
+        int quorum = 2;
+        int down_after_ms = 1000;           ///< how long the master may not answer before it is down
+        int failover_timeout_ms = 3000;
+        std::string auth_pass;              ///< the master's password, if it has one
+    };
+
+    /// Starts a sentinel (port() is its port; command() talks to it).
+    explicit RedisServer(Sentinel sentinel) : sentinel_(std::move(sentinel)) { init(); }
+
     /// Starts a server; `extra` are more `redis-server` arguments (e.g. {"--appendonly", "yes"}).
     explicit RedisServer(std::vector<std::string> extra = {}) : extra_(std::move(extra)) { init(); }
     /// Starts a server that also listens with TLS on tls_port(); see the file accessors below.
@@ -346,6 +359,26 @@ private:
                                          "--tls-ca-cert-file", ca_file(),
                                          "--tls-auth-clients", required ? "yes" : "optional"});
             }
+            if (sentinel_) {
+                // Its own config file (which it rewrites as it learns of replicas and failovers).
+                const std::string conf = dir_ + "/sentinel.conf";
+                if (fixed_port == 0) {
+                    const auto& c = *sentinel_;
+                    std::ofstream out(conf);
+                    out << "sentinel monitor " << c.master_name << " 127.0.0.1 " << c.master_port << " " << c.quorum
+                        << "\nsentinel down-after-milliseconds " << c.master_name << " " << c.down_after_ms
+                        << "\nsentinel failover-timeout " << c.master_name << " " << c.failover_timeout_ms
+                        << "\nsentinel parallel-syncs " << c.master_name << " 1\n";
+                    if (!c.auth_pass.empty()) out << "sentinel auth-pass " << c.master_name << " " << c.auth_pass << "\n";
+                    if (!out.flush()) throw std::runtime_error("cannot write " + conf);
+                }
+                args = {"redis-server", conf, "--sentinel",
+                        "--bind", "127.0.0.1",
+                        "--port", std::to_string(port_),
+                        "--dir", dir_,
+                        "--logfile", dir_ + "/redis.log",
+                        "--daemonize", "no"};
+            }
             args.insert(args.end(), extra_.begin(), extra_.end());
             std::vector<char*> argv;
             for (auto& a : args) argv.push_back(a.data());
@@ -388,6 +421,7 @@ private:
 
     std::vector<std::string> extra_;
     std::optional<Tls> tls_;
+    std::optional<Sentinel> sentinel_;
     std::string dir_;
     std::string socket_;
     int port_ = 0;

@@ -26,6 +26,7 @@
 
 #include "eventually.hpp"
 #include "exclusion_checker.hpp"
+#include "load.hpp"
 #include "redis_server.hpp"
 #include "tcp_proxy.hpp"
 
@@ -34,6 +35,9 @@ using keylock::Guard;
 using keylock::KeyedLockRegistry;
 using keylock::test::eventually;
 using keylock::test::ExclusionChecker;
+using keylock::test::Load;
+using keylock::test::around;
+using keylock::test::check_exclusion;
 using keylock::test::RedisServer;
 using keylock::test::TcpProxy;
 using keylock::test::url;
@@ -50,89 +54,6 @@ constexpr bool kMeasuresMemory = false;
 constexpr bool kMeasuresMemory = true;
 #endif
 
-
-/// Threads of several registries lock a few keys over and over, holding each lock a little,
-/// until told to stop; every hold goes to the checker, every error is counted by its code.
-class Load {
-public:
-    Load(const RedisServer& server, ExclusionChecker& checker, const std::string& query)
-        : Load(server.port(), checker, query) {}
-    /// Through whatever listens on `port` (e.g. a TcpProxy).
-    Load(int port, ExclusionChecker& checker, const std::string& query, int registries = 3, int threads_each = 4,
-         int keys = 3)
-        : checker_(checker) {
-        for (int i = 0; i < registries; ++i) regs_.push_back(KeyedLockRegistry::from_url(url(port, query)));
-        for (int t = 0; t < registries * threads_each; ++t) {
-            threads_.emplace_back([this, t, keys] {
-                KeyedLockRegistry& r = regs_[static_cast<std::size_t>(t) % regs_.size()];
-                for (int n = 0; !stop_.load(); ++n) {
-                    const std::string key = "fault-" + std::to_string((t + n) % keys);
-                    try {
-                        auto g = r.try_lock_for(key, 200ms);
-                        if (!g) continue;
-                        const auto start = ExclusionChecker::now_ns();
-                        std::this_thread::sleep_for(2ms);
-                        const auto end = ExclusionChecker::now_ns();
-                        const bool lost = g->lost();
-                        std::error_code ec;
-                        g->release(ec);
-                        // A release that finds the lock gone means it was lost some time during
-                        // the hold: then the hold may overlap the next one's.
-                        checker_.record(key, g->fencing_token(), start, end, lost || ec == errc::not_owner);
-                        if (ec) errors_[static_cast<std::size_t>(ec.value()) % errors_.size()].fetch_add(1);
-                        holds_.fetch_add(1);
-                    } catch (const keylock::Error& e) {
-                        errors_[static_cast<std::size_t>(e.code().value()) % errors_.size()].fetch_add(1);
-                        std::this_thread::sleep_for(10ms);
-                    }
-                }
-            });
-        }
-    }
-    ~Load() { finish(); }
-
-    void finish() {
-        stop_ = true;
-        for (auto& t : threads_) {
-            if (t.joinable()) t.join();
-        }
-    }
-    long holds() const { return holds_.load(); }
-    long errors(errc e) const { return errors_[static_cast<std::size_t>(e)].load(); }
-    long errors_other_than(std::initializer_list<errc> allowed) const {
-        long n = 0;
-        for (std::size_t i = 0; i < errors_.size(); ++i) {
-            bool ok = false;
-            for (errc e : allowed) ok = ok || static_cast<std::size_t>(e) == i;
-            if (!ok) n += errors_[i].load();
-        }
-        return n;
-    }
-    std::vector<KeyedLockRegistry>& registries() { return regs_; }
-
-private:
-    ExclusionChecker& checker_;
-    std::vector<KeyedLockRegistry> regs_;
-    std::vector<std::thread> threads_;
-    std::atomic<bool> stop_{false};
-    std::atomic<long> holds_{0};
-    std::array<std::atomic<long>, 32> errors_{};
-};
-
-/// Holds go on before and after `fault`: waits until `before` holds happened, runs it, then
-/// waits for `after` more.
-void around(Load& load, long before, const std::function<void()>& fault, long after) {
-    REQUIRE(eventually([&] { return load.holds() >= before; }, 20s));
-    fault();
-    const long at = load.holds();
-    CHECK(eventually([&] { return load.holds() >= at + after; }, 20s));
-}
-
-void check_exclusion(const ExclusionChecker& checker) {
-    const auto problems = checker.check();
-    for (const auto& p : problems) FAIL_CHECK(p);
-    CHECK(problems.empty());
-}
 
 }  // namespace
 

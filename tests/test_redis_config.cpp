@@ -386,7 +386,7 @@ TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis]
     CHECK(parse_redis_url("redis://h?wait_replicas=1").wait_replicas == 1);
     CHECK(parse_redis_url("redis://h?wait_replicas=64").wait_replicas == 64);
     CHECK(parse_redis_url("redis://h?wait_timeout=1ms").wait_timeout == 1ms);
-    CHECK(parse_redis_url("redis://h?wait_timeout=1m").wait_timeout == 1min);
+    CHECK(parse_redis_url("redis://h?wait_timeout=1m").wait_timeout == 1min);  // unused without wait_replicas
 
     expect_error("redis+sentinel://u:S3cr3t-pw@h1,h2", errc::invalid_url, "needs the master's name");
     expect_error("redis+sentinel://u:S3cr3t-pw@/m", errc::invalid_url, "at least one sentinel");
@@ -410,6 +410,10 @@ TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis]
     expect_error("redis://h?wait_replicas=-1", errc::invalid_option, "'wait_replicas' has value '-1'");
     expect_error("redis://h?wait_timeout=0", errc::invalid_option, "'wait_timeout' has value '0'");
     expect_error("redis://h?wait_timeout=61s", errc::invalid_option, "'wait_timeout' has value '61s'");
+    expect_error("redis://h?wait_replicas=1&wait_timeout=5s", errc::invalid_option,
+                 "'wait_timeout' (5s) must be shorter than command_timeout (5s)");
+    CHECK(parse_redis_url("redis://h?wait_replicas=1&wait_timeout=5s&command_timeout=6s").wait_timeout == 5s);
+    CHECK(parse_redis_url("redis://h?wait_timeout=5s").wait_timeout == 5s);  // no WAIT: no conflict
 }
 
 TEST_CASE("RedisOptions in code: the same options, bounds and redaction as a URL", "[redis][config]") {

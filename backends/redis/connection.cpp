@@ -21,6 +21,7 @@ using Clock = std::chrono::steady_clock;
 
 std::string Endpoint::where() const {
     if (!unix_path.empty()) return unix_path;
+    if (host.empty()) return "the master (not located yet)";  // Sentinel: before the sentinels answer
     const bool v6 = host.find(':') != std::string::npos;
     return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
@@ -157,6 +158,7 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
             }
         }
         if (endpoint_.db != 0) commands->push_back({"SELECT", std::to_string(endpoint_.db)});
+        if (endpoint_.master_only) commands->push_back({"ROLE"});
         commands->push_back({"PING"});
         const std::size_t total = commands->size();
         auto answered = std::make_shared<std::size_t>(0);
@@ -172,6 +174,15 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
                                                           r.str.rfind("NOPERM", 0) == 0;
                                         fail(make_ec(auth ? errc::auth_failed : errc::backend_error),
                                              "Redis at " + endpoint_.where() + " refused " + verb + ": " + r.str);
+                                        return;
+                                    }
+                                    if (verb == "ROLE" && (r.type != Reply::Type::array || r.elements.empty() ||
+                                                           r.elements[0].str != "master")) {
+                                        // E.g. an old master that has come back as a replica:
+                                        // the owner asks the sentinels again.
+                                        fail(make_ec(errc::unavailable),
+                                             "Redis at " + endpoint_.where() + " is not a master (ROLE says '" +
+                                                 (r.elements.empty() ? std::string() : r.elements[0].str) + "')");
                                         return;
                                     }
                                     if (++*answered < total) return;
@@ -232,31 +243,41 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
         });
     };
 
-    if (!endpoint_.unix_path.empty()) {
-        asio::local::stream_protocol::endpoint ep(endpoint_.unix_path);
-        impl_->socket.async_connect(Socket::endpoint_type(ep), [this, self, transport_up](boost::system::error_code ec) {
-            if (state_ != State::connecting) return;
-            if (ec) {
-                fail(make_ec(errc::unavailable), "cannot connect to Redis at " + endpoint_.where() + ": " + ec.message());
-                return;
-            }
-            transport_up();
-        });
-        return;
-    }
-    impl_->resolver.async_resolve(
-        endpoint_.host, std::to_string(endpoint_.port),
-        [this, self, transport_up](boost::system::error_code ec, asio::ip::tcp::resolver::results_type results) {
-            if (state_ != State::connecting) return;
-            if (ec || results.empty()) {
-                fail(make_ec(errc::unavailable), "cannot resolve Redis host " + endpoint_.where() + ": " + ec.message());
-                return;
-            }
-            impl_->addresses.clear();
-            for (const auto& r : results) impl_->addresses.push_back(r.endpoint());
-            impl_->transport_up = transport_up;
-            connect_address(0, {});
-        });
+    auto go = [this, self, transport_up] {
+        if (!endpoint_.unix_path.empty()) {
+            asio::local::stream_protocol::endpoint ep(endpoint_.unix_path);
+            impl_->socket.async_connect(Socket::endpoint_type(ep), [this, self, transport_up](boost::system::error_code ec) {
+                if (state_ != State::connecting) return;
+                if (ec) {
+                    fail(make_ec(errc::unavailable), "cannot connect to Redis at " + endpoint_.where() + ": " + ec.message());
+                    return;
+                }
+                transport_up();
+            });
+            return;
+        }
+        impl_->resolver.async_resolve(
+            endpoint_.host, std::to_string(endpoint_.port),
+            [this, self, transport_up](boost::system::error_code ec, asio::ip::tcp::resolver::results_type results) {
+                if (state_ != State::connecting) return;
+                if (ec || results.empty()) {
+                    fail(make_ec(errc::unavailable), "cannot resolve Redis host " + endpoint_.where() + ": " + ec.message());
+                    return;
+                }
+                impl_->addresses.clear();
+                for (const auto& r : results) impl_->addresses.push_back(r.endpoint());
+                impl_->transport_up = transport_up;
+                connect_address(0, {});
+            });
+    };
+    if (!locate_) return go();
+    locate_([this, self, go](std::error_code ec, std::string why, std::string host, std::uint16_t port) {
+        if (state_ != State::connecting) return;
+        if (ec) return fail(ec, why);
+        endpoint_.host = std::move(host);
+        endpoint_.port = port;
+        go();
+    });
 }
 
 void Connection::connect_address(std::size_t i, boost::system::error_code last) {

@@ -20,6 +20,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/system/error_code.hpp>
 
+#include <keylock/error.hpp>
+
 namespace keylock::redis {
 
 /// Where and how to connect. Built from a `redis://`, `rediss://` or `unix://` URL.
@@ -35,6 +37,7 @@ struct Endpoint {
     int db = 0;
     std::chrono::milliseconds connect_timeout{5000};
     std::chrono::milliseconds command_timeout{5000};
+    bool master_only = false;      ///< the handshake asks ROLE and refuses a replica (Sentinel)
 
     /// "host:port" or the socket path, for messages (no user, no password).
     std::string where() const;
@@ -73,6 +76,12 @@ public:
     /// message naming the endpoint but never the password.
     void connect(std::function<void(std::error_code, std::string message)> handler);
 
+    /// Where to connect is found out first, e.g. by asking sentinels: `locate` is called by
+    /// connect() (within connect_timeout) and answers with an error (and why) or a host and
+    /// port, which replace the endpoint's. Set before connect().
+    using Located = std::function<void(std::error_code, std::string why, std::string host, std::uint16_t port)>;
+    void locate_with(std::function<void(Located)> locate) { locate_ = std::move(locate); }
+
     /// Sends one command (binary-safe arguments). Commands sent before the connection is up
     /// wait for it.
     void send(const std::vector<std::string_view>& argv, ReplyHandler handler);
@@ -86,6 +95,14 @@ public:
 
     /// Closes the connection; pending commands fail with `errc::cancelled`.
     void close();
+
+    /// Breaks the connection as a network failure would: pending commands fail with
+    /// `unavailable`, on_failure runs (if it was established), failure() says `why`. For an
+    /// owner that learns the server is no longer the right one (e.g. a failover).
+    void fail_now(const std::string& why) { fail(make_error_code(errc::unavailable), why); }
+
+    /// The endpoint, with the host and port found by the locator once it has answered.
+    const Endpoint& endpoint() const noexcept { return endpoint_; }
 
     bool connected() const noexcept { return state_ == State::ready; }
     /// Why the connection failed (names the endpoint, never the password); empty until then.
@@ -118,6 +135,7 @@ private:
     bool write_in_flight_ = false;
     std::function<void(std::error_code, std::string)> on_failure_;
     std::function<void(Reply)> on_push_;
+    std::function<void(Located)> locate_;
     std::string failure_;
 };
 

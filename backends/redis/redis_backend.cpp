@@ -29,6 +29,7 @@
 #include "../../src/futex.hpp"
 #include "connection.hpp"
 #include "scripts.hpp"
+#include "sentinel.hpp"
 #include "slots.hpp"
 
 namespace keylock::redis {
@@ -201,11 +202,17 @@ public:
           inspect_(scripts::inspect),
           force_release_(scripts::force_release) {
         lease_ms_ = std::to_string(config_.lease.count());
+        wait_replicas_ = std::to_string(config_.wait_replicas);
+        wait_ms_ = std::to_string(config_.wait_timeout.count());
+        if (!config_.sentinels.empty()) sentinels_ = std::make_shared<SentinelLocator>(io_, config_);
         thread_ = std::thread([this] { run(); });
 #if defined(__linux__)
         pthread_setname_np(thread_.native_handle(), "keylock-redis");  // for top, perf, gdb
 #endif
-        post([this] { arm_watchdog(); });
+        post([this] {
+            arm_watchdog();
+            if (sentinels_) watch_sentinels();
+        });
     }
 
     ~RedisBackend() override = default;
@@ -415,6 +422,7 @@ private:
         work_.reset();
         if (main_) main_->close();
         if (sub_) sub_->close();
+        if (sentinels_) sentinels_->close();
         watchdog_.cancel();
         for (auto& [key, st] : keys_) {
             if (st->retry) st->retry->cancel();
@@ -449,12 +457,43 @@ private:
         return true;
     }
 
+    /// A failover the sentinels announce: connections to the old master are dropped, and new
+    /// ones ask the sentinels where the master is now.
+    void watch_sentinels() {
+        sentinels_->watch([this](const HostPort& to) {
+            for (auto* c : {&main_, &sub_}) {
+                if (*c && ((*c)->endpoint().host != to.host || (*c)->endpoint().port != to.port)) {
+                    (*c)->fail_now("the sentinels switched master '" + config_.master_name + "' to another server");
+                }
+            }
+        });
+    }
+
+    /// A connection to the server, or (Sentinel) to the master the sentinels name when it connects.
+    std::shared_ptr<Connection> new_connection() {
+        if (!sentinels_) return std::make_shared<Connection>(io_, config_.endpoint);
+        Endpoint master = config_.endpoint;
+        master.master_only = true;  // a server that sentinels name master may still be a replica
+        auto c = std::make_shared<Connection>(io_, master);
+        c->locate_with([locator = sentinels_](Connection::Located done) {
+            locator->locate([done = std::move(done)](std::error_code ec, std::string why, HostPort m) {
+                done(ec, std::move(why), std::move(m.host), m.port);
+            });
+        });
+        return c;
+    }
+
     /// The command connection. After a failure a new one is made, at most as often as the
     /// back-off allows; meanwhile commands fail at once with `unavailable` (and the waiters'
     /// retries go on until connect_timeout).
+    std::shared_ptr<Connection> main_ptr() {
+        (void)main();
+        return main_;
+    }
+
     Connection& main() {
         if (!main_ || (!main_->connected() && main_failed_ && may_connect(main_backoff_))) {
-            main_ = std::make_shared<Connection>(io_, config_.endpoint);
+            main_ = new_connection();
             main_failed_ = false;
             std::weak_ptr<Connection> weak = main_;
             main_->on_failure([this, weak](std::error_code, std::string) {
@@ -474,7 +513,7 @@ private:
 
     Connection& subscriber() {
         if (!sub_ || (!sub_->connected() && sub_failed_ && may_connect(sub_backoff_))) {
-            sub_ = std::make_shared<Connection>(io_, config_.endpoint);
+            sub_ = new_connection();
             sub_failed_ = false;
             std::weak_ptr<Connection> weak = sub_;
             auto lost = [this, weak](std::error_code, std::string) {
@@ -508,8 +547,10 @@ private:
 
     /// Runs a script by SHA, sending its body once if the server does not know it (a fresh or
     /// restarted server, a failover).
-    void eval(const Script& script, std::vector<std::string_view> keys, std::vector<std::string_view> args,
-              ReplyHandler handler) {
+    /// Runs a script (EVALSHA, then EVAL if Redis lacks it) on the command connection, which it
+    /// returns: a WAIT must follow on the same one.
+    std::shared_ptr<Connection> eval(const Script& script, std::vector<std::string_view> keys,
+                                     std::vector<std::string_view> args, ReplyHandler handler) {
         std::vector<std::string> argv;  // owned: the retry after NOSCRIPT needs them
         argv.reserve(3 + keys.size() + args.size());
         argv.emplace_back("EVALSHA");
@@ -518,16 +559,51 @@ private:
         for (auto k : keys) argv.emplace_back(k);
         for (auto a : args) argv.emplace_back(a);
         std::vector<std::string_view> view(argv.begin(), argv.end());
-        main().send(view, [this, &script, argv = std::move(argv), handler = std::move(handler)](std::error_code ec,
-                                                                                               Reply r) mutable {
-            if (!ec && r.is_error() && r.str.rfind("NOSCRIPT", 0) == 0) {
+        std::shared_ptr<Connection> conn = main_ptr();
+        std::weak_ptr<Connection> weak = conn;
+        conn->send(view, [this, &script, weak, argv = std::move(argv), handler = std::move(handler)](std::error_code ec,
+                                                                                                   Reply r) mutable {
+            auto conn = weak.lock();
+            if (!ec && r.is_error() && r.str.rfind("NOSCRIPT", 0) == 0 && conn) {
                 argv[0] = "EVAL";
                 argv[1] = script.body;
                 std::vector<std::string_view> again(argv.begin(), argv.end());
-                main().send(again, std::move(handler));
+                conn->send(again, [this, weak, handler = std::move(handler)](std::error_code ec, Reply r) {
+                    answer(weak.lock(), ec, std::move(r), handler);
+                });
                 return;
             }
-            handler(ec, std::move(r));
+            answer(conn, ec, std::move(r), handler);
+        });
+        return conn;
+    }
+
+    /// A script's reply. Behind sentinels, READONLY means the master has become a replica (a
+    /// failover): the connection is dropped, the next one asks the sentinels, and the command
+    /// counts as not answered (`unavailable`, which an acquisition retries).
+    void answer(const std::shared_ptr<Connection>& conn, std::error_code ec, Reply r, const ReplyHandler& handler) {
+        if (!ec && sentinels_ && r.is_error() && r.str.rfind("READONLY", 0) == 0) {
+            const std::string why = "Redis at " + (conn ? conn->endpoint().where() : std::string("the master")) +
+                                    " is a replica now (" + r.str + "); asking the sentinels again";
+            if (conn) conn->fail_now(why);
+            return handler(make_ec(errc::unavailable), Reply{});
+        }
+        handler(ec, std::move(r));
+    }
+
+    /// After a write on `conn`, waits for `wait_replicas` replicas to have it (WAIT), then calls
+    /// `then` with an empty string, or with why they have not.
+    void replicate(const std::shared_ptr<Connection>& conn, std::function<void(std::string)> then) {
+        if (config_.wait_replicas == 0) return then({});
+        if (!conn) return then("the connection it was written on is gone");
+        conn->send({"WAIT", wait_replicas_, wait_ms_}, [this, then = std::move(then)](std::error_code ec, Reply r) {
+            if (ec) return then("WAIT got no answer");
+            if (r.type != Reply::Type::integer) return then("Redis answered WAIT with '" + r.str + "'");
+            if (r.integer < config_.wait_replicas) {
+                return then(std::to_string(r.integer) + " of " + wait_replicas_ +
+                            " replicas acknowledged it within wait_timeout");
+            }
+            then({});
         });
     }
 
@@ -638,8 +714,9 @@ private:
         st.look_again = false;
         const auto sent = Clock::now();
         auto token = std::make_shared<std::string>(tokens_.next());
-        eval(acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
-             [this, key = st.key, token, sent](std::error_code ec, Reply r) {
+        auto conn = std::make_shared<std::weak_ptr<Connection>>();
+        *conn = eval(acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
+             [this, key = st.key, token, sent, conn](std::error_code ec, Reply r) {
                  auto it = keys_.find(key);
                  if (it == keys_.end()) return;  // cannot happen: an attempt keeps its state
                  KeyState& st = *it->second;
@@ -651,10 +728,32 @@ private:
                  }
                  st.first_failure = {};
                  if (r.elements[0].integer == 1) {
-                     return granted(st, *token, static_cast<std::uint64_t>(r.elements[1].integer), sent);
+                     const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
+                     return replicated_grant(st, conn->lock(), *token, fence, sent);
                  }
                  held_elsewhere(st, r.elements[1].integer);
              });
+    }
+
+    /// Redis has given us the lock: with wait_replicas, only once that many replicas have it too
+    /// (WAIT on the connection it was written on). Unreplicated, a failover could give it to
+    /// someone else: it is released, and the waiters fail with `unavailable`.
+    void replicated_grant(KeyState& st, const std::shared_ptr<Connection>& conn, const std::string& token,
+                          std::uint64_t fence, Clock::time_point sent) {
+        if (config_.wait_replicas == 0) return granted(st, token, fence, sent);
+        st.attempting = true;  // still deciding: keeps the state, and other attempts out
+        replicate(conn, [this, key = st.key, token, fence, sent](std::string why) {
+            auto it = keys_.find(key);
+            if (it == keys_.end()) return;  // cannot happen: attempting keeps the state
+            KeyState& st = *it->second;
+            st.attempting = false;
+            if (why.empty()) return granted(st, token, fence, sent);
+            const std::string value = std::to_string(fence) + ":" + token;  // see scripts.hpp
+            eval(release_, {st.lock_key}, {value, st.lock_key}, [](std::error_code, Reply) {});
+            fail_all(st, make_ec(errc::unavailable), "the lock was acquired on the master, but " + why +
+                                                         "; it was released, since a failover could hand it out again");
+            settle(st);
+        });
     }
 
     /// The lock is ours, with owner token `token` and fencing token `fence`: give it to the first
@@ -818,8 +917,9 @@ private:
     void hand_over(KeyState& st, RedisHold* h, std::function<void(std::error_code)> reply, Forget forget) {
         const auto sent = Clock::now();
         auto token = std::make_shared<std::string>(tokens_.next());
-        eval(transfer_, {st.lock_key, st.fence_key}, {h->token, *token, lease_ms_},
-             [this, h, token, sent, reply = std::move(reply), forget](std::error_code ec, Reply r) {
+        auto conn = std::make_shared<std::weak_ptr<Connection>>();
+        *conn = eval(transfer_, {st.lock_key, st.fence_key}, {h->token, *token, lease_ms_},
+             [this, h, token, sent, conn, reply = std::move(reply), forget](std::error_code ec, Reply r) {
                  if (ec || r.type != Reply::Type::integer || r.integer == 0) {
                      forget();
                      reply(ec ? ec : make_ec(r.is_error() ? errc::backend_error : errc::not_owner));
@@ -831,7 +931,7 @@ private:
                  KeyState& st = *it->second;
                  st.holder = nullptr;
                  ++st.transfers;
-                 granted(st, *token, static_cast<std::uint64_t>(r.integer), sent);
+                 replicated_grant(st, conn->lock(), *token, static_cast<std::uint64_t>(r.integer), sent);
                  settle(st);
                  reply({});
              });
@@ -862,10 +962,16 @@ private:
             if (it == keys_.end()) continue;
             // The reply may come after this hold is gone and a new one lives at its address (a
             // hand-over replaces the hold): it counts only for the same acquisition (token).
-            eval(extend_, {it->second->lock_key}, {h->token, lease_ms_}, [this, h, token = h->token, now](std::error_code ec, Reply r) {
+            auto conn = std::make_shared<std::weak_ptr<Connection>>();
+            *conn = eval(extend_, {it->second->lock_key}, {h->token, lease_ms_}, [this, h, token = h->token, now, conn](std::error_code ec, Reply r) {
                 if (!holds_.contains(h) || h->token != token || h->releasing || ec) return;  // released meanwhile, or no answer
                 if (r.type == Reply::Type::integer && r.integer == 1) {
-                    if (!h->is_lost()) h->valid_for(now, config_.lease);
+                    // With wait_replicas, a renewal counts once the replicas have it: a failover
+                    // must not bring back an older, shorter lease than the holder counts on.
+                    replicate(conn->lock(), [this, h, token, now](std::string why) {
+                        if (!why.empty() || !holds_.contains(h) || h->token != token || h->releasing) return;
+                        if (!h->is_lost()) h->valid_for(now, config_.lease);
+                    });
                 } else if (r.type == Reply::Type::integer || (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
                     mark_lost(h);  // gone, or someone else's now (perhaps not even a lock)
                 }
@@ -910,7 +1016,7 @@ private:
     }
 
     const RedisConfig config_;
-    std::string lease_ms_;
+    std::string lease_ms_, wait_replicas_, wait_ms_;
     asio::io_context io_;
     asio::executor_work_guard<asio::io_context::executor_type> work_;
     asio::steady_timer watchdog_;
@@ -925,6 +1031,7 @@ private:
     const Script acquire_, release_, extend_, transfer_, inspect_, force_release_;
 
     // I/O thread only.
+    std::shared_ptr<SentinelLocator> sentinels_;  // redis+sentinel:// only
     std::shared_ptr<Connection> main_, sub_;
     bool main_failed_ = false, sub_failed_ = false;
     Backoff main_backoff_, sub_backoff_;
@@ -999,5 +1106,6 @@ extern "C" {
 extern const bool keylock_redis_registered;
 const bool keylock_redis_registered = keylock::detail::register_scheme("redis", keylock::redis::from_url) &&
                                       keylock::detail::register_scheme("rediss", keylock::redis::from_url) &&
-                                      keylock::detail::register_scheme("unix", keylock::redis::from_url);
+                                      keylock::detail::register_scheme("unix", keylock::redis::from_url) &&
+                                      keylock::detail::register_scheme("redis+sentinel", keylock::redis::from_url);
 }

@@ -252,6 +252,12 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
                        (credentials ? "; a user and password go before the host: redis://user:password@host" : ""));
         }
     }
+    // A WAIT is a command like any other: its answer must come within command_timeout.
+    if (config.wait_replicas > 0 && config.wait_timeout >= ep.command_timeout) {
+        m.fail(errc::invalid_option, "option 'wait_timeout' (" + detail::format_duration(config.wait_timeout) +
+                                         ") must be shorter than command_timeout (" +
+                                         detail::format_duration(ep.command_timeout) + ")");
+    }
     // Connection loads each file on its own: a certificate without its key fails only in the
     // handshake, with an OpenSSL message.
     if (ep.cert_file.empty() != ep.key_file.empty()) {

@@ -1,0 +1,113 @@
+// Load for fault tests: threads of several registries lock a few keys over and over through a
+// fault, every hold recorded in the mutual-exclusion checker (exclusion_checker.hpp).
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <initializer_list>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <keylock/keylock.hpp>
+
+#include "eventually.hpp"
+#include "exclusion_checker.hpp"
+#include "redis_server.hpp"
+
+namespace keylock::test {
+
+/// Threads of several registries lock a few keys over and over, holding each lock a little,
+/// until told to stop; every hold goes to the checker, every error is counted by its code.
+class Load {
+public:
+    Load(const RedisServer& server, ExclusionChecker& checker, const std::string& query)
+        : Load(server.port(), checker, query) {}
+    /// Through whatever listens on `port` (e.g. a TcpProxy).
+    Load(int port, ExclusionChecker& checker, const std::string& query, int registries = 3, int threads_each = 4,
+         int keys = 3)
+        : Load(Url{url(port, query)}, checker, registries, threads_each, keys) {}
+    /// Any registry URL (e.g. redis+sentinel://…).
+    struct Url {
+        std::string text;
+    };
+    Load(const Url& u, ExclusionChecker& checker, int registries = 3, int threads_each = 4, int keys = 3)
+        : checker_(checker) {
+        for (int i = 0; i < registries; ++i) regs_.push_back(keylock::KeyedLockRegistry::from_url(u.text));
+        for (int t = 0; t < registries * threads_each; ++t) {
+            threads_.emplace_back([this, t, keys] {
+                keylock::KeyedLockRegistry& r = regs_[static_cast<std::size_t>(t) % regs_.size()];
+                for (int n = 0; !stop_.load(); ++n) {
+                    const std::string key = "fault-" + std::to_string((t + n) % keys);
+                    try {
+                        auto g = r.try_lock_for(key, std::chrono::milliseconds(200));
+                        if (!g) continue;
+                        const auto start = ExclusionChecker::now_ns();
+                        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                        const auto end = ExclusionChecker::now_ns();
+                        const bool lost = g->lost();
+                        std::error_code ec;
+                        g->release(ec);
+                        // A release that finds the lock gone means it was lost some time during
+                        // the hold: then the hold may overlap the next one's.
+                        checker_.record(key, g->fencing_token(), start, end, lost || ec == keylock::errc::not_owner);
+                        if (ec) errors_[static_cast<std::size_t>(ec.value()) % errors_.size()].fetch_add(1);
+                        holds_.fetch_add(1);
+                    } catch (const keylock::Error& e) {
+                        errors_[static_cast<std::size_t>(e.code().value()) % errors_.size()].fetch_add(1);
+                        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+                    }
+                }
+            });
+        }
+    }
+    ~Load() { finish(); }
+
+    void finish() {
+        stop_ = true;
+        for (auto& t : threads_) {
+            if (t.joinable()) t.join();
+        }
+    }
+    long holds() const { return holds_.load(); }
+    long errors(keylock::errc e) const { return errors_[static_cast<std::size_t>(e)].load(); }
+    long errors_other_than(std::initializer_list<keylock::errc> allowed) const {
+        long n = 0;
+        for (std::size_t i = 0; i < errors_.size(); ++i) {
+            bool ok = false;
+            for (keylock::errc e : allowed) ok = ok || static_cast<std::size_t>(e) == i;
+            if (!ok) n += errors_[i].load();
+        }
+        return n;
+    }
+    std::vector<keylock::KeyedLockRegistry>& registries() { return regs_; }
+
+private:
+    ExclusionChecker& checker_;
+    std::vector<keylock::KeyedLockRegistry> regs_;
+    std::vector<std::thread> threads_;
+    std::atomic<bool> stop_{false};
+    std::atomic<long> holds_{0};
+    std::array<std::atomic<long>, 32> errors_{};
+};
+
+/// Holds go on before and after `fault`: waits until `before` holds happened, runs it, then
+/// waits for `after` more.
+inline void around(Load& load, long before, const std::function<void()>& fault, long after) {
+    REQUIRE(eventually([&] { return load.holds() >= before; }, std::chrono::seconds(20)));
+    fault();
+    const long at = load.holds();
+    CHECK(eventually([&] { return load.holds() >= at + after; }, std::chrono::seconds(20)));
+}
+
+inline void check_exclusion(const ExclusionChecker& checker) {
+    const auto problems = checker.check();
+    for (const auto& p : problems) FAIL_CHECK(p);
+    CHECK(problems.empty());
+}
+
+}  // namespace keylock::test
