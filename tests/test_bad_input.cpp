@@ -147,6 +147,16 @@ const std::vector<BadUrl> bad_urls = {
     {"unix: a NUL in the path", "unix:///tmp/a%00b", errc::invalid_url, "NUL"},
     {"unix: a path longer than sun_path", "unix:///" + std::string(107, 's'), errc::invalid_url, "108 bytes"},
     {"unix: a fragment", "unix://u" + pw + "/tmp/r.sock#x", errc::invalid_url, "takes no fragment"},
+    {"sentinel: no master name", "redis+sentinel://u" + pw + "h1,h2", errc::invalid_url, "needs the master's name"},
+    {"sentinel: no sentinel", "redis+sentinel://u" + pw + "/m", errc::invalid_url, "at least one sentinel"},
+    {"sentinel: an empty address in the list", "redis+sentinel://h1,,h2/m", errc::invalid_url, "empty sentinel"},
+    {"sentinel: a bad port", "redis+sentinel://h1:0/m", errc::invalid_url, "bad port"},
+    {"sentinel: a master name with '/'", "redis+sentinel://h1/m/2", errc::invalid_url, "bad master name"},
+    {"sentinel: a TLS option", "redis+sentinel://h1/m?verify=false", errc::invalid_option, "TLS through sentinels"},
+    {"redis: wait_replicas past 64", "redis://h?wait_replicas=65", errc::invalid_option, "'wait_replicas'"},
+    {"redis: wait_timeout 0", "redis://h?wait_timeout=0", errc::invalid_option, "'wait_timeout'"},
+    {"redis: wait_timeout not shorter than command_timeout", "redis://h?wait_replicas=1&wait_timeout=5s",
+     errc::invalid_option, "must be shorter than command_timeout"},
     {"redis: an unknown option", "redis://u" + pw + "h?lease=1s&leese=2s", errc::unknown_option, "'leese'"},
     {"redis: an option in the wrong case", "redis://h?Lease=1s", errc::unknown_option, "known: prefix, lease"},
     {"redis: the password as an option", "redis://h?password=" + password, errc::unknown_option,
@@ -273,6 +283,20 @@ TEST_CASE("bad input: option values out of range in code are invalid_option", "[
         {"redis: TLS over a Unix socket", redis([](auto& o) { o.tls = true; o.unix_socket = "/r.sock"; }), "tls is for TCP"},
         {"redis: a relative socket path", redis([](auto& o) { o.unix_socket = "r.sock"; }), "absolute path"},
         {"redis: TLS files without TLS", redis([](auto& o) { o.ca_file = "/ca.pem"; }), "needs rediss://"},
+        {"redis: a negative wait_replicas", redis([](auto& o) { o.wait_replicas = -1; }), "wait_replicas"},
+        {"sentinel: no master_name", redis([](auto& o) { o.sentinels = {{"h", 26379}}; }), "master's name"},
+        {"sentinel: master_name without sentinels", redis([](auto& o) { o.master_name = "m"; }), "set sentinels"},
+        {"sentinel: a sentinel without a port", redis([](auto& o) {
+             o.sentinels = {{"h", 0}};
+             o.master_name = "m";
+         }),
+         "a sentinel needs a host and a port"},
+        {"sentinel: with tls", redis([](auto& o) {
+             o.sentinels = {{"h", 26379}};
+             o.master_name = "m";
+             o.tls = true;
+         }),
+         "plain TCP"},
     };
     for (const Row& row : rows) {
         INFO(row.what);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <keylock/keylock.hpp>
+#include <keylock/redis.hpp>
 
 #include "eventually.hpp"
 #include "exclusion_checker.hpp"
@@ -169,6 +170,15 @@ TEST_CASE("sentinel: the master is found through the sentinels, past one that is
     // The lock is on the master the sentinels name.
     Guard g = r.lock("held");
     CHECK(d.master().command("EXISTS keylock:held") == ":1");
+
+    // The same in code.
+    keylock::RedisOptions options;
+    options.sentinels = {{"127.0.0.1", static_cast<std::uint16_t>(dead)},
+                         {"127.0.0.1", static_cast<std::uint16_t>(d.sentinel(1).port())}};
+    options.master_name = "mymaster";
+    auto in_code = keylock::redis_registry(options);
+    CHECK_FALSE(in_code.try_lock("held").has_value());
+    CHECK(in_code.try_lock("other").has_value());
 }
 
 TEST_CASE("sentinel: an unknown master or no sentinel is unavailable, naming each sentinel's reason",

@@ -1071,9 +1071,12 @@ KeyedLockRegistry redis_registry(const RedisOptions& o) {
     // What the URL would misread, or report in its own terms (a path, a host part), is checked
     // here first, in the terms of the struct.
     auto bad = [](const std::string& why) { throw Error(make_error_code(errc::invalid_option), "keylock: RedisOptions: " + why); };
+    const bool sentinel = !o.sentinels.empty();
+    if (sentinel && (o.tls || !o.unix_socket.empty())) bad("sentinels are reached over plain TCP: no tls, no unix_socket");
+    if (!sentinel && !o.master_name.empty()) bad("master_name is for sentinels; set sentinels too");
     if (!o.unix_socket.empty() && o.unix_socket.front() != '/') bad("unix_socket must be an absolute path");
-    if (o.unix_socket.empty() && o.host.empty()) bad("host is empty; set host (and port), or unix_socket");
-    if (o.unix_socket.empty() && o.port == 0) bad("port is 0; expected 1 to 65535");
+    if (!sentinel && o.unix_socket.empty() && o.host.empty()) bad("host is empty; set host (and port), or unix_socket");
+    if (!sentinel && o.unix_socket.empty() && o.port == 0) bad("port is 0; expected 1 to 65535");
     if (o.db < 0) bad("db is " + std::to_string(o.db) + "; expected 0 or more");
     redis::RedisConfig c;
     c.endpoint.host = o.host;
@@ -1092,6 +1095,17 @@ KeyedLockRegistry redis_registry(const RedisOptions& o) {
     c.prefix = o.prefix;
     c.lease = o.lease;
     c.max_key_bytes = o.max_key_bytes;
+    c.wait_replicas = o.wait_replicas;
+    c.wait_timeout = o.wait_timeout;
+    if (sentinel) {
+        c.endpoint.host.clear();
+        c.endpoint.port = 0;
+        for (const auto& [host, port] : o.sentinels) {
+            if (host.empty() || port == 0) bad("a sentinel needs a host and a port from 1 to 65535");
+            c.sentinels.push_back({host, port});
+        }
+        c.master_name = o.master_name;
+    }
     // One set of rules for code and URLs: the options are checked by the URL parser.
     const redis::RedisConfig checked = redis::parse_redis_url(redis::to_url(c, redis::Password::included));
     return KeyedLockRegistry::from_backend(redis::make_backend(checked));

@@ -7,13 +7,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <keylock/registry.hpp>
 
 namespace keylock {
 
-/// The options of a Redis registry: the same as those of a `redis://`, `rediss://` or `unix://`
-/// URL, with the same defaults and bounds (docs/configuration.md lists them).
+/// The options of a Redis registry: the same as those of a `redis://`, `rediss://`, `unix://` or
+/// `redis+sentinel://` URL, with the same defaults and bounds (docs/configuration.md lists them).
 struct RedisOptions {
     std::string host = "127.0.0.1";                  ///< TCP host name or address
     std::uint16_t port = 6379;
@@ -29,6 +31,12 @@ struct RedisOptions {
     std::string prefix = "keylock:";                 ///< prepended to every lock key, 1 to 128 bytes
     std::chrono::milliseconds lease{30000};          ///< 1s to 24h; renewed every lease/3 while held
     std::size_t max_key_bytes = 1024;                ///< the longest key accepted
+    /// Sentinel: the sentinels' addresses (host, port), asked in turn for `master_name`'s
+    /// address; `host`, `port` and `unix_socket` are then not used. Empty: no Sentinel.
+    std::vector<std::pair<std::string, std::uint16_t>> sentinels;
+    std::string master_name;                         ///< Sentinel: the master's name in the sentinels
+    int wait_replicas = 0;                           ///< 0 to 64: WAIT for this many replicas after each write
+    std::chrono::milliseconds wait_timeout{500};     ///< 1ms to 1m, shorter than command_timeout
 };
 
 /// A registry on the Redis server `options` describe. Throws keylock::Error as from_url() does
