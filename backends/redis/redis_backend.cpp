@@ -752,7 +752,6 @@ private:
             eval(release_, {st.lock_key}, {value, st.lock_key}, [](std::error_code, Reply) {});
             fail_all(st, make_ec(errc::unavailable), "the lock was acquired on the master, but " + why +
                                                          "; it was released, since a failover could hand it out again");
-            settle(st);
         });
     }
 
@@ -859,11 +858,13 @@ private:
         arm_retry(st, std::chrono::milliseconds(50 + jitter_(rng_)));
     }
 
+    /// Fails every waiter of the key, then frees the key's state if nothing else refers to it:
+    /// `st` may be gone when this returns.
     void fail_all(KeyState& st, std::error_code ec, const std::string& why) {
         st.first_failure = {};
-        // finish() may free the state with the last waiter: take them out first.
         std::vector<Waiter*> all(st.queue.begin(), st.queue.end());
-        for (Waiter* w : all) finish(w, ec, {}, true, why);
+        for (Waiter* w : all) finish(w, ec, {}, false, why);
+        settle(st);
     }
 
     // ---- releasing ---------------------------------------------------------------------
