@@ -66,8 +66,7 @@ struct Sample {
 };
 
 template <class Op>
-Sample run_threads(int threads, std::chrono::milliseconds duration, const Workload& w, bool hot,
-                   Op& op) {
+Sample run_threads(int threads, std::chrono::milliseconds duration, const Workload& w, bool hot, Op& op) {
     std::atomic<int> ready{0};
     std::atomic<bool> go{false};
     std::atomic<bool> stop{false};
@@ -179,8 +178,8 @@ using BareMutexOp = GlobalMutexOp;
 // ---------------------------------------------------------------------------------------------
 
 struct Measurement {
-    std::string id;         // short name, used to pair measurements for ratios
-    std::string label;      // row label in the table
+    std::string id;     // short name, used to pair measurements for ratios
+    std::string label;  // row label in the table
     int threads = 1;
     std::function<Sample(std::chrono::milliseconds)> run;
     std::vector<double> samples;  // ops/s, one per round
@@ -237,14 +236,15 @@ CpuSnap cpu_snap() {
     snap.when = SteadyClock::now();
     std::ifstream in("/proc/stat");
     std::string cpu;
-    unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0,
-                       steal = 0;
+    unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
     in >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
-    const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+    const auto tick = static_cast<double>(sysconf(_SC_CLK_TCK));
     snap.system_busy = static_cast<double>(user + nice + system + irq + softirq + steal) / tick;
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
-    auto secs = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6; };
+    auto secs = [](const timeval& tv) {
+        return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+    };
     snap.self = secs(ru.ru_utime) + secs(ru.ru_stime);
     return snap;
 }
@@ -257,8 +257,7 @@ double others_share(const CpuSnap& a, const CpuSnap& b, int cpus) {
 }
 
 void usage(const char* argv0) {
-    std::fprintf(stderr, "usage: %s [--quick] [--rounds N] [--ms N] [--only ID,...] [--threads N]\n",
-                 argv0);
+    std::fprintf(stderr, "usage: %s [--quick] [--rounds N] [--ms N] [--only ID,...] [--threads N]\n", argv0);
 }
 
 }  // namespace
@@ -290,7 +289,8 @@ int main(int argc, char** argv) {
     }
     const auto duration = std::chrono::milliseconds(ms);
 
-    std::printf("# keylock local backend benchmark%s\n\n", quick ? " (--quick smoke run: numbers are meaningless)" : "");
+    std::printf("# keylock local backend benchmark%s\n\n",
+                quick ? " (--quick smoke run: numbers are meaningless)" : "");
     std::printf("- machine: %d usable CPUs (nproc), %ld online; CPU: %s\n", usable_cpus(),
                 sysconf(_SC_NPROCESSORS_ONLN), read_cpu_model().c_str());
     std::printf("- compiler: g++ %s%s\n", __VERSION__,
@@ -301,8 +301,7 @@ int main(int argc, char** argv) {
 #endif
     );
     std::printf("- load average at start: %s\n", read_loadavg().c_str());
-    std::printf("- %d round(s) x %d ms per measurement, contenders interleaved; median reported\n\n",
-                rounds, ms);
+    std::printf("- %d round(s) x %d ms per measurement, contenders interleaved; median reported\n\n", rounds, ms);
     std::fflush(stdout);
 
     // Workload: keys and the random sequence are made once, outside any timing.
@@ -322,7 +321,7 @@ int main(int argc, char** argv) {
     keylock::KeyedLockRegistry reg_ttl(ttl_opts);
     keylock::KeyedLockRegistry reg_hot;
     keylock::KeyedLockRegistry reg_hot_ttl(ttl_opts);
-    keylock::KeyedLockRegistry reg_handle;  // separate: its pinned entry must not help reg_hot
+    keylock::KeyedLockRegistry reg_handle;       // separate: its pinned entry must not help reg_hot
     std::vector<keylock::KeyMutex> hot_handles;  // one per thread, all for the hot key
     for (int t = 0; t < 2; ++t) hot_handles.push_back(reg_handle.obtain(w.hot));
     std::mutex global_mu;
@@ -358,13 +357,11 @@ int main(int argc, char** argv) {
         add("keylock", "keylock, default (frees idle entries)", false, t, KeylockOp{reg_default});
         add("keylock_ttl", "keylock, idle_ttl=30s", false, t, KeylockOp{reg_ttl});
         add("global", "(a) one global std::mutex", false, t, GlobalMutexOp{global_mu});
-        add("map", "(b) map<string, mutex> + global mutex, never frees", false, t,
-            MapOfMutexesOp{*map});
+        add("map", "(b) map<string, mutex> + global mutex, never frees", false, t, MapOfMutexesOp{*map});
         add("striped", "(c) 1024 striped std::mutex", false, t, StripedOp{*stripes});
         add("hot_keylock", "hot key: keylock, one key", true, t, KeylockOp{reg_hot});
         add("hot_keylock_ttl", "hot key: keylock, idle_ttl=30s (extra)", true, t, KeylockOp{reg_hot_ttl});
-        add("hot_handle", "hot key: keylock, obtain() handle (extra)", true, t,
-            KeyMutexOp{hot_handles});
+        add("hot_handle", "hot key: keylock, obtain() handle (extra)", true, t, KeyMutexOp{hot_handles});
         add("hot_mutex", "hot key: bare std::mutex", true, t, BareMutexOp{hot_mu});
     }
 
@@ -385,8 +382,8 @@ int main(int argc, char** argv) {
             if (m.run) m.samples.push_back(m.run(duration).ops_per_sec);
         }
         noise.push_back(others_share(before, cpu_snap(), cpus));
-        std::fprintf(stderr, "round %d/%d done: other processes used %.0f%% of the CPUs\n", r + 1,
-                     rounds, 100 * noise.back());
+        std::fprintf(stderr, "round %d/%d done: other processes used %.0f%% of the CPUs\n", r + 1, rounds,
+                     100 * noise.back());
     }
 
     auto find = [&](std::string_view id, int threads) -> Measurement& {
@@ -406,8 +403,7 @@ int main(int argc, char** argv) {
     auto spread = [](const std::vector<double>& v) {
         if (v.empty()) return 0.0;
         const double med = median(v);
-        return med > 0 ? 100.0 * (*std::max_element(v.begin(), v.end()) -
-                                  *std::min_element(v.begin(), v.end())) / med
+        return med > 0 ? 100.0 * (*std::max_element(v.begin(), v.end()) - *std::min_element(v.begin(), v.end())) / med
                        : 0.0;
     };
 
@@ -437,14 +433,15 @@ int main(int argc, char** argv) {
     std::printf("%s\n\n", median(noise) > 0.10 ? "  -- NOISY: figures are below what a quiet machine gives" : "");
 
     std::printf("## Throughput (lock + unlock, millions of ops/s, median of %d rounds; "
-                "spread = (max-min)/median)\n\n", rounds);
+                "spread = (max-min)/median)\n\n",
+                rounds);
     std::printf("| contender | 1 thread | spread | 2 threads | spread |\n");
     std::printf("|---|---:|---:|---:|---:|\n");
     for (const auto& m : ms_list) {
         if (m.threads != 1) continue;
         const auto& m2 = find(m.id, 2);
-        std::printf("| %s | %s | %s | %s | %s |\n", m.label.c_str(), mops(m.samples).c_str(),
-                    pct(m.samples).c_str(), mops(m2.samples).c_str(), pct(m2.samples).c_str());
+        std::printf("| %s | %s | %s | %s | %s |\n", m.label.c_str(), mops(m.samples).c_str(), pct(m.samples).c_str(),
+                    mops(m2.samples).c_str(), pct(m2.samples).c_str());
     }
 
     std::printf("\n## Ratios (median over rounds of the ratio within a round)\n\n");
@@ -485,7 +482,9 @@ int main(int argc, char** argv) {
     for (const auto& t : targets) {
         const double got = ratio(t.num, t.den, 2);
         std::printf("| %s | %s | %s |\n", t.label, times(got).c_str(),
-                    got <= 0 ? "n/a" : got >= t.want ? "PASS" : "FAIL");
+                    got <= 0        ? "n/a"
+                    : got >= t.want ? "PASS"
+                                    : "FAIL");
     }
 
     const auto st = reg_default.stats();
@@ -494,20 +493,17 @@ int main(int argc, char** argv) {
     std::printf("\n## Registry state at the end\n\n");
     std::printf("- default registry: stats().entries = %llu (expected 0: %s), acquisitions = %llu, contended = %llu\n",
                 static_cast<unsigned long long>(st.entries), st.entries == 0 ? "OK" : "NOT ZERO",
-                static_cast<unsigned long long>(st.acquisitions),
-                static_cast<unsigned long long>(st.contended));
+                static_cast<unsigned long long>(st.acquisitions), static_cast<unsigned long long>(st.contended));
     std::printf("- idle_ttl=30s registry: stats().entries = %llu (warm entries kept), acquisitions = %llu\n",
-                static_cast<unsigned long long>(st_ttl.entries),
-                static_cast<unsigned long long>(st_ttl.acquisitions));
+                static_cast<unsigned long long>(st_ttl.entries), static_cast<unsigned long long>(st_ttl.acquisitions));
     std::printf("- hot-key registry: stats().entries = %llu, acquisitions = %llu, contended = %llu\n",
-                static_cast<unsigned long long>(st_hot.entries),
-                static_cast<unsigned long long>(st_hot.acquisitions),
+                static_cast<unsigned long long>(st_hot.entries), static_cast<unsigned long long>(st_hot.acquisitions),
                 static_cast<unsigned long long>(st_hot.contended));
     const auto st_handle = reg_handle.stats();
-    std::printf("- obtain() registry: stats().entries = %llu (pinned by the handles), acquisitions = %llu, contended = %llu\n",
-                static_cast<unsigned long long>(st_handle.entries),
-                static_cast<unsigned long long>(st_handle.acquisitions),
-                static_cast<unsigned long long>(st_handle.contended));
+    std::printf(
+        "- obtain() registry: stats().entries = %llu (pinned by the handles), acquisitions = %llu, contended = %llu\n",
+        static_cast<unsigned long long>(st_handle.entries), static_cast<unsigned long long>(st_handle.acquisitions),
+        static_cast<unsigned long long>(st_handle.contended));
     std::printf("- map baseline: %zu mutexes allocated (never freed)\n", map->map.size());
     std::fflush(stdout);
 

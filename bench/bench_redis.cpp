@@ -67,7 +67,7 @@ double ping_rate(int port, int ms) {
     }
     const double secs = std::chrono::duration<double>(Clock::now() - start).count();
     redisFree(c);
-    return n / secs;
+    return static_cast<double>(n) / secs;
 }
 
 /// Lock + release pairs per second: `threads` threads on distinct keys through one registry.
@@ -95,7 +95,7 @@ double pair_rate(KeyedLockRegistry& r, int threads, int ms, int round) {
     const double secs = std::chrono::duration<double>(Clock::now() - start).count();
     long total = 0;
     for (long c : counts) total += c;
-    return total / secs;
+    return static_cast<double>(total) / secs;
 }
 
 #ifndef KEYLOCK_NODE_REDLOCK_DIR
@@ -110,7 +110,8 @@ std::string prepare_node_redlock() {
         return "node and npm are not installed";
     }
     if (std::system(("test -d '" + dir + "/node_modules/redlock'").c_str()) != 0 &&
-        std::system(("cd '" + dir + "' && npm install --no-audit --no-fund --silent >npm-install.log 2>&1").c_str()) != 0) {
+        std::system(("cd '" + dir + "' && npm install --no-audit --no-fund --silent >npm-install.log 2>&1").c_str()) !=
+            0) {
         return "npm install failed (see " + dir + "/npm-install.log)";
     }
     return {};
@@ -118,8 +119,8 @@ std::string prepare_node_redlock() {
 
 /// node-redlock's lock + release pairs per second, or 0 if it failed.
 double node_redlock_rate(int port, int ms) {
-    const std::string cmd = "node '" KEYLOCK_NODE_REDLOCK_DIR "/redlock_bench.js' " + std::to_string(port) + " 64 " +
-                            std::to_string(ms);
+    const std::string cmd =
+        "node '" KEYLOCK_NODE_REDLOCK_DIR "/redlock_bench.js' " + std::to_string(port) + " 64 " + std::to_string(ms);
     FILE* p = ::popen(cmd.c_str(), "r");
     if (p == nullptr) return 0;
     double rate = 0;
@@ -155,15 +156,18 @@ std::vector<double> handoffs(const std::string& url, int count) {
         std::atomic<int> turn;
         double latency_us[100000];
     };
-    auto* sh = static_cast<Shared*>(::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    auto* sh = static_cast<Shared*>(
+        ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
     new (sh) Shared{};
-    auto now_ns = [] { return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count(); };
+    auto now_ns = [] {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+    };
     // Process p acquires on odd (p=1) or even (p=0) turns: it waits in lock() for the other to
     // release, measures, then holds until the other is waiting again, and releases.
     auto player = [&](int p) {
         auto r = KeyedLockRegistry::from_url(url);
         for (int i = p; i < count; i += 2) {
-            while (sh->turn.load() != i) std::this_thread::yield();  // the other holds now
+            while (sh->turn.load() != i) std::this_thread::yield();     // the other holds now
             std::this_thread::sleep_for(std::chrono::milliseconds(1));  // let it be waiting... in lock()
             keylock::Guard g = r.lock("handoff");
             const long rel = sh->released_at_ns.load();
@@ -230,7 +234,8 @@ int main(int argc, char** argv) {
             node.push_back(n);
             node_ratio.push_back(t / n);
         }
-        std::fprintf(stderr, "round %d/%d: ping %.0f/s, seq %.0f pairs/s, 64 threads %.0f pairs/s, node-redlock %.0f pairs/s\n",
+        std::fprintf(stderr,
+                     "round %d/%d: ping %.0f/s, seq %.0f pairs/s, 64 threads %.0f pairs/s, node-redlock %.0f pairs/s\n",
                      round + 1, o.rounds, p, s, t, n);
     }
 

@@ -84,7 +84,7 @@ asio::awaitable<void> cancel_with_signal(keylock::KeyedLockRegistry& registry) {
 int main() {
     auto registry = keylock::KeyedLockRegistry::from_url("local://");
     asio::io_context ctx;
-    auto rethrow = [](std::exception_ptr e) { if (e) std::rethrow_exception(e); };
+    auto rethrow = [](const std::exception_ptr& e) { if (e) std::rethrow_exception(e); };
 
     for (int w = 0; w < workers; ++w) co_spawn(ctx, increment(registry), rethrow);
     ctx.run();

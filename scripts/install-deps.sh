@@ -12,6 +12,7 @@ packages=(
     redis-server                            # tests of the Redis backend start their own server
     libsqlite3-dev                          # the get-or-create demo
     iptables iproute2                       # fault tests: the network cut inside a network namespace
+    clang-format-14 clang-tidy-14           # scripts/lint.sh
 )
 
 missing=()

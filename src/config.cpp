@@ -23,8 +23,8 @@ std::string lower(std::string_view s) {
 }
 
 [[noreturn]] void bad_option(std::string_view name, std::string_view value, const char* expected) {
-    throw Error(errc::invalid_option, "keylock: option '" + std::string(name) + "' has value '" +
-                                          shown(value) + "'; expected " + expected);
+    throw Error(errc::invalid_option,
+                "keylock: option '" + std::string(name) + "' has value '" + shown(value) + "'; expected " + expected);
 }
 
 }  // namespace
@@ -62,7 +62,7 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
     if (!number) return std::nullopt;
     const std::string_view unit = text.substr(digits);
     std::uint64_t scale = 0;
-    if (unit == "ms") {
+    if (unit == "ms" || (unit.empty() && *number == 0)) {  // a bare 0 needs no unit
         scale = 1;
     } else if (unit == "s") {
         scale = 1000;
@@ -70,8 +70,6 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
         scale = 60'000;
     } else if (unit == "h") {
         scale = 3'600'000;
-    } else if (unit.empty() && *number == 0) {
-        scale = 1;
     } else {
         return std::nullopt;
     }
@@ -102,11 +100,10 @@ std::string url_scheme(std::string_view url) {
     if (colon == std::string_view::npos || colon == 0) {
         throw Error(errc::invalid_url, "keylock: malformed URL: no scheme (expected e.g. local://)");
     }
-    const std::string scheme = lower(url.substr(0, colon));
+    std::string scheme = lower(url.substr(0, colon));
     const bool ok = std::isalpha(static_cast<unsigned char>(scheme[0])) &&
-                    std::all_of(scheme.begin(), scheme.end(), [](unsigned char c) {
-                        return std::isalnum(c) || c == '+' || c == '-' || c == '.';
-                    });
+                    std::all_of(scheme.begin(), scheme.end(),
+                                [](unsigned char c) { return std::isalnum(c) || c == '+' || c == '-' || c == '.'; });
     if (!ok) throw Error(errc::invalid_url, "keylock: malformed URL: bad scheme '" + shown(scheme) + "'");
     return scheme;
 }
@@ -122,8 +119,8 @@ RegistryOptions parse_local_url(std::string_view text) {
                     "keylock: a local:// URL takes no user, host or port (write local://?option=value)");
     }
     if (!url.encoded_path().empty()) {
-        throw Error(errc::invalid_url, "keylock: a local:// URL takes no path; found '" +
-                                           shown(url.encoded_path()) + "'");
+        throw Error(errc::invalid_url,
+                    "keylock: a local:// URL takes no path; found '" + shown(url.encoded_path()) + "'");
     }
     if (url.has_fragment()) {
         throw Error(errc::invalid_url, "keylock: a local:// URL takes no fragment ('#...')");

@@ -25,7 +25,7 @@ std::optional<bool> parse_bool(std::string_view text);
 std::optional<std::size_t> parse_size(std::string_view text);
 
 /// The options of a `local://` URL; throws keylock::Error naming the part at fault.
-RegistryOptions parse_local_url(std::string_view url);
+RegistryOptions parse_local_url(std::string_view text);
 
 /// The lower-cased scheme of `url`; throws keylock::Error (`invalid_url`) if there is none.
 std::string url_scheme(std::string_view url);

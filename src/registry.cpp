@@ -56,7 +56,7 @@ struct Schemes {
     std::map<std::string, BackendFactory, std::less<>> factories;
 };
 Schemes& schemes() {
-    static Schemes* s = new Schemes;  // never destroyed: registrations happen at static init
+    static auto* s = new Schemes;  // never destroyed: registrations happen at static init
     return *s;
 }
 
@@ -98,8 +98,7 @@ void throw_error(std::error_code ec, std::string_view key, const char* what, std
 
 }  // namespace detail
 
-KeyedLockRegistry::KeyedLockRegistry(const RegistryOptions& options)
-    : backend_(local::make_backend(options)) {}
+KeyedLockRegistry::KeyedLockRegistry(const RegistryOptions& options) : backend_(local::make_backend(options)) {}
 
 KeyedLockRegistry KeyedLockRegistry::from_url(std::string_view url) {
     const std::string scheme = detail::url_scheme(url);
@@ -116,7 +115,8 @@ KeyedLockRegistry KeyedLockRegistry::from_url(std::string_view url) {
         for (const auto& [name, factory] : s.factories) known += ", " + name;
     }
     std::string hint;
-    if (scheme == "redis" || scheme == "rediss" || scheme == "unix") hint = "; link keylock::redis for " + scheme + "://";
+    if (scheme == "redis" || scheme == "rediss" || scheme == "unix")
+        hint = "; link keylock::redis for " + scheme + "://";
     throw Error(errc::unknown_scheme,
                 "keylock: unknown URL scheme '" + scheme + "' (this program supports: " + known + hint + ")");
 }

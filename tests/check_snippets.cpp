@@ -84,8 +84,9 @@ int check(const fs::path& root, const fs::path& doc) {
         } else if (*code != sample) {
             std::size_t k = 0;
             while (k < code->size() && k < sample.size() && (*code)[k] == sample[k]) ++k;
-            report("the sample differs from " + ref + " at its line " + std::to_string(k + 1) + ":\n  doc:  " +
-                   (k < sample.size() ? sample[k] : "(end)") + "\n  code: " + (k < code->size() ? (*code)[k] : "(end)"));
+            report("the sample differs from " + ref + " at its line " + std::to_string(k + 1) +
+                   ":\n  doc:  " + (k < sample.size() ? sample[k] : "(end)") +
+                   "\n  code: " + (k < code->size() ? (*code)[k] : "(end)"));
         }
         i = end;
     }

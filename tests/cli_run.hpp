@@ -88,7 +88,8 @@ private:
 };
 
 /// Runs `keylock args...` to the end: {exit status, stdout and stderr}.
-inline std::pair<int, std::string> run_cli(const std::vector<std::string>& args, const std::vector<std::string>& env = {}) {
+inline std::pair<int, std::string> run_cli(const std::vector<std::string>& args,
+                                           const std::vector<std::string>& env = {}) {
     Cli cli(args, env);
     const int status = cli.wait();
     return {status, cli.output()};

@@ -59,7 +59,8 @@ public:
 
     /// Records one hold. `start_ns` is taken right after the lock was granted, `end_ns` right
     /// before it is released (so the recorded interval lies inside the real one).
-    void record(std::string_view key, std::uint64_t token, std::int64_t start_ns, std::int64_t end_ns, bool lost) noexcept {
+    void record(std::string_view key, std::uint64_t token, std::int64_t start_ns, std::int64_t end_ns,
+                bool lost) noexcept {
         const std::size_t i = shared_->count.fetch_add(1, std::memory_order_relaxed);
         if (i >= capacity_) {
             shared_->overflow.store(true, std::memory_order_relaxed);
@@ -106,9 +107,10 @@ public:
             std::sort(holds.begin(), holds.end(), [](const Hold& a, const Hold& b) { return a.start_ns < b.start_ns; });
             std::map<std::uint64_t, int> uses;
             for (const Hold& h : holds) {
-                if (++uses[h.token] == 2) problems.push_back("key '" + key + "': token " + std::to_string(h.token) + " issued twice");
+                if (++uses[h.token] == 2)
+                    problems.push_back("key '" + key + "': token " + std::to_string(h.token) + " issued twice");
             }
-            const Hold* last_kept = nullptr;  // the latest-ending hold that was not lost
+            const Hold* last_kept = nullptr;   // the latest-ending hold that was not lost
             const Hold* last_begun = nullptr;  // the latest-starting hold that was not lost
             for (const Hold& h : holds) {
                 if (h.lost) continue;

@@ -54,12 +54,12 @@ public:
 
     /// A sentinel instead of a server (`redis-server sentinel.conf --sentinel`), watching one master.
     struct Sentinel {
-        int master_port = 0;                ///< on 127.0.0.1
+        int master_port = 0;  ///< on 127.0.0.1
         std::string master_name = "mymaster";
         int quorum = 2;
-        int down_after_ms = 1000;           ///< how long the master may not answer before it is down
+        int down_after_ms = 1000;  ///< how long the master may not answer before it is down
         int failover_timeout_ms = 3000;
-        std::string auth_pass;              ///< the master's password, if it has one
+        std::string auth_pass;  ///< the master's password, if it has one
     };
 
     /// Starts a sentinel (port() is its port; command() talks to it).
@@ -68,9 +68,7 @@ public:
     /// Starts a server; `extra` are more `redis-server` arguments (e.g. {"--appendonly", "yes"}).
     explicit RedisServer(std::vector<std::string> extra = {}) : extra_(std::move(extra)) { init(); }
     /// Starts a server that also listens with TLS on tls_port(); see the file accessors below.
-    explicit RedisServer(Tls tls, std::vector<std::string> extra = {}) : extra_(std::move(extra)), tls_(tls) {
-        init();
-    }
+    explicit RedisServer(Tls tls, std::vector<std::string> extra = {}) : extra_(std::move(extra)), tls_(tls) { init(); }
     RedisServer(const RedisServer&) = delete;
     RedisServer& operator=(const RedisServer&) = delete;
     ~RedisServer() {
@@ -132,8 +130,12 @@ public:
         stop();
         start(port_, tls_port_);
     }
-    void pause() noexcept { if (pid_ > 0) ::kill(pid_, SIGSTOP); }
-    void resume() noexcept { if (pid_ > 0) ::kill(pid_, SIGCONT); }
+    void pause() noexcept {
+        if (pid_ > 0) ::kill(pid_, SIGSTOP);
+    }
+    void resume() noexcept {
+        if (pid_ > 0) ::kill(pid_, SIGCONT);
+    }
 
     /// Sends one inline command over TCP and returns the first reply line (e.g. "+PONG").
     std::string command(const std::string& inline_command) const {
@@ -229,9 +231,9 @@ private:
     /// A CA: a key and a self-signed certificate, `<name>.key` and `<name>.crt`.
     void make_ca(const std::string& name, const std::string& subject) const {
         const std::string base = dir_ + "/tls/" + name;
-        openssl({"req", "-x509", "-config", dir_ + "/tls/openssl.cnf", "-extensions", "ca",
-                 "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-keyout", base + ".key", "-out", base + ".crt", "-days", "7", "-subj", subject});
+        openssl({"req", "-x509", "-config", dir_ + "/tls/openssl.cnf", "-extensions", "ca", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:P-256", "-nodes", "-keyout", base + ".key", "-out", base + ".crt", "-days", "7",
+                 "-subj", subject});
     }
 
     /// A key and a certificate signed by the CA `ca`, with the extensions of config section
@@ -241,10 +243,19 @@ private:
                    const std::string& extensions, int serial) const {
         const std::string dir = dir_ + "/tls/";
         const std::string base = dir + name;
-        openssl({"req", "-x509", "-config", dir + "openssl.cnf", "-extensions", extensions,
-                 "-CA", dir + ca + ".crt", "-CAkey", dir + ca + ".key", "-set_serial", std::to_string(serial),
-                 "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-keyout", base + ".key", "-out", base + ".crt", "-days", "7", "-subj", subject});
+        openssl({"req",         "-x509",
+                 "-config",     dir + "openssl.cnf",
+                 "-extensions", extensions,
+                 "-CA",         dir + ca + ".crt",
+                 "-CAkey",      dir + ca + ".key",
+                 "-set_serial", std::to_string(serial),
+                 "-newkey",     "ec",
+                 "-pkeyopt",    "ec_paramgen_curve:P-256",
+                 "-nodes",      "-keyout",
+                 base + ".key", "-out",
+                 base + ".crt", "-days",
+                 "7",           "-subj",
+                 subject});
     }
 
     /// Every certificate a TLS test needs, made once per fixture (restart() reuses them). Our
@@ -340,24 +351,18 @@ private:
                 tls_port_ = fixed_tls_port;
                 while (tls_port_ == 0 || tls_port_ == port_) tls_port_ = free_port();
             }
-            std::vector<std::string> args = {"redis-server",
-                                             "--bind", "127.0.0.1",
-                                             "--port", std::to_string(port_),
-                                             "--unixsocket", socket_,
-                                             "--unixsocketperm", "700",
-                                             "--dir", dir_,
-                                             "--logfile", dir_ + "/redis.log",
-                                             "--save", "",
-                                             "--appendonly", "no",
-                                             "--daemonize", "no"};
+            std::vector<std::string> args = {
+                "redis-server", "--bind",    "127.0.0.1",         "--port", std::to_string(port_),
+                "--unixsocket", socket_,     "--unixsocketperm",  "700",    "--dir",
+                dir_,           "--logfile", dir_ + "/redis.log", "--save", "",
+                "--appendonly", "no",        "--daemonize",       "no"};
             if (tls_) {
                 const bool wrong_name = tls_->server_cert == Tls::ServerCert::wrong_name;
                 const bool required = tls_->client_auth == Tls::ClientAuth::required;
-                args.insert(args.end(), {"--tls-port", std::to_string(tls_port_),
-                                         "--tls-cert-file", wrong_name ? wrong_name_cert_file() : server_cert_file(),
-                                         "--tls-key-file", wrong_name ? wrong_name_key_file() : server_key_file(),
-                                         "--tls-ca-cert-file", ca_file(),
-                                         "--tls-auth-clients", required ? "yes" : "optional"});
+                args.insert(args.end(), {"--tls-port", std::to_string(tls_port_), "--tls-cert-file",
+                                         wrong_name ? wrong_name_cert_file() : server_cert_file(), "--tls-key-file",
+                                         wrong_name ? wrong_name_key_file() : server_key_file(), "--tls-ca-cert-file",
+                                         ca_file(), "--tls-auth-clients", required ? "yes" : "optional"});
             }
             if (sentinel_) {
                 // Its own config file (which it rewrites as it learns of replicas and failovers).
@@ -369,15 +374,23 @@ private:
                         << "\nsentinel down-after-milliseconds " << c.master_name << " " << c.down_after_ms
                         << "\nsentinel failover-timeout " << c.master_name << " " << c.failover_timeout_ms
                         << "\nsentinel parallel-syncs " << c.master_name << " 1\n";
-                    if (!c.auth_pass.empty()) out << "sentinel auth-pass " << c.master_name << " " << c.auth_pass << "\n";
+                    if (!c.auth_pass.empty())
+                        out << "sentinel auth-pass " << c.master_name << " " << c.auth_pass << "\n";
                     if (!out.flush()) throw std::runtime_error("cannot write " + conf);
                 }
-                args = {"redis-server", conf, "--sentinel",
-                        "--bind", "127.0.0.1",
-                        "--port", std::to_string(port_),
-                        "--dir", dir_,
-                        "--logfile", dir_ + "/redis.log",
-                        "--daemonize", "no"};
+                args = {"redis-server",
+                        conf,
+                        "--sentinel",
+                        "--bind",
+                        "127.0.0.1",
+                        "--port",
+                        std::to_string(port_),
+                        "--dir",
+                        dir_,
+                        "--logfile",
+                        dir_ + "/redis.log",
+                        "--daemonize",
+                        "no"};
             }
             args.insert(args.end(), extra_.begin(), extra_.end());
             std::vector<char*> argv;
@@ -416,7 +429,8 @@ private:
             stop();
         }
         throw std::runtime_error("redis-server did not start (is it installed? scripts/install-deps.sh "
-                                 "installs it). Its log:\n" + last_log);
+                                 "installs it). Its log:\n" +
+                                 last_log);
     }
 
     std::vector<std::string> extra_;

@@ -105,10 +105,11 @@ private:
         }
         void write(const std::shared_ptr<std::string>& chunk) {
             auto self = shared_from_this();
-            boost::asio::async_write(*to, boost::asio::buffer(*chunk), [this, self, chunk](boost::system::error_code ec, std::size_t) {
-                if (ec) return close();
-                read();
-            });
+            boost::asio::async_write(*to, boost::asio::buffer(*chunk),
+                                     [this, self, chunk](boost::system::error_code ec, std::size_t) {
+                                         if (ec) return close();
+                                         read();
+                                     });
         }
         void flush_held() {
             if (held.empty()) return;

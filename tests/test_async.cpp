@@ -104,11 +104,11 @@ TEST_CASE("per-operation cancellation ends a wait and leaves nothing behind", "[
     asio::cancellation_signal signal;
     boost::system::error_code result;
     bool owned = true;
-    r.async_lock("k", asio::bind_cancellation_slot(
-                          signal.slot(), asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
-                              result = ec;
-                              owned = g.owns_lock();
-                          })));
+    r.async_lock("k", asio::bind_cancellation_slot(signal.slot(),
+                                                   asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
+                                                       result = ec;
+                                                       owned = g.owns_lock();
+                                                   })));
     io.poll();
     CHECK(r.stats().waiting == 1);
     asio::post(io, [&] { signal.emit(asio::cancellation_type::terminal); });

@@ -159,8 +159,7 @@ const std::vector<BadUrl> bad_urls = {
      errc::invalid_option, "must be shorter than command_timeout"},
     {"redis: an unknown option", "redis://u" + pw + "h?lease=1s&leese=2s", errc::unknown_option, "'leese'"},
     {"redis: an option in the wrong case", "redis://h?Lease=1s", errc::unknown_option, "known: prefix, lease"},
-    {"redis: the password as an option", "redis://h?password=" + password, errc::unknown_option,
-     "go before the host"},
+    {"redis: the password as an option", "redis://h?password=" + password, errc::unknown_option, "go before the host"},
     {"redis: an option with no name", "redis://h?=1", errc::unknown_option, "unknown option ''"},
     {"unix: a TCP-only option", "unix:///tmp/r.sock?tls=1", errc::unknown_option, "'tls'"},
     {"redis: a duration that is no duration", "redis://u" + pw + "h?lease=soon", errc::invalid_option,
@@ -177,11 +176,10 @@ const std::vector<BadUrl> bad_urls = {
     {"redis: a prefix over 128 bytes", "redis://h?prefix=" + std::string(129, 'p'), errc::invalid_option,
      "'prefix' has value 'ppp"},
     {"redis: a prefix with a hash tag", "redis://h?prefix=%7Bjobs%7D", errc::invalid_option, "'{jobs}'"},
-    {"redis: a value holding the password", "redis://" + pw + "h?prefix=%7B" + password + "%7D",
-     errc::invalid_option, "'prefix' has value (not shown)"},
+    {"redis: a value holding the password", "redis://" + pw + "h?prefix=%7B" + password + "%7D", errc::invalid_option,
+     "'prefix' has value (not shown)"},
     {"redis: a control byte in a value (shown escaped)", "redis://h?lease=1%0As", errc::invalid_option, "'1\\x0as'"},
-    {"redis: a non-UTF-8 byte in a value (shown escaped)", "redis://h?lease=1%FFs", errc::invalid_option,
-     "'1\\xffs'"},
+    {"redis: a non-UTF-8 byte in a value (shown escaped)", "redis://h?lease=1%FFs", errc::invalid_option, "'1\\xffs'"},
     {"redis: an option given twice", "redis://h?lease=1s&lease=2s", errc::invalid_option, "given twice"},
     {"redis: db as an option", "redis://h?db=2", errc::invalid_option, "database in its path"},
     {"unix: db that is no number", "unix:///tmp/r.sock?db=x", errc::invalid_option, "option 'db' has value 'x'"},
@@ -280,11 +278,18 @@ TEST_CASE("bad input: option values out of range in code are invalid_option", "[
         {"redis: a negative database", redis([](auto& o) { o.db = -1; }), "db is -1"},
         {"redis: port 0", redis([](auto& o) { o.port = 0; }), "port is 0"},
         {"redis: no host", redis([](auto& o) { o.host.clear(); }), "host is empty"},
-        {"redis: TLS over a Unix socket", redis([](auto& o) { o.tls = true; o.unix_socket = "/r.sock"; }), "tls is for TCP"},
+        {"redis: TLS over a Unix socket", redis([](auto& o) {
+             o.tls = true;
+             o.unix_socket = "/r.sock";
+         }),
+         "tls is for TCP"},
         {"redis: a relative socket path", redis([](auto& o) { o.unix_socket = "r.sock"; }), "absolute path"},
         {"redis: TLS files without TLS", redis([](auto& o) { o.ca_file = "/ca.pem"; }), "needs rediss://"},
         {"redis: a negative wait_replicas", redis([](auto& o) { o.wait_replicas = -1; }), "wait_replicas"},
-        {"sentinel: no master_name", redis([](auto& o) { o.sentinels = {{"h", 26379}}; }), "master's name"},
+        {"sentinel: no master_name", redis([](auto& o) {
+             o.sentinels = {{"h", 26379}};
+         }),
+         "master's name"},
         {"sentinel: master_name without sentinels", redis([](auto& o) { o.master_name = "m"; }), "set sentinels"},
         {"sentinel: a sentinel without a port", redis([](auto& o) {
              o.sentinels = {{"h", 0}};
@@ -453,7 +458,8 @@ TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-
         auto registry = KeyedLockRegistry::from_url(url(http.port(), quick));
         for (const Way& way : ways_to_lock()) {
             INFO(way.name);
-            expect(run([&] { way.lock(registry, "k"); }), errc::protocol_error, way.expects("does not speak the Redis protocol"));
+            expect(run([&] { way.lock(registry, "k"); }), errc::protocol_error,
+                   way.expects("does not speak the Redis protocol"));
         }
     }
     SECTION("a server that accepts and never answers") {
@@ -471,8 +477,8 @@ TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-
             RedisServer gone;
             port = gone.port();
         }
-        auto registry = KeyedLockRegistry::from_url("redis://:" + password + "@127.0.0.1:" + std::to_string(port) +
-                                                    "/?" + quick);
+        auto registry =
+            KeyedLockRegistry::from_url("redis://:" + password + "@127.0.0.1:" + std::to_string(port) + "/?" + quick);
         for (const Way& way : ways_to_lock()) {
             INFO(way.name);
             expect(run([&] { way.lock(registry, "k"); }), errc::unavailable, way.expects("Connection refused"), 3s);

@@ -56,7 +56,8 @@ std::vector<std::string> lines_of(const std::string& file) {
 /// A command that waits until told to stop: it touches `started`, and on SIGTERM writes
 /// `got-term` and exits 3.
 std::vector<std::string> patient_command(const TempDir& dir) {
-    return {"sh", "-c", "trap 'echo term > \"$0/got-term\"; exit 3' TERM; touch \"$0/started\"; while :; do sleep 0.05; done",
+    return {"sh", "-c",
+            "trap 'echo term > \"$0/got-term\"; exit 3' TERM; touch \"$0/started\"; while :; do sleep 0.05; done",
             dir.path};
 }
 
@@ -69,15 +70,15 @@ TEST_CASE("keylock exec keeps 8 concurrent processes from overlapping on one key
     TempDir dir;
     // The critical section: mkdir fails if another process is inside; the fencing tokens are
     // appended in the order the processes got in.
-    const std::string section =
-        "mkdir \"$0/inside\" 2>/dev/null || echo overlap >> \"$0/overlaps\"; "
-        "echo \"$KEYLOCK_FENCING_TOKEN\" >> \"$0/tokens\"; sleep 0.05; rmdir \"$0/inside\"";
+    const std::string section = "mkdir \"$0/inside\" 2>/dev/null || echo overlap >> \"$0/overlaps\"; "
+                                "echo \"$KEYLOCK_FENCING_TOKEN\" >> \"$0/tokens\"; sleep 0.05; rmdir \"$0/inside\"";
     std::atomic<int> failures{0};
     std::vector<std::thread> processes;
     for (int p = 0; p < 8; ++p) {
         processes.emplace_back([&] {
             for (int round = 0; round < 3; ++round) {
-                auto [status, out] = run_cli({"exec", "--url", url(server), "shared", "--", "sh", "-c", section, dir.path});
+                auto [status, out] =
+                    run_cli({"exec", "--url", url(server), "shared", "--", "sh", "-c", section, dir.path});
                 if (status != 0) failures.fetch_add(1);
             }
         });
@@ -113,8 +114,8 @@ TEST_CASE("keylock exec exit statuses", "[cli][redis]") {
         CHECK(Clock::now() - start >= 300ms);
     }
     SECTION("64 for usage errors, 78 for a bad URL, 69 for an unreachable backend") {
-        CHECK(run_cli({"exec", "--url", url(server)}).first == 64);                       // no KEY
-        CHECK(run_cli({"exec", "--url", url(server), "k"}).first == 64);                  // no CMD
+        CHECK(run_cli({"exec", "--url", url(server)}).first == 64);       // no KEY
+        CHECK(run_cli({"exec", "--url", url(server), "k"}).first == 64);  // no CMD
         CHECK(run_cli({"exec", "--no-wait", "--timeout", "1s", "--url", url(server), "k", "--", "true"}).first == 64);
         CHECK(run_cli({"exec", "--timeout", "soon", "--url", url(server), "k", "--", "true"}).first == 64);
         CHECK(run_cli({"exec", "--bogus", "k", "--", "true"}).first == 64);
@@ -126,7 +127,8 @@ TEST_CASE("keylock exec exit statuses", "[cli][redis]") {
         CHECK(run_cli({"exec", "--url", "nosuch://x", "k", "--", "true"}).first == 78);
         CHECK(run_cli({"exec", "--url", url(server, "lease=forever"), "k", "--", "true"}).first == 78);
         CHECK(run_cli({"exec", "--url", url(server), "--lease", "1ms", "k", "--", "true"}).first == 78);  // below 1s
-        auto [down, down_out] = run_cli({"exec", "--url", "redis://:s3cret-pw@127.0.0.1:1/?connect_timeout=200ms", "k", "--", "true"});
+        auto [down, down_out] =
+            run_cli({"exec", "--url", "redis://:s3cret-pw@127.0.0.1:1/?connect_timeout=200ms", "k", "--", "true"});
         CHECK(down == 69);
         CHECK_THAT(down_out, !Catch::Contains("s3cret-pw"));
     }
@@ -146,8 +148,9 @@ TEST_CASE("keylock exec gives the command its fencing token and the lock while i
     RedisServer server;
     TempDir dir;
     const std::string inner = std::string(KEYLOCK_CLI_PATH) + " status --url " + url(server) + " k";
-    auto [status, out] = run_cli({"exec", "--url", url(server), "--lease", "5s", "k", "--", "sh", "-c",
-                                  "echo \"$KEYLOCK_FENCING_TOKEN\" > \"$0/token\"; " + inner + " > \"$0/status\"", dir.path});
+    auto [status, out] =
+        run_cli({"exec", "--url", url(server), "--lease", "5s", "k", "--", "sh", "-c",
+                 "echo \"$KEYLOCK_FENCING_TOKEN\" > \"$0/token\"; " + inner + " > \"$0/status\"", dir.path});
     REQUIRE(status == 0);
     const auto token = lines_of(dir / "token");
     const auto seen = lines_of(dir / "status");
@@ -163,7 +166,8 @@ TEST_CASE("keylock exec renews the lease while the command runs longer than it",
     RedisServer server;
     TempDir dir;
     // 3 s under a 1 s lease: the lock must stay ours throughout (checked from outside halfway).
-    Cli cli({"exec", "--url", url(server), "--lease", "1s", "k", "--", "sh", "-c", "touch \"$0/started\"; sleep 3", dir.path});
+    Cli cli({"exec", "--url", url(server), "--lease", "1s", "k", "--", "sh", "-c", "touch \"$0/started\"; sleep 3",
+             dir.path});
     REQUIRE(eventually([&] { return exists(dir / "started"); }));
     std::this_thread::sleep_for(1500ms);
     CHECK_THAT(run_cli({"status", "--url", url(server), "k"}).second, Catch::StartsWith("held token="));

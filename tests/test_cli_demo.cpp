@@ -40,8 +40,8 @@ struct Counts {
 
 /// Runs the demo's workload with small parameters on `backend` and returns its counts.
 Counts demo(const std::string& backend, int processes) {
-    const Result r = run({"--backend", backend, "--processes", std::to_string(processes),
-                          "--threads", "8", "--clients", "2", "--requests", "200"});
+    const Result r = run({"--backend", backend, "--processes", std::to_string(processes), "--threads", "8", "--clients",
+                          "2", "--requests", "200"});
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
     const auto rows = number(r.output, "rows: ");
@@ -80,8 +80,7 @@ TEST_CASE("keylock demo: local:// in one process creates every client once", "[c
 TEST_CASE("keylock demo: local:// in several processes creates duplicates and says why", "[cli]") {
     Result r;
     for (int attempt = 0; attempt < kRacyAttempts; ++attempt) {
-        r = run({"--backend", "local://", "--processes", "3", "--threads", "8", "--clients", "2",
-                 "--requests", "200"});
+        r = run({"--backend", "local://", "--processes", "3", "--threads", "8", "--clients", "2", "--requests", "200"});
         if (number(r.output, "duplicates: ").value_or(0) > 0) break;
     }
     INFO(r.output);

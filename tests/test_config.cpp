@@ -37,8 +37,7 @@ TEST_CASE("durations parse in ms, s, m and h", "[config]") {
     CHECK(parse_duration("1h") == 1h);
     CHECK(parse_duration("0") == 0ms);
     CHECK(parse_duration("0s") == 0ms);
-    for (const char* bad : {"", "s", "10", "-1s", "1.5s", "10 s", "10sec", "1d", "99999999999999999999s",
-                            "3000000h"}) {
+    for (const char* bad : {"", "s", "10", "-1s", "1.5s", "10 s", "10sec", "1d", "99999999999999999999s", "3000000h"}) {
         INFO(bad);
         CHECK_FALSE(parse_duration(bad).has_value());
     }
@@ -48,8 +47,8 @@ TEST_CASE("durations parse in ms, s, m and h", "[config]") {
 }
 
 TEST_CASE("local:// URLs set every option", "[config]") {
-    auto o = keylock::detail::parse_local_url(
-        "local://?idle_ttl=30s&max_keys=100000&max_key_bytes=64&fair=true&shards=16");
+    auto o =
+        keylock::detail::parse_local_url("local://?idle_ttl=30s&max_keys=100000&max_key_bytes=64&fair=true&shards=16");
     CHECK(o.idle_ttl == 30s);
     CHECK(o.max_keys == 100000);
     CHECK(o.max_key_bytes == 64);
@@ -90,8 +89,7 @@ TEST_CASE("bad URLs and options are typed errors naming the part at fault", "[co
     expect_error([] { KeyedLockRegistry::from_url("local://?shards=3"); }, errc::invalid_option, "shards");
     expect_error([] { KeyedLockRegistry::from_url("local://?shards=131072"); }, errc::invalid_option, "shards");
     expect_error([] { KeyedLockRegistry::from_url("local://?fair=1&fair=0"); }, errc::invalid_option, "twice");
-    expect_error([] { KeyedLockRegistry::from_url("local://?x\x01=1"); },
-                 errc::invalid_url, "malformed");
+    expect_error([] { KeyedLockRegistry::from_url("local://?x\x01=1"); }, errc::invalid_url, "malformed");
     keylock::RegistryOptions bad;
     bad.shards = 12;
     expect_error([&] { KeyedLockRegistry r(bad); }, errc::invalid_option, "shards");
@@ -111,8 +109,7 @@ TEST_CASE("messages are one sentence, without repetition", "[config]") {
 TEST_CASE("from_env reads the variable and falls back when unset or empty", "[config]") {
     ::unsetenv("KEYLOCK_TEST_URL");
     CHECK(KeyedLockRegistry::from_env("KEYLOCK_TEST_URL").describe() == "local://");
-    CHECK(KeyedLockRegistry::from_env("KEYLOCK_TEST_URL", "local://?fair=true").describe() ==
-          "local://?fair=true");
+    CHECK(KeyedLockRegistry::from_env("KEYLOCK_TEST_URL", "local://?fair=true").describe() == "local://?fair=true");
     ::setenv("KEYLOCK_TEST_URL", "", 1);
     CHECK(KeyedLockRegistry::from_env("KEYLOCK_TEST_URL").describe() == "local://");
     ::setenv("KEYLOCK_TEST_URL", "local://?max_keys=5", 1);

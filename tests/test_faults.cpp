@@ -57,14 +57,13 @@ constexpr bool kMeasuresMemory = true;
 
 }  // namespace
 
-TEST_CASE("the exclusion checker finds overlapping holds and falling tokens, also from children",
-          "[faults]") {
+TEST_CASE("the exclusion checker finds overlapping holds and falling tokens, also from children", "[faults]") {
     ExclusionChecker clean;
     clean.record("a", 1, 0, 10, false);
     clean.record("a", 2, 10, 20, false);
-    clean.record("b", 1, 5, 15, false);  // another key may overlap
-    clean.record("a", 3, 15, 30, true);  // lost: may overlap the one before...
-    clean.record("a", 4, 25, 40, false); // ...and the one after
+    clean.record("b", 1, 5, 15, false);   // another key may overlap
+    clean.record("a", 3, 15, 30, true);   // lost: may overlap the one before...
+    clean.record("a", 4, 25, 40, false);  // ...and the one after
     CHECK(clean.check().empty());
 
     ExclusionChecker overlap;
@@ -102,11 +101,14 @@ TEST_CASE("fault: Redis frozen longer than the lease while locks are held and aw
     RedisServer server;
     ExclusionChecker checker;
     Load load(server, checker, "lease=1s&command_timeout=5s");
-    around(load, 100, [&] {
-        server.pause();
-        std::this_thread::sleep_for(1500ms);  // past the 1 s lease
-        server.resume();
-    }, 100);
+    around(
+        load, 100,
+        [&] {
+            server.pause();
+            std::this_thread::sleep_for(1500ms);  // past the 1 s lease
+            server.resume();
+        },
+        100);
     load.finish();
     check_exclusion(checker);
     CHECK(checker.lost() > 0);  // the holds the freeze caught: their releases said not_owner
@@ -122,13 +124,16 @@ TEST_CASE("fault: our connections killed (CLIENT KILL) while locks are held and 
     RedisServer server;
     ExclusionChecker checker;
     Load load(server, checker, "lease=3s");
-    around(load, 100, [&] {
-        for (int i = 0; i < 3; ++i) {
-            server.command("CLIENT KILL TYPE normal");
-            server.command("CLIENT KILL TYPE pubsub");
-            std::this_thread::sleep_for(100ms);
-        }
-    }, 100);
+    around(
+        load, 100,
+        [&] {
+            for (int i = 0; i < 3; ++i) {
+                server.command("CLIENT KILL TYPE normal");
+                server.command("CLIENT KILL TYPE pubsub");
+                std::this_thread::sleep_for(100ms);
+            }
+        },
+        100);
     load.finish();
     check_exclusion(checker);
     CHECK(checker.lost() == 0);
@@ -145,7 +150,8 @@ TEST_CASE("fault: Redis killed and restarted empty while locks are held and awai
     RedisServer server;
     ExclusionChecker checker;
     Load load(server, checker, "lease=2s&connect_timeout=3s");
-    around(load, 100, [&] { server.restart(); }, 100);
+    around(
+        load, 100, [&] { server.restart(); }, 100);
     load.finish();
     check_exclusion(checker);
     CHECK(load.errors_other_than({errc::not_owner, errc::unavailable}) == 0);
@@ -178,14 +184,14 @@ TEST_CASE("fault: Redis stalls (DEBUG SLEEP) past command_timeout", "[faults][re
     RedisServer server({"--enable-debug-command", "local"});
     ExclusionChecker checker;
     Load load(server, checker, "lease=1s&command_timeout=200ms&connect_timeout=5s");
-    around(load, 100, [&] { server.command("DEBUG SLEEP 1.5"); }, 100);
+    around(
+        load, 100, [&] { server.command("DEBUG SLEEP 1.5"); }, 100);
     load.finish();
     check_exclusion(checker);
     CHECK(load.errors_other_than({errc::not_owner, errc::unavailable}) == 0);
 }
 
-TEST_CASE("fault: Redis out of memory (maxmemory, noeviction) is a typed error, then works again",
-          "[faults][redis]") {
+TEST_CASE("fault: Redis out of memory (maxmemory, noeviction) is a typed error, then works again", "[faults][redis]") {
     RedisServer server;
     auto r = KeyedLockRegistry::from_url(url(server));
     Guard held = r.lock("before");  // held while memory runs out: its renewals fail, then resume
@@ -254,7 +260,8 @@ TEST_CASE("soak: 200,000 Redis locks from 4 processes x 16 threads leave nothing
                 const long rss_warm = rss_pages();
                 if (!half(per_thread / 2, per_thread)) status = 1;
                 if (status == 0 && fds() > fds_warm) status = 2;
-                if (status == 0 && kMeasuresMemory && (rss_pages() - rss_warm) * ::sysconf(_SC_PAGESIZE) > (16L << 20)) {
+                if (status == 0 && kMeasuresMemory &&
+                    (rss_pages() - rss_warm) * ::sysconf(_SC_PAGESIZE) > (16L << 20)) {
                     status = 3;
                 }
             } catch (...) {
@@ -290,8 +297,7 @@ TEST_CASE("fault: a slow network (40 ms each way) only slows locking down", "[fa
     CHECK(load.errors_other_than({}) == 0);
 }
 
-TEST_CASE("fault: a release heard of before the answer to the waiter's own attempt is not missed",
-          "[faults][redis]") {
+TEST_CASE("fault: a release heard of before the answer to the waiter's own attempt is not missed", "[faults][redis]") {
     // Notifications and replies come on different connections. Here the waiter's command
     // connection is slow (its replies wait 400 ms in the proxy) and its subscriber is not, so the
     // holder's release is heard of while the answer "held" to the waiter's attempt, which Redis
@@ -299,7 +305,7 @@ TEST_CASE("fault: a release heard of before the answer to the waiter's own attem
     // comes, not sleep for the rest of the 30 s lease.
     RedisServer server;
     TcpProxy proxy(server.port());
-    proxy.delay_replies(0, 400ms);  // connection 0: the waiter's commands; 1: its subscriber
+    proxy.delay_replies(0, 400ms);                            // connection 0: the waiter's commands; 1: its subscriber
     auto holders = KeyedLockRegistry::from_url(url(server));  // lease 30 s
     std::optional<Guard> held = holders.lock("k");
     auto waiters = KeyedLockRegistry::from_url(url(proxy.port()));
@@ -330,11 +336,14 @@ TEST_CASE("fault: the network stalls past the lease (half-open), then comes back
     TcpProxy proxy(server.port());
     ExclusionChecker checker;
     Load load(proxy.port(), checker, "lease=1s&command_timeout=300ms&connect_timeout=1s");
-    around(load, 50, [&] {
-        proxy.stall();
-        std::this_thread::sleep_for(2500ms);
-        proxy.resume();
-    }, 50);
+    around(
+        load, 50,
+        [&] {
+            proxy.stall();
+            std::this_thread::sleep_for(2500ms);
+            proxy.resume();
+        },
+        50);
     load.finish();
     check_exclusion(checker);
     CHECK(load.errors(errc::unavailable) > 0);
@@ -346,12 +355,15 @@ TEST_CASE("fault: every connection cut at once, again and again", "[faults][redi
     TcpProxy proxy(server.port());
     ExclusionChecker checker;
     Load load(proxy.port(), checker, "lease=3s");
-    around(load, 50, [&] {
-        for (int i = 0; i < 5; ++i) {
-            proxy.cut();
-            std::this_thread::sleep_for(100ms);
-        }
-    }, 50);
+    around(
+        load, 50,
+        [&] {
+            for (int i = 0; i < 5; ++i) {
+                proxy.cut();
+                std::this_thread::sleep_for(100ms);
+            }
+        },
+        50);
     load.finish();
     check_exclusion(checker);
     CHECK(checker.lost() == 0);
@@ -359,8 +371,7 @@ TEST_CASE("fault: every connection cut at once, again and again", "[faults][redi
     CHECK(proxy.accepted() > 6);  // the registries reconnected after every cut
 }
 
-TEST_CASE("fault: a holder process frozen past its lease, and one killed, among working processes",
-          "[faults][redis]") {
+TEST_CASE("fault: a holder process frozen past its lease, and one killed, among working processes", "[faults][redis]") {
     // What the user sees: the frozen holder's lock goes to another process when its lease ends
     // (with a larger token); once resumed, its guard is lost() and its release deletes nothing
     // (not_owner). The killed holder's lock frees itself when its lease ends. Every hold of
@@ -385,7 +396,8 @@ TEST_CASE("fault: a holder process frozen past its lease, and one killed, among 
     if (killed == 0) holder("killed-key", 60'000);
     // Both hold their keys now (a plain look at Redis), then one is frozen and one is killed.
     REQUIRE(eventually([&] {
-        return server.command("EXISTS keylock:frozen-key") == ":1" && server.command("EXISTS keylock:killed-key") == ":1";
+        return server.command("EXISTS keylock:frozen-key") == ":1" &&
+               server.command("EXISTS keylock:killed-key") == ":1";
     }));
     ::kill(frozen, SIGSTOP);
     ::kill(killed, SIGKILL);
@@ -433,7 +445,8 @@ int network_cut(const std::string& rule) {
         auto b = KeyedLockRegistry::from_url(url(server, query));
         Guard held = a.lock("k");
         const std::string port = std::to_string(server.port());
-        if (std::system(("iptables -A INPUT -p tcp --dport " + port + " " + rule).c_str()) != 0) fail(3, "iptables -A failed");
+        if (std::system(("iptables -A INPUT -p tcp --dport " + port + " " + rule).c_str()) != 0)
+            fail(3, "iptables -A failed");
         std::this_thread::sleep_for(2s);
         if (!held.lost()) fail(4, "the holder's guard is not lost after its lease passed without renewals");
         try {
@@ -442,7 +455,8 @@ int network_cut(const std::string& rule) {
         } catch (const keylock::Error& e) {
             if (e.code() != errc::unavailable) fail(6, "try_lock_for threw something other than unavailable");
         }
-        if (std::system(("iptables -D INPUT -p tcp --dport " + port + " " + rule).c_str()) != 0) fail(7, "iptables -D failed");
+        if (std::system(("iptables -D INPUT -p tcp --dport " + port + " " + rule).c_str()) != 0)
+            fail(7, "iptables -D failed");
         auto next = b.try_lock_for("k", 5s);  // the lease ran out in Redis too
         if (!next) fail(8, "the key did not come free after the network came back");
         if (next->fencing_token() <= held.fencing_token()) fail(9, "the next token is not larger");
@@ -478,15 +492,19 @@ TEST_CASE("fault: maxmemory with allkeys-lru evicts keys under the locks", "[fau
     RedisServer server;
     ExclusionChecker checker;
     Load load(server, checker, "lease=1s");
-    around(load, 50, [&] {
-        server.command("CONFIG SET maxmemory-policy allkeys-lru");
-        server.command("CONFIG SET maxmemory 2mb");
-        // 10 MB of other data through a 2 MB limit: Redis evicts all the while.
-        server.command("EVAL \"for i = 1, 20000 do redis.call('SET', 'junk:' .. i, string.rep('x', 500)) end return 1\" 0");
-        const std::string evicted =
-            server.command("EVAL \"return tonumber(string.match(redis.call('INFO', 'stats'), 'evicted_keys:(%d+)'))\" 0");
-        CHECK(std::stol(evicted.substr(1)) > 0);
-    }, 50);
+    around(
+        load, 50,
+        [&] {
+            server.command("CONFIG SET maxmemory-policy allkeys-lru");
+            server.command("CONFIG SET maxmemory 2mb");
+            // 10 MB of other data through a 2 MB limit: Redis evicts all the while.
+            server.command(
+                "EVAL \"for i = 1, 20000 do redis.call('SET', 'junk:' .. i, string.rep('x', 500)) end return 1\" 0");
+            const std::string evicted = server.command(
+                "EVAL \"return tonumber(string.match(redis.call('INFO', 'stats'), 'evicted_keys:(%d+)'))\" 0");
+            CHECK(std::stol(evicted.substr(1)) > 0);
+        },
+        50);
     load.finish();
     check_exclusion(checker);
     CHECK(load.errors_other_than({errc::not_owner}) == 0);
@@ -505,14 +523,15 @@ TEST_CASE("no message anywhere shows a password", "[faults][redis]") {
         }
     };
     const std::vector<std::string> urls = {
-        "redis://:" + secret + "@127.0.0.1:" + std::to_string(server.port()),             // wrong password
-        "redis://user:" + secret + "@127.0.0.1:" + std::to_string(server.port()),         // unknown ACL user
-        "redis://:" + secret + "@127.0.0.1:1/?connect_timeout=100ms",                    // unreachable
-        "rediss://:" + secret + "@127.0.0.1:" + std::to_string(server.port()) + "/?connect_timeout=300ms",  // TLS to plain
+        "redis://:" + secret + "@127.0.0.1:" + std::to_string(server.port()),      // wrong password
+        "redis://user:" + secret + "@127.0.0.1:" + std::to_string(server.port()),  // unknown ACL user
+        "redis://:" + secret + "@127.0.0.1:1/?connect_timeout=100ms",              // unreachable
+        "rediss://:" + secret + "@127.0.0.1:" + std::to_string(server.port()) +
+            "/?connect_timeout=300ms",                                                             // TLS to plain
         "redis://:" + secret + "@127.0.0.1:" + std::to_string(server.port()) + "/?lease=forever",  // bad option
         "redis://:" + secret + "@127.0.0.1:" + std::to_string(server.port()) + "/?bogus=1",        // unknown option
-        "redis://:" + secret + "@/?x",                                                    // no host
-        "redis://:" + secret + "@127.0.0.1:notaport",                                    // bad port
+        "redis://:" + secret + "@/?x",                                                             // no host
+        "redis://:" + secret + "@127.0.0.1:notaport",                                              // bad port
     };
     for (const auto& u : urls) {
         collect([&] {

@@ -2,10 +2,10 @@
 // fail if the promise broke.
 #include <catch2/catch.hpp>
 
+#include <malloc.h>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <malloc.h>
 #include <map>
 #include <mutex>
 #include <stop_token>

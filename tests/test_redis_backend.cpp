@@ -7,8 +7,8 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -433,9 +433,8 @@ TEST_CASE("an async redis wait can be cancelled and works with use_future", "[re
     boost::asio::cancellation_signal signal;
     std::optional<boost::system::error_code> result;
     r.async_lock("k", boost::asio::bind_cancellation_slot(
-                          signal.slot(), boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard) {
-                              result = ec;
-                          })));
+                          signal.slot(),
+                          boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard) { result = ec; })));
     CHECK(eventually([&] { return r.stats().waiting == 1; }));
     boost::asio::post(io, [&] { signal.emit(boost::asio::cancellation_type::terminal); });
     io.run();
@@ -513,24 +512,26 @@ TEST_CASE("an async holder's work is cancelled through the guard's slot when its
     std::optional<boost::system::error_code> lost_result, kept_result;
     Guard kept;
     auto start = Clock::now();
-    r.async_lock("doomed", boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
-        REQUIRE_FALSE(ec);
-        held = std::move(g);
-        // Work that would take a minute, bound to the guard's slot.
-        lost_work.expires_after(20s);
-        lost_work.async_wait(boost::asio::bind_cancellation_slot(held.cancellation_slot(io.get_executor()),
-                                                                 [&](boost::system::error_code e) { lost_result = e; }));
-        // Someone takes the key from us (e.g. an operator's forced release and another owner).
-        server.command("SET keylock:doomed someone-else");
-    }));
-    r.async_lock("kept", boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
-        REQUIRE_FALSE(ec);
-        kept = std::move(g);
-        // A guard whose lease the watchdog renews: its slot stays quiet past several renewals.
-        kept_work.expires_after(2s);
-        kept_work.async_wait(boost::asio::bind_cancellation_slot(kept.cancellation_slot(io.get_executor()),
-                                                                 [&](boost::system::error_code e) { kept_result = e; }));
-    }));
+    r.async_lock(
+        "doomed", boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
+            REQUIRE_FALSE(ec);
+            held = std::move(g);
+            // Work that would take a minute, bound to the guard's slot.
+            lost_work.expires_after(20s);
+            lost_work.async_wait(boost::asio::bind_cancellation_slot(
+                held.cancellation_slot(io.get_executor()), [&](boost::system::error_code e) { lost_result = e; }));
+            // Someone takes the key from us (e.g. an operator's forced release and another owner).
+            server.command("SET keylock:doomed someone-else");
+        }));
+    r.async_lock(
+        "kept", boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
+            REQUIRE_FALSE(ec);
+            kept = std::move(g);
+            // A guard whose lease the watchdog renews: its slot stays quiet past several renewals.
+            kept_work.expires_after(2s);
+            kept_work.async_wait(boost::asio::bind_cancellation_slot(
+                kept.cancellation_slot(io.get_executor()), [&](boost::system::error_code e) { kept_result = e; }));
+        }));
     io.run();
     REQUIRE(lost_result.has_value());
     CHECK(*lost_result == boost::asio::error::operation_aborted);
@@ -556,10 +557,9 @@ TEST_CASE("a guard asked for its slot after the loss is cancelled at once, a rel
     bool cancelled = false;
     boost::asio::steady_timer work(io);
     work.expires_after(60s);
-    work.async_wait(boost::asio::bind_cancellation_slot(g.cancellation_slot(io.get_executor()),
-                                                        [&](boost::system::error_code e) {
-                                                            cancelled = e == boost::asio::error::operation_aborted;
-                                                        }));
+    work.async_wait(boost::asio::bind_cancellation_slot(
+        g.cancellation_slot(io.get_executor()),
+        [&](boost::system::error_code e) { cancelled = e == boost::asio::error::operation_aborted; }));
     io.run_for(10s);
     CHECK(cancelled);
 
@@ -628,7 +628,7 @@ TEST_CASE("a waiter whose notifications were cut off still gets the lock soon af
     });
     REQUIRE(eventually([&] { return server.command("PUBSUB CHANNELS keylock:k") == "*1"; }));
     REQUIRE(server.command("CLIENT KILL TYPE pubsub") == ":1");  // the waiter's subscriber connection
-    held.reset();                                // its release notification goes nowhere
+    held.reset();                                                // its release notification goes nowhere
     const auto start = Clock::now();
     CHECK(eventually([&] { return got.load(); }, 5s));  // not 30 s later, at the end of the lease
     CHECK(Clock::now() - start < 5s);

@@ -91,9 +91,9 @@ TEST_CASE("a bare redis URL takes every default", "[redis][config]") {
 }
 
 TEST_CASE("redis URLs set the user and password and host and port and db and every option", "[redis][config]") {
-    const RedisConfig c = parse_redis_url(
-        "redis://alice:S3cr3t-pw@cache.example.com:6380/3?prefix=app:&lease=10s&connect_timeout=250ms"
-        "&command_timeout=2m&max_key_bytes=256");
+    const RedisConfig c =
+        parse_redis_url("redis://alice:S3cr3t-pw@cache.example.com:6380/3?prefix=app:&lease=10s&connect_timeout=250ms"
+                        "&command_timeout=2m&max_key_bytes=256");
     CHECK(c.endpoint.user == "alice");
     CHECK(c.endpoint.password == password);
     CHECK(c.endpoint.host == "cache.example.com");
@@ -364,8 +364,8 @@ TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis]
     const RedisConfig c = parse_redis_url(
         "redis+sentinel://alice:S3cr3t-pw@s1.example.com,10.0.0.2:26380,[::1]:5000/my-master.1?db=3&lease=10s"
         "&wait_replicas=2&wait_timeout=250ms");
-    CHECK(c.sentinels == std::vector<keylock::redis::HostPort>{
-                             {"s1.example.com", 26379}, {"10.0.0.2", 26380}, {"::1", 5000}});
+    CHECK(c.sentinels ==
+          std::vector<keylock::redis::HostPort>{{"s1.example.com", 26379}, {"10.0.0.2", 26380}, {"::1", 5000}});
     CHECK(c.master_name == "my-master.1");
     CHECK(c.endpoint.host.empty());  // the sentinels will say
     CHECK(c.endpoint.user == "alice");
@@ -399,11 +399,15 @@ TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis]
     expect_error("redis+sentinel://h1/" + std::string(129, 'm'), errc::invalid_url, "bad master name");
     expect_error("redis+sentinel://u:S3cr3t-pw@h1/m#f", errc::invalid_url, "no fragment");
     expect_error("redis+sentinel://h1/m?a b", errc::invalid_url, "malformed redis+sentinel://");
-    expect_error("redis+sentinel://" + [] {
-        std::string hosts = "h0";
-        for (int i = 1; i < 17; ++i) hosts += ",h" + std::to_string(i);
-        return hosts;
-    }() + "/m", errc::invalid_url, "more than 16 sentinels");
+    expect_error(
+        "redis+sentinel://" +
+            [] {
+                std::string hosts = "h0";
+                for (int i = 1; i < 17; ++i) hosts += ",h" + std::to_string(i);
+                return hosts;
+            }() +
+            "/m",
+        errc::invalid_url, "more than 16 sentinels");
     expect_error("redis+sentinel://h1/m?ca_file=/ca.pem", errc::invalid_option, "TLS through sentinels");
     expect_error("redis+sentinel://h1/m?db=x", errc::invalid_option, "option 'db' has value 'x'");
     expect_error("redis://h?wait_replicas=65", errc::invalid_option, "'wait_replicas' has value '65'");
@@ -425,7 +429,7 @@ TEST_CASE("RedisOptions in code: the same options, bounds and redaction as a URL
     options.password = "s3cret";
     options.lease = std::chrono::seconds(10);
     auto registry = keylock::redis_registry(options);  // throws keylock::Error as from_url does
-    std::string url = to_string(registry);              // "redis://:***@127.0.0.1:…?lease=10s"
+    std::string url = to_string(registry);             // "redis://:***@127.0.0.1:…?lease=10s"
     // [/snippet redis-options]
     CHECK(url == "redis://:***@127.0.0.1:" + std::to_string(server.port()) + "?lease=10s");
     CHECK(registry.try_lock("k").has_value());  // connected, authenticated

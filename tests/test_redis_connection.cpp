@@ -60,9 +60,7 @@ Endpoint tcp(const RedisServer& s) {
 
 std::shared_ptr<Connection> connected(boost::asio::io_context& io, Endpoint e, Outcome& out) {
     auto c = std::make_shared<Connection>(io, std::move(e));
-    c->connect([&out](std::error_code ec, std::string message) {
-        out = {ec, std::move(message), true};
-    });
+    c->connect([&out](std::error_code ec, std::string message) { out = {ec, std::move(message), true}; });
     REQUIRE(run_until(io, [&] { return out.done; }));
     return c;
 }
@@ -420,8 +418,7 @@ TEST_CASE("a TLS server certificate for another host name is refused when verify
     }
 }
 
-TEST_CASE("TLS to a plain port and plain to a TLS port fail with typed errors within connect_timeout",
-          "[redis][tls]") {
+TEST_CASE("TLS to a plain port and plain to a TLS port fail with typed errors within connect_timeout", "[redis][tls]") {
     RedisServer server(RedisServer::Tls{});
     boost::asio::io_context io;
     SECTION("a TLS client on the plain port") {

@@ -41,9 +41,7 @@ std::string tagged(std::string_view tag, std::string_view suffix = {}) {
 }
 
 /// What CLUSTER KEYSLOT answers for `key`: an integer reply, ":<slot>".
-std::string expected_reply(std::string_view key) {
-    return ":" + std::to_string(key_slot(key));
-}
+std::string expected_reply(std::string_view key) { return ":" + std::to_string(key_slot(key)); }
 
 }  // namespace
 
@@ -123,8 +121,8 @@ TEST_CASE("key_slot agrees with CLUSTER KEYSLOT of a real server", "[redis][slot
     RedisServer server({"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"});
 
     SECTION("the known vectors") {
-        for (const std::string_view key : {"123456789"sv, "foo"sv, "bar"sv, "{user1000}.following"sv,
-                                           "foo{}{bar}"sv, "foo{{bar}}zap"sv, "foo{bar}{zap}"sv, "{"sv, "}{"sv}) {
+        for (const std::string_view key : {"123456789"sv, "foo"sv, "bar"sv, "{user1000}.following"sv, "foo{}{bar}"sv,
+                                           "foo{{bar}}zap"sv, "foo{bar}{zap}"sv, "{"sv, "}{"sv}) {
             CAPTURE(key);
             CHECK(server.command("CLUSTER KEYSLOT " + std::string(key)) == expected_reply(key));
         }

@@ -172,7 +172,8 @@ TEST_CASE("timeouts and stops are nullopt for try_*, errors otherwise throw", "[
         FAIL("expected an error");
     } catch (const keylock::Error& e) {
         CHECK(e.code() == errc::key_too_long);
-        CHECK(std::string(e.what()).find("'bin?ary?" "?' (9 bytes)") != std::string::npos);
+        CHECK(std::string(e.what()).find("'bin?ary?"
+                                         "?' (9 bytes)") != std::string::npos);
     }
 }
 
@@ -181,8 +182,7 @@ TEST_CASE("with_lock passes the guard when asked and releases on exceptions", "[
     CHECK(f.registry.with_lock("k", [] { return 42; }) == 42);
     CHECK(f.registry.with_lock("k", [](Guard& g) { return g.fencing_token(); }) == 2);
     CHECK(f.fake->releases == 2);
-    CHECK_THROWS_AS(f.registry.with_lock("k", []() -> int { throw std::runtime_error("boom"); }),
-                    std::runtime_error);
+    CHECK_THROWS_AS(f.registry.with_lock("k", []() -> int { throw std::runtime_error("boom"); }), std::runtime_error);
     CHECK(f.fake->releases == 3);
     int x = 0;
     int& r = f.registry.with_lock("k", [&x]() -> int& { return x; });

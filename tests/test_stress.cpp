@@ -28,8 +28,8 @@ constexpr int kOpsPerThread = 20000;
 #endif
 
 struct alignas(64) Slot {
-    long value = 0;          // read-modify-write without atomics: only the lock protects it
-    int inside = 0;          // holders right now; must never exceed 1
+    long value = 0;           // read-modify-write without atomics: only the lock protects it
+    int inside = 0;           // holders right now; must never exceed 1
     std::uint64_t fence = 0;  // last fencing token seen
 };
 

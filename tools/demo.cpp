@@ -67,8 +67,7 @@ using keylock::tools::exit_usage;
 // A thin SQLite layer: every return code is checked; any failure throws with sqlite3_errmsg.
 
 [[noreturn]] void sqlite_fail(sqlite3* db, const std::string& what) {
-    throw std::runtime_error("sqlite: " + what + ": " +
-                             (db != nullptr ? sqlite3_errmsg(db) : "out of memory"));
+    throw std::runtime_error("sqlite: " + what + ": " + (db != nullptr ? sqlite3_errmsg(db) : "out of memory"));
 }
 
 class Statement {
@@ -84,8 +83,8 @@ public:
     ~Statement() { sqlite3_finalize(stmt_); }
 
     void bind(int index, std::string_view text) {
-        if (sqlite3_bind_text(stmt_, index, text.data(), static_cast<int>(text.size()),
-                              SQLITE_TRANSIENT) != SQLITE_OK) {
+        if (sqlite3_bind_text(stmt_, index, text.data(), static_cast<int>(text.size()), SQLITE_TRANSIENT) !=
+            SQLITE_OK) {
             sqlite_fail(db_, "bind");
         }
     }
@@ -116,8 +115,7 @@ private:
 class Connection {
 public:
     explicit Connection(const std::string& path) {
-        const int rc = sqlite3_open_v2(path.c_str(), &db_,
-                                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+        const int rc = sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
         if (rc != SQLITE_OK) {
             const std::string message = db_ != nullptr ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
             sqlite3_close(db_);
@@ -192,11 +190,10 @@ void create_fresh_table(const std::string& path) {
     }
     db.exec("DROP TABLE IF EXISTS clients");
     // Deliberately no UNIQUE constraint on client_id.
-    db.exec(
-        "CREATE TABLE clients ("
-        "  id         INTEGER PRIMARY KEY AUTOINCREMENT,"
-        "  client_id  TEXT NOT NULL,"
-        "  created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))");
+    db.exec("CREATE TABLE clients ("
+            "  id         INTEGER PRIMARY KEY AUTOINCREMENT,"
+            "  client_id  TEXT NOT NULL,"
+            "  created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))");
 }
 
 struct Count {
@@ -215,8 +212,7 @@ Count count_clients(const std::string& path) {
 class TempDatabase {
 public:
     TempDatabase() {
-        std::string pattern =
-            (std::filesystem::temp_directory_path() / "keylock-demo-XXXXXX.db").string();
+        std::string pattern = (std::filesystem::temp_directory_path() / "keylock-demo-XXXXXX.db").string();
         const int fd = mkstemps(pattern.data(), 3);
         if (fd < 0) {
             throw std::system_error(errno, std::generic_category(), "cannot create " + pattern);
@@ -249,14 +245,13 @@ struct SharedState {
     std::atomic<bool> go{false};                // set by the parent: start serving
     std::atomic<bool> failed{false};            // set on the first failure: everyone stops
 };
-static_assert(std::atomic<std::int64_t>::is_always_lock_free &&
-              std::atomic<int>::is_always_lock_free && std::atomic<bool>::is_always_lock_free);
+static_assert(std::atomic<std::int64_t>::is_always_lock_free && std::atomic<int>::is_always_lock_free &&
+              std::atomic<bool>::is_always_lock_free);
 
 class SharedMapping {
 public:
     SharedMapping() {
-        void* p = mmap(nullptr, sizeof(SharedState), PROT_READ | PROT_WRITE,
-                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        void* p = mmap(nullptr, sizeof(SharedState), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap");
         state_ = new (p) SharedState;  // mapped memory holds no object until one is made there
     }
@@ -455,10 +450,9 @@ void print_usage(std::FILE* out, const char* argv0) {
 int parse_count(const std::string& option, std::string_view text, int max) {
     int value = 0;
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || value < 1 ||
-        value > max) {
-        throw UsageError{option + " wants a whole number from 1 to " + std::to_string(max) +
-                         ", not '" + std::string(text) + "'"};
+    if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || value < 1 || value > max) {
+        throw UsageError{option + " wants a whole number from 1 to " + std::to_string(max) + ", not '" +
+                         std::string(text) + "'"};
     }
     return value;
 }
@@ -471,8 +465,8 @@ Settings parse_args(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string option = argv[i];
         if (option == "--help" || option == "-h") throw UsageError{};
-        if (option != "--backend" && option != "--processes" && option != "--threads" &&
-            option != "--clients" && option != "--requests" && option != "--db") {
+        if (option != "--backend" && option != "--processes" && option != "--threads" && option != "--clients" &&
+            option != "--requests" && option != "--db") {
             throw UsageError{"unknown option '" + option + "'"};
         }
         if (i + 1 >= argc) throw UsageError{option + " needs a value"};
@@ -528,12 +522,11 @@ int run(Settings& s) {
     create_fresh_table(s.db_path);  // its connection is closed: none may cross a fork()
 
     std::printf("get-or-create: %d %s for %d client %s from %d %s x %d %s\n", s.requests,
-                plural(s.requests, "request", "requests"), s.clients, plural(s.clients, "id", "ids"),
-                s.processes, plural(s.processes, "process", "processes"), s.threads,
-                plural(s.threads, "thread", "threads"));
+                plural(s.requests, "request", "requests"), s.clients, plural(s.clients, "id", "ids"), s.processes,
+                plural(s.processes, "process", "processes"), s.threads, plural(s.threads, "thread", "threads"));
     std::printf("backend: %s\n", backend.c_str());
-    std::printf("database: %s (SQLite %s, WAL; no UNIQUE constraint on client_id)\n",
-                s.db_path.c_str(), sqlite3_libversion());
+    std::printf("database: %s (SQLite %s, WAL; no UNIQUE constraint on client_id)\n", s.db_path.c_str(),
+                sqlite3_libversion());
     std::printf("each create waits %lld ms first, like a call to a payment provider\n\n",
                 static_cast<long long>(provider_call.count()));
 
@@ -560,12 +553,10 @@ int run(Settings& s) {
 
     const Count count = count_clients(s.db_path);
     const long long duplicates = count.rows - count.distinct;
-    const auto us = std::max<long long>(
-        1, std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count());
+    const auto us = std::max<long long>(1, std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count());
     std::printf("rows: %lld\ndistinct: %lld\nduplicates: %lld\n", static_cast<long long>(count.rows),
                 static_cast<long long>(count.distinct), duplicates);
-    std::printf("throughput: %.0f requests/s (%lld ms)\n\n",
-                s.requests * 1e6 / static_cast<double>(us), us / 1000);
+    std::printf("throughput: %.0f requests/s (%lld ms)\n\n", s.requests * 1e6 / static_cast<double>(us), us / 1000);
 
     if (duplicates > 0 && none) {
         std::printf("Without a lock, requests for the same client both found nothing and both "

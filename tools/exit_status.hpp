@@ -21,8 +21,7 @@ inline int exit_status_of(std::error_code ec, int other) {
         return exit_config;
     }
     if (ec == errc::invalid_key || ec == errc::key_too_long || ec == errc::not_supported) return exit_usage;
-    if (ec == errc::unavailable || ec == errc::auth_failed || ec == errc::protocol_error ||
-        ec == errc::backend_error) {
+    if (ec == errc::unavailable || ec == errc::auth_failed || ec == errc::protocol_error || ec == errc::backend_error) {
         return exit_unavailable;
     }
     return other;

@@ -20,9 +20,9 @@
 #include <cstring>
 #include <optional>
 #include <stop_token>
-#include <thread>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <boost/url/parse.hpp>
@@ -34,11 +34,11 @@
 #include "demo.hpp"
 #include "exit_status.hpp"
 
-extern char** environ;
+// POSIX declares environ in no header (glibc does in <unistd.h>, with _GNU_SOURCE only).
+extern char** environ;  // NOLINT(readability-redundant-declaration): see above
 
 namespace {
 
-using keylock::tools::exit_config;
 using keylock::tools::exit_tempfail;
 using keylock::tools::exit_unavailable;
 using keylock::tools::exit_usage;
@@ -52,18 +52,17 @@ struct UsageError {
 /// `--help` among a command's options: its usage on stdout, exit 0.
 struct HelpWanted {};
 
-const char* const usage_main =
-    "usage: keylock COMMAND [OPTIONS]\n"
-    "\n"
-    "commands:\n"
-    "  exec     run a command while holding a lock (a flock(1) across machines)\n"
-    "  status   show whether a key is locked, its fencing token and remaining lease\n"
-    "  release  delete a key's lock whoever holds it (--force; for operators)\n"
-    "  demo     the get-or-create race, without and with keylock, in N processes\n"
-    "\n"
-    "`keylock COMMAND --help` describes each. The backend is --url URL, else $KEYLOCK_URL,\n"
-    "else local:// (which exec, status and release refuse: its locks live in one process).\n"
-    "docs/cli.md has the whole manual.\n";
+const char* const usage_main = "usage: keylock COMMAND [OPTIONS]\n"
+                               "\n"
+                               "commands:\n"
+                               "  exec     run a command while holding a lock (a flock(1) across machines)\n"
+                               "  status   show whether a key is locked, its fencing token and remaining lease\n"
+                               "  release  delete a key's lock whoever holds it (--force; for operators)\n"
+                               "  demo     the get-or-create race, without and with keylock, in N processes\n"
+                               "\n"
+                               "`keylock COMMAND --help` describes each. The backend is --url URL, else $KEYLOCK_URL,\n"
+                               "else local:// (which exec, status and release refuse: its locks live in one process).\n"
+                               "docs/cli.md has the whole manual.\n";
 
 const char* const usage_exec =
     "usage: keylock exec [--url URL] [--timeout D | --no-wait] [--lease D] KEY -- CMD [ARG...]\n"
@@ -296,7 +295,7 @@ int run_exec(int argc, char** argv) {
     int interrupted = 0;
     {
         std::stop_source stop;
-        std::jthread watcher([&](std::stop_token done) {
+        std::jthread watcher([&](const std::stop_token& done) {
             const sigset_t interrupting = waited_signals();
             const timespec tick{0, 50'000'000};
             while (!done.stop_requested()) {
@@ -313,7 +312,8 @@ int run_exec(int argc, char** argv) {
         } else if (o.timeout) {
             guard = registry.try_lock_for(o.common.key, *o.timeout, stop.get_token());
         } else {
-            guard = registry.try_lock_until(o.common.key, std::chrono::steady_clock::time_point::max(), stop.get_token());
+            guard =
+                registry.try_lock_until(o.common.key, std::chrono::steady_clock::time_point::max(), stop.get_token());
         }
         watcher.request_stop();
     }  // joins the watcher: `interrupted` is final

@@ -122,12 +122,12 @@ private:
 
 /// The bits of Entry::word.
 namespace word {
-constexpr std::uint64_t kHeld = 1;          // locked
-constexpr std::uint64_t kQueued = 2;        // the waiter queue is not empty
-constexpr std::uint64_t kSlowRelease = 4;   // the queue's head needs the releaser (a wake-up or a grant)
-constexpr std::uint64_t kPublished = 8;     // changed only by CAS; fast paths may use it
-constexpr std::uint64_t kShared = 16;       // two references at once since it was last unreferenced
-constexpr std::uint64_t kHot = 32;          // its key was being shared when its last entry was freed
+constexpr std::uint64_t kHeld = 1;         // locked
+constexpr std::uint64_t kQueued = 2;       // the waiter queue is not empty
+constexpr std::uint64_t kSlowRelease = 4;  // the queue's head needs the releaser (a wake-up or a grant)
+constexpr std::uint64_t kPublished = 8;    // changed only by CAS; fast paths may use it
+constexpr std::uint64_t kShared = 16;      // two references at once since it was last unreferenced
+constexpr std::uint64_t kHot = 32;         // its key was being shared when its last entry was freed
 constexpr unsigned kRefShift = 6;
 constexpr std::uint64_t kRef = std::uint64_t{1} << kRefShift;
 constexpr std::uint64_t kRefMask = ((std::uint64_t{1} << 26) - 1) << kRefShift;
@@ -241,21 +241,21 @@ private:
 struct Entry final : detail::Hold, detail::Pin {
     // First cache line: what lock and unlock touch.
     std::atomic<std::uint64_t> word{0};
-    Entry* chain = nullptr;        // next in the hash bucket, or in a free list
+    Entry* chain = nullptr;               // next in the hash bucket, or in a free list
     std::atomic<std::uint64_t> fence{0};  // published entries: the last fencing token issued
-    std::uint32_t hash = 0;        // low half of the key's hash (the bucket index bits)
+    std::uint32_t hash = 0;               // low half of the key's hash (the bucket index bits)
     std::uint16_t shard = 0;
-    bool idle = false;             // kept warm by idle_ttl
-    bool published = false;        // has been published: a thread's slot may point here (sticky)
+    bool idle = false;       // kept warm by idle_ttl
+    bool published = false;  // has been published: a thread's slot may point here (sticky)
     EntryKey key;
     // Second line: waiting and bookkeeping.
-    WaitNode* head = nullptr;      // FIFO queue of waiters
+    WaitNode* head = nullptr;  // FIFO queue of waiters
     WaitNode* tail = nullptr;
     Deadline idle_until{};
     std::uint64_t fence_base = 0;  // the shard's counter when the entry was published
     Entry* pub_prev = nullptr;     // the shard's list of published entries (for stats)
     Entry* pub_next = nullptr;
-    void* owner = nullptr;         // published entries: the LocalBackend (for a deferred reference)
+    void* owner = nullptr;  // published entries: the LocalBackend (for a deferred reference)
 
     std::uint64_t load() const noexcept { return word.load(std::memory_order_acquire); }
     /// Replaces the word by `next` if it still is `expected` (always, for an unpublished
@@ -265,8 +265,7 @@ struct Entry final : detail::Hold, detail::Pin {
             word.store(next, std::memory_order_release);
             return true;
         }
-        return word.compare_exchange_weak(expected, next, std::memory_order_acq_rel,
-                                          std::memory_order_acquire);
+        return word.compare_exchange_weak(expected, next, std::memory_order_acq_rel, std::memory_order_acquire);
     }
 };
 
@@ -315,7 +314,8 @@ std::uint64_t spin_joined(Entry* e, bool fair, std::uint64_t w, const SpinLimit&
     constexpr int kRounds = 9;  // 1 + 2 + ... + 512 pauses: about 20 us here (a pause is ~19 ns on Zen 5)
     for (int round = 0;; ++round) {
         while ((w & word::kHeld) == 0 && (!fair || (w & word::kQueued) == 0)) {
-            if (e->word.compare_exchange_weak(w, w + word::kHeld, std::memory_order_acquire, std::memory_order_relaxed)) {
+            if (e->word.compare_exchange_weak(w, w + word::kHeld, std::memory_order_acquire,
+                                              std::memory_order_relaxed)) {
                 return next_entry_token(e);
             }
         }
@@ -329,8 +329,7 @@ std::uint64_t spin_joined(Entry* e, bool fair, std::uint64_t w, const SpinLimit&
 /// reference, so that the entry is not freed meanwhile) and spins for a while: a lock held for
 /// a few dozen nanoseconds is usually free again long before queueing and sleeping would even
 /// have started. Returns the token, or 0; then `joined` says whether we hold a reference.
-std::uint64_t spin_take(Entry* e, std::uint64_t incarnation, bool fair, const SpinLimit& limit,
-                        bool& joined) noexcept {
+std::uint64_t spin_take(Entry* e, std::uint64_t incarnation, bool fair, const SpinLimit& limit, bool& joined) noexcept {
     std::uint64_t w = e->word.load(std::memory_order_relaxed);
     if (const std::uint64_t token = fast_take(e, incarnation, fair, w)) return token;
     if (!limit.allows_spinning()) return 0;
@@ -388,8 +387,8 @@ bool linger_release(Entry* e, bool& released) noexcept {
     std::uint64_t w = e->word.load(std::memory_order_relaxed);
     do {
         // Only while the key is being shared: a key one thread uses alone must not wait here.
-        if ((w & (word::kPublished | word::kSlowRelease)) != word::kPublished || (w & (word::kShared | word::kHot)) == 0 ||
-            word::refs(w) != 1) {
+        if ((w & (word::kPublished | word::kSlowRelease)) != word::kPublished ||
+            (w & (word::kShared | word::kHot)) == 0 || word::refs(w) != 1) {
             return false;
         }
     } while (!e->word.compare_exchange_weak(w, w - word::kHeld, std::memory_order_release, std::memory_order_relaxed));
@@ -419,7 +418,7 @@ public:
     };
 
     static Reclaimer& get() {
-        static Reclaimer* instance = new Reclaimer;  // never destroyed: thread exits may still call it
+        static auto* instance = new Reclaimer;  // never destroyed: thread exits may still call it
         return *instance;
     }
 
@@ -506,14 +505,14 @@ void dispose(Entry* e) noexcept {
 struct FastSlot {
     static constexpr std::size_t kMaxKey = 64;  // longer keys are not remembered
 
-    Reclaimer::Slot hazard;        // == entry once registered
+    Reclaimer::Slot hazard;  // == entry once registered
     const void* backend = nullptr;
     std::uint64_t hash = 0;
     Entry* entry = nullptr;
     std::uint64_t incarnation = 0;
     std::uint32_t key_size = 0;
     bool registered = false;
-    bool dead = false;             // the thread is exiting: remember nothing more
+    bool dead = false;  // the thread is exiting: remember nothing more
     char key[kMaxKey];
 
     /// The entry and incarnation remembered for `key` in `b`, or null.
@@ -631,19 +630,19 @@ struct alignas(64) Shard {
     ShardMutex mu;
     std::uint32_t size = 0;
     std::uint32_t mask = kInlineBuckets - 1;
-    std::uint32_t hot = 0;        // (hash | 1) of the last shared published entry freed, or 0
+    std::uint32_t hot = 0;  // (hash | 1) of the last shared published entry freed, or 0
     Entry** buckets = inline_buckets;
-    std::uint64_t fence = 0;      // fencing counter of unpublished entries; see acquisitions()
+    std::uint64_t fence = 0;  // fencing counter of unpublished entries; see acquisitions()
     Entry* inline_buckets[kInlineBuckets] = {};
     // Second line: counters of the slow paths.
     std::uint64_t contended = 0;
     std::uint64_t timeouts = 0;
     std::uint64_t cancellations = 0;
     std::uint64_t waiting = 0;
-    std::uint64_t idle = 0;       // entries kept warm now
-    std::uint64_t folded = 0;     // acquisitions of freed published entries not counted in `fence`
-    Entry* published = nullptr;   // live published entries
-    bool closed = false;          // the registry is gone: free entries at once, count them down
+    std::uint64_t idle = 0;      // entries kept warm now
+    std::uint64_t folded = 0;    // acquisitions of freed published entries not counted in `fence`
+    Entry* published = nullptr;  // live published entries
+    bool closed = false;         // the registry is gone: free entries at once, count them down
 
     Shard() = default;
     Shard(const Shard&) = delete;
@@ -823,7 +822,8 @@ public:
     ShardLock& operator=(const ShardLock&) = delete;
     ~ShardLock() {
         mu_.unlock();
-        if (pending_) [[unlikely]] finish();
+        if (pending_) [[unlikely]]
+            finish();
     }
 
     /// The mutex, for a waiter that drops it to sleep (and takes it again before it returns).
@@ -873,14 +873,14 @@ public:
           seed_(std::random_device{}() * 0x9e3779b97f4a7c15ULL ^ reinterpret_cast<std::uintptr_t>(this)),
           shards_(std::make_unique<Shard[]>(options.shards)) {
         if (options_.idle_ttl.count() > 0) {
-            sweeper_ = std::jthread([this](std::stop_token stop) { sweep_loop(stop); });
+            sweeper_ = std::jthread([this](const std::stop_token& stop) { sweep_loop(stop); });
         }
     }
 
     ~LocalBackend() override = default;
 
-    Acquired acquire(std::string_view key, detail::Pin* pin, Deadline deadline,
-                     const std::stop_token& stop, std::error_code& ec) override {
+    Acquired acquire(std::string_view key, detail::Pin* pin, Deadline deadline, const std::stop_token& stop,
+                     std::error_code& ec) override {
         const SpinLimit limit{deadline, stop};
         if (pin != nullptr) {
             auto* e = static_cast<Entry*>(pin);  // published, and kept alive by the pin
@@ -1020,9 +1020,7 @@ public:
         ShardLock guard(this, s);
         drop(s, e, word::kRef, guard);
     }
-    std::string_view key(const detail::Pin* pin) const noexcept override {
-        return static_cast<const Entry*>(pin)->key;
-    }
+    std::string_view key(const detail::Pin* pin) const noexcept override { return static_cast<const Entry*>(pin)->key; }
 
     Stats stats() const override {
         // Threads' deferred references are not uses: drop them, so that `entries` counts the
@@ -1095,10 +1093,10 @@ private:
                 !slot.registered) {  // (no slot for drain() to find)
                 return false;
             }
-        // Acquire as well: the entry may have been published after we took it (under the
-        // shard mutex, by another thread), and dropping the reference later reads `owner`.
-        } while (!e->word.compare_exchange_weak(w, w - word::kHeld, std::memory_order_acq_rel,
-                                                std::memory_order_relaxed));
+            // Acquire as well: the entry may have been published after we took it (under the
+            // shard mutex, by another thread), and dropping the reference later reads `owner`.
+        } while (
+            !e->word.compare_exchange_weak(w, w - word::kHeld, std::memory_order_acq_rel, std::memory_order_relaxed));
         Entry* old = slot.hazard.deferred.exchange(e, std::memory_order_seq_cst);
         if (closed_.load(std::memory_order_seq_cst)) {
             // close() has begun and may have drained already: drop it ourselves.
@@ -1124,9 +1122,9 @@ private:
     /// for here: the caller gets it in *spinner, with a reference, to spin on unlocked. (That
     /// point is reached only with time left and no stop requested: the checks just before it
     /// are the spin limit's.)
-    [[gnu::always_inline]] Acquired acquire_slow(Shard& s, Entry* e, bool has_ref, std::string_view key, std::uint64_t hash,
-                          Deadline deadline, const std::stop_token& stop, std::error_code& ec,
-                          Entry** spinner = nullptr) {
+    [[gnu::always_inline]] Acquired acquire_slow(Shard& s, Entry* e, bool has_ref, std::string_view key,
+                                                 std::uint64_t hash, Deadline deadline, const std::stop_token& stop,
+                                                 std::error_code& ec, Entry** spinner = nullptr) {
         ShardLock guard(this, s);
         if (e == nullptr) {
             e = find_or_insert(s, key, hash, ec);
@@ -1226,7 +1224,7 @@ private:
         return next_token(s, e, w);
     }
 
-    void add_ref(Entry* e) noexcept {
+    static void add_ref(Entry* e) noexcept {
         std::uint64_t w = e->load();
         while (!e->replace(w, word::add(w, word::kRef))) {
         }
@@ -1332,7 +1330,7 @@ private:
 
     /// Before a woken waiter sleeps again: sets the bit that makes the next release wake it,
     /// unless the lock is free already (then the waiter takes it instead of sleeping).
-    bool arm(Entry* e) noexcept {
+    static bool arm(Entry* e) noexcept {
         std::uint64_t w = e->load();
         do {
             if ((w & word::kHeld) == 0) return false;
@@ -1497,8 +1495,7 @@ private:
     /// Frees idle entries a few times per idle_ttl, scanning each shard's table. A scan is
     /// linear in the entries but runs rarely; in exchange, reusing a warm entry costs nothing.
     void sweep_loop(const std::stop_token& stop) {
-        const auto period = std::max<std::chrono::milliseconds>(options_.idle_ttl / 4,
-                                                                std::chrono::milliseconds(1));
+        const auto period = std::max<std::chrono::milliseconds>(options_.idle_ttl / 4, std::chrono::milliseconds(1));
         std::mutex mu;
         std::condition_variable_any cv;
         std::unique_lock lk(mu);
@@ -1515,9 +1512,9 @@ private:
     const unsigned shard_bits_;
     const std::uint64_t seed_;
     std::unique_ptr<Shard[]> shards_;
-    std::atomic<std::size_t> total_{0};    // entries, maintained only when max_keys is set
-    std::atomic<std::size_t> orphans_{0};  // entries still referenced after close()
-    std::atomic<bool> closed_{false};      // close() has begun
+    std::atomic<std::size_t> total_{0};          // entries, maintained only when max_keys is set
+    std::atomic<std::size_t> orphans_{0};        // entries still referenced after close()
+    std::atomic<bool> closed_{false};            // close() has begun
     const bool defer_ = options_.max_keys == 0;  // releases may keep a deferred reference
     std::jthread sweeper_;
 };
@@ -1536,15 +1533,13 @@ void ShardLock::finish() noexcept {
 }  // namespace
 
 std::shared_ptr<detail::Backend> make_backend(const RegistryOptions& options) {
-    if (options.shards == 0 || (options.shards & (options.shards - 1)) != 0 ||
-        options.shards > (1u << 16)) {
+    if (options.shards == 0 || (options.shards & (options.shards - 1)) != 0 || options.shards > (1u << 16)) {
         throw Error(errc::invalid_option, "keylock: option 'shards' must be a power of two from 1 to 65536");
     }
     if (options.max_key_bytes == 0) {
         throw Error(errc::invalid_option, "keylock: option 'max_key_bytes' must be at least 1");
     }
-    return std::shared_ptr<detail::Backend>(new LocalBackend(options),
-                                            [](detail::Backend* b) { b->close(); });
+    return std::shared_ptr<detail::Backend>(new LocalBackend(options), [](detail::Backend* b) { b->close(); });
 }
 
 }  // namespace keylock::local

@@ -99,20 +99,20 @@ struct Connection::Impl {
     }
 
     asio::io_context& io;
-    Socket socket;                        // until a TLS stream takes it over
+    Socket socket;  // until a TLS stream takes it over
     std::unique_ptr<asio::ssl::context> ssl;
     std::unique_ptr<TlsStream> tls;
     asio::ip::tcp::resolver resolver;
-    asio::steady_timer timer;              // connect_timeout
-    asio::steady_timer command_timer;      // the oldest command's deadline (never cancelled while ready)
+    asio::steady_timer timer;          // connect_timeout
+    asio::steady_timer command_timer;  // the oldest command's deadline (never cancelled while ready)
     bool command_timer_armed = false;
-    bool flush_posted = false;             // a flush of out_ is queued behind the handlers now ready
+    bool flush_posted = false;  // a flush of out_ is queued behind the handlers now ready
     redisReader* reader;
     std::array<char, 16 * 1024> buffer{};
     std::function<void(std::error_code, std::string)> on_connect;
     std::vector<std::pair<std::vector<std::string>, ReplyHandler>> early;  // sent before ready
-    std::vector<asio::ip::tcp::endpoint> addresses;  // of the host, tried in turn
-    std::function<void()> transport_up;              // what follows a TCP connect
+    std::vector<asio::ip::tcp::endpoint> addresses;                        // of the host, tried in turn
+    std::function<void()> transport_up;                                    // what follows a TCP connect
 };
 
 Connection::Connection(asio::io_context& io, Endpoint endpoint)
@@ -120,9 +120,7 @@ Connection::Connection(asio::io_context& io, Endpoint endpoint)
     if (impl_->reader == nullptr) throw std::bad_alloc();
 }
 
-Connection::~Connection() {
-    impl_->shut();
-}
+Connection::~Connection() { impl_->shut(); }
 
 void Connection::connect(std::function<void(std::error_code, std::string)> handler) {
     state_ = State::connecting;
@@ -132,8 +130,7 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
     impl_->timer.expires_after(endpoint_.connect_timeout);
     impl_->timer.async_wait([this, self](boost::system::error_code ec) {
         if (ec || state_ != State::connecting) return;
-        fail(make_ec(errc::unavailable),
-             "no connection to Redis at " + endpoint_.where() + " within connect_timeout");
+        fail(make_ec(errc::unavailable), "no connection to Redis at " + endpoint_.where() + " within connect_timeout");
     });
 
     // After the transport is up: TLS handshake, then PING (and AUTH, SELECT) through the
@@ -144,7 +141,8 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
             boost::system::error_code ec;
             impl_->socket.non_blocking(true, ec);
             if (ec) {
-                fail(make_ec(errc::unavailable), "cannot set up the socket to " + endpoint_.where() + ": " + ec.message());
+                fail(make_ec(errc::unavailable),
+                     "cannot set up the socket to " + endpoint_.where() + ": " + ec.message());
                 return;
             }
         }
@@ -217,7 +215,8 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
             if (!endpoint_.key_file.empty()) ctx->use_private_key_file(endpoint_.key_file, asio::ssl::context::pem);
             if (endpoint_.verify) {
                 ctx->set_verify_mode(asio::ssl::verify_peer);
-                if (endpoint_.unix_path.empty()) ctx->set_verify_callback(asio::ssl::host_name_verification(endpoint_.host));
+                if (endpoint_.unix_path.empty())
+                    ctx->set_verify_callback(asio::ssl::host_name_verification(endpoint_.host));
             } else {
                 ctx->set_verify_mode(asio::ssl::verify_none);
             }
@@ -230,30 +229,35 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
                 SSL_set_tlsext_host_name(impl_->tls->native_handle(), endpoint_.host.c_str());
             }
         } catch (const boost::system::system_error& e) {
-            fail(make_ec(errc::invalid_option), "TLS setup for " + endpoint_.where() + " failed: " + e.code().message());
+            fail(make_ec(errc::invalid_option),
+                 "TLS setup for " + endpoint_.where() + " failed: " + e.code().message());
             return;
         }
-        impl_->tls->async_handshake(asio::ssl::stream_base::client, [this, self, handshake](boost::system::error_code ec) {
-            if (state_ != State::connecting) return;
-            if (ec) {
-                fail(make_ec(errc::unavailable), "TLS handshake with " + endpoint_.where() + " failed: " + ec.message());
-                return;
-            }
-            handshake();
-        });
+        impl_->tls->async_handshake(
+            asio::ssl::stream_base::client, [this, self, handshake](boost::system::error_code ec) {
+                if (state_ != State::connecting) return;
+                if (ec) {
+                    fail(make_ec(errc::unavailable),
+                         "TLS handshake with " + endpoint_.where() + " failed: " + ec.message());
+                    return;
+                }
+                handshake();
+            });
     };
 
     auto go = [this, self, transport_up] {
         if (!endpoint_.unix_path.empty()) {
             asio::local::stream_protocol::endpoint ep(endpoint_.unix_path);
-            impl_->socket.async_connect(Socket::endpoint_type(ep), [this, self, transport_up](boost::system::error_code ec) {
-                if (state_ != State::connecting) return;
-                if (ec) {
-                    fail(make_ec(errc::unavailable), "cannot connect to Redis at " + endpoint_.where() + ": " + ec.message());
-                    return;
-                }
-                transport_up();
-            });
+            impl_->socket.async_connect(
+                Socket::endpoint_type(ep), [this, self, transport_up](boost::system::error_code ec) {
+                    if (state_ != State::connecting) return;
+                    if (ec) {
+                        fail(make_ec(errc::unavailable),
+                             "cannot connect to Redis at " + endpoint_.where() + ": " + ec.message());
+                        return;
+                    }
+                    transport_up();
+                });
             return;
         }
         impl_->resolver.async_resolve(
@@ -261,7 +265,8 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
             [this, self, transport_up](boost::system::error_code ec, asio::ip::tcp::resolver::results_type results) {
                 if (state_ != State::connecting) return;
                 if (ec || results.empty()) {
-                    fail(make_ec(errc::unavailable), "cannot resolve Redis host " + endpoint_.where() + ": " + ec.message());
+                    fail(make_ec(errc::unavailable),
+                         "cannot resolve Redis host " + endpoint_.where() + ": " + ec.message());
                     return;
                 }
                 impl_->addresses.clear();
@@ -289,16 +294,17 @@ void Connection::connect_address(std::size_t i, boost::system::error_code last) 
     boost::system::error_code ignored;
     impl_->socket.close(ignored);
     auto self = shared_from_this();
-    impl_->socket.async_connect(Socket::endpoint_type(impl_->addresses[i]), [this, self, i](boost::system::error_code ec) {
-        if (state_ != State::connecting) return;
-        if (ec) {
-            connect_address(i + 1, ec);
-            return;
-        }
-        impl_->socket.set_option(asio::ip::tcp::no_delay(true), ec);
-        auto up = std::exchange(impl_->transport_up, nullptr);
-        up();
-    });
+    impl_->socket.async_connect(Socket::endpoint_type(impl_->addresses[i]),
+                                [this, self, i](boost::system::error_code ec) {
+                                    if (state_ != State::connecting) return;
+                                    if (ec) {
+                                        connect_address(i + 1, ec);
+                                        return;
+                                    }
+                                    impl_->socket.set_option(asio::ip::tcp::no_delay(true), ec);
+                                    auto up = std::exchange(impl_->transport_up, nullptr);
+                                    up();
+                                });
 }
 
 void Connection::send(const std::vector<std::string_view>& argv, ReplyHandler handler) {
@@ -391,8 +397,9 @@ void Connection::write_failed(boost::system::error_code ec) {
 }
 
 void Connection::read_failed(boost::system::error_code ec) {
-    fail(make_ec(errc::unavailable), ec == asio::error::eof ? "Redis at " + endpoint_.where() + " closed the connection"
-                                                            : "read from Redis at " + endpoint_.where() + " failed: " + ec.message());
+    fail(make_ec(errc::unavailable), ec == asio::error::eof
+                                         ? "Redis at " + endpoint_.where() + " closed the connection"
+                                         : "read from Redis at " + endpoint_.where() + " failed: " + ec.message());
 }
 
 void Connection::start_read() {
@@ -415,8 +422,9 @@ void Connection::on_bytes(const char* data, std::size_t n) {
     for (;;) {
         void* raw = nullptr;
         if (redisReaderGetReply(impl_->reader, &raw) != REDIS_OK) {
-            fail(make_ec(errc::protocol_error),
-                 "the server at " + endpoint_.where() + " does not speak the Redis protocol (" + impl_->reader->errstr + ")");
+            fail(make_ec(errc::protocol_error), "the server at " + endpoint_.where() +
+                                                    " does not speak the Redis protocol (" + impl_->reader->errstr +
+                                                    ")");
             return;
         }
         if (raw == nullptr) return;  // need more bytes

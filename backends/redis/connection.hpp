@@ -26,18 +26,18 @@ namespace keylock::redis {
 
 /// Where and how to connect. Built from a `redis://`, `rediss://` or `unix://` URL.
 struct Endpoint {
-    std::string host;              ///< TCP host name or address (empty for a Unix socket)
+    std::string host;  ///< TCP host name or address (empty for a Unix socket)
     std::uint16_t port = 6379;
-    std::string unix_path;         ///< Unix socket path (empty for TCP)
+    std::string unix_path;  ///< Unix socket path (empty for TCP)
     bool tls = false;
     std::string ca_file, cert_file, key_file;  ///< TLS files (PEM); empty = system defaults / none
-    bool verify = true;            ///< TLS: verify the server's certificate and host name
-    std::string user;              ///< ACL user (empty = "default" via password-only AUTH)
-    std::string password;          ///< never printed
+    bool verify = true;                        ///< TLS: verify the server's certificate and host name
+    std::string user;                          ///< ACL user (empty = "default" via password-only AUTH)
+    std::string password;                      ///< never printed
     int db = 0;
     std::chrono::milliseconds connect_timeout{5000};
     std::chrono::milliseconds command_timeout{5000};
-    bool master_only = false;      ///< the handshake asks ROLE and refuses a replica (Sentinel)
+    bool master_only = false;  ///< the handshake asks ROLE and refuses a replica (Sentinel)
 
     /// "host:port" or the socket path, for messages (no user, no password).
     std::string where() const;
@@ -50,8 +50,8 @@ struct Reply {
     enum class Type { string, array, integer, nil, status, error };
     Type type = Type::nil;
     long long integer = 0;
-    std::string str;               ///< string, status and error replies
-    std::vector<Reply> elements;   ///< array replies
+    std::string str;              ///< string, status and error replies
+    std::vector<Reply> elements;  ///< array replies
 
     bool is_error() const noexcept { return type == Type::error; }
     bool is_nil() const noexcept { return type == Type::nil; }

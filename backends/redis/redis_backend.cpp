@@ -5,8 +5,8 @@
 #include "redis_backend.hpp"
 
 #include <openssl/rand.h>
-#include <pthread.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
@@ -171,12 +171,12 @@ struct KeyState {
     std::string lock_key;   // <prefix><key>; also the channel its releases are published on
     std::string fence_key;  // the fencing counter of lock_key's slot
     std::deque<Waiter*> queue;
-    RedisHold* holder = nullptr;  // held by this process (until its release is confirmed)
-    bool attempting = false;      // an acquire is in flight
-    bool waiting_remote = false;  // held elsewhere: waiting for a notification or the retry timer
-    bool subscribed = false;      // SUBSCRIBE sent (confirmed or not)
-    bool look_again = false;      // a release, or our subscription, came while an attempt was in flight
-    int transfers = 0;            // hand-overs within this process in a row
+    RedisHold* holder = nullptr;        // held by this process (until its release is confirmed)
+    bool attempting = false;            // an acquire is in flight
+    bool waiting_remote = false;        // held elsewhere: waiting for a notification or the retry timer
+    bool subscribed = false;            // SUBSCRIBE sent (confirmed or not)
+    bool look_again = false;            // a release, or our subscription, came while an attempt was in flight
+    int transfers = 0;                  // hand-overs within this process in a row
     Clock::time_point first_failure{};  // of the current run of unavailable attempts
     std::string failure;                // why the last of them failed (for the messages)
     std::unique_ptr<asio::steady_timer> retry;
@@ -290,7 +290,9 @@ public:
             if (h->is_lost()) mark_lost(h);
         });
     }
-    bool lost(const detail::Hold* hold) const noexcept override { return static_cast<const RedisHold*>(hold)->is_lost(); }
+    bool lost(const detail::Hold* hold) const noexcept override {
+        return static_cast<const RedisHold*>(hold)->is_lost();
+    }
 
     detail::Pin* pin(std::string_view key) override {
         if (std::error_code ec = check_key(key)) detail::throw_error(ec, key, "obtain");
@@ -376,7 +378,8 @@ public:
         {
             std::unique_lock lk(close_mu_);
             if (!in_use) {
-                close_cv_.wait_for(lk, config_.endpoint.command_timeout + std::chrono::seconds(1), [this] { return stopped_; });
+                close_cv_.wait_for(lk, config_.endpoint.command_timeout + std::chrono::seconds(1),
+                                   [this] { return stopped_; });
             }
             detach = detached_ = !stopped_;
         }
@@ -453,7 +456,8 @@ private:
         if (now < b.not_before) return false;
         b.not_before = now + b.delay;
         const auto next = b.delay == std::chrono::milliseconds(0) ? std::chrono::milliseconds(50) : 2 * b.delay;
-        b.delay = std::min<std::chrono::milliseconds>(next, std::chrono::seconds(1)) + std::chrono::milliseconds(jitter_(rng_));
+        b.delay = std::min<std::chrono::milliseconds>(next, std::chrono::seconds(1)) +
+                  std::chrono::milliseconds(jitter_(rng_));
         return true;
     }
 
@@ -562,7 +566,7 @@ private:
         std::shared_ptr<Connection> conn = main_ptr();
         std::weak_ptr<Connection> weak = conn;
         conn->send(view, [this, &script, weak, argv = std::move(argv), handler = std::move(handler)](std::error_code ec,
-                                                                                                   Reply r) mutable {
+                                                                                                     Reply r) mutable {
             auto conn = weak.lock();
             if (!ec && r.is_error() && r.str.rfind("NOSCRIPT", 0) == 0 && conn) {
                 argv[0] = "EVAL";
@@ -715,24 +719,26 @@ private:
         const auto sent = Clock::now();
         auto token = std::make_shared<std::string>(tokens_.next());
         auto conn = std::make_shared<std::weak_ptr<Connection>>();
-        *conn = eval(acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
-             [this, key = st.key, token, sent, conn](std::error_code ec, Reply r) {
-                 auto it = keys_.find(key);
-                 if (it == keys_.end()) return;  // cannot happen: an attempt keeps its state
-                 KeyState& st = *it->second;
-                 st.attempting = false;
-                 if (ec) return unavailable(st, ec, main_ ? main_->failure() : std::string());
-                 if (r.is_error()) return fail_all(st, make_ec(errc::backend_error), "Redis answered '" + r.str + "'");
-                 if (r.type != Reply::Type::array || r.elements.size() != 2) {
-                     return fail_all(st, make_ec(errc::backend_error), "unexpected reply to the acquire script");
-                 }
-                 st.first_failure = {};
-                 if (r.elements[0].integer == 1) {
-                     const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
-                     return replicated_grant(st, conn->lock(), *token, fence, sent);
-                 }
-                 held_elsewhere(st, r.elements[1].integer);
-             });
+        *conn =
+            eval(acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
+                 [this, key = st.key, token, sent, conn](std::error_code ec, Reply r) {
+                     auto it = keys_.find(key);
+                     if (it == keys_.end()) return;  // cannot happen: an attempt keeps its state
+                     KeyState& st = *it->second;
+                     st.attempting = false;
+                     if (ec) return unavailable(st, ec, main_ ? main_->failure() : std::string());
+                     if (r.is_error())
+                         return fail_all(st, make_ec(errc::backend_error), "Redis answered '" + r.str + "'");
+                     if (r.type != Reply::Type::array || r.elements.size() != 2) {
+                         return fail_all(st, make_ec(errc::backend_error), "unexpected reply to the acquire script");
+                     }
+                     st.first_failure = {};
+                     if (r.elements[0].integer == 1) {
+                         const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
+                         return replicated_grant(st, conn->lock(), *token, fence, sent);
+                     }
+                     held_elsewhere(st, r.elements[1].integer);
+                 });
     }
 
     /// Redis has given us the lock: with wait_replicas, only once that many replicas have it too
@@ -750,8 +756,9 @@ private:
             if (why.empty()) return granted(st, token, fence, sent);
             const std::string value = std::to_string(fence) + ":" + token;  // see scripts.hpp
             eval(release_, {st.lock_key}, {value, st.lock_key}, [](std::error_code, Reply) {});
-            fail_all(st, make_ec(errc::unavailable), "the lock was acquired on the master, but " + why +
-                                                         "; it was released, since a failover could hand it out again");
+            fail_all(st, make_ec(errc::unavailable),
+                     "the lock was acquired on the master, but " + why +
+                         "; it was released, since a failover could hand it out again");
         });
     }
 
@@ -808,7 +815,8 @@ private:
         }
         // Never wait longer than the holder's lease (a crashed holder's lock frees itself then),
         // plus a little jitter so that waiters of several processes do not retry in step.
-        std::chrono::milliseconds wait = pttl >= 0 ? std::chrono::milliseconds(pttl) : std::chrono::milliseconds(pttl == -2 ? 0 : 1000);
+        std::chrono::milliseconds wait =
+            pttl >= 0 ? std::chrono::milliseconds(pttl) : std::chrono::milliseconds(pttl == -2 ? 0 : 1000);
         arm_retry(st, wait + std::chrono::milliseconds(jitter_(rng_)));
     }
 
@@ -920,22 +928,22 @@ private:
         auto token = std::make_shared<std::string>(tokens_.next());
         auto conn = std::make_shared<std::weak_ptr<Connection>>();
         *conn = eval(transfer_, {st.lock_key, st.fence_key}, {h->token, *token, lease_ms_},
-             [this, h, token, sent, conn, reply = std::move(reply), forget](std::error_code ec, Reply r) {
-                 if (ec || r.type != Reply::Type::integer || r.integer == 0) {
-                     forget();
-                     reply(ec ? ec : make_ec(r.is_error() ? errc::backend_error : errc::not_owner));
-                     return;
-                 }
-                 holds_.erase(h);
-                 auto it = keys_.find(h->key);
-                 delete h;
-                 KeyState& st = *it->second;
-                 st.holder = nullptr;
-                 ++st.transfers;
-                 replicated_grant(st, conn->lock(), *token, static_cast<std::uint64_t>(r.integer), sent);
-                 settle(st);
-                 reply({});
-             });
+                     [this, h, token, sent, conn, reply = std::move(reply), forget](std::error_code ec, Reply r) {
+                         if (ec || r.type != Reply::Type::integer || r.integer == 0) {
+                             forget();
+                             reply(ec ? ec : make_ec(r.is_error() ? errc::backend_error : errc::not_owner));
+                             return;
+                         }
+                         holds_.erase(h);
+                         auto it = keys_.find(h->key);
+                         delete h;
+                         KeyState& st = *it->second;
+                         st.holder = nullptr;
+                         ++st.transfers;
+                         replicated_grant(st, conn->lock(), *token, static_cast<std::uint64_t>(r.integer), sent);
+                         settle(st);
+                         reply({});
+                     });
     }
 
     // ---- the watchdog -----------------------------------------------------------------
@@ -964,19 +972,23 @@ private:
             // The reply may come after this hold is gone and a new one lives at its address (a
             // hand-over replaces the hold): it counts only for the same acquisition (token).
             auto conn = std::make_shared<std::weak_ptr<Connection>>();
-            *conn = eval(extend_, {it->second->lock_key}, {h->token, lease_ms_}, [this, h, token = h->token, now, conn](std::error_code ec, Reply r) {
-                if (!holds_.contains(h) || h->token != token || h->releasing || ec) return;  // released meanwhile, or no answer
-                if (r.type == Reply::Type::integer && r.integer == 1) {
-                    // With wait_replicas, a renewal counts once the replicas have it: a failover
-                    // must not bring back an older, shorter lease than the holder counts on.
-                    replicate(conn->lock(), [this, h, token, now](std::string why) {
-                        if (!why.empty() || !holds_.contains(h) || h->token != token || h->releasing) return;
-                        if (!h->is_lost()) h->valid_for(now, config_.lease);
-                    });
-                } else if (r.type == Reply::Type::integer || (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
-                    mark_lost(h);  // gone, or someone else's now (perhaps not even a lock)
-                }
-            });
+            *conn = eval(extend_, {it->second->lock_key}, {h->token, lease_ms_},
+                         [this, h, token = h->token, now, conn](std::error_code ec, Reply r) {
+                             if (!holds_.contains(h) || h->token != token || h->releasing || ec)
+                                 return;  // released meanwhile, or no answer
+                             if (r.type == Reply::Type::integer && r.integer == 1) {
+                                 // With wait_replicas, a renewal counts once the replicas have it: a failover
+                                 // must not bring back an older, shorter lease than the holder counts on.
+                                 replicate(conn->lock(), [this, h, token, now](std::string why) {
+                                     if (!why.empty() || !holds_.contains(h) || h->token != token || h->releasing)
+                                         return;
+                                     if (!h->is_lost()) h->valid_for(now, config_.lease);
+                                 });
+                             } else if (r.type == Reply::Type::integer ||
+                                        (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
+                                 mark_lost(h);  // gone, or someone else's now (perhaps not even a lock)
+                             }
+                         });
         }
     }
 
@@ -1071,9 +1083,12 @@ KeyedLockRegistry redis_registry(const RedisOptions& o) {
     }
     // What the URL would misread, or report in its own terms (a path, a host part), is checked
     // here first, in the terms of the struct.
-    auto bad = [](const std::string& why) { throw Error(make_error_code(errc::invalid_option), "keylock: RedisOptions: " + why); };
+    auto bad = [](const std::string& why) {
+        throw Error(make_error_code(errc::invalid_option), "keylock: RedisOptions: " + why);
+    };
     const bool sentinel = !o.sentinels.empty();
-    if (sentinel && (o.tls || !o.unix_socket.empty())) bad("sentinels are reached over plain TCP: no tls, no unix_socket");
+    if (sentinel && (o.tls || !o.unix_socket.empty()))
+        bad("sentinels are reached over plain TCP: no tls, no unix_socket");
     if (!sentinel && !o.master_name.empty()) bad("master_name is for sentinels; set sentinels too");
     if (!o.unix_socket.empty() && o.unix_socket.front() != '/') bad("unix_socket must be an absolute path");
     if (!sentinel && o.unix_socket.empty() && o.host.empty()) bad("host is empty; set host (and port), or unix_socket");

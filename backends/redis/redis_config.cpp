@@ -116,8 +116,8 @@ milliseconds duration(const Messages& m, std::string_view name, std::string_view
 void parse_tcp_location(const boost::urls::url_view& url, const Messages& m, Endpoint& ep) {
     const std::string& scheme = m.scheme();
     if (url.encoded_host().empty()) {
-        m.fail(errc::invalid_url, "a " + scheme + ":// URL needs a host: " + scheme +
-                                      "://[user[:password]@]host[:port][/db][?options]");
+        m.fail(errc::invalid_url,
+               "a " + scheme + ":// URL needs a host: " + scheme + "://[user[:password]@]host[:port][/db][?options]");
     }
     switch (url.host_type()) {
         case boost::urls::host_type::ipv4:
@@ -164,8 +164,7 @@ void parse_tcp_location(const boost::urls::url_view& url, const Messages& m, End
 void parse_unix_location(const boost::urls::url_view& url, const Messages& m, Endpoint& ep) {
     if (!url.encoded_host().empty() || url.has_port()) {
         // The host only: with "@/path" forgotten, the port is a numeric password.
-        const std::string found =
-            url.encoded_host().empty() ? "" : " (found host " + m.quote(url.encoded_host()) + ")";
+        const std::string found = url.encoded_host().empty() ? "" : " (found host " + m.quote(url.encoded_host()) + ")";
         m.fail(errc::invalid_url, "a unix:// URL takes no host or port" + found +
                                       "; write unix:///path/to/redis.sock, with three slashes");
     }
@@ -223,18 +222,18 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
         } else if (name == "db") {
             if (scheme != "unix" && scheme != "redis+sentinel") {
                 m.fail(errc::invalid_option, "option 'db' is for unix:// URLs; a " + scheme +
-                                                 ":// URL has the database in its path (" + scheme +
-                                                 "://host:6379/2)");
+                                                 ":// URL has the database in its path (" + scheme + "://host:6379/2)");
             }
             const auto db = detail::parse_size(value);
             if (!db || *db > max_db) m.bad_value(name, value, "a whole number from 0 to 2147483647");
             ep.db = static_cast<int>(*db);
         } else if (name == "ca_file" || name == "cert_file" || name == "key_file" || name == "verify") {
             if (!ep.tls) {
-                m.fail(errc::invalid_option, "option '" + name + "' needs rediss:// " +
-                                                 (scheme == "unix"             ? "(TLS over a Unix socket is not supported)"
-                                                  : scheme == "redis+sentinel" ? "(TLS through sentinels is not supported)"
-                                                                               : "(TLS); this is a redis:// URL"));
+                m.fail(errc::invalid_option,
+                       "option '" + name + "' needs rediss:// " +
+                           (scheme == "unix"             ? "(TLS over a Unix socket is not supported)"
+                            : scheme == "redis+sentinel" ? "(TLS through sentinels is not supported)"
+                                                         : "(TLS); this is a redis:// URL"));
             }
             if (name == "verify") {
                 const auto b = detail::parse_bool(value);
@@ -273,12 +272,12 @@ constexpr const char* sentinel_grammar =
 void parse_master_name(const boost::urls::url_view& url, const Messages& m, RedisConfig& config) {
     const std::string_view path = url.encoded_path();
     if (path.empty() || path == "/") {
-        m.fail(errc::invalid_url, std::string("a redis+sentinel:// URL needs the master's name as its path: ") +
-                                      sentinel_grammar);
+        m.fail(errc::invalid_url,
+               std::string("a redis+sentinel:// URL needs the master's name as its path: ") + sentinel_grammar);
     }
     if (path.front() != '/') {  // see parse_tcp_location: not shown, it may be a password
-        m.fail(errc::invalid_url, std::string("malformed redis+sentinel:// URL after the hosts; expected ") +
-                                      sentinel_grammar);
+        m.fail(errc::invalid_url,
+               std::string("malformed redis+sentinel:// URL after the hosts; expected ") + sentinel_grammar);
     }
     config.master_name = url.path().substr(1);
     const std::string& name = config.master_name;
@@ -296,8 +295,8 @@ void parse_master_name(const boost::urls::url_view& url, const Messages& m, Redi
 RedisConfig parse_sentinel_url(std::string_view text) {
     const std::size_t start = text.find("://");
     if (start == std::string_view::npos) {
-        throw Error(errc::invalid_url, std::string("keylock: malformed redis+sentinel:// URL; expected ") +
-                                           sentinel_grammar);
+        throw Error(errc::invalid_url,
+                    std::string("keylock: malformed redis+sentinel:// URL; expected ") + sentinel_grammar);
     }
     const std::size_t authority = start + 3;
     const std::size_t end = std::min(text.find_first_of("/?#", authority), text.size());
@@ -309,7 +308,8 @@ RedisConfig parse_sentinel_url(std::string_view text) {
     const auto parsed = boost::urls::parse_uri(rest);
     if (!parsed) {
         throw Error(errc::invalid_url, "keylock: malformed redis+sentinel:// URL (" + parsed.error().message() +
-                                           "); expected " + sentinel_grammar + ", with '@', ':', '/', '?', '#', "
+                                           "); expected " + sentinel_grammar +
+                                           ", with '@', ':', '/', '?', '#', "
                                            "'%' and spaces percent-encoded in a user or password");
     }
     const boost::urls::url_view& url = *parsed;
@@ -324,8 +324,8 @@ RedisConfig parse_sentinel_url(std::string_view text) {
     const Messages m("redis+sentinel", url, ep.password);
     if (url.has_fragment()) m.fail(errc::invalid_url, "a redis+sentinel:// URL takes no fragment ('#...')");
     if (hosts.empty()) {
-        m.fail(errc::invalid_url, std::string("a redis+sentinel:// URL needs at least one sentinel: ") +
-                                      sentinel_grammar);
+        m.fail(errc::invalid_url,
+               std::string("a redis+sentinel:// URL needs at least one sentinel: ") + sentinel_grammar);
     }
     std::size_t from = 0;
     for (;;) {
@@ -338,8 +338,8 @@ RedisConfig parse_sentinel_url(std::string_view text) {
         const std::string sentinel_url = "redis://" + std::string(one);  // outlives its url_view
         const auto sentinel = boost::urls::parse_uri(sentinel_url);
         if (!sentinel || sentinel->has_userinfo() || !sentinel->encoded_path().empty()) {
-            m.fail(errc::invalid_url, "bad sentinel address " + m.quote(one) +
-                                          " in a redis+sentinel:// URL; expected host[:port]");
+            m.fail(errc::invalid_url,
+                   "bad sentinel address " + m.quote(one) + " in a redis+sentinel:// URL; expected host[:port]");
         }
         Endpoint where;
         where.port = default_sentinel_port;
@@ -369,7 +369,8 @@ RedisConfig parse_redis_url(std::string_view text) {
         const std::string grammar = scheme == "unix" ? "unix://[user[:password]@]/path/to/redis.sock[?options]"
                                                      : scheme + "://[user[:password]@]host[:port][/db][?options]";
         throw Error(errc::invalid_url, "keylock: malformed " + scheme + ":// URL (" + parsed.error().message() +
-                                           "); expected " + grammar + ", with '@', ':', '/', '?', '#', '%' and "
+                                           "); expected " + grammar +
+                                           ", with '@', ':', '/', '?', '#', '%' and "
                                            "spaces percent-encoded in a user or password");
     }
     const boost::urls::url_view& url = *parsed;

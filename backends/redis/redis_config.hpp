@@ -23,13 +23,13 @@ struct RedisConfig {
     /// Where and how to connect. With sentinels, its host and port are the master's as the
     /// sentinels name it (empty until then), and the rest applies to the master.
     Endpoint endpoint;
-    std::vector<HostPort> sentinels;         ///< redis+sentinel://: the sentinels to ask, in order
-    std::string master_name;                 ///< redis+sentinel://: the master's name in the sentinels
-    int wait_replicas = 0;                   ///< after an acquire, WAIT for this many replicas (0: no WAIT)
+    std::vector<HostPort> sentinels;              ///< redis+sentinel://: the sentinels to ask, in order
+    std::string master_name;                      ///< redis+sentinel://: the master's name in the sentinels
+    int wait_replicas = 0;                        ///< after an acquire, WAIT for this many replicas (0: no WAIT)
     std::chrono::milliseconds wait_timeout{500};  ///< ... for at most this long; else it counts as not acquired
-    std::string prefix = "keylock:";         ///< prepended to every lock key
-    std::chrono::milliseconds lease{30000};  ///< lock lease; the watchdog renews every lease/3
-    std::size_t max_key_bytes = 1024;        ///< the longest key accepted
+    std::string prefix = "keylock:";              ///< prepended to every lock key
+    std::chrono::milliseconds lease{30000};       ///< lock lease; the watchdog renews every lease/3
+    std::size_t max_key_bytes = 1024;             ///< the longest key accepted
 
     friend bool operator==(const RedisConfig&, const RedisConfig&) = default;
 };

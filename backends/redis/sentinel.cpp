@@ -94,27 +94,26 @@ void SentinelLocator::ask(const std::shared_ptr<Lookup>& lookup) {
             failed(colon == std::string::npos ? message : message.substr(colon + 2));
             return;
         }
-        lookup->connection->send(
-            {"SENTINEL", "get-master-addr-by-name", config_.master_name},
-            [this, lookup, failed, index](std::error_code ec, Reply r) {
-                if (closed_) return;
-                if (ec) return failed("no answer");
-                if (r.is_error()) return failed("answered '" + detail::shown(r.str) + "'");
-                if (r.is_nil() || (r.type == Reply::Type::array && r.elements.empty())) {
-                    return failed("does not know master '" + config_.master_name + "'");
-                }
-                HostPort master;
-                if (r.type != Reply::Type::array || r.elements.size() != 2 ||
-                    r.elements[0].type != Reply::Type::string || r.elements[0].str.empty() ||
-                    !parse_port(r.elements[1].str, master.port)) {
-                    return failed("answered with something that is not an address");
-                }
-                master.host = r.elements[0].str;
-                preferred_ = index;
-                lookup->connection->close();
-                lookup->connection.reset();
-                lookup->done({}, {}, master);
-            });
+        lookup->connection->send({"SENTINEL", "get-master-addr-by-name", config_.master_name},
+                                 [this, lookup, failed, index](std::error_code ec, Reply r) {
+                                     if (closed_) return;
+                                     if (ec) return failed("no answer");
+                                     if (r.is_error()) return failed("answered '" + detail::shown(r.str) + "'");
+                                     if (r.is_nil() || (r.type == Reply::Type::array && r.elements.empty())) {
+                                         return failed("does not know master '" + config_.master_name + "'");
+                                     }
+                                     HostPort master;
+                                     if (r.type != Reply::Type::array || r.elements.size() != 2 ||
+                                         r.elements[0].type != Reply::Type::string || r.elements[0].str.empty() ||
+                                         !parse_port(r.elements[1].str, master.port)) {
+                                         return failed("answered with something that is not an address");
+                                     }
+                                     master.host = r.elements[0].str;
+                                     preferred_ = index;
+                                     lookup->connection->close();
+                                     lookup->connection.reset();
+                                     lookup->done({}, {}, master);
+                                 });
     });
 }
 

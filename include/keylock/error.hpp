@@ -16,43 +16,40 @@ namespace keylock {
 
 enum class errc {
     // Keys
-    invalid_key = 1,    ///< the key is empty
-    key_too_long,       ///< the key is longer than the registry's `max_key_bytes`
-    too_many_keys,      ///< `max_keys` entries are in memory already; none could be added
+    invalid_key = 1,  ///< the key is empty
+    key_too_long,     ///< the key is longer than the registry's `max_key_bytes`
+    too_many_keys,    ///< `max_keys` entries are in memory already; none could be added
     // Waiting
-    timeout,            ///< the lock was not acquired before the deadline
-    cancelled,          ///< the wait was cancelled (stop token)
+    timeout,    ///< the lock was not acquired before the deadline
+    cancelled,  ///< the wait was cancelled (stop token)
     // Ownership
-    not_held,           ///< the guard or handle holds no lock
-    not_owner,          ///< the lock is no longer ours (lease expired, someone else holds it)
-    lock_lost,          ///< the lease was lost while the lock was held
+    not_held,   ///< the guard or handle holds no lock
+    not_owner,  ///< the lock is no longer ours (lease expired, someone else holds it)
+    lock_lost,  ///< the lease was lost while the lock was held
     // Configuration
-    invalid_url,        ///< the URL could not be parsed
-    unknown_scheme,     ///< no backend is registered for the URL's scheme
-    unknown_option,     ///< the URL or options name an option this backend does not have
-    invalid_option,     ///< an option has a value out of range or of the wrong form
+    invalid_url,     ///< the URL could not be parsed
+    unknown_scheme,  ///< no backend is registered for the URL's scheme
+    unknown_option,  ///< the URL or options name an option this backend does not have
+    invalid_option,  ///< an option has a value out of range or of the wrong form
     // Backends
-    unavailable,        ///< the backend cannot be reached (connection refused or lost, no reply in time)
-    auth_failed,        ///< the backend refused our credentials (wrong password, unknown user, ACL)
-    backend_error,      ///< the backend answered with an error (e.g. WRONGTYPE on a lock key)
-    protocol_error,     ///< the server's replies are not the backend's protocol (not Redis?)
-    not_supported,      ///< the backend cannot do this (e.g. inspect a local:// lock from outside its process)
+    unavailable,     ///< the backend cannot be reached (connection refused or lost, no reply in time)
+    auth_failed,     ///< the backend refused our credentials (wrong password, unknown user, ACL)
+    backend_error,   ///< the backend answered with an error (e.g. WRONGTYPE on a lock key)
+    protocol_error,  ///< the server's replies are not the backend's protocol (not Redis?)
+    not_supported,   ///< the backend cannot do this (e.g. inspect a local:// lock from outside its process)
 };
 
 /// The "keylock" error category.
 const std::error_category& error_category() noexcept;
 
-inline std::error_code make_error_code(errc e) noexcept {
-    return {static_cast<int>(e), error_category()};
-}
+inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
 
 /// The exception thrown by synchronous calls. `code()` is in `error_category()` (or, for errors
 /// from the operating system, the system category); `what()` is one sentence naming the
 /// failing operation and the part at fault.
 class Error : public std::system_error {
 public:
-    explicit Error(std::error_code ec)
-        : std::system_error(ec), message_("keylock: " + ec.message()) {}
+    explicit Error(std::error_code ec) : std::system_error(ec), message_("keylock: " + ec.message()) {}
     Error(std::error_code ec, const std::string& what) : std::system_error(ec), message_(what) {}
     Error(errc e, const std::string& what) : Error(make_error_code(e), what) {}
 

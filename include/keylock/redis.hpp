@@ -17,26 +17,26 @@ namespace keylock {
 /// The options of a Redis registry: the same as those of a `redis://`, `rediss://`, `unix://` or
 /// `redis+sentinel://` URL, with the same defaults and bounds (docs/configuration.md lists them).
 struct RedisOptions {
-    std::string host = "127.0.0.1";                  ///< TCP host name or address
+    std::string host = "127.0.0.1";  ///< TCP host name or address
     std::uint16_t port = 6379;
-    std::string unix_socket;                         ///< a Unix socket path, instead of host and port
-    bool tls = false;                                ///< TLS (as `rediss://`; TCP only)
-    std::string ca_file, cert_file, key_file;        ///< TLS: PEM files; empty = system CAs / no client certificate
-    bool verify = true;                              ///< TLS: verify the server's certificate and host name
-    std::string user;                                ///< ACL user; empty = password-only AUTH
-    std::string password;                            ///< never shown by describe() or in messages
-    int db = 0;                                      ///< database number (SELECT), 0 by default
+    std::string unix_socket;                          ///< a Unix socket path, instead of host and port
+    bool tls = false;                                 ///< TLS (as `rediss://`; TCP only)
+    std::string ca_file, cert_file, key_file;         ///< TLS: PEM files; empty = system CAs / no client certificate
+    bool verify = true;                               ///< TLS: verify the server's certificate and host name
+    std::string user;                                 ///< ACL user; empty = password-only AUTH
+    std::string password;                             ///< never shown by describe() or in messages
+    int db = 0;                                       ///< database number (SELECT), 0 by default
     std::chrono::milliseconds connect_timeout{5000};  ///< 10ms to 10m
     std::chrono::milliseconds command_timeout{5000};  ///< 10ms to 10m
-    std::string prefix = "keylock:";                 ///< prepended to every lock key, 1 to 128 bytes
-    std::chrono::milliseconds lease{30000};          ///< 1s to 24h; renewed every lease/3 while held
-    std::size_t max_key_bytes = 1024;                ///< the longest key accepted
+    std::string prefix = "keylock:";                  ///< prepended to every lock key, 1 to 128 bytes
+    std::chrono::milliseconds lease{30000};           ///< 1s to 24h; renewed every lease/3 while held
+    std::size_t max_key_bytes = 1024;                 ///< the longest key accepted
     /// Sentinel: the sentinels' addresses (host, port), asked in turn for `master_name`'s
     /// address; `host`, `port` and `unix_socket` are then not used. Empty: no Sentinel.
     std::vector<std::pair<std::string, std::uint16_t>> sentinels;
-    std::string master_name;                         ///< Sentinel: the master's name in the sentinels
-    int wait_replicas = 0;                           ///< 0 to 64: WAIT for this many replicas after each write
-    std::chrono::milliseconds wait_timeout{500};     ///< 1ms to 1m, shorter than command_timeout
+    std::string master_name;                      ///< Sentinel: the master's name in the sentinels
+    int wait_replicas = 0;                        ///< 0 to 64: WAIT for this many replicas after each write
+    std::chrono::milliseconds wait_timeout{500};  ///< 1ms to 1m, shorter than command_timeout
 };
 
 /// A registry on the Redis server `options` describe. Throws keylock::Error as from_url() does

@@ -150,14 +150,11 @@ public:
     static KeyedLockRegistry from_url(std::string_view url);
 
     /// `from_url(getenv(var))`, or `from_url(fallback)` when the variable is unset or empty.
-    static KeyedLockRegistry from_env(const char* var = "KEYLOCK_URL",
-                                      std::string_view fallback = "local://");
+    static KeyedLockRegistry from_env(const char* var = "KEYLOCK_URL", std::string_view fallback = "local://");
 
     /// Waits as long as it takes for `key`. Throws keylock::Error for a bad key or when the
     /// registry refuses a new entry (`too_many_keys`).
-    Guard lock(std::string_view key) {
-        return acquire_or_throw(key, detail::Deadline::max(), detail::no_stop());
-    }
+    Guard lock(std::string_view key) { return acquire_or_throw(key, detail::Deadline::max(), detail::no_stop()); }
     /// Waits for `key` until it is ours or `stop` is requested; on stop, throws keylock::Error
     /// with `errc::cancelled` and leaves nothing behind.
     Guard lock(std::string_view key, const std::stop_token& stop) {
@@ -171,15 +168,13 @@ public:
     /// Waits up to `timeout` (or until `stop`); nullopt when the time ran out or the wait was
     /// stopped. Errors other than those (bad key, too many keys) throw keylock::Error.
     template <class Rep, class Period>
-    std::optional<Guard> try_lock_for(std::string_view key,
-                                      const std::chrono::duration<Rep, Period>& timeout,
+    std::optional<Guard> try_lock_for(std::string_view key, const std::chrono::duration<Rep, Period>& timeout,
                                       const std::stop_token& stop = {}) {
         return try_acquire(key, detail::deadline_after(timeout), stop);
     }
     /// Waits until `deadline` (any clock; the steady clock is exact) or `stop`.
     template <class C, class D>
-    std::optional<Guard> try_lock_until(std::string_view key,
-                                        const std::chrono::time_point<C, D>& deadline,
+    std::optional<Guard> try_lock_until(std::string_view key, const std::chrono::time_point<C, D>& deadline,
                                         const std::stop_token& stop = {}) {
         return try_acquire(key, detail::to_deadline(deadline), stop);
     }
@@ -225,13 +220,10 @@ public:
     /// lock granted before the cancellation is delivered normally. Like Asio's own operations,
     /// emit cancellation from the handler's executor (or strand).
     /// Bad keys complete with the keylock error code.
-    template <class CompletionToken =
-                  boost::asio::default_completion_token_t<boost::asio::system_executor>>
-    auto async_lock(std::string_view key, CompletionToken&& token =
-                                              boost::asio::default_completion_token_t<
-                                                  boost::asio::system_executor>()) {
-        return boost::asio::async_initiate<CompletionToken,
-                                           void(boost::system::error_code, Guard)>(
+    template <class CompletionToken = boost::asio::default_completion_token_t<boost::asio::system_executor>>
+    auto async_lock(std::string_view key,
+                    CompletionToken&& token = boost::asio::default_completion_token_t<boost::asio::system_executor>()) {
+        return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, Guard)>(
             detail::AsyncLockInitiation{backend_}, token, std::string(key));
     }
 
@@ -280,18 +272,15 @@ public:
     }
 
 private:
-    explicit KeyedLockRegistry(std::shared_ptr<detail::Backend> backend) noexcept
-        : backend_(std::move(backend)) {}
+    explicit KeyedLockRegistry(std::shared_ptr<detail::Backend> backend) noexcept : backend_(std::move(backend)) {}
 
-    Guard acquire_or_throw(std::string_view key, detail::Deadline deadline,
-                           const std::stop_token& stop) {
+    Guard acquire_or_throw(std::string_view key, detail::Deadline deadline, const std::stop_token& stop) {
         std::error_code ec;
         auto acquired = backend_->acquire(key, nullptr, deadline, stop, ec);
         if (acquired.hold == nullptr) detail::throw_error(ec, key, "lock");
         return Guard(backend_.get(), acquired);
     }
-    std::optional<Guard> try_acquire(std::string_view key, detail::Deadline deadline,
-                                     const std::stop_token& stop) {
+    std::optional<Guard> try_acquire(std::string_view key, detail::Deadline deadline, const std::stop_token& stop) {
         std::error_code ec;
         auto acquired = backend_->acquire(key, nullptr, deadline, stop, ec);
         if (acquired.hold != nullptr) return Guard(backend_.get(), acquired);

@@ -44,8 +44,7 @@ int main() {
             // Held: a second attempt fails, whatever the way of waiting.
             CHECK(!registry.try_lock("consumer-key").has_value());
             CHECK(!registry.try_lock_for("consumer-key", 1ms).has_value());
-            CHECK(!registry.try_lock_until("consumer-key", std::chrono::system_clock::now() + 1ms)
-                       .has_value());
+            CHECK(!registry.try_lock_until("consumer-key", std::chrono::system_clock::now() + 1ms).has_value());
         }
         {
             auto again = registry.try_lock_until("consumer-key", std::chrono::steady_clock::now());

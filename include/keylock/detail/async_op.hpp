@@ -62,8 +62,7 @@ public:
         // handler could run and its context finish (and be destroyed) while post() is still
         // signalling it from this thread.
         auto busy = boost::asio::make_work_guard(ex);
-        boost::asio::post(ex, [self = std::unique_ptr<AsyncLockOp>(this), ec,
-                               guard = std::move(guard)]() mutable {
+        boost::asio::post(ex, [self = std::unique_ptr<AsyncLockOp>(this), ec, guard = std::move(guard)]() mutable {
             auto slot = boost::asio::get_associated_cancellation_slot(self->handler_);
             if (slot.is_connected()) slot.clear();
             Handler handler = std::move(self->handler_);

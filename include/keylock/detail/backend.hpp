@@ -30,8 +30,8 @@ struct Hold {};
 struct Pin {};
 
 struct Acquired {
-    Hold* hold = nullptr;         ///< null when not acquired
-    std::uint64_t fence = 0;      ///< the fencing token of this acquisition
+    Hold* hold = nullptr;     ///< null when not acquired
+    std::uint64_t fence = 0;  ///< the fencing token of this acquisition
 };
 
 /// A waiter's place in a backend's queue. The fields are the backend's; the registry only
@@ -39,13 +39,13 @@ struct Acquired {
 struct WaitNode {
     WaitNode* prev = nullptr;
     WaitNode* next = nullptr;
-    void* entry = nullptr;        ///< the entry waited for (backend's)
-    std::uint64_t fence = 0;      ///< the fencing token handed over with a grant
-    std::uint32_t shard = 0;      ///< where that entry lives (backend's)
+    void* entry = nullptr;    ///< the entry waited for (backend's)
+    std::uint64_t fence = 0;  ///< the fencing token handed over with a grant
+    std::uint32_t shard = 0;  ///< where that entry lives (backend's)
     bool is_async = false;
-    bool queued = false;          ///< in a queue now
-    bool granted = false;         ///< ownership was handed to this waiter
-    bool woken = false;           ///< told to retry (unfair hand-off)
+    bool queued = false;   ///< in a queue now
+    bool granted = false;  ///< ownership was handed to this waiter
+    bool woken = false;    ///< told to retry (unfair hand-off)
 };
 
 /// An asynchronous acquisition in progress. The backend calls `complete` exactly once, never
@@ -70,8 +70,8 @@ public:
     /// Waits for `key` until `deadline` or until `stop` is requested. On success returns the
     /// hold; otherwise returns a null hold and sets `ec` (timeout, cancelled, or a key error).
     /// `pin`, when not null, is a pin of the same key that saves the lookup.
-    virtual Acquired acquire(std::string_view key, Pin* pin, Deadline deadline,
-                             const std::stop_token& stop, std::error_code& ec) = 0;
+    virtual Acquired acquire(std::string_view key, Pin* pin, Deadline deadline, const std::stop_token& stop,
+                             std::error_code& ec) = 0;
 
     /// Starts an asynchronous acquisition; `waiter->complete` reports the outcome (possibly
     /// before this returns, but never on this call's stack while a backend lock is held).
@@ -93,6 +93,7 @@ public:
 
     /// Calls `on_lost` once if `hold` is found lost (at once, on some thread, if it already
     /// is), and never after it is released. For backends whose locks cannot be lost: nothing.
+    // NOLINTNEXTLINE(performance-unnecessary-value-param): a sink; the overrides move from it
     virtual void watch_lost(Hold* hold, std::function<void()> on_lost) {
         (void)hold;
         (void)on_lost;
@@ -125,6 +126,7 @@ public:
     }
 
     /// See KeyedLockRegistry::on_lost. Backends whose locks cannot be lost ignore it.
+    // NOLINTNEXTLINE(performance-unnecessary-value-param): a sink; the overrides move from it
     virtual void on_lost(std::function<void(std::string_view key, std::uint64_t fencing_token)>) {}
 
     /// The configuration as a URL, with any password redacted.
