@@ -15,7 +15,8 @@
 #include <utility>
 #include <vector>
 
-extern char** environ;
+// POSIX declares environ in no header (glibc does in <unistd.h>, with _GNU_SOURCE only).
+extern char** environ;  // NOLINT(readability-redundant-declaration): see above
 
 namespace keylock::test {
 

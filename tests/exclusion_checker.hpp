@@ -100,7 +100,7 @@ public:
     /// The violations of the two promises (empty: none), each as one line.
     std::vector<std::string> check() const {
         std::vector<std::string> problems;
-        if (shared_->overflow.load()) problems.push_back("more holds than the checker's capacity");
+        if (shared_->overflow.load()) problems.emplace_back("more holds than the checker's capacity");
         std::map<std::string, std::vector<Hold>> by_key;
         for (std::size_t i = 0; i < size(); ++i) by_key[holds_[i].key].push_back(holds_[i]);
         for (auto& [key, holds] : by_key) {

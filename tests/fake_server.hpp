@@ -44,6 +44,8 @@ public:
             });
         }
     }
+    FakeServer(const FakeServer&) = delete;
+    FakeServer& operator=(const FakeServer&) = delete;
     ~FakeServer() {
         ::shutdown(fd_, SHUT_RDWR);
         if (thread_.joinable()) thread_.join();

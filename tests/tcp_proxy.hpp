@@ -59,7 +59,7 @@ public:
     void resume() {
         stalled_.store(false);
         boost::asio::post(io_, [this] {
-            for (auto& link : links_) link->flush_held();
+            for (const auto& link : links_) link->flush_held();
         });
     }
     void cut() {
@@ -152,7 +152,7 @@ private:
         });
     }
     void close_all() {
-        for (auto& link : links_) link->close();
+        for (const auto& link : links_) link->close();
         links_.clear();
     }
 

@@ -38,6 +38,8 @@ struct TempDir {
         if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
         path = pattern;
     }
+    TempDir(const TempDir&) = delete;  // two copies would remove the directory twice
+    TempDir& operator=(const TempDir&) = delete;
     ~TempDir() {
         std::error_code ignored;
         std::filesystem::remove_all(path, ignored);
@@ -57,7 +59,7 @@ std::vector<std::string> lines_of(const std::string& file) {
 /// `got-term` and exits 3.
 std::vector<std::string> patient_command(const TempDir& dir) {
     return {"sh", "-c",
-            "trap 'echo term > \"$0/got-term\"; exit 3' TERM; touch \"$0/started\"; while :; do sleep 0.05; done",
+            R"(trap 'echo term > "$0/got-term"; exit 3' TERM; touch "$0/started"; while :; do sleep 0.05; done)",
             dir.path};
 }
 
@@ -150,7 +152,7 @@ TEST_CASE("keylock exec gives the command its fencing token and the lock while i
     const std::string inner = std::string(KEYLOCK_CLI_PATH) + " status --url " + url(server) + " k";
     auto [status, out] =
         run_cli({"exec", "--url", url(server), "--lease", "5s", "k", "--", "sh", "-c",
-                 "echo \"$KEYLOCK_FENCING_TOKEN\" > \"$0/token\"; " + inner + " > \"$0/status\"", dir.path});
+                 R"(echo "$KEYLOCK_FENCING_TOKEN" > "$0/token"; )" + inner + R"( > "$0/status")", dir.path});
     REQUIRE(status == 0);
     const auto token = lines_of(dir / "token");
     const auto seen = lines_of(dir / "status");

@@ -194,11 +194,11 @@ TEST_CASE("get_or_create finds first, locks, finds again, creates once", "[regis
     std::vector<std::string> calls;
     std::optional<int> stored;
     auto find = [&] {
-        calls.push_back("find");
+        calls.emplace_back("find");
         return stored;
     };
     auto create = [&] {
-        calls.push_back("create");
+        calls.emplace_back("create");
         stored = 7;
         return 7;
     };

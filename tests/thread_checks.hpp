@@ -10,6 +10,9 @@
 
 class ThreadChecks {
 public:
+    ThreadChecks() = default;
+    ThreadChecks(const ThreadChecks&) = delete;
+    ThreadChecks& operator=(const ThreadChecks&) = delete;
     void check(bool ok, const char* what, const char* file, int line) {
         if (ok) return;
         std::lock_guard lk(mu_);

@@ -45,8 +45,8 @@ struct SentinelLocator::Lookup {
     std::shared_ptr<Connection> connection;
 };
 
-SentinelLocator::SentinelLocator(boost::asio::io_context& io, const RedisConfig& config)
-    : io_(io), config_(config), rewatch_(io) {}
+SentinelLocator::SentinelLocator(boost::asio::io_context& io, RedisConfig config)
+    : io_(io), config_(std::move(config)), rewatch_(io) {}
 
 Endpoint SentinelLocator::sentinel_endpoint(std::size_t index) const {
     Endpoint e;
@@ -86,7 +86,7 @@ void SentinelLocator::ask(const std::shared_ptr<Lookup>& lookup) {
         ask(lookup);
     };
     lookup->connection = std::make_shared<Connection>(io_, sentinel_endpoint(index));
-    lookup->connection->connect([this, lookup, failed, index](std::error_code ec, std::string message) {
+    lookup->connection->connect([this, lookup, failed, index](std::error_code ec, const std::string& message) {
         if (closed_) return;
         if (ec) {
             // "keylock: cannot connect to Redis at …": the part after the endpoint says why.
@@ -127,7 +127,7 @@ void SentinelLocator::subscribe() {
     if (closed_) return;
     watch_ = std::make_shared<Connection>(io_, sentinel_endpoint(watching_));
     std::weak_ptr<Connection> weak = watch_;
-    auto again = [this, weak](std::error_code, std::string) {
+    auto again = [this, weak](std::error_code, const std::string&) {
         if (closed_ || watch_ != weak.lock()) return;
         watch_.reset();
         watching_ = (watching_ + 1) % config_.sentinels.size();
@@ -143,10 +143,10 @@ void SentinelLocator::subscribe() {
             on_switch_(to);
         }
     });
-    watch_->connect([again](std::error_code ec, std::string message) {
-        if (ec) again(ec, std::move(message));
+    watch_->connect([again](std::error_code ec, const std::string& message) {
+        if (ec) again(ec, message);
     });
-    watch_->send({"SUBSCRIBE", "+switch-master"}, [](std::error_code, Reply) {});
+    watch_->send({"SUBSCRIBE", "+switch-master"}, [](std::error_code, const Reply&) {});
 }
 
 void SentinelLocator::close() {

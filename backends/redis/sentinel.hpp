@@ -23,9 +23,10 @@ namespace keylock::redis {
 class SentinelLocator : public std::enable_shared_from_this<SentinelLocator> {
 public:
     /// `config` must name sentinels and a master (see redis_config.hpp).
-    SentinelLocator(boost::asio::io_context& io, const RedisConfig& config);
+    SentinelLocator(boost::asio::io_context& io, RedisConfig config);
     SentinelLocator(const SentinelLocator&) = delete;
     SentinelLocator& operator=(const SentinelLocator&) = delete;
+    ~SentinelLocator() = default;
 
     using Located = std::function<void(std::error_code, std::string why, HostPort master)>;
 
