@@ -9,6 +9,7 @@
 #include <chrono>
 #include <functional>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,18 +32,24 @@ public:
     Load(int port, ExclusionChecker& checker, const std::string& query, int registries = 3, int threads_each = 4,
          int keys = 3)
         : Load(Url{url(port, query)}, checker, registries, threads_each, keys) {}
-    /// Any registry URL (e.g. redis+sentinel://…).
+    /// Any registry URL (e.g. redis+sentinel://…). The keys are `key_prefix` followed by 0 to
+    /// `keys` - 1 (key(i)).
     struct Url {
         std::string text;
     };
-    Load(const Url& u, ExclusionChecker& checker, int registries = 3, int threads_each = 4, int keys = 3)
-        : checker_(checker) {
+    Load(const Url& u, ExclusionChecker& checker, int registries = 3, int threads_each = 4, int keys = 3,
+         std::string key_prefix = "fault-")
+        : checker_(checker),
+          key_prefix_(std::move(key_prefix)),
+          keys_(keys),
+          key_holds_(std::make_unique<std::atomic<long>[]>(static_cast<std::size_t>(keys))) {
         for (int i = 0; i < registries; ++i) regs_.push_back(keylock::KeyedLockRegistry::from_url(u.text));
         for (int t = 0; t < registries * threads_each; ++t) {
             threads_.emplace_back([this, t, keys] {
                 keylock::KeyedLockRegistry& r = regs_[static_cast<std::size_t>(t) % regs_.size()];
                 for (int n = 0; !stop_.load(); ++n) {
-                    const std::string key = "fault-" + std::to_string((t + n) % keys);
+                    const int k = (t + n) % keys;
+                    const std::string key = this->key(k);
                     try {
                         auto g = r.try_lock_for(key, std::chrono::milliseconds(200));
                         if (!g) continue;
@@ -57,6 +64,7 @@ public:
                         checker_.record(key, g->fencing_token(), start, end, lost || ec == keylock::errc::not_owner);
                         if (ec) errors_[static_cast<std::size_t>(ec.value()) % errors_.size()].fetch_add(1);
                         holds_.fetch_add(1);
+                        key_holds_[static_cast<std::size_t>(k)].fetch_add(1);
                     } catch (const keylock::Error& e) {
                         errors_[static_cast<std::size_t>(e.code().value()) % errors_.size()].fetch_add(1);
                         std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -65,6 +73,8 @@ public:
             });
         }
     }
+    Load(const Load&) = delete;
+    Load& operator=(const Load&) = delete;
     ~Load() { finish(); }
 
     void finish() {
@@ -74,6 +84,11 @@ public:
         }
     }
     long holds() const { return holds_.load(); }
+    /// The holds of key(i) so far.
+    long holds_of(int i) const { return key_holds_[static_cast<std::size_t>(i)].load(); }
+    /// The i-th key the load locks.
+    std::string key(int i) const { return key_prefix_ + std::to_string(i); }
+    int keys() const { return keys_; }
     long errors(keylock::errc e) const { return errors_[static_cast<std::size_t>(e)].load(); }
     long errors_other_than(std::initializer_list<keylock::errc> allowed) const {
         long n = 0;
@@ -88,6 +103,9 @@ public:
 
 private:
     ExclusionChecker& checker_;
+    std::string key_prefix_;
+    int keys_;
+    std::unique_ptr<std::atomic<long>[]> key_holds_;
     std::vector<keylock::KeyedLockRegistry> regs_;
     std::vector<std::thread> threads_;
     std::atomic<bool> stop_{false};

@@ -6,6 +6,11 @@
 // openssl command-line tool in the server's directory and adds a TLS port next to the plain one
 // (which stays, so tests reach both and the readiness check needs no TLS client).
 //
+// Opt-in Redis Cluster mode (RedisServer(RedisServer::Cluster{})): a node with `--cluster-enabled
+// yes`, its nodes.conf in its directory (kept across restart(), so a restarted node rejoins its
+// cluster), its cluster bus on a free port of its own (`--cluster-port`, not port+10000, which
+// may be taken or past 65535). It belongs to no cluster until told (tests/topology.hpp).
+//
 // Tests that need Redis must never skip: if redis-server (or, for TLS, openssl) is missing or
 // does not start, the constructor throws, and the test fails with the server's (or openssl's) log.
 #pragma once
@@ -62,6 +67,13 @@ public:
         std::string auth_pass;  ///< the master's password, if it has one
     };
 
+    /// A Redis Cluster node: `--cluster-enabled yes`, `--cluster-config-file <dir>/nodes.conf`,
+    /// `--cluster-node-timeout`, `--cluster-port cluster_port()`. A duration, not an int, so that a
+    /// braced list of strings can never be taken for a `Cluster`.
+    struct Cluster {
+        std::chrono::milliseconds node_timeout{2000};
+    };
+
     /// Starts a sentinel (port() is its port; command() talks to it).
     explicit RedisServer(Sentinel sentinel) : sentinel_(std::move(sentinel)) { init(); }
 
@@ -69,6 +81,11 @@ public:
     explicit RedisServer(std::vector<std::string> extra = {}) : extra_(std::move(extra)) { init(); }
     /// Starts a server that also listens with TLS on tls_port(); see the file accessors below.
     explicit RedisServer(Tls tls, std::vector<std::string> extra = {}) : extra_(std::move(extra)), tls_(tls) { init(); }
+    /// Starts a Redis Cluster node (in no cluster yet); `extra` as above.
+    explicit RedisServer(Cluster cluster, std::vector<std::string> extra = {})
+        : extra_(std::move(extra)), cluster_(cluster) {
+        init();
+    }
     RedisServer(const RedisServer&) = delete;
     RedisServer& operator=(const RedisServer&) = delete;
     ~RedisServer() {
@@ -81,6 +98,8 @@ public:
     const std::string& unix_socket() const noexcept { return socket_; }
     const std::string& dir() const noexcept { return dir_; }
     pid_t pid() const noexcept { return pid_; }
+    /// Cluster mode only: the cluster bus port (0 otherwise).
+    int cluster_port() const noexcept { return cluster_port_; }
     bool running() const noexcept { return pid_ > 0; }
 
     // TLS mode only (the file accessors throw std::logic_error otherwise). All files are PEM, in
@@ -128,7 +147,7 @@ public:
     /// empty unless persisted).
     void restart() {
         stop();
-        start(port_, tls_port_);
+        start(port_, tls_port_, cluster_port_);
     }
     void pause() noexcept {
         if (pid_ > 0) ::kill(pid_, SIGSTOP);
@@ -341,7 +360,7 @@ private:
         return false;
     }
 
-    void start(int fixed_port = 0, int fixed_tls_port = 0) {
+    void start(int fixed_port = 0, int fixed_tls_port = 0, int fixed_cluster_port = 0) {
         socket_ = dir_ + "/redis.sock";
         std::string last_log;
         for (int attempt = 0; attempt < (fixed_port != 0 ? 1 : 5); ++attempt) {
@@ -350,6 +369,12 @@ private:
                 // Both ports were free when picked; the kernel may hand out the same one twice.
                 tls_port_ = fixed_tls_port;
                 while (tls_port_ == 0 || tls_port_ == port_) tls_port_ = free_port();
+            }
+            if (cluster_) {
+                cluster_port_ = fixed_cluster_port;
+                while (cluster_port_ == 0 || cluster_port_ == port_ || cluster_port_ == tls_port_) {
+                    cluster_port_ = free_port();
+                }
             }
             std::vector<std::string> args = {
                 "redis-server", "--bind",    "127.0.0.1",         "--port", std::to_string(port_),
@@ -363,6 +388,12 @@ private:
                                          wrong_name ? wrong_name_cert_file() : server_cert_file(), "--tls-key-file",
                                          wrong_name ? wrong_name_key_file() : server_key_file(), "--tls-ca-cert-file",
                                          ca_file(), "--tls-auth-clients", required ? "yes" : "optional"});
+            }
+            if (cluster_) {
+                // A bus port taken meanwhile makes the server exit: retried like the port.
+                args.insert(args.end(), {"--cluster-enabled", "yes", "--cluster-config-file", dir_ + "/nodes.conf",
+                                         "--cluster-node-timeout", std::to_string(cluster_->node_timeout.count()),
+                                         "--cluster-port", std::to_string(cluster_port_)});
             }
             if (sentinel_) {
                 // Its own config file (which it rewrites as it learns of replicas and failovers).
@@ -436,10 +467,12 @@ private:
     std::vector<std::string> extra_;
     std::optional<Tls> tls_;
     std::optional<Sentinel> sentinel_;
+    std::optional<Cluster> cluster_;
     std::string dir_;
     std::string socket_;
     int port_ = 0;
     int tls_port_ = 0;
+    int cluster_port_ = 0;
     pid_t pid_ = -1;
 };
 

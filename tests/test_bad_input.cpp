@@ -291,6 +291,36 @@ TEST_CASE("bad input: option values out of range in code are invalid_option", "[
          }),
          "master's name"},
         {"sentinel: master_name without sentinels", redis([](auto& o) { o.master_name = "m"; }), "set sentinels"},
+        {"cluster: a node without a port", redis([](auto& o) {
+             o.cluster_nodes = {{"h", 0}};
+         }),
+         "a cluster node needs a host and a port"},
+        {"cluster: a database other than 0", redis([](auto& o) {
+             o.cluster_nodes = {{"h", 7000}};
+             o.db = 1;
+         }),
+         "database 0 only"},
+        {"cluster and sentinels at once", redis([](auto& o) {
+             o.cluster_nodes = {{"h", 7000}};
+             o.sentinels = {{"h", 26379}};
+             o.master_name = "m";
+         }),
+         "at most one of sentinels, cluster_nodes and redlock_nodes"},
+        {"redlock: a node listed twice", redis([](auto& o) {
+             o.redlock_nodes = {{"h", 6379}, {"h", 6379}};
+         }),
+         "listed twice"},
+        {"redlock: with wait_replicas", redis([](auto& o) {
+             o.redlock_nodes = {{"h", 6379}};
+             o.wait_replicas = 1;
+         }),
+         "not for redlock"},
+        {"redlock: node_timeout over a third of the lease", redis([](auto& o) {
+             o.redlock_nodes = {{"h", 6379}};
+             o.lease = std::chrono::seconds(1);
+             o.node_timeout = std::chrono::milliseconds(400);
+         }),
+         "at most a third of the lease"},
         {"sentinel: a sentinel without a port", redis([](auto& o) {
              o.sentinels = {{"h", 0}};
              o.master_name = "m";
@@ -315,7 +345,11 @@ TEST_CASE("bad input: option values out of range in code are invalid_option", "[
 
 TEST_CASE("bad input: empty and over-long keys are refused by every backend and every call", "[bad-input][redis]") {
     Backends backends;
-    for (auto& [name, registry] : backends.all) {
+    for (auto& backend : backends.all) {
+        // Named references, not a structured binding: the lambdas below capture the registry,
+        // and clang 14 does not let a lambda capture a structured binding (C++20 does).
+        const std::string& name = backend.first;
+        KeyedLockRegistry& registry = backend.second;
         for (const Way& way : ways_to_lock()) {
             INFO(name << " " << way.name);
             expect(run([&] { way.lock(registry, ""); }), errc::invalid_key, way.expects("empty"));
@@ -345,7 +379,10 @@ TEST_CASE("bad input: binary and non-UTF-8 keys are keys like any other", "[bad-
         {"exactly max_key_bytes", std::string(16, 'm')},
         {"a Redis glob", "k*?[a]"},
     };
-    for (auto& [name, registry] : backends.all) {
+    for (auto& backend : backends.all) {
+        // Named references, not a structured binding, as above: the lambda below captures it.
+        const std::string& name = backend.first;
+        KeyedLockRegistry& registry = backend.second;
         for (const auto& [what, key] : keys) {
             INFO(name << ": " << what);
             Guard g = registry.lock(key);

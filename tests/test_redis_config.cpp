@@ -25,12 +25,13 @@ constexpr const char* password = "S3cr3t-pw";
 /// Every field, as a tuple Catch2 can print when a comparison fails.
 auto fields(const RedisConfig& c) {
     const auto& e = c.endpoint;
-    std::string sentinels;
+    std::string sentinels, nodes;
     for (const auto& s : c.sentinels) sentinels += s.host + ":" + std::to_string(s.port) + ",";
-    return std::make_tuple(e.host, e.port, e.unix_path, e.tls, e.ca_file, e.cert_file, e.key_file, e.verify, e.user,
-                           e.password, e.db, e.connect_timeout.count(), e.command_timeout.count(), c.prefix,
-                           c.lease.count(), c.max_key_bytes, sentinels, c.master_name, c.wait_replicas,
-                           c.wait_timeout.count());
+    for (const auto& n : c.nodes) nodes += n.host + ":" + std::to_string(n.port) + ",";
+    return std::make_tuple(static_cast<int>(c.topology), e.host, e.port, e.unix_path, e.tls, e.ca_file, e.cert_file,
+                           e.key_file, e.verify, e.user, e.password, e.db, e.connect_timeout.count(),
+                           e.command_timeout.count(), c.prefix, c.lease.count(), c.max_key_bytes, sentinels,
+                           c.master_name, nodes, c.node_timeout.count(), c.wait_replicas, c.wait_timeout.count());
 }
 
 /// Runs parse_redis_url(url), expecting keylock::Error with `code` whose message starts with
@@ -259,8 +260,7 @@ TEST_CASE("malformed URLs and bad hosts and ports and paths are invalid_url nami
 TEST_CASE("unknown options are unknown_option listing the known ones", "[redis][config]") {
     const std::string known =
         "(known: prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, wait_replicas, wait_timeout, "
-        "ca_file, cert_file, key_file, "
-        "verify)";
+        "ca_file, cert_file, key_file, verify, node_timeout)";
     expect_error("redis://u:S3cr3t-pw@h?lease=1s&leese=2s", errc::unknown_option, "unknown option 'leese'");
     expect_error("redis://u:S3cr3t-pw@h?Lease=1s", errc::unknown_option, known);  // names are case-sensitive
     expect_error("redis://h?password=S3cr3t-pw", errc::unknown_option, "go before the host");
@@ -407,7 +407,7 @@ TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis]
                 return hosts;
             }() +
             "/m",
-        errc::invalid_url, "more than 16 sentinels");
+        errc::invalid_url, "more than 16 hosts");
     expect_error("redis+sentinel://h1/m?ca_file=/ca.pem", errc::invalid_option, "TLS through sentinels");
     expect_error("redis+sentinel://h1/m?db=x", errc::invalid_option, "option 'db' has value 'x'");
     expect_error("redis://h?wait_replicas=65", errc::invalid_option, "'wait_replicas' has value '65'");
@@ -418,6 +418,58 @@ TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis]
                  "'wait_timeout' (5s) must be shorter than command_timeout (5s)");
     CHECK(parse_redis_url("redis://h?wait_replicas=1&wait_timeout=5s&command_timeout=6s").wait_timeout == 5s);
     CHECK(parse_redis_url("redis://h?wait_timeout=5s").wait_timeout == 5s);  // no WAIT: no conflict
+}
+
+TEST_CASE("redis+cluster and redlock URLs list their nodes", "[redis][config][cluster][redlock]") {
+    using keylock::redis::Topology;
+    const RedisConfig c = parse_redis_url("redis+cluster://alice:S3cr3t-pw@n1.example.com,10.0.0.2:7001,[::1]:7002/"
+                                          "?lease=10s&wait_replicas=1&wait_timeout=100ms");
+    CHECK(c.topology == Topology::cluster);
+    CHECK(c.nodes ==
+          std::vector<keylock::redis::HostPort>{{"n1.example.com", 6379}, {"10.0.0.2", 7001}, {"::1", 7002}});
+    CHECK(c.endpoint.host.empty());
+    CHECK(c.endpoint.user == "alice");
+    CHECK(c.endpoint.password == password);
+    CHECK(c.wait_replicas == 1);
+    CHECK(to_url(c) == "redis+cluster://alice:***@n1.example.com,10.0.0.2:7001,[::1]:7002?lease=10s&wait_replicas=1"
+                       "&wait_timeout=100ms");
+    check_round_trip(c);
+
+    const RedisConfig r = parse_redis_url("redlock://:S3cr3t-pw@h1:6379,h2:6380,h3:6381?node_timeout=50ms&db=2");
+    CHECK(r.topology == Topology::redlock);
+    CHECK(r.nodes.size() == 3);
+    CHECK(r.node_timeout == 50ms);
+    CHECK(r.endpoint.db == 2);
+    CHECK(to_url(r) == "redlock://:***@h1,h2:6380,h3:6381?db=2&node_timeout=50ms");
+    check_round_trip(r);
+    CHECK(parse_redis_url("REDLOCK://h1").nodes.front().port == 6379);
+    CHECK(parse_redis_url("redis+cluster://h1:7000").nodes.front().port == 7000);
+
+    expect_error("redis+cluster://u:S3cr3t-pw@/", errc::invalid_url, "at least one cluster node");
+    expect_error("redis+cluster://h1,,h2", errc::invalid_url, "empty cluster node address");
+    expect_error("redis+cluster://h1/0", errc::invalid_url, "takes no path (Redis Cluster has database 0 only)");
+    expect_error("redis+cluster://h1?db=1", errc::invalid_option, "Redis Cluster has database 0 only");
+    expect_error("redis+cluster://h1?node_timeout=10ms", errc::invalid_option, "is for redlock:// URLs");
+    expect_error("redis+cluster://h1?ca_file=/ca.pem", errc::invalid_option, "TLS is not supported with redis+cluster");
+    expect_error("redis+cluster://h1:0", errc::invalid_url, "bad port");
+    expect_error("redlock://u:S3cr3t-pw@h1,h2,h1", errc::invalid_url, "is listed twice");
+    expect_error("redlock://h1:6379,h1", errc::invalid_url, "is listed twice");  // the same port, defaulted
+    expect_error("redlock://h1/2", errc::invalid_url, "takes no path (the database is option db=N)");
+    expect_error("redlock://h1?wait_replicas=1", errc::invalid_option, "not for redlock:// URLs");
+    expect_error("redlock://h1?node_timeout=0", errc::invalid_option, "'node_timeout' has value '0'");
+    expect_error("redlock://h1?node_timeout=11s", errc::invalid_option, "'node_timeout' has value '11s'");
+    expect_error("redlock://h1?lease=1s&node_timeout=400ms", errc::invalid_option, "at most a third of the lease");
+    expect_error("redlock://h1?command_timeout=100ms&node_timeout=200ms", errc::invalid_option,
+                 "at most command_timeout");
+    expect_error("redlock://u:S3cr3t-pw@h1#x", errc::invalid_url, "no fragment");
+    expect_error(
+        "redis+cluster://" +
+            [] {
+                std::string hosts = "h0";
+                for (int i = 1; i < 17; ++i) hosts += ",h" + std::to_string(i);
+                return hosts;
+            }(),
+        errc::invalid_url, "more than 16 hosts");
 }
 
 TEST_CASE("RedisOptions in code: the same options, bounds and redaction as a URL", "[redis][config]") {

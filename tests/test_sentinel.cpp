@@ -4,7 +4,6 @@
 // through the mutual-exclusion checker.
 #include <catch2/catch.hpp>
 
-#include <cstdio>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -18,41 +17,23 @@
 #include "eventually.hpp"
 #include "exclusion_checker.hpp"
 #include "load.hpp"
+#include "redis_cli.hpp"
 #include "redis_server.hpp"
 
 using keylock::errc;
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
 using keylock::test::check_exclusion;
+using keylock::test::cli;
 using keylock::test::eventually;
 using keylock::test::ExclusionChecker;
+using keylock::test::field;
 using keylock::test::Load;
 using keylock::test::RedisServer;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-/// Runs redis-cli against a loopback port and returns its output (every line).
-std::string cli(int port, const std::string& args) {
-    const std::string command = "redis-cli -p " + std::to_string(port) + " " + args + " 2>&1";
-    std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(command.c_str(), "r"), ::pclose);
-    if (!pipe) return {};
-    std::string out;
-    char buf[4096];
-    while (std::fgets(buf, sizeof buf, pipe.get()) != nullptr) out += buf;
-    return out;
-}
-
-/// The value of `field` in the flat field/value list redis-cli prints for SENTINEL MASTER.
-std::string field(const std::string& listing, const std::string& name) {
-    std::istringstream in(listing);
-    std::string line;
-    while (std::getline(in, line)) {
-        if (line == name && std::getline(in, line)) return line;
-    }
-    return {};
-}
 
 /// A master, two replicas and three sentinels watching it as "mymaster" (quorum 2). The
 /// constructor returns once the sentinels know the replicas and each other.

@@ -194,7 +194,8 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
                                     arm_timer();
                                     if (auto h = std::exchange(impl_->on_connect, nullptr)) h({}, {});
                                 },
-                                Clock::time_point::max()});
+                                Clock::time_point::max(),
+                                {}});
         }
         start_write();
     };
@@ -317,7 +318,8 @@ void Connection::send(const std::vector<std::string_view>& argv, ReplyHandler ha
         return;
     }
     append_command(out_, argv);
-    pending_.push_back({std::move(handler), Clock::now() + endpoint_.command_timeout});
+    pending_.push_back({std::move(handler), Clock::now() + endpoint_.command_timeout,
+                        argv.size() == 2 && argv[0] == "SUNSUBSCRIBE" ? std::string(argv[1]) : std::string()});
     arm_timer();
     // Written once the handlers that are ready now have run, so that commands they send go
     // out together (e.g. a guard's release and the next lock of the same thread).
@@ -431,8 +433,14 @@ void Connection::on_bytes(const char* data, std::size_t n) {
         auto* reply = static_cast<redisReply*>(raw);
         Reply copy = copy_reply(reply);
         freeReplyObject(reply);
-        if (on_push_ && copy.type == Reply::Type::array && !copy.elements.empty() &&
-            (copy.elements[0].str == "message" || copy.elements[0].str == "smessage")) {
+        const std::string_view kind = copy.type == Reply::Type::array && !copy.elements.empty()
+                                          ? std::string_view(copy.elements[0].str)
+                                          : std::string_view();
+        // A "sunsubscribe" answers our SUNSUBSCRIBE of its channel, or else is news: the server
+        // ended the subscription itself (its Cluster slot moved).
+        const bool unsolicited = kind == "sunsubscribe" && copy.elements.size() >= 2 &&
+                                 (pending_.empty() || pending_.front().unsubscribing != copy.elements[1].str);
+        if (on_push_ && (kind == "message" || kind == "smessage" || unsolicited)) {
             on_push_(std::move(copy));
             if (state_ != State::ready) return;
             continue;

@@ -90,7 +90,9 @@ public:
     void on_failure(std::function<void(std::error_code, std::string)> handler) { on_failure_ = std::move(handler); }
 
     /// For a subscriber connection: pub/sub messages (arrays whose first element is "message"
-    /// or "smessage") go to `handler` instead of answering a command.
+    /// or "smessage", and a "sunsubscribe" that no SUNSUBSCRIBE asked for: Redis Cluster ends
+    /// shard-channel subscriptions itself when their slot moves) go to `handler` instead of
+    /// answering a command.
     void on_push(std::function<void(Reply)> handler) { on_push_ = std::move(handler); }
 
     /// Closes the connection; pending commands fail with `errc::cancelled`.
@@ -115,6 +117,7 @@ private:
     struct Pending {
         ReplyHandler handler;
         std::chrono::steady_clock::time_point deadline;
+        std::string unsubscribing;  ///< for a SUNSUBSCRIBE: its channel (see on_bytes)
     };
 
     void fail(std::error_code ec, const std::string& message);

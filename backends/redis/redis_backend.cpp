@@ -5,7 +5,6 @@
 #include "redis_backend.hpp"
 
 #include <openssl/rand.h>
-#include <openssl/sha.h>
 #include <pthread.h>
 
 #include <algorithm>
@@ -29,7 +28,7 @@
 #include "../../src/futex.hpp"
 #include "connection.hpp"
 #include "scripts.hpp"
-#include "sentinel.hpp"
+#include "servers.hpp"
 #include "slots.hpp"
 
 namespace keylock::redis {
@@ -72,24 +71,6 @@ private:
     static constexpr int kTokens = 64;
     unsigned char bytes_[kTokens * 16];
     int used_ = kTokens;
-};
-
-std::string sha1_hex(std::string_view text) {
-    unsigned char digest[SHA_DIGEST_LENGTH];
-    SHA1(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest);
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned char b : digest) {
-        out.push_back(hex[b >> 4]);
-        out.push_back(hex[b & 15]);
-    }
-    return out;
-}
-
-struct Script {
-    std::string body;
-    std::string sha;
-    explicit Script(std::string b) : body(std::move(b)), sha(sha1_hex(body)) {}
 };
 
 struct KeyState;
@@ -195,24 +176,34 @@ public:
         : config_(config),
           work_(asio::make_work_guard(io_)),
           watchdog_(io_),
-          acquire_(scripts::acquire),
-          release_(scripts::release),
+          acquire_(config.topology == Topology::redlock ? scripts::acquire_plain : scripts::acquire),
+          release_(config.topology == Topology::cluster ? scripts::release_sharded : scripts::release),
           extend_(scripts::extend),
           transfer_(scripts::transfer),
           inspect_(scripts::inspect),
-          force_release_(scripts::force_release) {
+          force_release_(config.topology == Topology::cluster ? scripts::force_release_sharded
+                                                              : scripts::force_release),
+          bump_(scripts::bump),
+          // A quorum's holder counts on its lease only minus the clock drift the nodes may have,
+          // and a quorum never hands a lock over in place (each node has its own counter).
+          validity_(config.topology == Topology::redlock
+                        ? config.lease - config.lease / 100 - std::chrono::milliseconds(2)
+                        : config.lease),
+          max_transfers_(config.topology == Topology::redlock ? 0 : kMaxTransfers) {
         lease_ms_ = std::to_string(config_.lease.count());
         wait_replicas_ = std::to_string(config_.wait_replicas);
         wait_ms_ = std::to_string(config_.wait_timeout.count());
-        if (!config_.sentinels.empty()) sentinels_ = std::make_shared<SentinelLocator>(io_, config_);
+        Servers::Events events;
+        events.message = [this](const std::string& channel) { on_message(channel); };
+        events.unsubscribed = [this](const std::string& channel) { on_unsubscribed(channel); };
+        events.notifications_lost = [this] { on_notifications_lost(); };
+        servers_ = make_servers(io_, config_, std::move(events), {&acquire_, &release_, &bump_});
+        plain_values_ = servers_->plain_values();
         thread_ = std::thread([this] { run(); });
 #if defined(__linux__)
         pthread_setname_np(thread_.native_handle(), "keylock-redis");  // for top, perf, gdb
 #endif
-        post([this] {
-            arm_watchdog();
-            if (sentinels_) watch_sentinels();
-        });
+        post([this] { arm_watchdog(); });
     }
 
     ~RedisBackend() override = default;
@@ -320,7 +311,7 @@ public:
 
     LockInfo inspect(std::string_view key, std::error_code& ec) override {
         if (ec = check_key(key); ec) return {};
-        const Reply r = call(inspect_, config_.prefix + std::string(key), {}, ec);
+        const Reply r = call(Op::inspect, inspect_, config_.prefix + std::string(key), {}, ec);
         if (ec) return {};
         if (r.type != Reply::Type::array || r.elements.empty()) {
             ec = make_ec(errc::backend_error);
@@ -347,7 +338,7 @@ public:
     bool force_release(std::string_view key, std::error_code& ec) override {
         if (ec = check_key(key); ec) return false;
         const std::string lock_key = config_.prefix + std::string(key);
-        const Reply r = call(force_release_, lock_key, lock_key, ec);
+        const Reply r = call(Op::force_release, force_release_, lock_key, lock_key, ec);
         if (ec) return false;
         if (r.type != Reply::Type::integer) {
             ec = make_ec(errc::backend_error);
@@ -423,9 +414,7 @@ private:
             if (st->holder != nullptr || st->attempting) return false;
         }
         work_.reset();
-        if (main_) main_->close();
-        if (sub_) sub_->close();
-        if (sentinels_) sentinels_->close();
+        servers_->close();
         watchdog_.cancel();
         for (auto& [key, st] : keys_) {
             if (st->retry) st->retry->cancel();
@@ -441,158 +430,38 @@ private:
         return {};
     }
 
-    // ---- connections ----------------------------------------------------------------
+    // ---- subscriptions -------------------------------------------------------------
 
-    /// When a connection may be made again after failures: at once the first time, then after
-    /// 50 ms, doubling up to 1 s (jittered), until one gets through the handshake.
-    struct Backoff {
-        std::chrono::milliseconds delay{0};
-        Clock::time_point not_before{};
-    };
-
-    /// Whether a new connection may be tried now (and if so, the delay before the next one).
-    bool may_connect(Backoff& b) {
-        const auto now = Clock::now();
-        if (now < b.not_before) return false;
-        b.not_before = now + b.delay;
-        const auto next = b.delay == std::chrono::milliseconds(0) ? std::chrono::milliseconds(50) : 2 * b.delay;
-        b.delay = std::min<std::chrono::milliseconds>(next, std::chrono::seconds(1)) +
-                  std::chrono::milliseconds(jitter_(rng_));
-        return true;
-    }
-
-    /// A failover the sentinels announce: connections to the old master are dropped, and new
-    /// ones ask the sentinels where the master is now.
-    void watch_sentinels() {
-        sentinels_->watch([this](const HostPort& to) {
-            for (auto* c : {&main_, &sub_}) {
-                if (*c && ((*c)->endpoint().host != to.host || (*c)->endpoint().port != to.port)) {
-                    (*c)->fail_now("the sentinels switched master '" + config_.master_name + "' to another server");
-                }
+    /// A subscriber connection broke: notifications may have been missed, so every waiting key
+    /// looks again now (and subscribes again if it still has to wait).
+    void on_notifications_lost() {
+        for (auto& [key, st] : keys_) st->subscribed = false;
+        asio::post(io_, [this] {
+            std::vector<std::string> waiting;
+            for (auto& [key, st] : keys_) {
+                if (st->waiting_remote && !st->subscribed) waiting.push_back(key);
+            }
+            for (const auto& key : waiting) {
+                if (auto it = keys_.find(key); it != keys_.end()) retry_now(*it->second);
             }
         });
     }
 
-    /// A connection to the server, or (Sentinel) to the master the sentinels name when it connects.
-    std::shared_ptr<Connection> new_connection() {
-        if (!sentinels_) return std::make_shared<Connection>(io_, config_.endpoint);
-        Endpoint master = config_.endpoint;
-        master.master_only = true;  // a server that sentinels name master may still be a replica
-        auto c = std::make_shared<Connection>(io_, master);
-        c->locate_with([locator = sentinels_](Connection::Located done) {
-            locator->locate([done = std::move(done)](std::error_code ec, std::string why, HostPort m) {
-                done(ec, std::move(why), std::move(m.host), m.port);
-            });
-        });
-        return c;
+    /// The server ended one subscription (a Cluster slot moved): the key looks again, and
+    /// subscribes again where its slot is now if it still has to wait.
+    void on_unsubscribed(const std::string& channel) {
+        if (channel.compare(0, config_.prefix.size(), config_.prefix) != 0) return;
+        auto it = keys_.find(channel.substr(config_.prefix.size()));
+        if (it == keys_.end()) return;
+        it->second->subscribed = false;
+        if (it->second->attempting) it->second->look_again = true;
+        retry_now(*it->second);
     }
 
-    /// The command connection. After a failure a new one is made, at most as often as the
-    /// back-off allows; meanwhile commands fail at once with `unavailable` (and the waiters'
-    /// retries go on until connect_timeout).
-    std::shared_ptr<Connection> main_ptr() {
-        (void)main();
-        return main_;
-    }
-
-    Connection& main() {
-        if (!main_ || (!main_->connected() && main_failed_ && may_connect(main_backoff_))) {
-            main_ = new_connection();
-            main_failed_ = false;
-            std::weak_ptr<Connection> weak = main_;
-            main_->on_failure([this, weak](std::error_code, std::string) {
-                if (main_ == weak.lock()) main_failed_ = true;
-            });
-            main_->connect([this, weak](std::error_code ec, std::string) {
-                if (main_ != weak.lock()) return;
-                if (ec) {
-                    main_failed_ = true;
-                } else {
-                    main_backoff_ = {};
-                }
-            });
-        }
-        return *main_;
-    }
-
-    Connection& subscriber() {
-        if (!sub_ || (!sub_->connected() && sub_failed_ && may_connect(sub_backoff_))) {
-            sub_ = new_connection();
-            sub_failed_ = false;
-            std::weak_ptr<Connection> weak = sub_;
-            auto lost = [this, weak](std::error_code, std::string) {
-                if (sub_ != weak.lock()) return;
-                // Notifications may have been missed: every waiting key looks again now (and
-                // subscribes again on a new connection if it still has to wait).
-                sub_failed_ = true;
-                for (auto& [key, st] : keys_) st->subscribed = false;
-                asio::post(io_, [this] {
-                    std::vector<std::string> waiting;
-                    for (auto& [key, st] : keys_) {
-                        if (st->waiting_remote && !st->subscribed) waiting.push_back(key);
-                    }
-                    for (const auto& key : waiting) {
-                        if (auto it = keys_.find(key); it != keys_.end()) retry_now(*it->second);
-                    }
-                });
-            };
-            sub_->on_failure(lost);
-            sub_->connect([this, weak, lost](std::error_code ec, std::string m) {
-                if (ec) {
-                    lost(ec, std::move(m));
-                } else if (sub_ == weak.lock()) {
-                    sub_backoff_ = {};
-                }
-            });
-            sub_->on_push([this](Reply r) { on_message(r); });
-        }
-        return *sub_;
-    }
-
-    /// Runs a script by SHA, sending its body once if the server does not know it (a fresh or
-    /// restarted server, a failover).
-    /// Runs a script (EVALSHA, then EVAL if Redis lacks it) on the command connection, which it
-    /// returns: a WAIT must follow on the same one.
-    std::shared_ptr<Connection> eval(const Script& script, std::vector<std::string_view> keys,
-                                     std::vector<std::string_view> args, ReplyHandler handler) {
-        std::vector<std::string> argv;  // owned: the retry after NOSCRIPT needs them
-        argv.reserve(3 + keys.size() + args.size());
-        argv.emplace_back("EVALSHA");
-        argv.push_back(script.sha);
-        argv.push_back(std::to_string(keys.size()));
-        for (auto k : keys) argv.emplace_back(k);
-        for (auto a : args) argv.emplace_back(a);
-        std::vector<std::string_view> view(argv.begin(), argv.end());
-        std::shared_ptr<Connection> conn = main_ptr();
-        std::weak_ptr<Connection> weak = conn;
-        conn->send(view, [this, &script, weak, argv = std::move(argv), handler = std::move(handler)](std::error_code ec,
-                                                                                                     Reply r) mutable {
-            auto conn = weak.lock();
-            if (!ec && r.is_error() && r.str.rfind("NOSCRIPT", 0) == 0 && conn) {
-                argv[0] = "EVAL";
-                argv[1] = script.body;
-                std::vector<std::string_view> again(argv.begin(), argv.end());
-                conn->send(again, [this, weak, handler = std::move(handler)](std::error_code ec, Reply r) {
-                    answer(weak.lock(), ec, std::move(r), handler);
-                });
-                return;
-            }
-            answer(conn, ec, std::move(r), handler);
-        });
-        return conn;
-    }
-
-    /// A script's reply. Behind sentinels, READONLY means the master has become a replica (a
-    /// failover): the connection is dropped, the next one asks the sentinels, and the command
-    /// counts as not answered (`unavailable`, which an acquisition retries).
-    void answer(const std::shared_ptr<Connection>& conn, std::error_code ec, Reply r, const ReplyHandler& handler) {
-        if (!ec && sentinels_ && r.is_error() && r.str.rfind("READONLY", 0) == 0) {
-            const std::string why = "Redis at " + (conn ? conn->endpoint().where() : std::string("the master")) +
-                                    " is a replica now (" + r.str + "); asking the sentinels again";
-            if (conn) conn->fail_now(why);
-            return handler(make_ec(errc::unavailable), Reply{});
-        }
-        handler(ec, std::move(r));
+    /// The value of our lock: `<fencing token>:<owner token>`, or (a quorum, each node with its
+    /// own counter) the owner token alone.
+    std::string lock_value(std::uint64_t fence, const std::string& token) const {
+        return plain_values_ ? token : std::to_string(fence) + ":" + token;
     }
 
     /// After a write on `conn`, waits for `wait_replicas` replicas to have it (WAIT), then calls
@@ -699,7 +568,7 @@ private:
     void settle(KeyState& st) {
         if (st.queue.empty() && st.holder == nullptr && !st.attempting) {
             if (st.retry) st.retry->cancel();
-            if (st.subscribed && sub_ && sub_->connected()) sub_->send({"UNSUBSCRIBE", st.lock_key}, [](auto, auto) {});
+            if (st.subscribed) servers_->unsubscribe(st.lock_key);
             keys_.erase(st.key);
             entries_.store(keys_.size(), std::memory_order_relaxed);
         }
@@ -718,27 +587,30 @@ private:
         st.look_again = false;
         const auto sent = Clock::now();
         auto token = std::make_shared<std::string>(tokens_.next());
-        auto conn = std::make_shared<std::weak_ptr<Connection>>();
-        *conn =
-            eval(acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
-                 [this, key = st.key, token, sent, conn](std::error_code ec, Reply r) {
-                     auto it = keys_.find(key);
-                     if (it == keys_.end()) return;  // cannot happen: an attempt keeps its state
-                     KeyState& st = *it->second;
-                     st.attempting = false;
-                     if (ec) return unavailable(st, ec, main_ ? main_->failure() : std::string());
-                     if (r.is_error())
-                         return fail_all(st, make_ec(errc::backend_error), "Redis answered '" + r.str + "'");
-                     if (r.type != Reply::Type::array || r.elements.size() != 2) {
-                         return fail_all(st, make_ec(errc::backend_error), "unexpected reply to the acquire script");
-                     }
-                     st.first_failure = {};
-                     if (r.elements[0].integer == 1) {
-                         const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
-                         return replicated_grant(st, conn->lock(), *token, fence, sent);
-                     }
-                     held_elsewhere(st, r.elements[1].integer);
-                 });
+        servers_->eval(
+            Op::acquire, acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
+            [this, key = st.key, token, sent](std::error_code ec, const Reply& r,
+                                              const std::shared_ptr<Connection>& conn) {
+                auto it = keys_.find(key);
+                if (it == keys_.end()) return;  // cannot happen: an attempt keeps its state
+                KeyState& st = *it->second;
+                st.attempting = false;
+                if (ec) return unavailable(st, ec, r.str);
+                if (r.is_error()) {
+                    // A quorum's error already names its node and says 'answered'.
+                    return fail_all(st, make_ec(errc::backend_error),
+                                    r.str.rfind("Redis at ", 0) == 0 ? r.str : "Redis answered '" + r.str + "'");
+                }
+                if (r.type != Reply::Type::array || r.elements.size() != 2) {
+                    return fail_all(st, make_ec(errc::backend_error), "unexpected reply to the acquire script");
+                }
+                st.first_failure = {};
+                if (r.elements[0].integer == 1) {
+                    const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
+                    return replicated_grant(st, conn, *token, fence, sent);
+                }
+                held_elsewhere(st, r.elements[1].integer);
+            });
     }
 
     /// Redis has given us the lock: with wait_replicas, only once that many replicas have it too
@@ -754,8 +626,9 @@ private:
             KeyState& st = *it->second;
             st.attempting = false;
             if (why.empty()) return granted(st, token, fence, sent);
-            const std::string value = std::to_string(fence) + ":" + token;  // see scripts.hpp
-            eval(release_, {st.lock_key}, {value, st.lock_key}, [](std::error_code, Reply) {});
+            const std::string value = lock_value(fence, token);
+            servers_->eval(Op::release, release_, {st.lock_key}, {value, st.lock_key},
+                           [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
             fail_all(st, make_ec(errc::unavailable),
                      "the lock was acquired on the master, but " + why +
                          "; it was released, since a failover could hand it out again");
@@ -767,9 +640,9 @@ private:
     void granted(KeyState& st, const std::string& token, std::uint64_t fence, Clock::time_point sent) {
         auto* h = new RedisHold;
         h->key = st.key;
-        h->token = std::to_string(fence) + ":" + token;  // the lock key's value (see scripts.hpp)
+        h->token = lock_value(fence, token);  // the lock key's value (see scripts.hpp)
         h->fence = fence;
-        h->valid_for(sent, config_.lease);  // the lease began in Redis after `sent`, never before
+        h->valid_for(sent, validity_);  // the lease began in Redis after `sent`, never before
         st.holder = h;
         holds_.insert(h);
         if (st.queue.empty()) {
@@ -790,7 +663,7 @@ private:
             // Subscribe first, then try again once: a release between our attempt and the
             // subscription would otherwise go unnoticed.
             st.subscribed = true;
-            subscriber().send({"SUBSCRIBE", st.lock_key}, [this, key = st.key](std::error_code ec, Reply) {
+            servers_->subscribe(st.lock_key, [this, key = st.key](std::error_code ec) {
                 auto it = keys_.find(key);
                 if (it == keys_.end()) return;
                 KeyState& st = *it->second;
@@ -839,9 +712,7 @@ private:
     }
 
     /// A release notification: the key may be free now.
-    void on_message(const Reply& r) {
-        if (r.elements.size() < 2) return;
-        const std::string& channel = r.elements[1].str;
+    void on_message(const std::string& channel) {
         if (channel.compare(0, config_.prefix.size(), config_.prefix) != 0) return;
         auto it = keys_.find(channel.substr(config_.prefix.size()));
         if (it == keys_.end()) return;
@@ -850,6 +721,12 @@ private:
         // replies newest client first: a release may be heard of before the answer to our
         // attempt, which ran before it and will say "held". Keep it for that answer.
         if (st.attempting) st.look_again = true;
+        if (plain_values_ && st.waiting_remote) {
+            // A quorum: the contenders that split the nodes between them release what they
+            // took, and hear each other's releases; a random pause keeps them out of step.
+            arm_retry(st, std::chrono::milliseconds(jitter_(rng_)));
+            return;
+        }
         retry_now(st);
     }
 
@@ -897,27 +774,28 @@ private:
         // Ours no more, as far as we know: the release still goes out (token-checked: it
         // deletes the lock only if it is ours after all), but the answer is not_owner.
         const bool lost = h->is_lost();
-        if (!lost && st != nullptr && !st->queue.empty() && st->transfers < kMaxTransfers) {
+        if (!lost && st != nullptr && !st->queue.empty() && st->transfers < max_transfers_) {
             hand_over(*st, h, std::move(reply), forget);
             return;
         }
         if (st != nullptr) st->transfers = 0;
         const std::string channel = st != nullptr ? st->lock_key : config_.prefix + h->key;
-        eval(release_, {channel}, {h->token, channel},
-             [reply = std::move(reply), forget, lost](std::error_code ec, Reply r) {
-                 std::error_code result;
-                 if (lost) {
-                     result = make_ec(errc::not_owner);
-                 } else if (ec) {
-                     result = ec;  // the lease will free it
-                 } else if (r.is_error()) {
-                     result = make_ec(errc::backend_error);
-                 } else if (r.integer != 1) {
-                     result = make_ec(errc::not_owner);
-                 }
-                 forget();
-                 reply(result);
-             });
+        servers_->eval(Op::release, release_, {channel}, {h->token, channel},
+                       [reply = std::move(reply), forget, lost](std::error_code ec, const Reply& r,
+                                                                const std::shared_ptr<Connection>&) {
+                           std::error_code result;
+                           if (lost) {
+                               result = make_ec(errc::not_owner);
+                           } else if (ec) {
+                               result = ec;  // the lease will free it
+                           } else if (r.is_error()) {
+                               result = make_ec(errc::backend_error);
+                           } else if (r.integer != 1) {
+                               result = make_ec(errc::not_owner);
+                           }
+                           forget();
+                           reply(result);
+                       });
     }
 
     /// A waiter of this process is next: hands the lock over in one round trip (a new owner
@@ -926,24 +804,24 @@ private:
     void hand_over(KeyState& st, RedisHold* h, std::function<void(std::error_code)> reply, Forget forget) {
         const auto sent = Clock::now();
         auto token = std::make_shared<std::string>(tokens_.next());
-        auto conn = std::make_shared<std::weak_ptr<Connection>>();
-        *conn = eval(transfer_, {st.lock_key, st.fence_key}, {h->token, *token, lease_ms_},
-                     [this, h, token, sent, conn, reply = std::move(reply), forget](std::error_code ec, Reply r) {
-                         if (ec || r.type != Reply::Type::integer || r.integer == 0) {
-                             forget();
-                             reply(ec ? ec : make_ec(r.is_error() ? errc::backend_error : errc::not_owner));
-                             return;
-                         }
-                         holds_.erase(h);
-                         auto it = keys_.find(h->key);
-                         delete h;
-                         KeyState& st = *it->second;
-                         st.holder = nullptr;
-                         ++st.transfers;
-                         replicated_grant(st, conn->lock(), *token, static_cast<std::uint64_t>(r.integer), sent);
-                         settle(st);
-                         reply({});
-                     });
+        servers_->eval(Op::transfer, transfer_, {st.lock_key, st.fence_key}, {h->token, *token, lease_ms_},
+                       [this, h, token, sent, reply = std::move(reply), forget](
+                           std::error_code ec, const Reply& r, const std::shared_ptr<Connection>& conn) {
+                           if (ec || r.type != Reply::Type::integer || r.integer == 0) {
+                               forget();
+                               reply(ec ? ec : make_ec(r.is_error() ? errc::backend_error : errc::not_owner));
+                               return;
+                           }
+                           holds_.erase(h);
+                           auto it = keys_.find(h->key);
+                           delete h;
+                           KeyState& st = *it->second;
+                           st.holder = nullptr;
+                           ++st.transfers;
+                           replicated_grant(st, conn, *token, static_cast<std::uint64_t>(r.integer), sent);
+                           settle(st);
+                           reply({});
+                       });
     }
 
     // ---- the watchdog -----------------------------------------------------------------
@@ -971,24 +849,24 @@ private:
             if (it == keys_.end()) continue;
             // The reply may come after this hold is gone and a new one lives at its address (a
             // hand-over replaces the hold): it counts only for the same acquisition (token).
-            auto conn = std::make_shared<std::weak_ptr<Connection>>();
-            *conn = eval(extend_, {it->second->lock_key}, {h->token, lease_ms_},
-                         [this, h, token = h->token, now, conn](std::error_code ec, Reply r) {
-                             if (!holds_.contains(h) || h->token != token || h->releasing || ec)
-                                 return;  // released meanwhile, or no answer
-                             if (r.type == Reply::Type::integer && r.integer == 1) {
-                                 // With wait_replicas, a renewal counts once the replicas have it: a failover
-                                 // must not bring back an older, shorter lease than the holder counts on.
-                                 replicate(conn->lock(), [this, h, token, now](std::string why) {
-                                     if (!why.empty() || !holds_.contains(h) || h->token != token || h->releasing)
-                                         return;
-                                     if (!h->is_lost()) h->valid_for(now, config_.lease);
-                                 });
-                             } else if (r.type == Reply::Type::integer ||
-                                        (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
-                                 mark_lost(h);  // gone, or someone else's now (perhaps not even a lock)
-                             }
-                         });
+            servers_->eval(Op::extend, extend_, {it->second->lock_key}, {h->token, lease_ms_},
+                           [this, h, token = h->token, now](std::error_code ec, const Reply& r,
+                                                            const std::shared_ptr<Connection>& conn) {
+                               if (!holds_.contains(h) || h->token != token || h->releasing || ec)
+                                   return;  // released meanwhile, or no answer
+                               if (r.type == Reply::Type::integer && r.integer == 1) {
+                                   // With wait_replicas, a renewal counts once the replicas have it: a failover
+                                   // must not bring back an older, shorter lease than the holder counts on.
+                                   replicate(conn, [this, h, token, now](const std::string& why) {
+                                       if (!why.empty() || !holds_.contains(h) || h->token != token || h->releasing)
+                                           return;
+                                       if (!h->is_lost()) h->valid_for(now, validity_);
+                                   });
+                               } else if (r.type == Reply::Type::integer ||
+                                          (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
+                                   mark_lost(h);  // gone, or someone else's now (perhaps not even a lock)
+                               }
+                           });
         }
     }
 
@@ -1011,17 +889,18 @@ private:
     }
 
     /// Runs a one-key script from a user thread and waits for its reply (operator calls).
-    Reply call(const Script& script, const std::string& lock_key, std::string_view arg, std::error_code& ec) {
+    Reply call(Op op, const Script& script, const std::string& lock_key, std::string_view arg, std::error_code& ec) {
         SyncWaiter answer;  // (only its done() and wait(): it is never queued)
         Reply reply;
         post([&] {
             std::vector<std::string_view> args;
             if (!arg.empty()) args.push_back(arg);
-            eval(script, {lock_key}, std::move(args), [&](std::error_code e, Reply r) {
-                if (!e && r.is_error()) e = make_ec(errc::backend_error);
-                reply = std::move(r);
-                answer.done(e, {});
-            });
+            servers_->eval(op, script, {lock_key}, std::move(args),
+                           [&](std::error_code e, Reply r, const std::shared_ptr<Connection>&) {
+                               if (!e && r.is_error()) e = make_ec(errc::backend_error);
+                               reply = std::move(r);
+                               answer.done(e, {});
+                           });
         });
         answer.wait();
         ec = answer.ec;
@@ -1041,13 +920,13 @@ private:
     std::atomic<bool> detach_done_{false};
     bool closing_ = false;
 
-    const Script acquire_, release_, extend_, transfer_, inspect_, force_release_;
+    const Script acquire_, release_, extend_, transfer_, inspect_, force_release_, bump_;
+    const std::chrono::milliseconds validity_;  // how long a hold counts on its lease after it was sent
+    const int max_transfers_;
 
     // I/O thread only.
-    std::shared_ptr<SentinelLocator> sentinels_;  // redis+sentinel:// only
-    std::shared_ptr<Connection> main_, sub_;
-    bool main_failed_ = false, sub_failed_ = false;
-    Backoff main_backoff_, sub_backoff_;
+    std::unique_ptr<Servers> servers_;
+    bool plain_values_ = false;
     std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
     std::unordered_set<RedisHold*> holds_;
@@ -1087,13 +966,23 @@ KeyedLockRegistry redis_registry(const RedisOptions& o) {
         throw Error(make_error_code(errc::invalid_option), "keylock: RedisOptions: " + why);
     };
     const bool sentinel = !o.sentinels.empty();
-    if (sentinel && (o.tls || !o.unix_socket.empty()))
-        bad("sentinels are reached over plain TCP: no tls, no unix_socket");
+    const bool cluster = !o.cluster_nodes.empty();
+    const bool redlock = !o.redlock_nodes.empty();
+    const bool listed = sentinel || cluster || redlock;
+    if (int(sentinel) + int(cluster) + int(redlock) > 1)
+        bad("give at most one of sentinels, cluster_nodes and redlock_nodes");
+    if (listed && (o.tls || !o.unix_socket.empty())) {
+        bad(std::string(sentinel  ? "sentinels"
+                        : cluster ? "cluster nodes"
+                                  : "Redlock nodes") +
+            " are reached over plain TCP: no tls, no unix_socket");
+    }
     if (!sentinel && !o.master_name.empty()) bad("master_name is for sentinels; set sentinels too");
     if (!o.unix_socket.empty() && o.unix_socket.front() != '/') bad("unix_socket must be an absolute path");
-    if (!sentinel && o.unix_socket.empty() && o.host.empty()) bad("host is empty; set host (and port), or unix_socket");
-    if (!sentinel && o.unix_socket.empty() && o.port == 0) bad("port is 0; expected 1 to 65535");
+    if (!listed && o.unix_socket.empty() && o.host.empty()) bad("host is empty; set host (and port), or unix_socket");
+    if (!listed && o.unix_socket.empty() && o.port == 0) bad("port is 0; expected 1 to 65535");
     if (o.db < 0) bad("db is " + std::to_string(o.db) + "; expected 0 or more");
+    if (cluster && o.db != 0) bad("db must be 0 with cluster_nodes: Redis Cluster has database 0 only");
     redis::RedisConfig c;
     c.endpoint.host = o.host;
     c.endpoint.port = o.port;
@@ -1113,12 +1002,22 @@ KeyedLockRegistry redis_registry(const RedisOptions& o) {
     c.max_key_bytes = o.max_key_bytes;
     c.wait_replicas = o.wait_replicas;
     c.wait_timeout = o.wait_timeout;
-    if (sentinel) {
+    c.node_timeout = o.node_timeout;
+    if (listed) {
         c.endpoint.host.clear();
         c.endpoint.port = 0;
-        for (const auto& [host, port] : o.sentinels) {
-            if (host.empty() || port == 0) bad("a sentinel needs a host and a port from 1 to 65535");
-            c.sentinels.push_back({host, port});
+        c.topology = sentinel  ? redis::Topology::sentinel
+                     : cluster ? redis::Topology::cluster
+                               : redis::Topology::redlock;
+        const auto& hosts = sentinel ? o.sentinels : cluster ? o.cluster_nodes : o.redlock_nodes;
+        for (const auto& [host, port] : hosts) {
+            if (host.empty() || port == 0) {
+                bad(std::string(sentinel  ? "a sentinel"
+                                : cluster ? "a cluster node"
+                                          : "a Redlock node") +
+                    " needs a host and a port from 1 to 65535");
+            }
+            (sentinel ? c.sentinels : c.nodes).push_back({host, port});
         }
         c.master_name = o.master_name;
     }
@@ -1137,5 +1036,7 @@ extern const bool keylock_redis_registered;
 const bool keylock_redis_registered = keylock::detail::register_scheme("redis", keylock::redis::from_url) &&
                                       keylock::detail::register_scheme("rediss", keylock::redis::from_url) &&
                                       keylock::detail::register_scheme("unix", keylock::redis::from_url) &&
-                                      keylock::detail::register_scheme("redis+sentinel", keylock::redis::from_url);
+                                      keylock::detail::register_scheme("redis+sentinel", keylock::redis::from_url) &&
+                                      keylock::detail::register_scheme("redis+cluster", keylock::redis::from_url) &&
+                                      keylock::detail::register_scheme("redlock", keylock::redis::from_url);
 }

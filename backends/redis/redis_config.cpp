@@ -27,11 +27,12 @@ using std::chrono::milliseconds;
 
 constexpr const char* known_options =
     "prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, wait_replicas, wait_timeout, ca_file, "
-    "cert_file, key_file, verify";
-constexpr std::size_t max_sentinels = 16;
+    "cert_file, key_file, verify, node_timeout";
+constexpr std::size_t max_hosts = 16;  // sentinels, cluster seed nodes or Redlock masters in one URL
 constexpr std::size_t max_master_name_bytes = 128;
 constexpr std::size_t max_wait_replicas = 64;
 constexpr std::uint16_t default_sentinel_port = 26379;
+constexpr std::uint16_t default_port = 6379;
 constexpr std::size_t max_prefix_bytes = 128;
 constexpr std::size_t max_max_key_bytes = 65536;
 constexpr std::size_t max_db = std::numeric_limits<std::int32_t>::max();  // SELECT takes a 32-bit index
@@ -219,10 +220,23 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
             config.wait_replicas = static_cast<int>(*n);
         } else if (name == "wait_timeout") {
             config.wait_timeout = duration(m, name, value, 1ms, 1min, "a duration from 1ms to 1m");
+        } else if (name == "node_timeout") {
+            if (config.topology != Topology::redlock) {
+                m.fail(errc::invalid_option, "option 'node_timeout' is for redlock:// URLs; this is a " + scheme +
+                                                 ":// URL (its commands wait up to command_timeout)");
+            }
+            config.node_timeout = duration(m, name, value, 1ms, 10s, "a duration from 1ms to 10s");
         } else if (name == "db") {
-            if (scheme != "unix" && scheme != "redis+sentinel") {
-                m.fail(errc::invalid_option, "option 'db' is for unix:// URLs; a " + scheme +
-                                                 ":// URL has the database in its path (" + scheme + "://host:6379/2)");
+            if (config.topology == Topology::cluster) {
+                m.fail(errc::invalid_option, "option 'db' is not for redis+cluster:// URLs: Redis Cluster has "
+                                             "database 0 only");
+            }
+            if (scheme != "unix" && scheme != "redis+sentinel" && scheme != "redlock") {
+                std::string what = "option 'db' is for unix:// URLs; a " + scheme;
+                what += ":// URL has the database in its path (";
+                what += scheme;
+                what += "://host:6379/2)";
+                m.fail(errc::invalid_option, what);
             }
             const auto db = detail::parse_size(value);
             if (!db || *db > max_db) m.bad_value(name, value, "a whole number from 0 to 2147483647");
@@ -232,8 +246,9 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
                 m.fail(errc::invalid_option,
                        "option '" + name + "' needs rediss:// " +
                            (scheme == "unix"             ? "(TLS over a Unix socket is not supported)"
+                            : scheme == "redis"          ? "(TLS); this is a redis:// URL"
                             : scheme == "redis+sentinel" ? "(TLS through sentinels is not supported)"
-                                                         : "(TLS); this is a redis:// URL"));
+                                                         : "(TLS is not supported with " + scheme + ":// yet)"));
             }
             if (name == "verify") {
                 const auto b = detail::parse_bool(value);
@@ -251,6 +266,20 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
                        (credentials ? "; a user and password go before the host: redis://user:password@host" : ""));
         }
     }
+    if (config.topology == Topology::redlock) {
+        if (config.wait_replicas > 0) {
+            m.fail(errc::invalid_option, "option 'wait_replicas' is not for redlock:// URLs: each node is a master "
+                                         "of its own, and the majority of them is what keeps a lock");
+        }
+        // A round must end well within the lease, or no lock could ever be valid when granted;
+        // and within command_timeout, which breaks the connection to a node that does not answer.
+        if (config.node_timeout * 3 > config.lease || config.node_timeout > ep.command_timeout) {
+            m.fail(errc::invalid_option, "option 'node_timeout' (" + detail::format_duration(config.node_timeout) +
+                                             ") must be at most a third of the lease (" +
+                                             detail::format_duration(config.lease) + ") and at most command_timeout (" +
+                                             detail::format_duration(ep.command_timeout) + ")");
+        }
+    }
     // A WAIT is a command like any other: its answer must come within command_timeout.
     if (config.wait_replicas > 0 && config.wait_timeout >= ep.command_timeout) {
         m.fail(errc::invalid_option, "option 'wait_timeout' (" + detail::format_duration(config.wait_timeout) +
@@ -265,19 +294,26 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
     }
 }
 
-constexpr const char* sentinel_grammar =
-    "redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master_name[?options]";
+/// The grammar of a URL with a list of hosts, for messages.
+const char* list_grammar(Topology topology) {
+    switch (topology) {
+        case Topology::sentinel:
+            return "redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master_name[?options]";
+        case Topology::cluster: return "redis+cluster://[user[:password]@]host[:port][,host[:port]...][?options]";
+        default: return "redlock://[user[:password]@]host[:port][,host[:port]...][?options]";
+    }
+}
 
 /// The master's name, from the path of a redis+sentinel:// URL.
 void parse_master_name(const boost::urls::url_view& url, const Messages& m, RedisConfig& config) {
     const std::string_view path = url.encoded_path();
+    const char* grammar = list_grammar(Topology::sentinel);
     if (path.empty() || path == "/") {
         m.fail(errc::invalid_url,
-               std::string("a redis+sentinel:// URL needs the master's name as its path: ") + sentinel_grammar);
+               std::string("a redis+sentinel:// URL needs the master's name as its path: ") + grammar);
     }
     if (path.front() != '/') {  // see parse_tcp_location: not shown, it may be a password
-        m.fail(errc::invalid_url,
-               std::string("malformed redis+sentinel:// URL after the hosts; expected ") + sentinel_grammar);
+        m.fail(errc::invalid_url, std::string("malformed redis+sentinel:// URL after the hosts; expected ") + grammar);
     }
     config.master_name = url.path().substr(1);
     const std::string& name = config.master_name;
@@ -289,31 +325,35 @@ void parse_master_name(const boost::urls::url_view& url, const Messages& m, Redi
     }
 }
 
-/// redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master_name[?options]. Boost.URL
-/// takes one host: the list is cut out of the authority, each entry parsed on its own, and the
-/// rest parsed as a URL with one placeholder host.
-RedisConfig parse_sentinel_url(std::string_view text) {
+/// The URLs with a list of hosts: redis+sentinel:// (then a master's name as the path),
+/// redis+cluster:// and redlock:// (no path). Boost.URL takes one host: the list is cut out of
+/// the authority, each entry parsed on its own, and the rest parsed as a URL with one
+/// placeholder host.
+RedisConfig parse_list_url(std::string_view text, const std::string& scheme, Topology topology) {
+    const char* grammar = list_grammar(topology);
+    const char* what = topology == Topology::sentinel  ? "sentinel"
+                       : topology == Topology::cluster ? "cluster node"
+                                                       : "Redlock node";
     const std::size_t start = text.find("://");
     if (start == std::string_view::npos) {
-        throw Error(errc::invalid_url,
-                    std::string("keylock: malformed redis+sentinel:// URL; expected ") + sentinel_grammar);
+        throw Error(errc::invalid_url, "keylock: malformed " + scheme + ":// URL; expected " + grammar);
     }
     const std::size_t authority = start + 3;
     const std::size_t end = std::min(text.find_first_of("/?#", authority), text.size());
     const std::size_t at = text.substr(authority, end - authority).rfind('@');
     const std::size_t hosts_begin = at == std::string_view::npos ? authority : authority + at + 1;
     const std::string_view hosts = text.substr(hosts_begin, end - hosts_begin);
-    const std::string rest =
-        std::string(text.substr(0, hosts_begin)) + "sentinel.invalid" + std::string(text.substr(end));
+    const std::string rest = std::string(text.substr(0, hosts_begin)) + "hosts.invalid" + std::string(text.substr(end));
     const auto parsed = boost::urls::parse_uri(rest);
     if (!parsed) {
-        throw Error(errc::invalid_url, "keylock: malformed redis+sentinel:// URL (" + parsed.error().message() +
-                                           "); expected " + sentinel_grammar +
-                                           ", with '@', ':', '/', '?', '#', "
-                                           "'%' and spaces percent-encoded in a user or password");
+        throw Error(errc::invalid_url, "keylock: malformed " + scheme + ":// URL (" + parsed.error().message() +
+                                           "); expected " + grammar +
+                                           ", with '@', ':', '/', '?', '#', '%' and spaces percent-encoded in a user "
+                                           "or password");
     }
     const boost::urls::url_view& url = *parsed;
     RedisConfig config;
+    config.topology = topology;
     Endpoint& ep = config.endpoint;
     ep.host.clear();
     ep.port = 0;
@@ -321,34 +361,52 @@ RedisConfig parse_sentinel_url(std::string_view text) {
         ep.user = url.user();
         if (url.has_password()) ep.password = url.password();
     }
-    const Messages m("redis+sentinel", url, ep.password);
-    if (url.has_fragment()) m.fail(errc::invalid_url, "a redis+sentinel:// URL takes no fragment ('#...')");
+    const Messages m(scheme, url, ep.password);
+    if (url.has_fragment()) m.fail(errc::invalid_url, "a " + scheme + ":// URL takes no fragment ('#...')");
     if (hosts.empty()) {
-        m.fail(errc::invalid_url,
-               std::string("a redis+sentinel:// URL needs at least one sentinel: ") + sentinel_grammar);
+        m.fail(errc::invalid_url, "a " + scheme + ":// URL needs at least one " + what + ": " + grammar);
     }
+    std::vector<HostPort>& list = topology == Topology::sentinel ? config.sentinels : config.nodes;
     std::size_t from = 0;
     for (;;) {
         const std::size_t comma = std::min(hosts.find(',', from), hosts.size());
         const std::string_view one = hosts.substr(from, comma - from);
-        if (one.empty()) m.fail(errc::invalid_url, "an empty sentinel address in a redis+sentinel:// URL (',,')");
-        if (config.sentinels.size() == max_sentinels) {
-            m.fail(errc::invalid_url, "more than 16 sentinels in a redis+sentinel:// URL");
+        if (one.empty())
+            m.fail(errc::invalid_url, "an empty " + std::string(what) + " address in a " + scheme + ":// URL (',,')");
+        if (list.size() == max_hosts) {
+            m.fail(errc::invalid_url, "more than " + std::to_string(max_hosts) + " hosts in a " + scheme + ":// URL");
         }
-        const std::string sentinel_url = "redis://" + std::string(one);  // outlives its url_view
-        const auto sentinel = boost::urls::parse_uri(sentinel_url);
-        if (!sentinel || sentinel->has_userinfo() || !sentinel->encoded_path().empty()) {
-            m.fail(errc::invalid_url,
-                   "bad sentinel address " + m.quote(one) + " in a redis+sentinel:// URL; expected host[:port]");
+        const std::string host_url = "redis://" + std::string(one);  // outlives its url_view
+        const auto host = boost::urls::parse_uri(host_url);
+        if (!host || host->has_userinfo() || !host->encoded_path().empty()) {
+            m.fail(errc::invalid_url, "bad " + std::string(what) + " address " + m.quote(one) + " in a " + scheme +
+                                          ":// URL; expected host[:port]");
         }
         Endpoint where;
-        where.port = default_sentinel_port;
-        parse_tcp_location(*sentinel, m, where);
-        config.sentinels.push_back({where.host, where.port});
+        where.port = topology == Topology::sentinel ? default_sentinel_port : default_port;
+        parse_tcp_location(*host, m, where);
+        HostPort entry{where.host, where.port};
+        // A master listed twice would count twice toward the majority.
+        if (topology == Topology::redlock && std::find(list.begin(), list.end(), entry) != list.end()) {
+            m.fail(errc::invalid_url, "Redlock node " + m.quote(one) +
+                                          " is listed twice in a redlock:// URL; each "
+                                          "master counts once toward the majority");
+        }
+        list.push_back(std::move(entry));
         if (comma == hosts.size()) break;
         from = comma + 1;
     }
-    parse_master_name(url, m, config);
+    if (topology == Topology::sentinel) {
+        parse_master_name(url, m, config);
+    } else {
+        const std::string_view path = url.encoded_path();
+        if (!path.empty() && path != "/") {
+            const char* why = topology == Topology::cluster ? " (Redis Cluster has database 0 only)"
+                                                            : " (the database is option db=N)";
+            m.fail(errc::invalid_url,
+                   "a " + scheme + ":// URL takes no path" + std::string(why) + "; expected " + grammar);
+        }
+    }
     parse_options(url, m, config);
     return config;
 }
@@ -357,10 +415,13 @@ RedisConfig parse_sentinel_url(std::string_view text) {
 
 RedisConfig parse_redis_url(std::string_view text) {
     const std::string scheme = detail::url_scheme(text);
-    if (scheme == "redis+sentinel") return parse_sentinel_url(text);
+    if (scheme == "redis+sentinel") return parse_list_url(text, scheme, Topology::sentinel);
+    if (scheme == "redis+cluster") return parse_list_url(text, scheme, Topology::cluster);
+    if (scheme == "redlock") return parse_list_url(text, scheme, Topology::redlock);
     if (scheme != "redis" && scheme != "rediss" && scheme != "unix") {
-        throw Error(errc::invalid_url, "keylock: not a Redis URL: scheme '" + shown(scheme) +
-                                           "' (expected redis://, rediss://, unix:// or redis+sentinel://)");
+        throw Error(errc::invalid_url,
+                    "keylock: not a Redis URL: scheme '" + shown(scheme) +
+                        "' (expected redis://, rediss://, unix://, redis+sentinel://, redis+cluster:// or redlock://)");
     }
     const auto parsed = boost::urls::parse_uri(text);
     if (!parsed) {
@@ -398,8 +459,14 @@ std::string to_url(const RedisConfig& config, Password password) {
     const Endpoint& ep = config.endpoint;
     const bool unix_socket = !ep.unix_path.empty();
 
-    const bool sentinel = !config.sentinels.empty();
-    std::string url = sentinel ? "redis+sentinel://" : unix_socket ? "unix://" : ep.tls ? "rediss://" : "redis://";
+    const bool sentinel = config.topology == Topology::sentinel;
+    const bool listed = sentinel || config.topology == Topology::cluster || config.topology == Topology::redlock;
+    std::string url = sentinel                               ? "redis+sentinel://"
+                      : config.topology == Topology::cluster ? "redis+cluster://"
+                      : config.topology == Topology::redlock ? "redlock://"
+                      : unix_socket                          ? "unix://"
+                      : ep.tls                               ? "rediss://"
+                                                             : "redis://";
     if (!ep.user.empty() || !ep.password.empty()) {
         url += encode(ep.user);
         if (!ep.password.empty()) {
@@ -428,6 +495,11 @@ std::string to_url(const RedisConfig& config, Password password) {
         }
         url += '/';
         url += encode(config.master_name);
+    } else if (listed) {
+        for (std::size_t i = 0; i < config.nodes.size(); ++i) {
+            if (i > 0) url += ',';
+            add_host(config.nodes[i].host, config.nodes[i].port, default_port);
+        }
     } else if (unix_socket) {
         url += encode(ep.unix_path, "/:");
     } else {
@@ -446,7 +518,7 @@ std::string to_url(const RedisConfig& config, Password password) {
         url += encode(value, "/:");  // '@' too is encoded: an '@' after the host looks like a misplaced password
         separator = '&';
     };
-    if ((unix_socket || sentinel) && ep.db != 0) add("db", std::to_string(ep.db));
+    if ((unix_socket || listed) && ep.db != 0) add("db", std::to_string(ep.db));
     if (config.prefix != defaults.prefix) add("prefix", config.prefix);
     if (config.lease != defaults.lease) add("lease", detail::format_duration(config.lease));
     if (ep.connect_timeout != defaults.endpoint.connect_timeout) {
@@ -462,6 +534,7 @@ std::string to_url(const RedisConfig& config, Password password) {
     if (!ep.cert_file.empty()) add("cert_file", ep.cert_file);
     if (!ep.key_file.empty()) add("key_file", ep.key_file);
     if (ep.verify != defaults.endpoint.verify) add("verify", ep.verify ? "true" : "false");
+    if (config.node_timeout != defaults.node_timeout) add("node_timeout", detail::format_duration(config.node_timeout));
     return url;
 }
 

@@ -1,5 +1,6 @@
-// The configuration of the Redis backend, read from a `redis://`, `rediss://`, `unix://` or
-// `redis+sentinel://` URL (the grammar, options and bounds are in docs/configuration.md).
+// The configuration of the Redis backend, read from a `redis://`, `rediss://`, `unix://`,
+// `redis+sentinel://`, `redis+cluster://` or `redlock://` URL (the grammar, options and bounds
+// are in docs/configuration.md).
 #pragma once
 
 #include <chrono>
@@ -12,19 +13,34 @@
 
 namespace keylock::redis {
 
-/// A sentinel's address (redis+sentinel://).
+/// A host and port of a list in a URL: a sentinel, a cluster node, a Redlock master.
 struct HostPort {
     std::string host;  ///< a name or an address (IPv6 without brackets)
     std::uint16_t port = 26379;
     friend bool operator==(const HostPort&, const HostPort&) = default;
 };
 
+/// How the servers are laid out; each has its URL scheme.
+enum class Topology {
+    standalone,  ///< redis://, rediss://, unix://: one server
+    sentinel,    ///< redis+sentinel://: the master that sentinels name, followed across failovers
+    cluster,     ///< redis+cluster://: a Redis Cluster, each key on the master of its slot
+    redlock,     ///< redlock://: independent masters; a lock is held when a majority grants it
+};
+
 struct RedisConfig {
+    Topology topology = Topology::standalone;
     /// Where and how to connect. With sentinels, its host and port are the master's as the
-    /// sentinels name it (empty until then), and the rest applies to the master.
+    /// sentinels name it (empty until then), and the rest applies to the master. For a cluster
+    /// or a quorum, all but the host and port (unused) applies to every node.
     Endpoint endpoint;
-    std::vector<HostPort> sentinels;              ///< redis+sentinel://: the sentinels to ask, in order
-    std::string master_name;                      ///< redis+sentinel://: the master's name in the sentinels
+    std::vector<HostPort> sentinels;  ///< redis+sentinel://: the sentinels to ask, in order
+    std::string master_name;          ///< redis+sentinel://: the master's name in the sentinels
+    /// redis+cluster://: nodes to learn the slot map from (any one will do); redlock://: the
+    /// masters of the quorum, each listed once.
+    std::vector<HostPort> nodes;
+    /// redlock://: how long a round waits for a node's answer before counting it as failed.
+    std::chrono::milliseconds node_timeout{200};
     int wait_replicas = 0;                        ///< after an acquire, WAIT for this many replicas (0: no WAIT)
     std::chrono::milliseconds wait_timeout{500};  ///< ... for at most this long; else it counts as not acquired
     std::string prefix = "keylock:";              ///< prepended to every lock key
@@ -36,7 +52,7 @@ struct RedisConfig {
 
 /// Parses a Redis URL. Throws keylock::Error (`invalid_url`, `unknown_option` or
 /// `invalid_option`) whose message names the part at fault and never contains the password.
-RedisConfig parse_redis_url(std::string_view url);
+RedisConfig parse_redis_url(std::string_view text);
 
 enum class Password { redacted, included };
 

@@ -35,10 +35,12 @@ end
 // is then `<fencing token>:<owner token>`), else {0, remaining lease in ms (-1: no expiry,
 // -2: gone meanwhile)}, or a WRONGTYPE error if the key is not a string (so no lock of ours or
 // anyone's: waiting for it would never end).
-inline const std::string acquire = std::string(next_fence) + R"lua(
+inline std::string acquire_with_value(const char* value) {
+    return std::string(next_fence) + R"lua(
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local fence = next_fence()
-  redis.call('SET', KEYS[1], string.format('%d', fence) .. ':' .. ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[1], )lua" +
+           value + R"lua(, 'PX', ARGV[2])
   return {1, fence}
 end
 local kind = redis.call('TYPE', KEYS[1]).ok
@@ -47,17 +49,42 @@ if kind ~= 'string' then
 end
 return {0, redis.call('PTTL', KEYS[1])}
 )lua";
+}
+inline const std::string acquire = acquire_with_value("string.format('%d', fence) .. ':' .. ARGV[1]");
+
+// The same for a Redlock quorum, where each node has its own fencing counter: the value is the
+// owner token alone, the same on every node, and the token the holder gets is made from the
+// nodes' answers (see bump).
+inline const std::string acquire_plain = acquire_with_value("ARGV[1]");
+
+// KEYS[1] a fencing counter, ARGV[1] a fencing token issued from a quorum's counters: raises the
+// counter to at least the token, so that every later token drawn from this counter is larger.
+// Returns 1.
+inline constexpr const char* bump = R"lua(
+local now = tonumber(redis.call('GET', KEYS[1]) or '0')
+if now == nil or now < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+)lua";
 
 // ARGV[1] the lock's value (`<fencing token>:<owner token>`), ARGV[2] the channel to wake
-// waiters on. Deletes the lock only if the value is ours. Returns 1 if it was, else 0.
-inline constexpr const char* release = R"lua(
+// waiters on. Deletes the lock only if the value is ours. Returns 1 if it was, else 0. Redis
+// Cluster publishes with SPUBLISH (sharded pub/sub: only the slot's shard hears it; a PUBLISH
+// would go to every node of the cluster).
+inline std::string release_with(const char* publish) {
+    return std::string(R"lua(
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '')
+  redis.call(')lua") +
+           publish + R"lua(', ARGV[2], '')
   return 1
 end
 return 0
 )lua";
+}
+inline const std::string release = release_with("PUBLISH");
+inline const std::string release_sharded = release_with("SPUBLISH");
 
 // ARGV[1] the lock's value, ARGV[2] lease in ms. Renews the lease only if the value is ours:
 // 1, else 0.
@@ -93,12 +120,17 @@ return {1, value, redis.call('PTTL', KEYS[1])}
 
 // For operators. Deletes the lock whoever holds it and wakes its waiters (ARGV[1] the channel).
 // Returns 1 if there was a lock, else 0.
-inline constexpr const char* force_release = R"lua(
+inline std::string force_release_with(const char* publish) {
+    return std::string(R"lua(
 if redis.call('DEL', KEYS[1]) == 1 then
-  redis.call('PUBLISH', ARGV[1], '')
+  redis.call(')lua") +
+           publish + R"lua(', ARGV[1], '')
   return 1
 end
 return 0
 )lua";
+}
+inline const std::string force_release = force_release_with("PUBLISH");
+inline const std::string force_release_sharded = force_release_with("SPUBLISH");
 
 }  // namespace keylock::redis::scripts

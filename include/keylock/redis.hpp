@@ -14,8 +14,10 @@
 
 namespace keylock {
 
-/// The options of a Redis registry: the same as those of a `redis://`, `rediss://`, `unix://` or
-/// `redis+sentinel://` URL, with the same defaults and bounds (docs/configuration.md lists them).
+/// The options of a Redis registry: the same as those of a `redis://`, `rediss://`, `unix://`,
+/// `redis+sentinel://`, `redis+cluster://` or `redlock://` URL, with the same defaults and bounds
+/// (docs/configuration.md lists them). At most one of `sentinels`, `cluster_nodes` and
+/// `redlock_nodes` may be given.
 struct RedisOptions {
     std::string host = "127.0.0.1";  ///< TCP host name or address
     std::uint16_t port = 6379;
@@ -34,7 +36,14 @@ struct RedisOptions {
     /// Sentinel: the sentinels' addresses (host, port), asked in turn for `master_name`'s
     /// address; `host`, `port` and `unix_socket` are then not used. Empty: no Sentinel.
     std::vector<std::pair<std::string, std::uint16_t>> sentinels;
-    std::string master_name;                      ///< Sentinel: the master's name in the sentinels
+    std::string master_name;  ///< Sentinel: the master's name in the sentinels
+    /// Redis Cluster: nodes (host, port) to learn the slot map from, any one of which will do;
+    /// `host`, `port`, `unix_socket` and `db` are then not used. Empty: no Cluster.
+    std::vector<std::pair<std::string, std::uint16_t>> cluster_nodes;
+    /// Redlock: the independent masters of a quorum, each listed once; a lock is held while a
+    /// majority of them grant it. `host`, `port` and `unix_socket` are then not used.
+    std::vector<std::pair<std::string, std::uint16_t>> redlock_nodes;
+    std::chrono::milliseconds node_timeout{200};  ///< Redlock: how long a round waits for a node (1ms to 10s)
     int wait_replicas = 0;                        ///< 0 to 64: WAIT for this many replicas after each write
     std::chrono::milliseconds wait_timeout{500};  ///< 1ms to 1m, shorter than command_timeout
 };
