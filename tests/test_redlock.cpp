@@ -172,7 +172,10 @@ TEST_CASE("redlock: three of five nodes frozen: unavailable, what was taken is g
     ExclusionChecker checker;
     Load load(Load::Url{d.url("lease=2s&connect_timeout=2s")}, checker);
     REQUIRE(eventually([&] { return load.holds() >= 100; }, 20s));
-    auto probe = KeyedLockRegistry::from_url(d.url("lease=2s&connect_timeout=1s"));
+    // A long lease, so that only a release (not the lease) can take the probe's locks off the
+    // live nodes; a long command_timeout, so that the connections to the frozen nodes stay
+    // up and each runs its acquire, then the release queued behind it, when it thaws.
+    auto probe = KeyedLockRegistry::from_url(d.url("lease=30s&connect_timeout=1s&command_timeout=20s"));
     {
         Frozen frozen(d, {0, 1, 2});
         // Only two nodes answer: not "held elsewhere" (nullopt) but unavailable.
@@ -270,6 +273,35 @@ TEST_CASE("redlock: fencing tokens rise over 200 acquisitions by two registries,
     }
     frozen.reset();
     CHECK(not_rising == 0);
+}
+
+TEST_CASE("redlock: a token stays the largest when the node that issued it is not in the next majority",
+          "[topology][redlock]") {
+    // Each node has its own counters. Node 0's counter for the key's slot is set far ahead of
+    // the others' (a node seeded from a clock that runs ahead, say), and the first acquisition's
+    // majority is nodes 0, 1 and 2 (3 and 4 frozen): its token is node 0's. The next majority,
+    // without node 0, must still issue a larger one: the first acquisition wrote its token into
+    // the counters of its majority before it counted.
+    RedlockDeployment d;
+    auto r = KeyedLockRegistry::from_url(d.url("lease=2s"));
+    r.lock("k").release();  // makes the counters
+    const int port0 = d.server(0).port();
+    const auto fence_keys = keylock::test::call(port0, {"KEYS", "*keylock:fence"});
+    REQUIRE(fence_keys.elements.size() == 1);
+    const std::string counter = fence_keys.elements[0].str;
+    const std::uint64_t ahead = std::stoull(keylock::test::call(port0, {"GET", counter}).str) + 1'000'000'000ULL;
+    REQUIRE(keylock::test::call(port0, {"SET", counter, std::to_string(ahead)}).str == "OK");
+    std::uint64_t token = 0;
+    {
+        Frozen frozen(d, {3, 4});
+        Guard first = r.lock("k");
+        token = first.fencing_token();
+        first.release();
+    }
+    CHECK(token > ahead);  // node 0's
+    Frozen frozen(d, {0});
+    Guard second = r.lock("k");
+    CHECK(second.fencing_token() > token);
 }
 
 TEST_CASE("redlock: a majority frozen past the lease: the holder's guard is lost", "[topology][redlock][faults]") {
