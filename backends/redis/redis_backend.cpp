@@ -159,6 +159,7 @@ struct KeyState {
     bool look_again = false;            // a release, or our subscription, came while an attempt was in flight
     int transfers = 0;                  // hand-overs within this process in a row
     Clock::time_point first_failure{};  // of the current run of unavailable attempts
+    Clock::time_point backoff_until{};  // a quorum split between contenders: no retry before this
     std::string failure;                // why the last of them failed (for the messages)
     std::unique_ptr<asio::steady_timer> retry;
 };
@@ -601,7 +602,7 @@ private:
                     return fail_all(st, make_ec(errc::backend_error),
                                     r.str.rfind("Redis at ", 0) == 0 ? r.str : "Redis answered '" + r.str + "'");
                 }
-                if (r.type != Reply::Type::array || r.elements.size() != 2) {
+                if (r.type != Reply::Type::array || r.elements.size() < 2 || r.elements.size() > 3) {
                     return fail_all(st, make_ec(errc::backend_error), "unexpected reply to the acquire script");
                 }
                 st.first_failure = {};
@@ -609,7 +610,7 @@ private:
                     const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
                     return replicated_grant(st, conn, *token, fence, sent);
                 }
-                held_elsewhere(st, r.elements[1].integer);
+                held_elsewhere(st, r.elements[1].integer, r.elements.size() == 3);
             });
     }
 
@@ -655,7 +656,9 @@ private:
 
     /// Someone else holds the key for `pttl` ms more: wait for its release notification (or,
     /// if that is missed, for the lease to run out), after failing the waiters out of time.
-    void held_elsewhere(KeyState& st, long long pttl) {
+    /// With `back_off` (a quorum whose nodes contenders split between them), wait `pttl` ms
+    /// whatever is heard meanwhile.
+    void held_elsewhere(KeyState& st, long long pttl, bool back_off = false) {
         if (!drop_expired(st)) return;
         for (Waiter* w : st.queue) w->waited = true;
         st.waiting_remote = true;
@@ -678,9 +681,15 @@ private:
                 }
                 // An attempt in flight may have been sent before the subscription took effect:
                 // only one sent after it is sure to be followed by a notification.
-                if (st.attempting) st.look_again = true;
-                retry_now(st);
+                wake(st);
             });
+        }
+        if (back_off) {
+            // The release heard meanwhile was most likely a contender's giving up too.
+            st.look_again = false;
+            st.backoff_until = Clock::now() + std::chrono::milliseconds(pttl);
+            arm_retry(st, std::chrono::milliseconds(pttl));
+            return;
         }
         if (std::exchange(st.look_again, false)) {
             arm_retry(st, std::chrono::milliseconds(0));  // see on_message and the SUBSCRIBE reply
@@ -716,14 +725,22 @@ private:
         if (channel.compare(0, config_.prefix.size(), config_.prefix) != 0) return;
         auto it = keys_.find(channel.substr(config_.prefix.size()));
         if (it == keys_.end()) return;
-        KeyState& st = *it->second;
+        wake(*it->second);
+    }
+
+    /// The key may be free now (a release was heard, or our subscription took effect).
+    void wake(KeyState& st) {
         // Notifications and replies come on different connections, and Redis writes its
         // replies newest client first: a release may be heard of before the answer to our
         // attempt, which ran before it and will say "held". Keep it for that answer.
-        if (st.attempting) st.look_again = true;
-        if (plain_values_ && st.waiting_remote) {
-            // A quorum: the contenders that split the nodes between them release what they
-            // took, and hear each other's releases; a random pause keeps them out of step.
+        if (st.attempting) {
+            st.look_again = true;
+            return;
+        }
+        if (!st.waiting_remote || Clock::now() < st.backoff_until) return;
+        if (plain_values_) {
+            // A quorum: contenders that split the nodes between them release what they took
+            // and hear each other's releases; a random pause keeps them out of step.
             arm_retry(st, std::chrono::milliseconds(jitter_(rng_)));
             return;
         }

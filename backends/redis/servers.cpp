@@ -690,6 +690,7 @@ public:
             };
             nodes_.push_back(std::move(n));
         }
+        suspect_.assign(nodes_.size(), false);
     }
 
     bool plain_values() const noexcept override { return true; }
@@ -784,6 +785,7 @@ private:
             auto r = weak.lock();
             if (ec || !r || r->decided || closed_) return;
             for (std::size_t i = 0; i < nodes_.size(); ++i) {
+                if (!r->heard[i]) suspect_[i] = true;
                 if (!r->heard[i])
                     note(*r, i,
                          "no answer within node_timeout (" + std::to_string(config_.node_timeout.count()) + "ms)");
@@ -803,6 +805,7 @@ private:
         if (closed_ || rd.decided) return;
         rd.heard[i] = true;
         ++rd.answered;
+        suspect_[i] = static_cast<bool>(ec);
         if (ec) {
             ++rd.failed;
             note(rd, i, r.str);
@@ -850,18 +853,25 @@ private:
                                std::to_string(n) + " needed: " + r.reasons + ")"));
         };
         switch (r.op) {
-            case Op::acquire:
+            case Op::acquire: {
                 if (r.granted >= quorum_) {
                     r.decided = true;
                     r.timer->cancel();
                     return record_fence(round);
                 }
-                if (final || r.held + r.failed > n - quorum_) {
+                // Nodes that missed a round's deadline or failed lately are not waited for when
+                // only they could still make the majority: giving up early is always safe (what
+                // was taken is released), and waiting node_timeout on every contended attempt
+                // while a minority is frozen would starve the contenders.
+                int doubtful = 0;
+                for (std::size_t i = 0; i < nodes_.size(); ++i) doubtful += !r.heard[i] && suspect_[i];
+                if (final || r.held + r.failed + doubtful > n - quorum_) {
                     r.decided = true;
                     r.timer->cancel();
                     return give_up(round);
                 }
                 return;
+            }
             case Op::release:
             case Op::extend:
                 if (r.ones >= quorum_) return finish({}, integer_reply(1));
@@ -939,11 +949,12 @@ private:
         if (r.granted + r.held >= quorum_) {
             // Held elsewhere, or split between contenders: wait for a release, or a little while
             // (at random, so that contenders do not split the nodes again in step).
-            long long wait = r.pttl >= 0 ? r.pttl : 0;
-            if (r.granted > 0 || r.pttl < 0) wait = std::uniform_int_distribution<long long>(5, 30)(rng_);
+            const bool split = r.granted > 0 || r.pttl < 0;
+            const long long wait = split ? std::uniform_int_distribution<long long>(5, 30)(rng_) : r.pttl;
             Reply held;
             held.type = Reply::Type::array;
             held.elements = {integer_reply(0), integer_reply(wait)};
+            if (split) held.elements.push_back(integer_reply(1));  // back off: see Op::acquire
             return r.handler({}, std::move(held), nullptr);
         }
         if (!r.error.empty()) return r.handler({}, error_reply(r.error), nullptr);
@@ -1003,6 +1014,7 @@ private:
     QuorumScripts scripts_;
     int quorum_;
     std::vector<std::unique_ptr<Node>> nodes_;
+    std::vector<bool> suspect_ = std::vector<bool>(nodes_.size());  // resized in the constructor
     std::minstd_rand rng_;
     bool closed_ = false;
 };

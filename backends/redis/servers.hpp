@@ -32,7 +32,7 @@ struct Script {
 /// What a script does. A quorum combines the nodes' answers by it; the other topologies only
 /// route by the first key.
 enum class Op {
-    acquire,        ///< replies {1, fencing token} or {0, remaining lease in ms}
+    acquire,        ///< replies {1, fencing token} or {0, remaining lease in ms[, 1: contended, back off that long]}
     release,        ///< replies 1 (was ours, deleted) or 0
     extend,         ///< replies 1 (was ours, renewed) or 0
     transfer,       ///< replies the new fencing token, or 0
