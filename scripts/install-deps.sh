@@ -13,6 +13,7 @@ packages=(
     libsqlite3-dev                          # the get-or-create demo
     iptables iproute2                       # fault tests: the network cut inside a network namespace
     clang-format-14 clang-tidy-14           # scripts/lint.sh
+    clang-14 libclang-rt-14-dev             # scripts/fuzz.sh: libFuzzer and the sanitizers' runtimes
 )
 
 missing=()

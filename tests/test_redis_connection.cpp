@@ -272,6 +272,60 @@ TEST_CASE("a command without a reply within command_timeout breaks the connectio
     CHECK_FALSE(c->connected());
 }
 
+// Found by fuzz/fuzz_reply.cpp: a push during the handshake stopped the reading of the replies
+// behind it in the same read, until more bytes came (here: never, so connect_timeout).
+TEST_CASE("a pub/sub message during the handshake does not hold up the replies behind it", "[redis][fuzz]") {
+    FakeServer server("*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\nnews\r\n+PONG\r\n:7\r\n");
+    boost::asio::io_context io;
+    Endpoint e;
+    e.host = "127.0.0.1";
+    e.port = server.port();
+    e.connect_timeout = 3s;
+    auto c = std::make_shared<Connection>(io, e);
+    std::vector<std::string> pushed;
+    c->on_push([&](Reply r) { pushed.push_back(r.elements.at(2).str); });
+    std::optional<Reply> reply;
+    c->send({"INCR", "n"}, [&](std::error_code ec, Reply r) {
+        CHECK_FALSE(ec);
+        reply = std::move(r);
+    });
+    Outcome out;
+    c->connect([&](std::error_code ec, std::string m) { out = {ec, std::move(m), true}; });
+    const auto start = std::chrono::steady_clock::now();
+    REQUIRE(run_until(io, [&] { return reply.has_value(); }));
+    CHECK(std::chrono::steady_clock::now() - start < 2s);
+    CHECK(out.done);
+    CHECK_FALSE(out.ec);
+    CHECK(pushed == std::vector<std::string>{"news"});
+    CHECK(reply->integer == 7);
+}
+
+// Found by fuzz/fuzz_reply.cpp: hiredis allocates an array's element pointers when it reads the
+// array's length, so "*2147483647" from the server was a 16 GiB allocation.
+TEST_CASE("an array of more than 2^20 elements is a protocol error, not a 16 GiB allocation", "[redis][fuzz]") {
+    FakeServer server("+PONG\r\n*2147483647\r\n:1\r\n");
+    boost::asio::io_context io;
+    Endpoint e;
+    e.host = "127.0.0.1";
+    e.port = server.port();
+    auto c = std::make_shared<Connection>(io, e);
+    std::optional<std::pair<std::error_code, std::string>> broke;
+    c->on_failure([&](std::error_code ec, std::string m) { broke.emplace(ec, std::move(m)); });
+    std::optional<std::error_code> result;
+    c->send({"EVALSHA", "x", "0"}, [&](std::error_code ec, Reply) { result = ec; });
+    Outcome out;
+    c->connect([&](std::error_code ec, std::string m) { out = {ec, std::move(m), true}; });
+    const auto answered = [&] { return result.has_value(); };
+    REQUIRE(run_until(io, answered, 3s));  // without the bound: hiredis waits for the elements
+    CHECK(out.done);
+    CHECK_FALSE(out.ec);
+    CHECK(*result == errc::unavailable);
+    REQUIRE(broke.has_value());
+    CHECK(broke->first == errc::protocol_error);
+    CHECK_THAT(broke->second, Catch::Contains("an array of more than 1048576 elements"));
+    CHECK_FALSE(c->connected());
+}
+
 // TLS (RedisServer::Tls: a throwaway CA, certificates made with openssl, a TLS port next to
 // the plain one).
 

@@ -50,6 +50,46 @@ Reply copy_reply(const redisReply* r) {
 
 std::error_code make_ec(errc e) { return make_error_code(e); }
 
+/// hiredis allocates an array's element pointers as soon as it has read the array's length: a
+/// peer announcing "*2147483647" (a broken or hostile server, anything that is not Redis) would
+/// make it allocate 16 GiB at once. keylock's replies are small (CLUSTER SLOTS, the longest, has
+/// at most 16384 entries): a longer array is a protocol error.
+constexpr int max_array_elements = 1 << 20;
+
+/// The reply-building functions of hiredis's own readers.
+const redisReplyObjectFunctions& hiredis_functions() {
+    static const redisReplyObjectFunctions functions = [] {
+        redisReader* r = redisReaderCreate();
+        if (r == nullptr) throw std::bad_alloc();
+        const redisReplyObjectFunctions f = *r->fn;
+        redisReaderFree(r);
+        return f;
+    }();
+    return functions;
+}
+
+// The count is an int in hiredis 0.14 and a size_t from 1.0 on.
+template <class Count>
+void* create_array(const redisReadTask* task, Count elements) {
+    if (elements > static_cast<Count>(max_array_elements)) {
+        *static_cast<bool*>(task->privdata) = true;  // the reader's privdata: Impl::array_too_long
+        return nullptr;                              // for hiredis, out of memory: the reader fails
+    }
+    return hiredis_functions().createArray(task, elements);
+}
+
+/// A hiredis reader that refuses arrays longer than max_array_elements, saying so in `too_long`.
+redisReader* create_reader(bool* too_long) {
+    static redisReplyObjectFunctions functions = [] {
+        redisReplyObjectFunctions f = hiredis_functions();
+        f.createArray = &create_array;
+        return f;
+    }();
+    redisReader* r = redisReaderCreateWithFunctions(&functions);
+    if (r != nullptr) r->privdata = too_long;
+    return r;
+}
+
 /// Appends `argv` as one RESP command (binary-safe: every argument is length-prefixed).
 void append_command(std::string& out, const std::vector<std::string_view>& argv) {
     std::vector<const char*> ptrs;
@@ -71,7 +111,7 @@ void append_command(std::string& out, const std::vector<std::string_view>& argv)
 
 struct Connection::Impl {
     explicit Impl(asio::io_context& io)
-        : io(io), socket(io), resolver(io), timer(io), command_timer(io), reader(redisReaderCreate()) {}
+        : io(io), socket(io), resolver(io), timer(io), command_timer(io), reader(create_reader(&array_too_long)) {}
     ~Impl() {
         if (reader != nullptr) redisReaderFree(reader);
     }
@@ -107,6 +147,8 @@ struct Connection::Impl {
     asio::steady_timer command_timer;  // the oldest command's deadline (never cancelled while ready)
     bool command_timer_armed = false;
     bool flush_posted = false;  // a flush of out_ is queued behind the handlers now ready
+    // The reader failed on an array longer than max_array_elements (hiredis says "Out of memory").
+    bool array_too_long = false;
     redisReader* reader;
     std::array<char, 16 * 1024> buffer{};
     std::function<void(std::error_code, std::string)> on_connect;
@@ -424,9 +466,11 @@ void Connection::on_bytes(const char* data, std::size_t n) {
     for (;;) {
         void* raw = nullptr;
         if (redisReaderGetReply(impl_->reader, &raw) != REDIS_OK) {
-            fail(make_ec(errc::protocol_error), "the server at " + endpoint_.where() +
-                                                    " does not speak the Redis protocol (" + impl_->reader->errstr +
-                                                    ")");
+            const std::string why = impl_->array_too_long
+                                        ? "an array of more than " + std::to_string(max_array_elements) + " elements"
+                                        : std::string(impl_->reader->errstr);
+            fail(make_ec(errc::protocol_error),
+                 "the server at " + endpoint_.where() + " does not speak the Redis protocol (" + why + ")");
             return;
         }
         if (raw == nullptr) return;  // need more bytes
@@ -442,7 +486,7 @@ void Connection::on_bytes(const char* data, std::size_t n) {
                                  (pending_.empty() || pending_.front().unsubscribing != copy.elements[1].str);
         if (on_push_ && (kind == "message" || kind == "smessage" || unsolicited)) {
             on_push_(std::move(copy));
-            if (state_ != State::ready) return;
+            if (state_ != State::ready && state_ != State::connecting) return;
             continue;
         }
         if (pending_.empty()) {
