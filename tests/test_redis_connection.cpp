@@ -29,6 +29,7 @@ using keylock::redis::Reply;
 using keylock::test::FakeServer;
 using keylock::test::RedisServer;
 using namespace std::chrono_literals;
+using namespace std::string_literals;
 
 namespace {
 
@@ -66,7 +67,7 @@ std::shared_ptr<Connection> connected(boost::asio::io_context& io, Endpoint e, O
 }
 
 /// Sends one command and waits for its reply.
-Reply call(boost::asio::io_context& io, Connection& c, std::vector<std::string_view> argv) {
+Reply call(boost::asio::io_context& io, Connection& c, const std::vector<std::string_view>& argv) {
     std::optional<Reply> reply;
     std::error_code error;
     c.send(argv, [&](std::error_code ec, Reply r) {
@@ -93,8 +94,8 @@ TEST_CASE("a connection pipelines commands over TCP and a Unix socket, binary-sa
         REQUIRE(c->connected());
 
         // Keys and values with CR, LF, NUL and non-UTF-8 bytes go through unchanged.
-        const std::string key("k\r\n\0\xff key", 10);
-        const std::string value("v\0\r\n*3\r\n", 9);
+        const std::string key = "k\r\n\0\xff key"s;
+        const std::string value = "v\0\r\n*3\r\n"s;
         CHECK(call(io, *c, {"SET", key, value}).str == "OK");
         const Reply got = call(io, *c, {"GET", key});
         CHECK(got.type == Reply::Type::string);
@@ -106,11 +107,11 @@ TEST_CASE("a connection pipelines commands over TCP and a Unix socket, binary-sa
         call(io, *c, {"DEL", "n"});
         std::vector<long long> seen;
         for (int i = 0; i < 2000; ++i) {
-            c->send({"INCR", "n"}, [&](std::error_code ec, Reply r) { seen.push_back(ec ? -1 : r.integer); });
+            c->send({"INCR", "n"}, [&](std::error_code ec, const Reply& r) { seen.push_back(ec ? -1 : r.integer); });
         }
         REQUIRE(run_until(io, [&] { return seen.size() == 2000; }));
         bool ordered = true;
-        for (std::size_t i = 0; i < seen.size(); ++i) ordered = ordered && seen[i] == static_cast<long long>(i + 1);
+        for (std::size_t i = 0; i < seen.size(); ++i) ordered = ordered && seen[i] == static_cast<long long>(i) + 1;
         CHECK(ordered);
         const Reply arr = call(io, *c, {"MGET", "n", "missing"});
         REQUIRE(arr.type == Reply::Type::array);
@@ -154,7 +155,7 @@ TEST_CASE("AUTH with a password or an ACL user, SELECT of a database", "[redis]"
         CHECK_THAT(out.message, Catch::Contains(e.where()));
         // Commands waiting for the connection fail with the same error.
         std::error_code later;
-        c->send({"PING"}, [&](std::error_code ec, Reply) { later = ec; });
+        c->send({"PING"}, [&](std::error_code ec, const Reply&) { later = ec; });
         REQUIRE(run_until(io, [&] { return static_cast<bool>(later); }));
         CHECK(later == errc::unavailable);
     }
@@ -256,11 +257,11 @@ TEST_CASE("a command without a reply within command_timeout breaks the connectio
     auto c = connected(io, e, out);
     REQUIRE_FALSE(out.ec);
     std::optional<std::error_code> broke;
-    c->on_failure([&](std::error_code ec, std::string) { broke = ec; });
+    c->on_failure([&](std::error_code ec, const std::string&) { broke = ec; });
     server.pause();
     std::vector<std::error_code> results;
     const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < 3; ++i) c->send({"PING"}, [&](std::error_code ec, Reply) { results.push_back(ec); });
+    for (int i = 0; i < 3; ++i) c->send({"PING"}, [&](std::error_code ec, const Reply&) { results.push_back(ec); });
     REQUIRE(run_until(io, [&] { return results.size() == 3; }));
     const auto took = std::chrono::steady_clock::now() - start;
     server.resume();
@@ -312,7 +313,7 @@ TEST_CASE("an array of more than 2^20 elements is a protocol error, not a 16 GiB
     std::optional<std::pair<std::error_code, std::string>> broke;
     c->on_failure([&](std::error_code ec, std::string m) { broke.emplace(ec, std::move(m)); });
     std::optional<std::error_code> result;
-    c->send({"EVALSHA", "x", "0"}, [&](std::error_code ec, Reply) { result = ec; });
+    c->send({"EVALSHA", "x", "0"}, [&](std::error_code ec, const Reply&) { result = ec; });
     Outcome out;
     c->connect([&](std::error_code ec, std::string m) { out = {ec, std::move(m), true}; });
     const auto answered = [&] { return result.has_value(); };
@@ -379,7 +380,7 @@ TEST_CASE("TLS trusting the server's CA carries pipelined binary-safe commands",
         CHECK(call(io, *c, {"PING"}).str == "PONG");
 
         const std::string key = std::string("tls\r\n\0\xff key-", 12) + host;
-        const std::string value("v\0\r\n*3\r\n", 9);
+        const std::string value = "v\0\r\n*3\r\n"s;
         CHECK(call(io, *c, {"SET", key, value}).str == "OK");
         CHECK(call(io, *c, {"GET", key}).str == value);
         const std::string big = big_binary_value();
@@ -392,11 +393,11 @@ TEST_CASE("TLS trusting the server's CA carries pipelined binary-safe commands",
         call(io, *c, {"DEL", "n"});
         std::vector<long long> seen;
         for (int i = 0; i < 2000; ++i) {
-            c->send({"INCR", "n"}, [&](std::error_code ec, Reply r) { seen.push_back(ec ? -1 : r.integer); });
+            c->send({"INCR", "n"}, [&](std::error_code ec, const Reply& r) { seen.push_back(ec ? -1 : r.integer); });
         }
         REQUIRE(run_until(io, [&] { return seen.size() == 2000; }));
         bool ordered = true;
-        for (std::size_t i = 0; i < seen.size(); ++i) ordered = ordered && seen[i] == static_cast<long long>(i + 1);
+        for (std::size_t i = 0; i < seen.size(); ++i) ordered = ordered && seen[i] == static_cast<long long>(i) + 1;
         CHECK(ordered);
         c->close();
     }

@@ -112,6 +112,8 @@ void append_command(std::string& out, const std::vector<std::string_view>& argv)
 struct Connection::Impl {
     explicit Impl(asio::io_context& io)
         : io(io), socket(io), resolver(io), timer(io), command_timer(io), reader(create_reader(&array_too_long)) {}
+    Impl(const Impl&) = delete;
+    Impl& operator=(const Impl&) = delete;
     ~Impl() {
         if (reader != nullptr) redisReaderFree(reader);
     }
@@ -305,7 +307,8 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
         }
         impl_->resolver.async_resolve(
             endpoint_.host, std::to_string(endpoint_.port),
-            [this, self, transport_up](boost::system::error_code ec, asio::ip::tcp::resolver::results_type results) {
+            [this, self, transport_up](boost::system::error_code ec,
+                                       const asio::ip::tcp::resolver::results_type& results) {
                 if (state_ != State::connecting) return;
                 if (ec || results.empty()) {
                     fail(make_ec(errc::unavailable),
@@ -319,7 +322,7 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
             });
     };
     if (!locate_) return go();
-    locate_([this, self, go](std::error_code ec, std::string why, std::string host, std::uint16_t port) {
+    locate_([this, self, go](std::error_code ec, const std::string& why, std::string host, std::uint16_t port) {
         if (state_ != State::connecting) return;
         if (ec) return fail(ec, why);
         endpoint_.host = std::move(host);

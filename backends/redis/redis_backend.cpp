@@ -470,15 +470,16 @@ private:
     void replicate(const std::shared_ptr<Connection>& conn, std::function<void(std::string)> then) {
         if (config_.wait_replicas == 0) return then({});
         if (!conn) return then("the connection it was written on is gone");
-        conn->send({"WAIT", wait_replicas_, wait_ms_}, [this, then = std::move(then)](std::error_code ec, Reply r) {
-            if (ec) return then("WAIT got no answer");
-            if (r.type != Reply::Type::integer) return then("Redis answered WAIT with '" + r.str + "'");
-            if (r.integer < config_.wait_replicas) {
-                return then(std::to_string(r.integer) + " of " + wait_replicas_ +
-                            " replicas acknowledged it within wait_timeout");
-            }
-            then({});
-        });
+        conn->send({"WAIT", wait_replicas_, wait_ms_},
+                   [this, then = std::move(then)](std::error_code ec, const Reply& r) {
+                       if (ec) return then("WAIT got no answer");
+                       if (r.type != Reply::Type::integer) return then("Redis answered WAIT with '" + r.str + "'");
+                       if (r.integer < config_.wait_replicas) {
+                           return then(std::to_string(r.integer) + " of " + wait_replicas_ +
+                                       " replicas acknowledged it within wait_timeout");
+                       }
+                       then({});
+                   });
     }
 
     // ---- waiting ----------------------------------------------------------------------
@@ -621,7 +622,7 @@ private:
                           std::uint64_t fence, Clock::time_point sent) {
         if (config_.wait_replicas == 0) return granted(st, token, fence, sent);
         st.attempting = true;  // still deciding: keeps the state, and other attempts out
-        replicate(conn, [this, key = st.key, token, fence, sent](std::string why) {
+        replicate(conn, [this, key = st.key, token, fence, sent](const std::string& why) {
             auto it = keys_.find(key);
             if (it == keys_.end()) return;  // cannot happen: attempting keeps the state
             KeyState& st = *it->second;
@@ -801,13 +802,11 @@ private:
                        [reply = std::move(reply), forget, lost](std::error_code ec, const Reply& r,
                                                                 const std::shared_ptr<Connection>&) {
                            std::error_code result;
-                           if (lost) {
-                               result = make_ec(errc::not_owner);
-                           } else if (ec) {
+                           if (!lost && ec) {
                                result = ec;  // the lease will free it
-                           } else if (r.is_error()) {
+                           } else if (!lost && r.is_error()) {
                                result = make_ec(errc::backend_error);
-                           } else if (r.integer != 1) {
+                           } else if (lost || r.integer != 1) {
                                result = make_ec(errc::not_owner);
                            }
                            forget();

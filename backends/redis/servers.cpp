@@ -335,8 +335,12 @@ bool parse_redirect(const std::string& error, std::uint16_t& slot, std::string& 
 
 class ClusterServers final : public Servers {
 public:
-    ClusterServers(asio::io_context& io, const RedisConfig& config, Events events)
-        : io_(io), config_(config), events_(std::move(events)), slots_(slot_count, nullptr), refresh_timer_(io) {
+    ClusterServers(asio::io_context& io, RedisConfig config, Events events)
+        : io_(io),
+          config_(std::move(config)),
+          events_(std::move(events)),
+          slots_(slot_count, nullptr),
+          refresh_timer_(io) {
         asio::post(io_, [this] { refresh(); });
     }
 
@@ -706,7 +710,7 @@ public:
         const auto tail = script_args(keys, args);
         for (std::size_t i = 0; i < nodes_.size(); ++i) {
             nodes_[i]->run(script, tail, false,
-                           [this, round, i](std::error_code ec, Reply r, std::shared_ptr<Connection>) {
+                           [this, round, i](std::error_code ec, Reply r, const std::shared_ptr<Connection>&) {
                                answer(round, i, ec, std::move(r));
                            });
         }
@@ -924,7 +928,7 @@ private:
         const auto tail = script_args(keys, args);
         for (std::size_t i = 0; i < nodes_.size(); ++i) {
             nodes_[i]->run(*scripts_.bump, tail, false,
-                           [this, bump, i](std::error_code ec, Reply r, std::shared_ptr<Connection>) {
+                           [this, bump, i](std::error_code ec, Reply r, const std::shared_ptr<Connection>&) {
                                answer(bump, i, ec, std::move(r));
                            });
         }
