@@ -142,6 +142,10 @@ private:
                     c->close(ignored);
                     return;
                 }
+                // Chunks go on as they come, without Nagle's wait for the peer's (delayed) ACK.
+                boost::system::error_code ignored;
+                c->set_option(tcp::no_delay(true), ignored);
+                s->set_option(tcp::no_delay(true), ignored);
                 auto up = std::make_shared<Pipe>(*this, c, s), down = std::make_shared<Pipe>(*this, s, c, number);
                 links_.insert(up);
                 links_.insert(down);
