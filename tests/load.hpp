@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <keylock/keylock.hpp>
@@ -21,6 +22,17 @@
 #include "redis_server.hpp"
 
 namespace keylock::test {
+
+/// Runs `f` and returns the code and message of the keylock::Error it throws ({errc{}, ""} if none).
+template <class F>
+std::pair<keylock::errc, std::string> error_of(F&& f) {
+    try {
+        f();
+    } catch (const keylock::Error& e) {
+        return {static_cast<keylock::errc>(e.code().value()), e.what()};
+    }
+    return {keylock::errc{}, {}};
+}
 
 /// Threads of several registries lock a few keys over and over, holding each lock a little,
 /// until told to stop; every hold goes to the checker, every error is counted by its code.
@@ -90,6 +102,16 @@ public:
     std::string key(int i) const { return key_prefix_ + std::to_string(i); }
     int keys() const { return keys_; }
     long errors(keylock::errc e) const { return errors_[static_cast<std::size_t>(e)].load(); }
+    /// Every error code's count, for failure messages ("backend unavailable: 3; ...").
+    std::string error_summary() const {
+        std::string s;
+        for (keylock::errc e : {keylock::errc::unavailable, keylock::errc::not_owner, keylock::errc::timeout,
+                                keylock::errc::backend_error, keylock::errc::protocol_error, keylock::errc::lock_lost,
+                                keylock::errc::cancelled}) {
+            s += keylock::make_error_code(e).message() + ": " + std::to_string(errors(e)) + "; ";
+        }
+        return s;
+    }
     long errors_other_than(std::initializer_list<keylock::errc> allowed) const {
         long n = 0;
         for (std::size_t i = 0; i < errors_.size(); ++i) {

@@ -28,6 +28,7 @@ using keylock::KeyedLockRegistry;
 using keylock::test::call;
 using keylock::test::check_exclusion;
 using keylock::test::ClusterDeployment;
+using keylock::test::error_of;
 using keylock::test::eventually;
 using keylock::test::ExclusionChecker;
 using keylock::test::info_field;
@@ -39,16 +40,6 @@ using Step = ClusterDeployment::MigrationStep;
 
 namespace {
 
-template <class F>
-std::pair<errc, std::string> error_of(F&& f) {
-    try {
-        f();
-    } catch (const keylock::Error& e) {
-        return {static_cast<errc>(e.code().value()), e.what()};
-    }
-    return {errc{}, {}};
-}
-
 std::string lock_key(const std::string& key) { return "keylock:" + key; }
 
 /// How many error replies starting with `prefix` (e.g. "ASK", "MOVED", "TRYAGAIN") the node on
@@ -56,16 +47,6 @@ std::string lock_key(const std::string& key) { return "keylock:" + key; }
 long errorstat(int port, const std::string& prefix) {
     const std::string value = info_field(call(port, {"INFO", "errorstats"}).str, "errorstat_" + prefix);
     return value.rfind("count=", 0) == 0 ? std::stol(value.substr(6)) : 0;
-}
-
-/// The errors a load counted, for failure messages.
-std::string errors_of(const Load& load) {
-    std::string s;
-    for (errc e : {errc::unavailable, errc::not_owner, errc::timeout, errc::backend_error, errc::protocol_error,
-                   errc::lock_lost, errc::cancelled}) {
-        s += keylock::make_error_code(e).message() + ": " + std::to_string(load.errors(e)) + "; ";
-    }
-    return s;
 }
 
 /// The index of the first of the load's keys whose lock lives on the master on `port`, or -1.
@@ -269,7 +250,7 @@ TEST_CASE("cluster: a slot migrated under load: ASK while half-moved, MOVED afte
     const long moved = errorstat(from, "MOVED") - moved_before;
     const long tryagain = errorstat(from, "TRYAGAIN") + errorstat(to, "TRYAGAIN");
     INFO("while half-moved: " << asked << " ASK to the load, " << during << " holds of the key; after: " << moved
-                              << " MOVED; TRYAGAIN: " << tryagain << "; " << errors_of(load));
+                              << " MOVED; TRYAGAIN: " << tryagain << "; " << load.error_summary());
     // The load's requests for the key were redirected while the slot was half-moved.
     CHECK(asked > 0);
     CHECK(d.port_for_slot(slot) == to);
@@ -307,7 +288,7 @@ TEST_CASE("cluster: a master failed over gracefully under load, with wait_replic
     const int promoted = d.failover(old_master);
     const long at = load.holds_of(k);
     const long total = load.holds();
-    INFO(errors_of(load));
+    INFO(load.error_summary());
     CHECK(eventually([&] { return load.holds_of(k) >= at + 50; }, 30s));
     CHECK(eventually([&] { return load.holds() >= total + 200; }, 30s));
     load.finish();
@@ -337,7 +318,7 @@ TEST_CASE("cluster: a master killed under load, with wait_replicas, then restart
     REQUIRE(eventually([&] { return load.holds_of(k) >= 20 && load.holds() >= 200; }, 20s));
 
     const int promoted = d.kill_master(victim);
-    INFO(errors_of(load));
+    INFO(load.error_summary());
     // Keys of the other masters go on.
     const long at_other = load.holds_of(other);
     CHECK(eventually([&] { return load.holds_of(other) >= at_other + 50; }, 20s));

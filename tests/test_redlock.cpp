@@ -22,6 +22,7 @@ using keylock::errc;
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
 using keylock::test::check_exclusion;
+using keylock::test::error_of;
 using keylock::test::eventually;
 using keylock::test::ExclusionChecker;
 using keylock::test::Load;
@@ -30,25 +31,6 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-template <class F>
-std::pair<errc, std::string> error_of(F&& f) {
-    try {
-        f();
-    } catch (const keylock::Error& e) {
-        return {static_cast<errc>(e.code().value()), e.what()};
-    }
-    return {errc{}, {}};
-}
-
-std::string errors_of(const Load& load) {
-    std::string s;
-    for (errc e : {errc::unavailable, errc::not_owner, errc::timeout, errc::backend_error, errc::protocol_error,
-                   errc::lock_lost, errc::cancelled}) {
-        s += keylock::make_error_code(e).message() + ": " + std::to_string(load.errors(e)) + "; ";
-    }
-    return s;
-}
 
 /// Whether a try_lock of `key` succeeds now (false also if it throws: the nodes may still be
 /// catching up); the guard goes to `out` if given.
@@ -143,7 +125,7 @@ TEST_CASE("redlock: two of five nodes frozen under load: locking goes on", "[top
         const bool went_on = eventually([&] { return load.holds() >= at + 100; }, 20s);
         INFO("100 more holds with 2 of 5 nodes frozen took "
              << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count() << " ms; "
-             << errors_of(load));
+             << load.error_summary());
         CHECK(went_on);
         // A lock is still had at once by a registry that was never there before.
         auto fresh = KeyedLockRegistry::from_url(d.url("lease=2s"));
@@ -161,7 +143,7 @@ TEST_CASE("redlock: two of five nodes frozen under load: locking goes on", "[top
     long_hold.release(ec);
     CHECK(ec == std::error_code{});
     load.finish();
-    INFO(errors_of(load));
+    INFO(load.error_summary());
     check_exclusion(checker);
     CHECK(load.errors_other_than({errc::unavailable, errc::not_owner}) == 0);
 }
@@ -200,7 +182,7 @@ TEST_CASE("redlock: three of five nodes frozen: unavailable, what was taken is g
     CHECK(eventually([&] { return load.holds() >= at + 100; }, 20s));
     CHECK(eventually([&] { return try_lock_now(probe, "probe"); }, 10s, 50ms));
     load.finish();
-    INFO(errors_of(load));
+    INFO(load.error_summary());
     CHECK(load.errors(errc::unavailable) > 0);
     check_exclusion(checker);
     CHECK(load.errors_other_than({errc::unavailable, errc::not_owner}) == 0);
@@ -228,7 +210,7 @@ TEST_CASE("redlock: a node killed and restarted empty under load", "[topology][r
     long_hold.release(ec);
     CHECK(ec == std::error_code{});
     load.finish();
-    INFO(errors_of(load));
+    INFO(load.error_summary());
     check_exclusion(checker);
     CHECK(load.errors_other_than({errc::unavailable, errc::not_owner}) == 0);
     // The restarted node takes locks again: once our connection to it is back (after the

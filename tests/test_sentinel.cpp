@@ -25,6 +25,7 @@ using keylock::Guard;
 using keylock::KeyedLockRegistry;
 using keylock::test::check_exclusion;
 using keylock::test::cli;
+using keylock::test::error_of;
 using keylock::test::eventually;
 using keylock::test::ExclusionChecker;
 using keylock::test::field;
@@ -118,16 +119,6 @@ private:
     std::vector<std::unique_ptr<RedisServer>> replicas_;
     std::vector<std::unique_ptr<RedisServer>> sentinels_;
 };
-
-template <class F>
-std::pair<errc, std::string> error_of(F&& f) {
-    try {
-        f();
-    } catch (const keylock::Error& e) {
-        return {static_cast<errc>(e.code().value()), e.what()};
-    }
-    return {errc{}, {}};
-}
 
 }  // namespace
 
