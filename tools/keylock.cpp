@@ -87,8 +87,8 @@ const char* const usage_status =
     "usage: keylock status [--url URL] KEY\n"
     "\n"
     "Prints one line: `free`, or `held token=N ttl_ms=N` (the holder's fencing token and the\n"
-    "lease it has left; token=0 if the value was not written by keylock, ttl_ms=-1 if the\n"
-    "lock has no lease).\n"
+    "lease it has left; token=0 if the value was not written by keylock or the backend is\n"
+    "redlock://, ttl_ms=-1 if the lock has no lease).\n"
     "\n"
     "exit status: 0; 64 usage error; 69 backend unreachable; 78 bad URL.\n";
 
