@@ -201,6 +201,26 @@ TEST_CASE("cluster: locks on 2000 keys over every master, tokens rising per key,
     CHECK(d.count_keys("*") == counters);
 }
 
+TEST_CASE("cluster: operators see and force locks on every master", "[topology][cluster]") {
+    ClusterDeployment d;
+    auto r = KeyedLockRegistry::from_url(d.url("lease=10s"));
+    auto ops = KeyedLockRegistry::from_url(d.url());
+    for (int port : d.master_ports()) {
+        const std::string key = key_on(d, port, "ops-" + std::to_string(port) + "-");
+        INFO("key " << key << " on the master on port " << port);
+        CHECK_FALSE(ops.inspect(key).held);
+        Guard g = r.lock(key);
+        const auto info = ops.inspect(key);
+        CHECK(info.held);
+        CHECK(info.fencing_token == g.fencing_token());
+        CHECK(info.ttl > 9s);
+        CHECK(ops.force_release(key));
+        CHECK(call(port, {"EXISTS", lock_key(key)}).integer == 0);
+        CHECK_FALSE(ops.force_release(key));
+        CHECK(eventually([&] { return g.lost(); }, 6s));  // found at its next renewal
+    }
+}
+
 TEST_CASE("cluster: one master without replicas is a cluster too", "[topology][cluster]") {
     ClusterDeployment d(1, 0);
     const int port = d.node(0).port();

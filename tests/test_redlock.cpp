@@ -110,6 +110,30 @@ TEST_CASE("redlock: a lock is on every node while held, tokens rise across regis
     CHECK(r2.try_lock("many-0").has_value());
 }
 
+TEST_CASE("redlock: operators see a lock a majority holds, and can force its release", "[topology][redlock]") {
+    RedlockDeployment d;
+    auto r = KeyedLockRegistry::from_url(d.url("lease=10s"));
+    auto ops = KeyedLockRegistry::from_url(d.url());
+    CHECK_FALSE(ops.inspect("k").held);
+    Guard g = r.lock("k");
+    auto info = ops.inspect("k");
+    CHECK(info.held);
+    CHECK(info.fencing_token == 0);  // each node counts on its own: the value carries no token
+    CHECK(info.ttl > 9s);
+    CHECK(info.ttl <= 10s);
+    {
+        // Two nodes frozen: the other three still make a majority that sees it.
+        Frozen frozen(d, {0, 1});
+        CHECK(ops.inspect("k").held);
+    }
+    CHECK(ops.force_release("k"));
+    CHECK(d.holding("keylock:k") == 0);
+    CHECK_FALSE(ops.inspect("k").held);
+    CHECK_FALSE(ops.force_release("k"));
+    // The holder finds out at its next renewal (within a third of the lease).
+    CHECK(eventually([&] { return g.lost(); }, 6s));
+}
+
 TEST_CASE("redlock: two of five nodes frozen under load: locking goes on", "[topology][redlock][faults]") {
     RedlockDeployment d;
     ExclusionChecker checker;
