@@ -444,6 +444,25 @@ TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-
          }},
         {"a database the server does not have", errc::backend_error, "DB index is out of range",
          [&](RedisServer& s) { return "redis://127.0.0.1:" + std::to_string(s.port()) + "/99?" + quick; }},
+        {"a cluster seed with a wrong password", errc::auth_failed, "WRONGPASS",
+         [&](RedisServer& s) {
+             s.command("CONFIG SET requirepass right-pw");
+             return "redis+cluster://:" + password + "@127.0.0.1:" + std::to_string(s.port()) + "?" + quick;
+         }},
+        {"a cluster seed that is a standalone Redis", errc::backend_error, "cluster support disabled",
+         [&](RedisServer& s) { return "redis+cluster://127.0.0.1:" + std::to_string(s.port()) + "?" + quick; }},
+        {"Redlock nodes with a wrong password", errc::auth_failed, "WRONGPASS",
+         [&](RedisServer& s) {
+             s.command("CONFIG SET requirepass right-pw");
+             return "redlock://:" + password + "@127.0.0.1:" + std::to_string(s.port()) + "?" + quick +
+                    "&node_timeout=100ms";
+         }},
+        {"a Redlock node whose lock key holds a list", errc::backend_error, "holds a list",
+         [&](RedisServer& s) {
+             s.command("LPUSH keylock:k something");
+             return "redlock://127.0.0.1:" + std::to_string(s.port()) + "?" + quick + "&node_timeout=100ms";
+         },
+         true},
     };
     for (const Row& row : rows) {
         INFO(row.what);

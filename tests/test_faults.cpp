@@ -532,6 +532,13 @@ TEST_CASE("no message anywhere shows a password", "[faults][redis]") {
         "redis://:" + secret + "@127.0.0.1:" + std::to_string(server.port()) + "/?bogus=1",        // unknown option
         "redis://:" + secret + "@/?x",                                                             // no host
         "redis://:" + secret + "@127.0.0.1:notaport",                                              // bad port
+        // A cluster seed and Redlock nodes: wrong password, unreachable, not a cluster, bad options.
+        "redis+cluster://:" + secret + "@127.0.0.1:" + std::to_string(server.port()) + "?connect_timeout=300ms",
+        "redis+cluster://:" + secret + "@127.0.0.1:1,127.0.0.1:2?connect_timeout=100ms",
+        "redlock://:" + secret + "@127.0.0.1:" + std::to_string(server.port()) + ",127.0.0.1:1,127.0.0.1:2" +
+            "?connect_timeout=300ms",
+        "redlock://:" + secret + "@127.0.0.1:1,127.0.0.1:1?connect_timeout=100ms",  // a node listed twice
+        "redlock://:" + secret + "@127.0.0.1:1?node_timeout=" + secret,
     };
     for (const auto& u : urls) {
         collect([&] {

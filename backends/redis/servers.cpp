@@ -567,6 +567,7 @@ private:
                 candidates->push_back(seed);
             }
         }
+        hard_error_ = {};
         ask(candidates, 0, std::make_shared<std::string>());
     }
 
@@ -578,7 +579,11 @@ private:
             map_error_ = "no node of the cluster gave its slot map (" + *reasons + ")";
             auto waiting = std::move(map_waiters_);
             map_waiters_.clear();
-            for (auto& w : waiting) w(make_ec(not_cluster_ ? errc::backend_error : errc::unavailable));
+            // Credentials or a server that is not Redis say more than "unreachable".
+            const std::error_code code = hard_error_    ? hard_error_
+                                         : not_cluster_ ? make_ec(errc::backend_error)
+                                                        : make_ec(errc::unavailable);
+            for (auto& w : waiting) w(code);
             return;
         }
         const HostPort at = (*candidates)[i];
@@ -593,6 +598,7 @@ private:
             };
             if (ec) {
                 const auto c = weak.lock();
+                if (ec != errc::unavailable && ec != errc::cancelled && !hard_error_) hard_error_ = ec;
                 note(c && !c->failure().empty() ? c->failure() : "no answer");
                 return ask(candidates, i + 1, reasons);
             }
@@ -665,6 +671,7 @@ private:
     std::unordered_map<std::string, Node*> subs_;          // channel -> the node it is subscribed on
     std::vector<std::function<void(std::error_code)>> map_waiters_;
     std::string map_error_;
+    std::error_code hard_error_;  // of the refresh under way: auth_failed or protocol_error from a node
     asio::steady_timer refresh_timer_;
     Clock::time_point last_refresh_{};
     bool have_map_ = false, refreshing_ = false, refresh_armed_ = false, not_cluster_ = false, closed_ = false;
@@ -767,6 +774,7 @@ private:
         std::uint64_t fence = 0;     // acquire: the largest fencing token granted
         long long pttl = -3;         // acquire: the shortest remaining lease of those that said held
         std::string error;           // the first error reply, with its node
+        std::error_code hard;        // the first failure that is not "unreachable" (auth_failed, protocol_error)
         std::string reasons;         // why nodes failed, for the message
         std::vector<Reply> replies;  // inspect
         std::vector<bool> heard;     // by node
@@ -812,6 +820,7 @@ private:
         suspect_[i] = static_cast<bool>(ec);
         if (ec) {
             ++rd.failed;
+            if (ec != errc::unavailable && ec != errc::cancelled && !rd.hard) rd.hard = ec;
             note(rd, i, r.str);
         } else if (r.is_error()) {
             ++rd.failed;
@@ -852,7 +861,7 @@ private:
         };
         auto no_majority = [&] {
             if (!r.error.empty()) return finish({}, error_reply(r.error));
-            finish(make_ec(errc::unavailable),
+            finish(r.hard ? r.hard : make_ec(errc::unavailable),
                    error_reply("no majority of the Redlock nodes answered (" + std::to_string(quorum_) + " of " +
                                std::to_string(n) + " needed: " + r.reasons + ")"));
         };
@@ -962,7 +971,7 @@ private:
             return r.handler({}, std::move(held), nullptr);
         }
         if (!r.error.empty()) return r.handler({}, error_reply(r.error), nullptr);
-        r.handler(make_ec(errc::unavailable),
+        r.handler(r.hard ? r.hard : make_ec(errc::unavailable),
                   error_reply("no majority of the Redlock nodes answered (" + std::to_string(quorum_) + " of " +
                               std::to_string(n) + " needed: " + r.reasons + ")"),
                   nullptr);
