@@ -19,11 +19,15 @@ using Socket = asio::generic::stream_protocol::socket;
 using TlsStream = asio::ssl::stream<Socket>;
 using Clock = std::chrono::steady_clock;
 
+std::string host_port(const std::string& host, std::uint16_t port) {
+    const bool v6 = host.find(':') != std::string::npos;
+    return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
 std::string Endpoint::where() const {
     if (!unix_path.empty()) return unix_path;
     if (host.empty()) return "the master (not located yet)";  // Sentinel: before the sentinels answer
-    const bool v6 = host.find(':') != std::string::npos;
-    return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    return host_port(host, port);
 }
 
 namespace {

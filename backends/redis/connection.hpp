@@ -24,6 +24,9 @@
 
 namespace keylock::redis {
 
+/// "host:port", with an IPv6 address in brackets, for messages and as a name.
+std::string host_port(const std::string& host, std::uint16_t port);
+
 /// Where and how to connect. Built from a `redis://`, `rediss://` or `unix://` URL.
 struct Endpoint {
     std::string host;  ///< TCP host name or address (empty for a Unix socket)

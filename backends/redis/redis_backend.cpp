@@ -184,13 +184,7 @@ public:
           inspect_(scripts::inspect),
           force_release_(config.topology == Topology::cluster ? scripts::force_release_sharded
                                                               : scripts::force_release),
-          bump_(scripts::bump),
-          // A quorum's holder counts on its lease only minus the clock drift the nodes may have,
-          // and a quorum never hands a lock over in place (each node has its own counter).
-          validity_(config.topology == Topology::redlock
-                        ? config.lease - config.lease / 100 - std::chrono::milliseconds(2)
-                        : config.lease),
-          max_transfers_(config.topology == Topology::redlock ? 0 : kMaxTransfers) {
+          bump_(scripts::bump) {
         lease_ms_ = std::to_string(config_.lease.count());
         wait_replicas_ = std::to_string(config_.wait_replicas);
         wait_ms_ = std::to_string(config_.wait_timeout.count());
@@ -199,7 +193,9 @@ public:
         events.unsubscribed = [this](const std::string& channel) { on_unsubscribed(channel); };
         events.notifications_lost = [this] { on_notifications_lost(); };
         servers_ = make_servers(io_, config_, std::move(events), {&acquire_, &release_, &bump_});
-        plain_values_ = servers_->plain_values();
+        quorum_ = servers_->quorum();
+        // A holder counts on its lease only minus the clock drift its servers may have.
+        validity_ = config_.lease - servers_->clock_drift();
         thread_ = std::thread([this] { run(); });
 #if defined(__linux__)
         pthread_setname_np(thread_.native_handle(), "keylock-redis");  // for top, perf, gdb
@@ -451,18 +447,23 @@ private:
     /// The server ended one subscription (a Cluster slot moved): the key looks again, and
     /// subscribes again where its slot is now if it still has to wait.
     void on_unsubscribed(const std::string& channel) {
-        if (channel.compare(0, config_.prefix.size(), config_.prefix) != 0) return;
+        if (KeyState* st = state_of_channel(channel)) {
+            st->subscribed = false;
+            wake(*st);
+        }
+    }
+
+    /// The state of the key whose releases are published on `channel`, if it is in use.
+    KeyState* state_of_channel(const std::string& channel) {
+        if (channel.compare(0, config_.prefix.size(), config_.prefix) != 0) return nullptr;
         auto it = keys_.find(channel.substr(config_.prefix.size()));
-        if (it == keys_.end()) return;
-        it->second->subscribed = false;
-        if (it->second->attempting) it->second->look_again = true;
-        retry_now(*it->second);
+        return it == keys_.end() ? nullptr : it->second.get();
     }
 
     /// The value of our lock: `<fencing token>:<owner token>`, or (a quorum, each node with its
     /// own counter) the owner token alone.
     std::string lock_value(std::uint64_t fence, const std::string& token) const {
-        return plain_values_ ? token : std::to_string(fence) + ":" + token;
+        return quorum_ ? token : std::to_string(fence) + ":" + token;
     }
 
     /// After a write on `conn`, waits for `wait_replicas` replicas to have it (WAIT), then calls
@@ -723,10 +724,7 @@ private:
 
     /// A release notification: the key may be free now.
     void on_message(const std::string& channel) {
-        if (channel.compare(0, config_.prefix.size(), config_.prefix) != 0) return;
-        auto it = keys_.find(channel.substr(config_.prefix.size()));
-        if (it == keys_.end()) return;
-        wake(*it->second);
+        if (KeyState* st = state_of_channel(channel)) wake(*st);
     }
 
     /// The key may be free now (a release was heard, or our subscription took effect).
@@ -739,7 +737,7 @@ private:
             return;
         }
         if (!st.waiting_remote || Clock::now() < st.backoff_until) return;
-        if (plain_values_) {
+        if (quorum_) {
             // A quorum: contenders that split the nodes between them release what they took
             // and hear each other's releases; a random pause keeps them out of step.
             arm_retry(st, std::chrono::milliseconds(jitter_(rng_)));
@@ -792,7 +790,8 @@ private:
         // Ours no more, as far as we know: the release still goes out (token-checked: it
         // deletes the lock only if it is ours after all), but the answer is not_owner.
         const bool lost = h->is_lost();
-        if (!lost && st != nullptr && !st->queue.empty() && st->transfers < max_transfers_) {
+        // A quorum never hands over in place: each node counts fencing tokens on its own.
+        if (!lost && !quorum_ && st != nullptr && !st->queue.empty() && st->transfers < kMaxTransfers) {
             hand_over(*st, h, std::move(reply), forget);
             return;
         }
@@ -937,12 +936,11 @@ private:
     bool closing_ = false;
 
     const Script acquire_, release_, extend_, transfer_, inspect_, force_release_, bump_;
-    const std::chrono::milliseconds validity_;  // how long a hold counts on its lease after it was sent
-    const int max_transfers_;
 
     // I/O thread only.
     std::unique_ptr<Servers> servers_;
-    bool plain_values_ = false;
+    bool quorum_ = false;                   // see Servers::quorum
+    std::chrono::milliseconds validity_{};  // how long a hold counts on its lease after it was sent
     std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
     std::unordered_set<RedisHold*> holds_;

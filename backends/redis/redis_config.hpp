@@ -17,6 +17,7 @@ namespace keylock::redis {
 struct HostPort {
     std::string host;  ///< a name or an address (IPv6 without brackets)
     std::uint16_t port = 26379;
+    std::string where() const { return host_port(host, port); }
     friend bool operator==(const HostPort&, const HostPort&) = default;
 };
 

@@ -13,10 +13,6 @@ namespace keylock::redis {
 
 namespace {
 
-std::string where(const HostPort& h) {
-    return (h.host.find(':') != std::string::npos ? "[" + h.host + "]" : h.host) + ":" + std::to_string(h.port);
-}
-
 /// A port as Redis writes it: decimal digits, 1 to 65535.
 bool parse_port(const std::string& text, std::uint16_t& port) {
     unsigned value = 0;
@@ -77,7 +73,7 @@ void SentinelLocator::ask(const std::shared_ptr<Lookup>& lookup) {
     }
     const std::size_t index = (preferred_ + lookup->tried) % n;
     ++lookup->tried;
-    const std::string at = where(config_.sentinels[index]);
+    const std::string at = config_.sentinels[index].where();
     auto failed = [this, lookup, at](const std::string& why) {
         if (!lookup->reasons.empty()) lookup->reasons += "; ";
         lookup->reasons += "sentinel " + at + ": " + why;

@@ -47,8 +47,12 @@ Reply error_reply(std::string text) {
     return r;
 }
 
-std::string where(const std::string& host, std::uint16_t port) {
-    return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+/// `base` (credentials, timeouts, database) for the server at `at`.
+Endpoint endpoint_at(const Endpoint& base, const HostPort& at) {
+    Endpoint e = base;
+    e.host = at.host;
+    e.port = at.port;
+    return e;
 }
 
 /// `numkeys key... arg...`, the tail of an EVALSHA/EVAL.
@@ -81,6 +85,9 @@ public:
     std::function<void(Reply)> on_push;
     /// A subscriber connection broke or could not connect: its subscriptions are gone.
     std::function<void()> on_subscriber_lost;
+
+    /// The host and port it was made for (empty for the master sentinels name).
+    HostPort address() const { return {endpoint_.host, endpoint_.port}; }
 
     /// "host:port" as configured (for a node found through sentinels: as last located).
     std::string where() const {
@@ -231,23 +238,18 @@ private:
 class SingleServers final : public Servers {
 public:
     SingleServers(asio::io_context& io, const RedisConfig& config, Events events)
-        : events_(std::move(events)),
+        : Servers(std::move(events)),
           locator_(config.topology == Topology::sentinel ? std::make_shared<SentinelLocator>(io, config) : nullptr),
           master_name_(config.master_name),
           node_(io, config.endpoint, factory(io, config, locator_)) {
-        node_.on_push = [this](const Reply& r) {
-            if (r.elements.size() >= 2 && events_.message) events_.message(r.elements[1].str);
-        };
-        node_.on_subscriber_lost = [this] {
-            if (events_.notifications_lost) events_.notifications_lost();
-        };
+        node_.on_push = [this](const Reply& r) { heard(r); };
+        node_.on_subscriber_lost = [this] { lost_notifications(); };
         if (locator_) {
             // A failover the sentinels announce: connections to the old master are dropped, and
             // new ones ask the sentinels where the master is now.
             asio::post(io, [this] {
                 locator_->watch([this](const HostPort& to) {
-                    node_.fail_unless_at(
-                        to, "the sentinels switched master '" + master_name_ + "' to " + where(to.host, to.port));
+                    node_.fail_unless_at(to, "the sentinels switched master '" + master_name_ + "' to " + to.where());
                 });
             });
         }
@@ -302,7 +304,6 @@ private:
         };
     }
 
-    Events events_;
     std::shared_ptr<SentinelLocator> locator_;
     std::string master_name_;
     Node node_;
@@ -336,9 +337,9 @@ bool parse_redirect(const std::string& error, std::uint16_t& slot, std::string& 
 class ClusterServers final : public Servers {
 public:
     ClusterServers(asio::io_context& io, RedisConfig config, Events events)
-        : io_(io),
+        : Servers(std::move(events)),
+          io_(io),
           config_(std::move(config)),
-          events_(std::move(events)),
           slots_(slot_count, nullptr),
           refresh_timer_(io) {
         asio::post(io_, [this] { refresh(); });
@@ -397,24 +398,36 @@ private:
     static constexpr std::chrono::milliseconds kTryAgain{20};
     static constexpr std::chrono::milliseconds kMinRefreshGap{100};
 
-    /// The node at host:port, made on first use.
-    Node& node(const std::string& host, std::uint16_t port) {
-        const std::string name = where(host, port);
-        auto& slot = nodes_[name];
+    /// The node at `at`, made on first use.
+    Node& node(const HostPort& at) {
+        auto& slot = nodes_[at.where()];
         if (!slot) {
-            Endpoint e = config_.endpoint;
-            e.host = host;
-            e.port = port;
-            slot = std::make_unique<Node>(io_, e);
+            slot = std::make_unique<Node>(io_, endpoint_at(config_.endpoint, at));
             Node* n = slot.get();
-            addresses_[n] = {host, port};
             n->on_push = [this, n](const Reply& r) { on_push(n, r); };
             n->on_subscriber_lost = [this, n] {
                 std::erase_if(subs_, [n](const auto& entry) { return entry.second == n; });
-                if (events_.notifications_lost) events_.notifications_lost();
+                lost_notifications();
             };
         }
         return *slot;
+    }
+
+    /// The node a MOVED or ASK error from `replier` sends us to (a MOVED also corrects the slot
+    /// map at once and schedules a refresh), or null if `error` is no redirection.
+    Node* redirected(const std::string& error, const Node& replier) {
+        const bool moved = starts_with(error, "MOVED ");
+        if (!moved && !starts_with(error, "ASK ")) return nullptr;
+        std::uint16_t slot = 0;
+        HostPort to;
+        if (!parse_redirect(error, slot, to.host, to.port)) return nullptr;
+        if (to.host.empty()) to.host = replier.address().host;  // "the node that answered"
+        Node& n = node(to);
+        if (moved) {
+            slots_[slot] = &n;
+            schedule_refresh();
+        }
+        return &n;
     }
 
     void on_push(Node* n, const Reply& r) {
@@ -430,7 +443,7 @@ private:
             if (events_.unsubscribed) events_.unsubscribed(channel);
             return;
         }
-        if (events_.message) events_.message(channel);
+        heard(r);
     }
 
     /// Calls `then` once the slot map is known (at once if it is), or with the error that kept
@@ -469,22 +482,15 @@ private:
                        return cmd->handler(ec, std::move(r), std::move(conn));
                    }
                    if (r.is_error()) {
-                       const bool moved = starts_with(r.str, "MOVED ");
-                       if (moved || starts_with(r.str, "ASK ")) {
-                           std::uint16_t slot = 0, port = 0;
-                           std::string host;
-                           if (!parse_redirect(r.str, slot, host, port) || ++cmd->redirects > kMaxRedirects) {
+                       const bool redirect = starts_with(r.str, "MOVED ") || starts_with(r.str, "ASK ");
+                       if (redirect) {
+                           Node* to = redirected(r.str, *n);
+                           if (to == nullptr || ++cmd->redirects > kMaxRedirects) {
                                return cmd->handler(make_ec(errc::unavailable),
                                                    error_reply("the cluster keeps redirecting (last: " + r.str + ")"),
                                                    std::move(conn));
                            }
-                           if (host.empty() && conn) host = conn->endpoint().host;
-                           Node& to = node(host, port);
-                           if (moved) {
-                               slots_[slot] = &to;
-                               schedule_refresh();
-                           }
-                           return send(cmd, &to, !moved);
+                           return send(cmd, to, starts_with(r.str, "ASK "));
                        }
                        if (starts_with(r.str, "TRYAGAIN") && ++cmd->retries <= kMaxRetries) {
                            // A slot being migrated, with our keys on both sides for a moment.
@@ -518,15 +524,9 @@ private:
             }
             if (r.is_error()) {
                 forget();
-                std::uint16_t slot = 0, port = 0;
-                std::string host;
-                if (starts_with(r.str, "MOVED ") && parse_redirect(r.str, slot, host, port) &&
-                    redirects < kMaxRedirects) {
-                    if (host.empty()) host = n->live_subscriber() ? n->live_subscriber()->endpoint().host : "";
-                    Node& to = node(host, port);
-                    slots_[slot] = &to;
-                    schedule_refresh();
-                    return ssubscribe(channel, &to, std::move(done), redirects + 1);
+                Node* to = starts_with(r.str, "MOVED ") ? redirected(r.str, *n) : nullptr;
+                if (to != nullptr && redirects < kMaxRedirects) {
+                    return ssubscribe(channel, to, std::move(done), redirects + 1);
                 }
                 return done(make_ec(errc::backend_error));
             }
@@ -558,7 +558,7 @@ private:
         auto candidates = std::make_shared<std::vector<HostPort>>();
         for (Node* n : slots_) {
             if (n == nullptr) continue;
-            const HostPort& at = addresses_.at(n);
+            const HostPort at = n->address();
             if (std::find(candidates->begin(), candidates->end(), at) == candidates->end()) candidates->push_back(at);
             if (candidates->size() >= 3) break;
         }
@@ -587,14 +587,14 @@ private:
             return;
         }
         const HostPort at = (*candidates)[i];
-        Node& n = node(at.host, at.port);
+        Node& n = node(at);
         auto conn = n.command();
         std::weak_ptr<Connection> weak = conn;
         conn->send({"CLUSTER", "SLOTS"}, [this, candidates, i, reasons, at, weak](std::error_code ec, const Reply& r) {
             if (closed_) return;
             auto note = [&](const std::string& why) {
                 if (!reasons->empty()) *reasons += "; ";
-                *reasons += where(at.host, at.port) + ": " + why;
+                *reasons += at.where() + ": " + why;
             };
             if (ec) {
                 const auto c = weak.lock();
@@ -637,7 +637,7 @@ private:
             if (start < 0 || end >= slot_count || start > end || port <= 0 || port > 65535) return false;
             std::string host = master.elements[0].str;
             if (host.empty() || host == "?") host = asked_host;  // the node we asked ("unknown endpoint")
-            Node* n = &node(host, static_cast<std::uint16_t>(port));
+            Node* n = &node({host, static_cast<std::uint16_t>(port)});
             for (long long s = start; s <= end; ++s) map[static_cast<std::size_t>(s)] = n;
         }
         slots_ = std::move(map);
@@ -647,15 +647,14 @@ private:
         for (auto it = nodes_.begin(); it != nodes_.end();) {
             Node* n = it->second.get();
             const bool serves = std::find(slots_.begin(), slots_.end(), n) != slots_.end();
-            const bool seed = std::any_of(config_.nodes.begin(), config_.nodes.end(),
-                                          [&](const HostPort& h) { return where(h.host, h.port) == it->first; });
+            const bool seed =
+                std::find(config_.nodes.begin(), config_.nodes.end(), n->address()) != config_.nodes.end();
             if (serves || seed) {
                 ++it;
                 continue;
             }
             retired_.push_back(std::move(it->second));
             it = nodes_.erase(it);
-            addresses_.erase(n);
             asio::post(io_, [n] { n->fail("no longer a master in the cluster's slot map"); });
         }
         return true;
@@ -663,12 +662,10 @@ private:
 
     asio::io_context& io_;
     const RedisConfig config_;
-    Events events_;
-    std::map<std::string, std::unique_ptr<Node>> nodes_;   // by "host:port"
-    std::unordered_map<const Node*, HostPort> addresses_;  // of the nodes in nodes_
-    std::vector<std::unique_ptr<Node>> retired_;           // kept until close(): callbacks may refer to them
-    std::vector<Node*> slots_;                             // slot -> its master
-    std::unordered_map<std::string, Node*> subs_;          // channel -> the node it is subscribed on
+    std::map<std::string, std::unique_ptr<Node>> nodes_;  // by "host:port"
+    std::vector<std::unique_ptr<Node>> retired_;          // kept until close(): callbacks may refer to them
+    std::vector<Node*> slots_;                            // slot -> its master
+    std::unordered_map<std::string, Node*> subs_;         // channel -> the node it is subscribed on
     std::vector<std::function<void(std::error_code)>> map_waiters_;
     std::string map_error_;
     std::error_code hard_error_;  // of the refresh under way: auth_failed or protocol_error from a node
@@ -682,29 +679,27 @@ private:
 class QuorumServers final : public Servers {
 public:
     QuorumServers(asio::io_context& io, const RedisConfig& config, Events events, QuorumScripts scripts)
-        : io_(io),
+        : Servers(std::move(events)),
+          io_(io),
           config_(config),
-          events_(std::move(events)),
           scripts_(scripts),
           quorum_(static_cast<int>(config.nodes.size()) / 2 + 1),
+          suspect_(config.nodes.size(), false),
           rng_(std::random_device{}()) {
-        for (const auto& h : config.nodes) {
-            Endpoint e = config.endpoint;
-            e.host = h.host;
-            e.port = h.port;
-            auto n = std::make_unique<Node>(io_, e);
-            n->on_push = [this](const Reply& r) {
-                if (r.elements.size() >= 2 && events_.message) events_.message(r.elements[1].str);
-            };
-            n->on_subscriber_lost = [this] {
-                if (events_.notifications_lost) events_.notifications_lost();
-            };
+        for (const auto& at : config.nodes) {
+            auto n = std::make_unique<Node>(io_, endpoint_at(config.endpoint, at));
+            n->on_push = [this](const Reply& r) { heard(r); };
+            n->on_subscriber_lost = [this] { lost_notifications(); };
             nodes_.push_back(std::move(n));
         }
-        suspect_.assign(nodes_.size(), false);
     }
 
-    bool plain_values() const noexcept override { return true; }
+    bool quorum() const noexcept override { return true; }
+
+    /// 1% of the lease plus 2 ms (the Redlock algorithm's figure).
+    std::chrono::milliseconds clock_drift() const noexcept override {
+        return config_.lease / 100 + std::chrono::milliseconds(2);
+    }
 
     void eval(Op op, const Script& script, std::vector<std::string_view> keys, std::vector<std::string_view> args,
               EvalHandler handler) override {
@@ -714,13 +709,7 @@ public:
         auto round = start_round(op, std::move(handler));
         round->keys.assign(keys.begin(), keys.end());
         round->args.assign(args.begin(), args.end());
-        const auto tail = script_args(keys, args);
-        for (std::size_t i = 0; i < nodes_.size(); ++i) {
-            nodes_[i]->run(script, tail, false,
-                           [this, round, i](std::error_code ec, Reply r, const std::shared_ptr<Connection>&) {
-                               answer(round, i, ec, std::move(r));
-                           });
-        }
+        run_round(round, script, script_args(keys, args));
     }
 
     void subscribe(const std::string& channel, std::function<void(std::error_code)> done) override {
@@ -797,14 +786,40 @@ private:
             auto r = weak.lock();
             if (ec || !r || r->decided || closed_) return;
             for (std::size_t i = 0; i < nodes_.size(); ++i) {
-                if (!r->heard[i]) suspect_[i] = true;
-                if (!r->heard[i])
-                    note(*r, i,
-                         "no answer within node_timeout (" + std::to_string(config_.node_timeout.count()) + "ms)");
+                if (r->heard[i]) continue;
+                suspect_[i] = true;
+                note(*r, i, "no answer within node_timeout (" + std::to_string(config_.node_timeout.count()) + "ms)");
             }
             decide(r, true);
         });
         return round;
+    }
+
+    /// Runs `script` with `tail` on every node, each answer going to `round`.
+    void run_round(const std::shared_ptr<Round>& round, const Script& script, const std::vector<std::string>& tail) {
+        for (std::size_t i = 0; i < nodes_.size(); ++i) {
+            nodes_[i]->run(script, tail, false,
+                           [this, round, i](std::error_code ec, Reply r, const std::shared_ptr<Connection>&) {
+                               answer(round, i, ec, std::move(r));
+                           });
+        }
+    }
+
+    /// Marks a round decided (later answers are ignored) and stops its timer.
+    static void close_round(Round& r) {
+        r.decided = true;
+        r.timer->cancel();
+    }
+
+    /// Reports that too few nodes answered to decide: the first error reply if there was one,
+    /// else the first failure that says more than "unreachable" (a wrong password), else
+    /// `unavailable`, with every node's reason.
+    void no_majority(const Round& r) const {
+        if (!r.error.empty()) return r.handler({}, error_reply(r.error), nullptr);
+        r.handler(r.hard ? r.hard : make_ec(errc::unavailable),
+                  error_reply("no majority of the Redlock nodes answered (" + std::to_string(quorum_) + " of " +
+                              std::to_string(nodes_.size()) + " needed: " + r.reasons + ")"),
+                  nullptr);
     }
 
     void note(Round& r, std::size_t i, const std::string& why) {
@@ -854,22 +869,14 @@ private:
         Round& r = *round;
         if (r.decided) return;
         const int n = static_cast<int>(nodes_.size());
-        auto finish = [&](std::error_code ec, Reply reply) {
-            r.decided = true;
-            r.timer->cancel();
-            r.handler(ec, std::move(reply), nullptr);
-        };
-        auto no_majority = [&] {
-            if (!r.error.empty()) return finish({}, error_reply(r.error));
-            finish(r.hard ? r.hard : make_ec(errc::unavailable),
-                   error_reply("no majority of the Redlock nodes answered (" + std::to_string(quorum_) + " of " +
-                               std::to_string(n) + " needed: " + r.reasons + ")"));
+        auto finish = [&](long long answer) {
+            close_round(r);
+            r.handler({}, integer_reply(answer), nullptr);
         };
         switch (r.op) {
             case Op::acquire: {
                 if (r.granted >= quorum_) {
-                    r.decided = true;
-                    r.timer->cancel();
+                    close_round(r);
                     return record_fence(round);
                 }
                 // Nodes that missed a round's deadline or failed lately are not waited for when
@@ -879,23 +886,26 @@ private:
                 int doubtful = 0;
                 for (std::size_t i = 0; i < nodes_.size(); ++i) doubtful += !r.heard[i] && suspect_[i];
                 if (final || r.held + r.failed + doubtful > n - quorum_) {
-                    r.decided = true;
-                    r.timer->cancel();
+                    close_round(r);
                     return give_up(round);
                 }
                 return;
             }
             case Op::release:
             case Op::extend:
-                if (r.ones >= quorum_) return finish({}, integer_reply(1));
-                if (r.zeros > n - quorum_) return finish({}, integer_reply(0));
-                if (final) no_majority();
+                if (r.ones >= quorum_) return finish(1);
+                if (r.zeros > n - quorum_) return finish(0);
+                if (final) {
+                    close_round(r);
+                    no_majority(r);
+                }
                 return;
             case Op::force_release:
                 if (!final) return;
-                if (r.ones > 0) return finish({}, integer_reply(1));
-                if (r.zeros > 0) return finish({}, integer_reply(0));
-                return no_majority();
+                if (r.ones > 0) return finish(1);
+                if (r.zeros > 0) return finish(0);
+                close_round(r);
+                return no_majority(r);
             case Op::inspect:
                 if (final) finish_inspect(round);
                 return;
@@ -917,7 +927,7 @@ private:
         const std::string fence = std::to_string(acquired->fence);
         auto bump = start_round(Op::release, nullptr);  // counts ones like a release
         bump->handler = [this, acquired](std::error_code ec, const Reply& r, const std::shared_ptr<Connection>&) {
-            const auto validity = config_.lease - drift();
+            const auto validity = config_.lease - clock_drift();
             if (!ec && !r.is_error() && r.integer == 1 && Clock::now() - acquired->sent < validity) {
                 Reply granted;
                 granted.type = Reply::Type::array;
@@ -932,15 +942,7 @@ private:
             }
             give_up(acquired, true);
         };
-        const std::vector<std::string_view> keys{acquired->keys.at(1)};
-        const std::vector<std::string_view> args{fence};
-        const auto tail = script_args(keys, args);
-        for (std::size_t i = 0; i < nodes_.size(); ++i) {
-            nodes_[i]->run(*scripts_.bump, tail, false,
-                           [this, bump, i](std::error_code ec, Reply r, const std::shared_ptr<Connection>&) {
-                               answer(bump, i, ec, std::move(r));
-                           });
-        }
+        run_round(bump, *scripts_.bump, script_args({acquired->keys.at(1)}, {fence}));
     }
 
     /// No majority: releases what was taken, on every node (after the acquire on each
@@ -954,7 +956,6 @@ private:
             n->run(*scripts_.release, tail, false,
                    [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
         }
-        const int n = static_cast<int>(nodes_.size());
         if (after_majority) {
             return r.handler(make_ec(errc::unavailable), error_reply("a majority granted the lock, but " + r.reasons),
                              nullptr);
@@ -970,18 +971,13 @@ private:
             if (split) held.elements.push_back(integer_reply(1));  // back off: see Op::acquire
             return r.handler({}, std::move(held), nullptr);
         }
-        if (!r.error.empty()) return r.handler({}, error_reply(r.error), nullptr);
-        r.handler(r.hard ? r.hard : make_ec(errc::unavailable),
-                  error_reply("no majority of the Redlock nodes answered (" + std::to_string(quorum_) + " of " +
-                              std::to_string(n) + " needed: " + r.reasons + ")"),
-                  nullptr);
+        no_majority(r);
     }
 
     /// The lock as a majority sees it: held if a majority hold the same value.
     void finish_inspect(const std::shared_ptr<Round>& round) {
         Round& r = *round;
-        r.decided = true;
-        r.timer->cancel();
+        close_round(r);
         int free = 0;
         std::map<std::string, std::pair<int, long long>> values;  // value -> (nodes, shortest lease)
         for (std::size_t i = 0; i < r.replies.size(); ++i) {
@@ -1013,21 +1009,15 @@ private:
             none.elements = {integer_reply(0)};
             return r.handler({}, std::move(none), nullptr);
         }
-        if (!r.error.empty()) return r.handler({}, error_reply(r.error), nullptr);
-        r.handler(make_ec(errc::unavailable),
-                  error_reply("no majority of the Redlock nodes answered (" + r.reasons + ")"), nullptr);
+        no_majority(r);
     }
-
-    /// Clock drift allowed for: 1% of the lease plus 2 ms (the Redlock algorithm's figure).
-    std::chrono::milliseconds drift() const { return config_.lease / 100 + std::chrono::milliseconds(2); }
 
     asio::io_context& io_;
     const RedisConfig config_;
-    Events events_;
     QuorumScripts scripts_;
     int quorum_;
     std::vector<std::unique_ptr<Node>> nodes_;
-    std::vector<bool> suspect_ = std::vector<bool>(nodes_.size());  // resized in the constructor
+    std::vector<bool> suspect_;  // by node: missed a round's deadline or failed, and not heard from since
     std::minstd_rand rng_;
     bool closed_ = false;
 };

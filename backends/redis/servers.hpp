@@ -57,6 +57,9 @@ public:
         std::function<void()> notifications_lost;
     };
 
+    explicit Servers(Events events) : events_(std::move(events)) {}
+    Servers(const Servers&) = delete;
+    Servers& operator=(const Servers&) = delete;
     virtual ~Servers() = default;
 
     /// Runs `script` with `keys` (all of one Cluster slot; routed by the first) and `args`:
@@ -73,9 +76,25 @@ public:
     /// Closes every connection; no callback runs after this.
     virtual void close() = 0;
 
-    /// Whether the lock's value is the owner token alone (a quorum: each node has its own
-    /// fencing counter) rather than `<fencing token>:<owner token>`.
-    virtual bool plain_values() const noexcept { return false; }
+    /// A Redlock quorum: each node counts fencing tokens on its own, so the lock's value is the
+    /// owner token alone (not `<fencing token>:<owner token>`) and a lock is never handed over
+    /// in place (no Op::transfer).
+    virtual bool quorum() const noexcept { return false; }
+
+    /// How much shorter than its lease a holder may count on its lock: the clock drift allowed
+    /// between the nodes of a quorum; none for one clock.
+    virtual std::chrono::milliseconds clock_drift() const noexcept { return {}; }
+
+protected:
+    /// Tells the backend of a pub/sub message (`[kind, channel, payload]`).
+    void heard(const Reply& message) const {
+        if (message.elements.size() >= 2 && events_.message) events_.message(message.elements[1].str);
+    }
+    void lost_notifications() const {
+        if (events_.notifications_lost) events_.notifications_lost();
+    }
+
+    Events events_;
 };
 
 /// The servers `config` names. For a quorum, `acquire`, `release` and `bump` are the scripts its
