@@ -104,7 +104,8 @@ public:
     /// The steps of migrate_slot(), each reported to its callback once done.
     enum class MigrationStep {
         marked,      ///< the target says IMPORTING, the source MIGRATING; no key moved yet
-        half_moved,  ///< about half of the slot's keys (at least one, if it has any) are on the target
+        half_moved,  ///< about half of the slot's keys (at least one, if it has any; keylock's fencing counter first)
+                     ///< are on the target
         all_moved,   ///< every key is on the target; the source still owns the slot (it answers ASK)
         assigned,    ///< every master says the target owns the slot (the source answers MOVED)
     };
@@ -251,8 +252,18 @@ public:
         expect_ok(from_port, {"CLUSTER", "SETSLOT", s, "MIGRATING", to_id});
         if (after_step) after_step(MigrationStep::marked);
 
+        // About half of the keys, keylock's fencing counter of the slot first: a lock script then
+        // finds both of its keys gone from the source (ASK) as soon as the lock key is free, where
+        // a counter left behind would split them (TRYAGAIN) for as long as the slot stays half-moved.
         const long long count = checked(from_port, {"CLUSTER", "COUNTKEYSINSLOT", s}).integer;
-        move_keys(slot, from_port, to_port, count > 0 ? std::max<long long>(1, count / 2) : 0);
+        const Reply in_slot = checked(from_port, {"CLUSTER", "GETKEYSINSLOT", s, std::to_string(count)});
+        std::vector<std::string> half;
+        for (const auto& k : in_slot.elements) {
+            if (k.str.ends_with("fence")) half.insert(half.begin(), k.str);
+            else half.push_back(k.str);
+        }
+        half.resize(std::min<std::size_t>(half.size(), count > 0 ? std::max<long long>(1, count / 2) : 0));
+        migrate(from_port, to_port, half);
         if (after_step) after_step(MigrationStep::half_moved);
 
         move_keys(slot, from_port, to_port, -1);
@@ -453,12 +464,20 @@ private:
             const Reply keys =
                 checked(from_port, {"CLUSTER", "GETKEYSINSLOT", std::to_string(slot), std::to_string(batch)});
             if (keys.elements.empty()) return;
-            std::vector<std::string> args = {"MIGRATE", "127.0.0.1", std::to_string(to_port), "", "0", "5000", "KEYS"};
-            for (const auto& k : keys.elements) args.push_back(k.str);
-            const Reply r = checked(from_port, args);  // OK, or NOKEY if they expired meanwhile
-            if (r.str != "OK" && r.str != "NOKEY") throw std::runtime_error("MIGRATE: " + r.text());
+            std::vector<std::string> names;
+            for (const auto& k : keys.elements) names.push_back(k.str);
+            migrate(from_port, to_port, names);
             moved += static_cast<long long>(keys.elements.size());
         }
+    }
+
+    /// MIGRATE `keys` (none: nothing) from the node on `from_port` to the one on `to_port`.
+    static void migrate(int from_port, int to_port, const std::vector<std::string>& keys) {
+        if (keys.empty()) return;
+        std::vector<std::string> args = {"MIGRATE", "127.0.0.1", std::to_string(to_port), "", "0", "5000", "KEYS"};
+        args.insert(args.end(), keys.begin(), keys.end());
+        const Reply r = checked(from_port, args);  // OK, or NOKEY if they expired meanwhile
+        if (r.str != "OK" && r.str != "NOKEY") throw std::runtime_error("MIGRATE: " + r.text());
     }
 
     /// For fewer than 3 masters (redis-cli --cluster create wants 3): MEET, slots split evenly
