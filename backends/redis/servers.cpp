@@ -100,6 +100,7 @@ public:
         if (!main_ || (!main_->connected() && main_failed_ && may_connect(main_backoff_))) {
             main_ = make();
             main_failed_ = false;
+            refused_ = {};
             std::weak_ptr<Connection> weak = main_;
             main_->on_failure([this, weak](std::error_code, const std::string&) {
                 if (main_ == weak.lock()) main_failed_ = true;
@@ -108,12 +109,21 @@ public:
                 if (main_ != weak.lock()) return;
                 if (ec) {
                     main_failed_ = true;
+                    if (ec != errc::unavailable && ec != errc::cancelled) refused_ = ec;
                 } else {
                     main_backoff_ = {};
                 }
             });
         }
         return main_;
+    }
+
+    /// Sends one command on the command connection (see command()); its handler gets the
+    /// error that explains a failure (see explain()).
+    void send(const std::vector<std::string_view>& argv, std::function<void(std::error_code, Reply)> handler) {
+        auto conn = command();
+        conn->send(argv, [this, weak = std::weak_ptr<Connection>(conn), handler = std::move(handler)](
+                             std::error_code ec, Reply r) { handler(explain(weak.lock(), ec), std::move(r)); });
     }
 
     /// The subscriber connection, made if there is none (or only a failed one, back-off permitting).
@@ -142,6 +152,9 @@ public:
         return sub_;
     }
 
+    /// The command connection as it is (null if none was made yet), without making a new one.
+    std::shared_ptr<Connection> command_if_any() const { return main_; }
+
     /// The subscriber connection if it is up, else null (nothing to unsubscribe from).
     std::shared_ptr<Connection> live_subscriber() const { return sub_ && sub_->connected() ? sub_ : nullptr; }
 
@@ -158,7 +171,7 @@ public:
         std::weak_ptr<Connection> weak = conn;
         if (asking) conn->send({"ASKING"}, ignore_reply);
         const std::vector<std::string_view> view(argv.begin(), argv.end());
-        conn->send(view, [&script, weak, asking, argv = std::move(argv), handler = std::move(handler)](
+        conn->send(view, [this, &script, weak, asking, argv = std::move(argv), handler = std::move(handler)](
                              std::error_code ec, Reply r) mutable {
             auto c = weak.lock();
             if (!ec && r.is_error() && starts_with(r.str, "NOSCRIPT") && c) {
@@ -166,7 +179,7 @@ public:
                 argv[1] = script.body;
                 if (asking) c->send({"ASKING"}, ignore_reply);
                 const std::vector<std::string_view> again(argv.begin(), argv.end());
-                c->send(again, [weak, handler = std::move(handler)](std::error_code ec, Reply r) {
+                c->send(again, [this, weak, handler = std::move(handler)](std::error_code ec, Reply r) {
                     done(weak.lock(), ec, std::move(r), handler);
                 });
                 return;
@@ -203,12 +216,19 @@ private:
         Clock::time_point not_before{};
     };
 
-    static void done(const std::shared_ptr<Connection>& c, std::error_code ec, Reply r, const EvalHandler& handler) {
+    void done(const std::shared_ptr<Connection>& c, std::error_code ec, Reply r, const EvalHandler& handler) const {
         if (ec) {
             std::string why = c ? c->failure() : std::string();
             r = error_reply(why.empty() ? "no answer from Redis" : std::move(why));
         }
-        handler(ec, std::move(r), c);
+        handler(explain(c, ec), std::move(r), c);
+    }
+
+    /// A command on a command connection whose handshake was refused (a wrong password, a
+    /// server that is not Redis) fails with `unavailable` while the back-off keeps that
+    /// connection: the refusal says more, so it is reported instead until a new one is made.
+    std::error_code explain(const std::shared_ptr<Connection>& c, std::error_code ec) const {
+        return ec == errc::unavailable && refused_ && c == main_ ? refused_ : ec;
     }
 
     std::shared_ptr<Connection> make() { return factory_ ? factory_() : std::make_shared<Connection>(io_, endpoint_); }
@@ -229,6 +249,7 @@ private:
     Factory factory_;
     std::shared_ptr<Connection> main_, sub_;
     bool main_failed_ = false, sub_failed_ = false;
+    std::error_code refused_;  // why main_'s handshake was refused, if it was (not: unreachable)
     Backoff main_backoff_, sub_backoff_;
     std::minstd_rand rng_;
 };
@@ -588,16 +609,14 @@ private:
         }
         const HostPort at = (*candidates)[i];
         Node& n = node(at);
-        auto conn = n.command();
-        std::weak_ptr<Connection> weak = conn;
-        conn->send({"CLUSTER", "SLOTS"}, [this, candidates, i, reasons, at, weak](std::error_code ec, const Reply& r) {
+        n.send({"CLUSTER", "SLOTS"}, [this, candidates, i, reasons, at, &n](std::error_code ec, const Reply& r) {
             if (closed_) return;
             auto note = [&](const std::string& why) {
                 if (!reasons->empty()) *reasons += "; ";
                 *reasons += at.where() + ": " + why;
             };
             if (ec) {
-                const auto c = weak.lock();
+                const auto c = n.command_if_any();
                 if (ec != errc::unavailable && ec != errc::cancelled && !hard_error_) hard_error_ = ec;
                 note(c && !c->failure().empty() ? c->failure() : "no answer");
                 return ask(candidates, i + 1, reasons);
