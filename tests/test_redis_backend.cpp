@@ -744,3 +744,65 @@ TEST_CASE("hand-overs under a short lease never make a live guard look lost", "[
     CHECK(holds.load() > 100);
     CHECK(lost.load() == 0);
 }
+
+// KeyMutex inside the standard lock types, whose destructors are noexcept: before unlock() was
+// noexcept, each of these ended the program with std::terminate.
+TEST_CASE("std::unique_lock on a redis handle survives a lost lease and a dead server", "[redis][lost]") {
+    SECTION("default lease: the key taken by someone else between renewals, found at unlock") {
+        RedisServer server;
+        auto r = KeyedLockRegistry::from_url(url(server));  // lease 30s: the watchdog renews at 10s
+        auto other = KeyedLockRegistry::from_url(url(server));
+        auto m = r.obtain("taken");
+        std::optional<Guard> theirs;
+        {
+            std::unique_lock lk(m);
+            CHECK(other.force_release("taken"));
+            theirs = other.try_lock("taken");
+            REQUIRE(theirs.has_value());
+        }  // unlock: the release finds the lock someone else's (not_owner), and says so in stats
+        CHECK(r.stats().lost == 1);
+        CHECK_FALSE(theirs->lost());
+        CHECK_FALSE(r.try_lock("taken").has_value());  // their lock was left alone
+        theirs.reset();
+        std::unique_lock again(m);  // the handle works on
+        CHECK(again.owns_lock());
+    }
+    SECTION("short lease: the loss found by the watchdog while held, then unlock") {
+        RedisServer server;
+        auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));
+        std::atomic<int> told{0};
+        r.on_lost([&](std::string_view key, std::uint64_t) {
+            if (key == "gone") ++told;
+        });
+        auto m = r.obtain("gone");
+        {
+            std::unique_lock lk(m);
+            CHECK_FALSE(m.lost());
+            server.command("DEL keylock:gone");  // e.g. evicted, or an operator's DEL
+            REQUIRE(eventually([&] { return m.lost(); }, 5s));
+        }
+        CHECK(told == 1);
+        CHECK(r.stats().lost == 1);  // counted once, not again by the release
+        CHECK_FALSE(m.lost());       // holds nothing now
+    }
+    SECTION("the server killed while held, at the default lease and a short one") {
+        for (const std::string lease : {"", "lease=1s&"}) {
+            RedisServer server;
+            const std::string query = lease + "connect_timeout=300ms&command_timeout=200ms";
+            auto r = KeyedLockRegistry::from_url(url(server, query));
+            auto a = r.obtain("a");
+            auto b = r.obtain("b");
+            const auto start = Clock::now();
+            {
+                std::scoped_lock both(a, b);
+                server.kill();
+            }  // both releases fail (unavailable): no throw, the leases end them on the server
+            {
+                std::unique_lock lk(a, std::defer_lock);
+                CHECK_THROWS_AS(lk.lock(), keylock::Error);  // unavailable, reported where it can be
+                CHECK_FALSE(lk.owns_lock());
+            }
+            CHECK(Clock::now() - start < 10s);  // bounded by the timeouts, not by the lease
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <keylock/keylock.hpp>
@@ -217,7 +218,8 @@ TEST_CASE("obtain pins the key until the handle goes", "[registry]") {
         auto m = f.registry.obtain("k");
         CHECK(f.fake->pins == 1);
         CHECK(m.key() == "k");
-        CHECK_THROWS_AS(m.unlock(), keylock::Error);
+        m.unlock();  // holds nothing: does nothing (std::unique_lock never calls it so)
+        CHECK(f.fake->releases == 0);
         {
             std::unique_lock lk(m);
             CHECK(lk.owns_lock());
@@ -254,4 +256,28 @@ TEST_CASE("local locks cannot be inspected or forced from outside: not_supported
     };
     CHECK(code_of([&] { (void)r.inspect("k"); }) == keylock::errc::not_supported);
     CHECK(code_of([&] { (void)r.force_release("k"); }) == keylock::errc::not_supported);
+}
+
+// The standard lock types call unlock() from noexcept destructors: a release that fails there
+// (a lost lease, an unreachable server) must not end the program.
+static_assert(noexcept(std::declval<keylock::KeyMutex&>().unlock()));
+
+TEST_CASE("a handle's unlock never throws, whatever the backend reports", "[registry]") {
+    for (const errc reported : {errc::not_owner, errc::unavailable, errc::backend_error}) {
+        Fixture f;
+        f.fake->release_reports = reported;
+        auto m = f.registry.obtain("k");
+        {
+            std::unique_lock lk(m);
+            CHECK(lk.owns_lock());
+        }  // would std::terminate if unlock() threw
+        CHECK(f.fake->releases == 1);
+        {
+            auto n = f.registry.obtain("j");
+            std::scoped_lock both(m, n);
+        }  // unlocks both
+        { std::lock_guard lk(m); }
+        CHECK(f.fake->releases == 4);
+        m.lock();  // destroyed while locked: released without throwing
+    }
 }

@@ -301,6 +301,7 @@ public:
         s.timeouts = timeouts_.load(std::memory_order_relaxed);
         s.cancellations = cancellations_.load(std::memory_order_relaxed);
         s.waiting = waiting_.load(std::memory_order_relaxed);
+        s.lost = lost_.load(std::memory_order_relaxed);
         return s;
     }
 
@@ -790,6 +791,9 @@ private:
         // Ours no more, as far as we know: the release still goes out (token-checked: it
         // deletes the lock only if it is ours after all), but the answer is not_owner.
         const bool lost = h->is_lost();
+        // A loss that only the release finds (the key deleted or taken between two renewals)
+        // counts in stats().lost like one the watchdog finds; a marked one was counted then.
+        const bool counted = h->lost.load(std::memory_order_acquire);
         // A quorum never hands over in place: each node counts fencing tokens on its own.
         if (!lost && !quorum_ && st != nullptr && !st->queue.empty() && st->transfers < kMaxTransfers) {
             hand_over(*st, h, std::move(reply), forget);
@@ -798,8 +802,8 @@ private:
         if (st != nullptr) st->transfers = 0;
         const std::string channel = st != nullptr ? st->lock_key : config_.prefix + h->key;
         servers_->eval(Op::release, release_, {channel}, {h->token, channel},
-                       [reply = std::move(reply), forget, lost](std::error_code ec, const Reply& r,
-                                                                const std::shared_ptr<Connection>&) {
+                       [this, reply = std::move(reply), forget, lost, counted](std::error_code ec, const Reply& r,
+                                                                               const std::shared_ptr<Connection>&) {
                            std::error_code result;
                            if (!lost && ec) {
                                result = ec;  // the lease will free it
@@ -807,6 +811,7 @@ private:
                                result = make_ec(errc::backend_error);
                            } else if (lost || r.integer != 1) {
                                result = make_ec(errc::not_owner);
+                               if (!counted) lost_.fetch_add(1, std::memory_order_relaxed);
                            }
                            forget();
                            reply(result);
@@ -823,6 +828,7 @@ private:
                        [this, h, token, sent, reply = std::move(reply), forget](
                            std::error_code ec, const Reply& r, const std::shared_ptr<Connection>& conn) {
                            if (ec || r.type != Reply::Type::integer || r.integer == 0) {
+                               if (!ec && !r.is_error()) lost_.fetch_add(1, std::memory_order_relaxed);
                                forget();
                                reply(ec ? ec : make_ec(r.is_error() ? errc::backend_error : errc::not_owner));
                                return;
@@ -889,6 +895,7 @@ private:
     /// registry's on_lost handler.
     void mark_lost(RedisHold* h) noexcept {
         const bool first = !h->lost.exchange(true, std::memory_order_acq_rel);
+        if (first) lost_.fetch_add(1, std::memory_order_relaxed);
         // A handler's exception must not end the watchdog of every other lock.
         if (auto watch = std::exchange(h->watch, nullptr)) {
             try {
@@ -953,7 +960,7 @@ private:
     std::unordered_map<detail::AsyncWaiter*, std::uint64_t> async_ids_;
 
     std::atomic<std::uint64_t> next_id_{1};
-    std::atomic<std::uint64_t> entries_{0}, acquisitions_{0}, contended_{0}, timeouts_{0}, cancellations_{0},
+    std::atomic<std::uint64_t> entries_{0}, acquisitions_{0}, contended_{0}, timeouts_{0}, cancellations_{0}, lost_{0},
         waiting_{0};
 };
 

@@ -55,6 +55,10 @@ struct Stats {
     std::uint64_t timeouts = 0;       ///< attempts that ended at their deadline (try_lock included)
     std::uint64_t cancellations = 0;  ///< waits ended by a stop token or an async cancellation
     std::uint64_t waiting = 0;        ///< threads and async operations waiting now
+    /// Holds whose lease was found lost: by the watchdog while held, or by their release
+    /// (`not_owner`, also when nobody saw it: a destructor's or `KeyMutex::unlock()`'s release).
+    /// Always 0 for `local://`, whose locks cannot be lost.
+    std::uint64_t lost = 0;
 };
 
 }  // namespace keylock

@@ -91,11 +91,21 @@ public:
     [[nodiscard]] bool try_lock_until(const std::chrono::time_point<C, D>& tp) {
         return acquire(detail::to_deadline(tp));
     }
-    /// Releases the key; throws keylock::Error (`not_held`) if this handle does not hold it.
-    void unlock() {
-        Guard g = std::move(held_);
-        g.release();
+    /// Releases the key and returns once the backend has answered. Never throws, as the standard
+    /// requires of `unlock()`: `std::unique_lock`, `std::scoped_lock` and `std::lock_guard` call it
+    /// from destructors. A lease found lost by this release (the lock was someone else's by then)
+    /// is counted in `stats().lost`; a server that cannot be reached leaves the lock to end with
+    /// its lease. Check `lost()` before unlocking, or use `on_lost`, to learn of a loss; a Guard's
+    /// `release()` reports the outcome for callers who want it. On a handle that holds nothing
+    /// (which the standard leaves undefined) it does nothing.
+    void unlock() noexcept {
+        std::error_code ignored;
+        if (held_.owns_lock()) held_.release(ignored);
     }
+
+    /// Whether the current hold's lease was lost while held (another owner may now hold the
+    /// key); false when nothing is held, and always for `local://`.
+    bool lost() const noexcept { return held_.lost(); }
 
     std::string_view key() const noexcept { return pin_ ? backend_->key(pin_) : std::string_view{}; }
     /// The fencing token of the current hold (0 if never locked).
