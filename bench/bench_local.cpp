@@ -316,7 +316,7 @@ int main(int argc, char** argv) {
     // The contenders' state lives across rounds (a warm map stays warm, a TTL registry keeps its
     // entries), as it would in a long-running process.
     keylock::KeyedLockRegistry reg_default;
-    keylock::RegistryOptions ttl_opts;
+    keylock::LocalOptions ttl_opts;
     ttl_opts.idle_ttl = std::chrono::seconds(30);
     keylock::KeyedLockRegistry reg_ttl(ttl_opts);
     keylock::KeyedLockRegistry reg_hot;

@@ -15,6 +15,9 @@ install(DIRECTORY include/keylock DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 if(TARGET keylock_cli)
     install(TARGETS keylock_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
+install(FILES backends/local/anchor.cpp
+    DESTINATION ${CMAKE_INSTALL_DATADIR}/keylock
+    RENAME keylock_local_anchor.cpp)
 if(KEYLOCK_BUILD_REDIS)
     install(FILES backends/redis/anchor.cpp
         DESTINATION ${CMAKE_INSTALL_DATADIR}/keylock

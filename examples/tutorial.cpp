@@ -45,7 +45,7 @@ void configuration() {
     auto b = keylock::KeyedLockRegistry::from_env();          // $KEYLOCK_URL, or local:// if unset/empty
     auto c = keylock::KeyedLockRegistry::from_env("MY_LOCKS", "local://?fair=true");
 
-    keylock::RegistryOptions o;                                // the same options in code
+    keylock::LocalOptions o;                                   // the same options in code
     o.idle_ttl = std::chrono::seconds(30);
     auto d = keylock::KeyedLockRegistry(o);
     std::string url = d.describe();                            // "local://?idle_ttl=30s"

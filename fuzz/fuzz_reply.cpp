@@ -70,7 +70,7 @@
 
 #include <keylock/error.hpp>
 
-#include "../backends/redis/connection.hpp"
+#include "backends/redis/connection.hpp"
 
 namespace {
 

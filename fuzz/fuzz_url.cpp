@@ -1,6 +1,6 @@
 // libFuzzer target: the URL and option parsers (src/config.hpp, backends/redis/redis_config.hpp).
 //
-// The input is one URL. It goes to url_scheme(), parse_local_url() and parse_redis_url(), and,
+// The input is one URL. It goes to url_scheme(), local::parse_url() and parse_redis_url(), and,
 // to check that no message shows a password, to parse_redis_url() again behind a planted user and
 // password: "SCHEME://u:Pw-Fz7q-SECRET@" + input, with SCHEME one of the Redis schemes (picked by
 // the input's first byte), and the same with the password percent-encoded ("Pw%2DFz7q%2DSECRET")
@@ -15,7 +15,7 @@
 //     (docs/configuration.md: "Messages show at most 64 bytes of an offending value, with
 //     non-printable bytes escaped, and never a password");
 //   - the planted password is in no message, and in no URL that to_url() writes by default;
-//   - what parses round-trips: parse_local_url(o.to_url()) == o, and for a Redis URL
+//   - what parses round-trips: local::parse_url(o.to_url()) == o, and for a Redis URL
 //     parse_redis_url(to_url(c, Password::included)) == c and parse_redis_url(to_url(c)) == c
 //     but with the password "***" (redis_config.hpp).
 #include <cstddef>
@@ -31,8 +31,9 @@
 #include <keylock/error.hpp>
 #include <keylock/options.hpp>
 
-#include "../backends/redis/redis_config.hpp"
-#include "../src/config.hpp"
+#include "backends/local/local_config.hpp"
+#include "backends/redis/redis_config.hpp"
+#include "src/config.hpp"
 
 namespace {
 
@@ -151,17 +152,17 @@ void check_redis(std::string_view url, Secrets planted) {
 }
 
 void check_local(std::string_view url) {
-    keylock::RegistryOptions o;
+    keylock::LocalOptions o;
     if (!parses(url, {errc::invalid_url, errc::unknown_option, errc::invalid_option}, {},
-                [&] { o = keylock::detail::parse_local_url(url); })) {
+                [&] { o = keylock::local::parse_url(url); })) {
         return;
     }
     const std::string back = o.to_url();
-    keylock::RegistryOptions again;
-    if (!parses(url, {}, {}, [&] { again = keylock::detail::parse_local_url(back); })) {
-        violated("RegistryOptions::to_url() does not parse", url, back);
+    keylock::LocalOptions again;
+    if (!parses(url, {}, {}, [&] { again = keylock::local::parse_url(back); })) {
+        violated("LocalOptions::to_url() does not parse", url, back);
     }
-    if (!(again == o)) violated("parse_local_url(o.to_url()) != o", url, back);
+    if (!(again == o)) violated("local::parse_url(o.to_url()) != o", url, back);
 }
 
 }  // namespace

@@ -4,10 +4,6 @@
 #include <cctype>
 #include <charconv>
 #include <limits>
-#include <set>
-
-#include <boost/url/parse.hpp>
-#include <boost/url/url_view.hpp>
 
 #include <keylock/error.hpp>
 
@@ -22,12 +18,12 @@ std::string lower(std::string_view s) {
     return out;
 }
 
-[[noreturn]] void bad_option(std::string_view name, std::string_view value, const char* expected) {
+}  // namespace
+
+void bad_option(std::string_view name, std::string_view value, const char* expected) {
     throw Error(errc::invalid_option,
                 "keylock: option '" + std::string(name) + "' has value '" + shown(value) + "'; expected " + expected);
 }
-
-}  // namespace
 
 std::optional<std::size_t> parse_size(std::string_view text) {
     std::size_t value = 0;
@@ -108,82 +104,4 @@ std::string url_scheme(std::string_view url) {
     return scheme;
 }
 
-RegistryOptions parse_local_url(std::string_view text) {
-    auto parsed = boost::urls::parse_uri(text);
-    if (!parsed) {
-        throw Error(errc::invalid_url, "keylock: malformed local:// URL: " + parsed.error().message());
-    }
-    const boost::urls::url_view& url = *parsed;
-    if (url.has_userinfo() || !url.encoded_host().empty() || url.has_port()) {
-        throw Error(errc::invalid_url,
-                    "keylock: a local:// URL takes no user, host or port (write local://?option=value)");
-    }
-    if (!url.encoded_path().empty()) {
-        throw Error(errc::invalid_url,
-                    "keylock: a local:// URL takes no path; found '" + shown(url.encoded_path()) + "'");
-    }
-    if (url.has_fragment()) {
-        throw Error(errc::invalid_url, "keylock: a local:// URL takes no fragment ('#...')");
-    }
-
-    RegistryOptions options;
-    std::set<std::string> seen;
-    for (const auto& param : url.params()) {
-        const std::string& name = param.key;
-        const std::string& value = param.value;
-        if (!seen.insert(name).second) {
-            throw Error(errc::invalid_option, "keylock: option '" + shown(name) + "' is given twice");
-        }
-        if (name == "idle_ttl") {
-            auto d = parse_duration(value);
-            if (!d) bad_option(name, value, "a duration such as 500ms, 30s, 2m or 0");
-            options.idle_ttl = *d;
-        } else if (name == "max_keys") {
-            auto n = parse_size(value);
-            if (!n) bad_option(name, value, "a whole number (0 for no limit)");
-            options.max_keys = *n;
-        } else if (name == "max_key_bytes") {
-            auto n = parse_size(value);
-            if (!n || *n == 0) bad_option(name, value, "a whole number of at least 1");
-            options.max_key_bytes = *n;
-        } else if (name == "fair") {
-            auto b = parse_bool(value);
-            if (!b) bad_option(name, value, "true or false");
-            options.fair = *b;
-        } else if (name == "shards") {
-            auto n = parse_size(value);
-            if (!n || *n == 0 || *n > 65536 || (*n & (*n - 1)) != 0) {
-                bad_option(name, value, "a power of two from 1 to 65536");
-            }
-            options.shards = *n;
-        } else {
-            throw Error(errc::unknown_option,
-                        "keylock: unknown option '" + shown(name) +
-                            "' for local:// (known: idle_ttl, max_keys, max_key_bytes, fair, shards)");
-        }
-    }
-    return options;
-}
-
 }  // namespace keylock::detail
-
-namespace keylock {
-
-std::string RegistryOptions::to_url() const {
-    const RegistryOptions defaults;
-    std::string query;
-    auto add = [&query](const char* name, const std::string& value) {
-        query += query.empty() ? '?' : '&';
-        query += name;
-        query += '=';
-        query += value;
-    };
-    if (idle_ttl != defaults.idle_ttl) add("idle_ttl", detail::format_duration(idle_ttl));
-    if (max_keys != defaults.max_keys) add("max_keys", std::to_string(max_keys));
-    if (max_key_bytes != defaults.max_key_bytes) add("max_key_bytes", std::to_string(max_key_bytes));
-    if (fair != defaults.fair) add("fair", fair ? "true" : "false");
-    if (shards != defaults.shards) add("shards", std::to_string(shards));
-    return "local://" + query;
-}
-
-}  // namespace keylock

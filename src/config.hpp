@@ -1,4 +1,5 @@
-// Parsing of configuration values and URLs (internal).
+// Parsing of configuration values and URL schemes, shared by the backends (internal: reached
+// through the targets' private include path, never installed).
 #pragma once
 
 #include <chrono>
@@ -6,8 +7,6 @@
 #include <optional>
 #include <string>
 #include <string_view>
-
-#include <keylock/options.hpp>
 
 namespace keylock::detail {
 
@@ -24,8 +23,8 @@ std::optional<bool> parse_bool(std::string_view text);
 /// A decimal whole number without sign.
 std::optional<std::size_t> parse_size(std::string_view text);
 
-/// The options of a `local://` URL; throws keylock::Error naming the part at fault.
-RegistryOptions parse_local_url(std::string_view text);
+/// Throws keylock::Error (`invalid_option`): "option 'name' has value '…'; expected …".
+[[noreturn]] void bad_option(std::string_view name, std::string_view value, const char* expected);
 
 /// The lower-cased scheme of `url`; throws keylock::Error (`invalid_url`) if there is none.
 std::string url_scheme(std::string_view url);

@@ -1,4 +1,5 @@
-// The backend-independent parts of the registry: errors, construction from URLs.
+// The backend-independent parts of the registry: errors, construction from URLs through the
+// schemes the linked backends registered.
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -6,8 +7,7 @@
 
 #include <keylock/keylock.hpp>
 
-#include "../backends/local/local_backend.hpp"
-#include "config.hpp"
+#include "src/config.hpp"
 
 namespace keylock {
 
@@ -98,12 +98,9 @@ void throw_error(std::error_code ec, std::string_view key, const char* what, std
 
 }  // namespace detail
 
-KeyedLockRegistry::KeyedLockRegistry(const RegistryOptions& options) : backend_(local::make_backend(options)) {}
-
 KeyedLockRegistry KeyedLockRegistry::from_url(std::string_view url) {
     const std::string scheme = detail::url_scheme(url);
-    if (scheme == "local") return KeyedLockRegistry(detail::parse_local_url(url));
-    std::string known = "local";
+    std::string known;
     {
         detail::Schemes& s = detail::schemes();
         std::unique_lock lk(s.mu);
@@ -112,7 +109,7 @@ KeyedLockRegistry KeyedLockRegistry::from_url(std::string_view url) {
             lk.unlock();
             return KeyedLockRegistry(factory(url));
         }
-        for (const auto& [name, factory] : s.factories) known += ", " + name;
+        for (const auto& [name, factory] : s.factories) known += (known.empty() ? "" : ", ") + name;
     }
     std::string hint;
     if (scheme == "redis" || scheme == "rediss" || scheme == "unix")

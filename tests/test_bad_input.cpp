@@ -252,7 +252,7 @@ TEST_CASE("bad input: option values out of range in code are invalid_option", "[
     };
     auto local = [](auto change) {
         return [change] {
-            keylock::RegistryOptions o;
+            keylock::LocalOptions o;
             change(o);
             KeyedLockRegistry r(o);
         };

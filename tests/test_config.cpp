@@ -6,7 +6,8 @@
 
 #include <keylock/keylock.hpp>
 
-#include "../src/config.hpp"
+#include "backends/local/local_config.hpp"
+#include "src/config.hpp"
 
 using keylock::errc;
 using keylock::KeyedLockRegistry;
@@ -47,18 +48,19 @@ TEST_CASE("durations parse in ms, s, m and h", "[config]") {
 }
 
 TEST_CASE("local:// URLs set every option", "[config]") {
-    auto o =
-        keylock::detail::parse_local_url("local://?idle_ttl=30s&max_keys=100000&max_key_bytes=64&fair=true&shards=16");
+    auto o = keylock::local::parse_url("local://?idle_ttl=30s&max_keys=100000&max_key_bytes=64&fair=true&shards=16");
     CHECK(o.idle_ttl == 30s);
     CHECK(o.max_keys == 100000);
     CHECK(o.max_key_bytes == 64);
     CHECK(o.fair);
     CHECK(o.shards == 16);
-    CHECK(keylock::detail::parse_local_url(o.to_url()) == o);
-    CHECK(keylock::RegistryOptions{}.to_url() == "local://");
-    CHECK(keylock::detail::parse_local_url("local://") == keylock::RegistryOptions{});
-    CHECK(keylock::detail::parse_local_url("LOCAL://?fair=1").fair);
-    CHECK(keylock::detail::parse_local_url("local:").shards == 128);
+    CHECK(keylock::local::parse_url(o.to_url()) == o);
+    CHECK(keylock::LocalOptions{}.to_url() == "local://");
+    static_assert(std::is_same_v<keylock::RegistryOptions, keylock::LocalOptions>, "the old name stays");
+    CHECK(keylock::local_registry(o).describe() == o.to_url());
+    CHECK(keylock::local::parse_url("local://") == keylock::LocalOptions{});
+    CHECK(keylock::local::parse_url("LOCAL://?fair=1").fair);
+    CHECK(keylock::local::parse_url("local:").shards == 128);
 }
 
 TEST_CASE("a registry describes its configuration as a URL", "[config]") {
@@ -90,7 +92,7 @@ TEST_CASE("bad URLs and options are typed errors naming the part at fault", "[co
     expect_error([] { KeyedLockRegistry::from_url("local://?shards=131072"); }, errc::invalid_option, "shards");
     expect_error([] { KeyedLockRegistry::from_url("local://?fair=1&fair=0"); }, errc::invalid_option, "twice");
     expect_error([] { KeyedLockRegistry::from_url("local://?x\x01=1"); }, errc::invalid_url, "malformed");
-    keylock::RegistryOptions bad;
+    keylock::LocalOptions bad;
     bad.shards = 12;
     expect_error([&] { KeyedLockRegistry r(bad); }, errc::invalid_option, "shards");
 }

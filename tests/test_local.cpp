@@ -27,7 +27,7 @@ extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
 using keylock::errc;
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
-using keylock::RegistryOptions;
+using keylock::LocalOptions;
 using keylock::test::eventually;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
@@ -43,8 +43,8 @@ std::size_t heap_in_use() {
 #endif
 }
 
-RegistryOptions with(auto&& edit) {
-    RegistryOptions o;
+LocalOptions with(auto&& edit) {
+    LocalOptions o;
     edit(o);
     return o;
 }

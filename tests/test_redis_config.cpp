@@ -9,7 +9,7 @@
 #include <keylock/error.hpp>
 #include <keylock/redis.hpp>
 
-#include "redis_config.hpp"
+#include "backends/redis/redis_config.hpp"
 #include "redis_server.hpp"
 
 using keylock::errc;

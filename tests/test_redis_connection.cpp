@@ -18,7 +18,7 @@
 
 #include <keylock/error.hpp>
 
-#include "connection.hpp"
+#include "backends/redis/connection.hpp"
 #include "fake_server.hpp"
 #include "redis_server.hpp"
 

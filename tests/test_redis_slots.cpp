@@ -10,8 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include "backends/redis/slots.hpp"
 #include "redis_server.hpp"
-#include "slots.hpp"
 
 using keylock::redis::key_slot;
 using keylock::redis::slot_count;

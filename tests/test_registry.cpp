@@ -64,7 +64,7 @@ public:
     keylock::detail::Pin* pin(std::string_view key) override {
         ++pins;
         auto* p = new FakePin;
-        p->key = key;
+        p->key = std::string(key);  // not key itself: GCC 12 warns falsely (-Wrestrict) where it is inlined
         return p;
     }
     void unpin(keylock::detail::Pin* p) noexcept override {

@@ -16,7 +16,7 @@
 
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
-using keylock::RegistryOptions;
+using keylock::LocalOptions;
 using namespace std::chrono_literals;
 
 namespace {
@@ -34,7 +34,7 @@ struct alignas(64) Slot {
 };
 
 /// 16 threads over 64 keys, each op a random way of taking the lock.
-void hammer(const RegistryOptions& options) {
+void hammer(const LocalOptions& options) {
     KeyedLockRegistry r(options);
     constexpr int kThreads = 16;
     constexpr int kKeys = 64;
@@ -116,7 +116,7 @@ void hammer(const RegistryOptions& options) {
 }  // namespace
 
 TEST_CASE("16 threads on 64 keys: exact counts, one holder, rising tokens", "[stress]") {
-    RegistryOptions o;
+    LocalOptions o;
     SECTION("default") {}
     SECTION("fair") { o.fair = true; }
     SECTION("one shard") { o.shards = 1; }
@@ -128,7 +128,7 @@ TEST_CASE("threads sharing one KeyMutex, and others locking its key by name", "[
     // A KeyMutex locks its pinned entry without the shard mutex; registry.lock() of the same key
     // goes through it. Both must exclude each other, with tokens rising in lock order.
     for (bool fair : {false, true}) {
-        RegistryOptions o;
+        LocalOptions o;
         o.fair = fair;
         KeyedLockRegistry r(o);
         auto shared = r.obtain("hot");
@@ -173,16 +173,16 @@ TEST_CASE("one hot key locked by name from many threads: exact, rising tokens, n
     // rising and the counts exact.
     struct Case {
         const char* name;
-        RegistryOptions options;
+        LocalOptions options;
         int threads;
     };
     std::vector<Case> cases;
     cases.push_back({"default, 2 threads", {}, 2});
     cases.push_back({"default, 6 threads", {}, 6});
-    RegistryOptions fair;
+    LocalOptions fair;
     fair.fair = true;
     cases.push_back({"fair, 4 threads", fair, 4});
-    RegistryOptions ttl;
+    LocalOptions ttl;
     ttl.idle_ttl = 1ms;
     cases.push_back({"idle_ttl=1ms, 4 threads", ttl, 4});
     for (const Case& c : cases) {

@@ -6,11 +6,11 @@
 #include <memory>
 
 #include <keylock/detail/backend.hpp>
-#include <keylock/options.hpp>
+#include <keylock/local.hpp>
 
 namespace keylock::local {
 
 /// Makes a local backend; throws keylock::Error (`invalid_option`) for bad options.
-std::shared_ptr<detail::Backend> make_backend(const RegistryOptions& options);
+std::shared_ptr<detail::Backend> make_backend(const LocalOptions& options);
 
 }  // namespace keylock::local

@@ -25,11 +25,11 @@
 #include <keylock/error.hpp>
 #include <keylock/redis.hpp>
 
-#include "../../src/futex.hpp"
 #include "connection.hpp"
 #include "scripts.hpp"
 #include "servers.hpp"
 #include "slots.hpp"
+#include "src/futex.hpp"
 
 namespace keylock::redis {
 

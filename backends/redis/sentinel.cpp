@@ -7,7 +7,7 @@
 
 #include <keylock/error.hpp>
 
-#include "../../src/config.hpp"
+#include "src/config.hpp"
 
 namespace keylock::redis {
 

@@ -11,5 +11,6 @@
 
 #include <keylock/error.hpp>
 #include <keylock/guard.hpp>
+#include <keylock/local.hpp>
 #include <keylock/options.hpp>
 #include <keylock/registry.hpp>

@@ -20,6 +20,8 @@
 
 namespace keylock {
 
+struct LocalOptions;  // <keylock/local.hpp>
+
 namespace detail {
 
 /// `now + d`, saturating at "forever" instead of overflowing.
@@ -147,16 +149,18 @@ private:
 /// recursive: a thread that locks a key it holds waits for itself.
 class KeyedLockRegistry {
 public:
-    /// A `local://` registry with default options.
-    KeyedLockRegistry() : KeyedLockRegistry(RegistryOptions{}) {}
-    /// A `local://` registry with the given options; throws keylock::Error
-    /// (`invalid_option`) when an option is out of range.
-    explicit KeyedLockRegistry(const RegistryOptions& options);
+    /// A `local://` registry with default options. (Defined by the local backend, which
+    /// keylock::keylock links by default.)
+    KeyedLockRegistry();
+    /// A `local://` registry with the given options (<keylock/local.hpp>); throws
+    /// keylock::Error (`invalid_option`) when an option is out of range.
+    explicit KeyedLockRegistry(const LocalOptions& options);
 
-    /// A registry for a backend URL: `local://` with options as query parameters, e.g.
-    /// `local://?idle_ttl=30s&max_keys=100000&fair=true`. Throws keylock::Error
-    /// (`invalid_url`, `unknown_scheme`, `unknown_option`, `invalid_option`) naming the part at
-    /// fault; passwords are never part of a message.
+    /// A registry for a backend URL, handed to the backend registered for its scheme: e.g.
+    /// `local://?idle_ttl=30s&max_keys=100000&fair=true` (keylock::keylock), `redis://host:6379`
+    /// (keylock::redis). Throws keylock::Error (`invalid_url`, `unknown_scheme`,
+    /// `unknown_option`, `invalid_option`) naming the part at fault; passwords are never part of
+    /// a message.
     static KeyedLockRegistry from_url(std::string_view url);
 
     /// `from_url(getenv(var))`, or `from_url(fallback)` when the variable is unset or empty.

@@ -117,7 +117,7 @@ int main() {
         const keylock::Stats stats = registry.stats();
         CHECK(stats.acquisitions >= 8);
         CHECK(registry.describe().rfind("local://", 0) == 0);
-        keylock::RegistryOptions options;
+        keylock::LocalOptions options;
         options.max_keys = 10;
         CHECK(keylock::KeyedLockRegistry(options).describe() == options.to_url());
     } catch (const std::exception& e) {
