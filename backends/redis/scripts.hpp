@@ -6,6 +6,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 namespace keylock::redis::scripts {
 
@@ -68,23 +69,28 @@ end
 return 1
 )lua";
 
+// A script whose `$PUBLISH` is written as `publish`: PUBLISH, or SPUBLISH for Redis Cluster
+// (sharded pub/sub: only the slot's shard hears it; a PUBLISH would go to every node of the
+// cluster).
+inline std::string publishing(std::string_view script, std::string_view publish) {
+    constexpr std::string_view placeholder = "$PUBLISH";
+    std::string text(script);
+    text.replace(text.find(placeholder), placeholder.size(), publish);
+    return text;
+}
+
 // ARGV[1] the lock's value (`<fencing token>:<owner token>`), ARGV[2] the channel to wake
-// waiters on. Deletes the lock only if the value is ours. Returns 1 if it was, else 0. Redis
-// Cluster publishes with SPUBLISH (sharded pub/sub: only the slot's shard hears it; a PUBLISH
-// would go to every node of the cluster).
-inline std::string release_with(const char* publish) {
-    return std::string(R"lua(
+// waiters on. Deletes the lock only if the value is ours. Returns 1 if it was, else 0.
+inline constexpr std::string_view release_script = R"lua(
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call(')lua") +
-           publish + R"lua(', ARGV[2], '')
+  redis.call('$PUBLISH', ARGV[2], '')
   return 1
 end
 return 0
 )lua";
-}
-inline const std::string release = release_with("PUBLISH");
-inline const std::string release_sharded = release_with("SPUBLISH");
+inline const std::string release = publishing(release_script, "PUBLISH");
+inline const std::string release_sharded = publishing(release_script, "SPUBLISH");
 
 // ARGV[1] the lock's value, ARGV[2] lease in ms. Renews the lease only if the value is ours:
 // 1, else 0.
@@ -120,17 +126,14 @@ return {1, value, redis.call('PTTL', KEYS[1])}
 
 // For operators. Deletes the lock whoever holds it and wakes its waiters (ARGV[1] the channel).
 // Returns 1 if there was a lock, else 0.
-inline std::string force_release_with(const char* publish) {
-    return std::string(R"lua(
+inline constexpr std::string_view force_release_script = R"lua(
 if redis.call('DEL', KEYS[1]) == 1 then
-  redis.call(')lua") +
-           publish + R"lua(', ARGV[1], '')
+  redis.call('$PUBLISH', ARGV[1], '')
   return 1
 end
 return 0
 )lua";
-}
-inline const std::string force_release = force_release_with("PUBLISH");
-inline const std::string force_release_sharded = force_release_with("SPUBLISH");
+inline const std::string force_release = publishing(force_release_script, "PUBLISH");
+inline const std::string force_release_sharded = publishing(force_release_script, "SPUBLISH");
 
 }  // namespace keylock::redis::scripts
