@@ -106,7 +106,7 @@ KeyedLockRegistry local_registry(const LocalOptions& options) { return KeyedLock
 // Referred to by backends/local/anchor.cpp, which every user of keylock::keylock compiles, so
 // that a static link keeps this object and its registration.
 extern "C" {
-extern const bool keylock_local_registered;
+extern KEYLOCK_API const bool keylock_local_registered;
 const bool keylock_local_registered = keylock::detail::register_scheme(
     "local", [](std::string_view url) { return keylock::local::make_backend(keylock::local::parse_url(url)); });
 }

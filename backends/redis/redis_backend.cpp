@@ -1053,7 +1053,7 @@ KeyedLockRegistry redis_registry(const RedisOptions& o) {
 // makes the linker keep it (it references this symbol), so from_url("redis://…") works in any
 // program that links keylock::redis.
 extern "C" {
-extern const bool keylock_redis_registered;
+extern KEYLOCK_API const bool keylock_redis_registered;
 const bool keylock_redis_registered = keylock::detail::register_scheme("redis", keylock::redis::from_url) &&
                                       keylock::detail::register_scheme("rediss", keylock::redis::from_url) &&
                                       keylock::detail::register_scheme("unix", keylock::redis::from_url) &&

@@ -12,6 +12,8 @@
 #include <system_error>
 #include <type_traits>
 
+#include <keylock/export.hpp>
+
 namespace keylock {
 
 enum class errc {
@@ -40,14 +42,14 @@ enum class errc {
 };
 
 /// The "keylock" error category.
-const std::error_category& error_category() noexcept;
+KEYLOCK_API const std::error_category& error_category() noexcept;
 
 inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
 
 /// The exception thrown by synchronous calls. `code()` is in `error_category()` (or, for errors
 /// from the operating system, the system category); `what()` is one sentence naming the
 /// failing operation and the part at fault.
-class Error : public std::system_error {
+class KEYLOCK_API Error : public std::system_error {
 public:
     explicit Error(std::error_code ec) : std::system_error(ec), message_("keylock: " + ec.message()) {}
     Error(std::error_code ec, const std::string& what) : std::system_error(ec), message_(what) {}
@@ -64,9 +66,10 @@ private:
 namespace keylock::detail {
 /// Throws keylock::Error for `ec`: "keylock: <what> '<printable key prefix>' (<n> bytes): <message>"
 /// (the key part only when `key` is not empty).
-[[noreturn]] void throw_error(std::error_code ec, std::string_view key, const char* what);
+[[noreturn]] KEYLOCK_API void throw_error(std::error_code ec, std::string_view key, const char* what);
 /// As above, followed by ": <why>" (e.g. the server's own error message).
-[[noreturn]] void throw_error(std::error_code ec, std::string_view key, const char* what, std::string_view why);
+[[noreturn]] KEYLOCK_API void throw_error(std::error_code ec, std::string_view key, const char* what,
+                                          std::string_view why);
 }  // namespace keylock::detail
 
 template <>

@@ -7,13 +7,14 @@
 #include <cstddef>
 #include <string>
 
+#include <keylock/export.hpp>
 #include <keylock/registry.hpp>
 
 namespace keylock {
 
 /// Options of a `local://` registry. Every member has the default a URL without that option
 /// gets; `to_url()` gives the URL that configures the same registry.
-struct LocalOptions {
+struct KEYLOCK_API LocalOptions {
     /// How long an idle entry (no guard, waiter or handle) stays in memory before it is freed.
     /// Zero (the default) frees it as soon as its last reference goes (a thread may keep the
     /// last shared key it released for its next lock; see docs/semantics.md). A warm entry makes
@@ -43,6 +44,6 @@ using RegistryOptions = LocalOptions;
 
 /// A `local://` registry with the given options: the same as `KeyedLockRegistry(options)`.
 /// Throws keylock::Error (`invalid_option`) when an option is out of range.
-KeyedLockRegistry local_registry(const LocalOptions& options = {});
+KEYLOCK_API KeyedLockRegistry local_registry(const LocalOptions& options = {});
 
 }  // namespace keylock

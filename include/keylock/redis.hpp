@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include <keylock/export.hpp>
 #include <keylock/registry.hpp>
 
 namespace keylock {
@@ -50,6 +51,6 @@ struct RedisOptions {
 
 /// A registry on the Redis server `options` describe. Throws keylock::Error as from_url() does
 /// for the same values (`invalid_option`, naming the option), never showing the password.
-KeyedLockRegistry redis_registry(const RedisOptions& options);
+KEYLOCK_API KeyedLockRegistry redis_registry(const RedisOptions& options);
 
 }  // namespace keylock

@@ -147,7 +147,7 @@ private:
 /// Keys are arbitrary bytes (NUL, CR, LF included), 1 to `max_key_bytes` long; an empty key
 /// fails with `errc::invalid_key`, a longer one with `errc::key_too_long`. Locks are not
 /// recursive: a thread that locks a key it holds waits for itself.
-class KeyedLockRegistry {
+class KEYLOCK_API KeyedLockRegistry {
 public:
     /// A `local://` registry with default options. (Defined by the local backend, which
     /// keylock::keylock links by default.)

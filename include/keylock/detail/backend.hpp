@@ -16,6 +16,7 @@
 #include <system_error>
 
 #include <keylock/error.hpp>
+#include <keylock/export.hpp>
 #include <keylock/options.hpp>
 
 namespace keylock::detail {
@@ -60,7 +61,7 @@ protected:
     ~AsyncWaiter() = default;
 };
 
-class Backend {
+class KEYLOCK_API Backend {
 public:
     Backend() = default;
     Backend(const Backend&) = delete;
@@ -143,6 +144,6 @@ using BackendFactory = std::shared_ptr<Backend> (*)(std::string_view url);
 /// Makes `KeyedLockRegistry::from_url` hand URLs of `scheme` (lower case, e.g. "redis") to
 /// `factory`. Backend libraries register their schemes at static initialisation (see
 /// keylock::redis). Returns true, so that it can initialise a static.
-bool register_scheme(std::string_view scheme, BackendFactory factory);
+KEYLOCK_API bool register_scheme(std::string_view scheme, BackendFactory factory);
 
 }  // namespace keylock::detail
