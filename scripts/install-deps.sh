@@ -11,6 +11,7 @@ packages=(
     catch2                                  # tests
     redis-server                            # tests of the Redis backend start their own server
     libsqlite3-dev                          # the get-or-create demo
+    libboost-program-options1.81-dev        # the keylock command's options
     iptables iproute2                       # fault tests: the network cut inside a network namespace
     clang-format-14 clang-tidy-14 python3   # scripts/lint.sh (python3 reads compile_commands.json)
     clang-14 libclang-rt-14-dev             # scripts/fuzz.sh: libFuzzer and the sanitizers' runtimes

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -240,4 +241,56 @@ TEST_CASE("keylock status and release --force for operators", "[cli][redis]") {
     CHECK(run_cli({"release", "--force", "--url", url(server), "k"}) == std::pair<int, std::string>{0, "free\n"});
     CHECK(run_cli({"status", "k"}).first == 64);  // local:// cannot see other processes' locks
     CHECK(run_cli({"status", "--url", url(server), "a", "b"}).first == 64);
+}
+
+TEST_CASE("keylock exec reads options before and after KEY, up to -- or CMD", "[cli][redis]") {
+    RedisServer server;
+    SECTION("an option after KEY is keylock's, not the command") {
+        CHECK(run_cli({"exec", "--url", url(server), "nightly", "--timeout", "5s", "--", "echo", "hi"}) ==
+              std::pair<int, std::string>{0, "hi\n"});
+        // And it takes effect: the command sees a 5 s lease, not the default 30 s.
+        const std::string status = std::string(KEYLOCK_CLI_PATH) + " status --url " + url(server) + " k";
+        auto [code, out] = run_cli({"exec", "k", "--lease", "5s", "--url=" + url(server), "--", "sh", "-c", status});
+        REQUIRE(code == 0);
+        REQUIRE_THAT(out, Catch::StartsWith("held token="));
+        CHECK(std::stol(out.substr(out.find("ttl_ms=") + 7)) <= 5000);
+    }
+    SECTION("after --, every word is the command's, even those that look like options") {
+        CHECK(run_cli({"exec", "--url", url(server), "k", "--", "printf", "%s|", "--url", "x", "--timeout", "--help",
+                       "--", "-h"}) == std::pair<int, std::string>{0, "--url|x|--timeout|--help|--|-h|"});
+    }
+    SECTION("without --, the command begins at the first word after KEY that is not an option") {
+        CHECK(run_cli({"exec", "--url", url(server), "k", "--no-wait", "printf", "%s|", "-x", "--no-wait", "--"}) ==
+              std::pair<int, std::string>{0, "-x|--no-wait|--|"});
+    }
+}
+
+TEST_CASE("keylock usage errors: one line naming the problem, a pointer to --help, exit 64", "[cli][redis]") {
+    RedisServer server;
+    const std::string u = url(server);
+    const auto check = [](const std::vector<std::string>& args, const std::string& command,
+                          const std::string& problem) {
+        auto [status, out] = run_cli(args);
+        INFO(out);
+        CHECK(status == 64);
+        REQUIRE(std::count(out.begin(), out.end(), '\n') == 2);
+        const std::string first = out.substr(0, out.find('\n'));
+        const std::string second = out.substr(first.size() + 1);
+        CHECK_THAT(first, Catch::StartsWith(command + ": ") && Catch::Contains(problem));
+        CHECK_THAT(second, Catch::StartsWith("usage: " + command + " ") && Catch::Contains("`" + command + " --help`"));
+    };
+    check({"exec", "--url", u, "k", "--bogus", "--", "true"}, "keylock exec", "'--bogus'");
+    check({"exec", "--url", u, "k", "--timeout"}, "keylock exec", "--timeout");
+    check({"exec", "--url", u, "k", "--timeout", "1s", "--no-wait", "--", "true"}, "keylock exec",
+          "exclude each other");
+    check({"exec", "--url", u, "--", "true"}, "keylock exec", "KEY is missing");
+    check({"exec", "--url", u, "k", "--"}, "keylock exec", "CMD is missing");
+    check({"exec", "--url", u, "--url", u, "k", "--", "true"}, "keylock exec", "--url");
+    check({"status", "--url", u, "a", "b"}, "keylock status", "one KEY only");
+    check({"release", "k", "--url", u}, "keylock release", "--force");
+    check({"frobnicate"}, "keylock", "unknown command 'frobnicate'");
+    check({"demo", "--threads", "0"}, "keylock demo", "--threads wants a whole number");
+    check({"demo", "extra"}, "keylock demo", "'extra'");
+    // A key that begins with '-' comes after --.
+    CHECK(run_cli({"status", "--url", u, "--", "-k"}) == std::pair<int, std::string>{0, "free\n"});
 }

@@ -17,7 +17,7 @@
 // prevents the duplicates. The demo counts them and says which of these it has just shown.
 
 #include "demo.hpp"
-#include "exit_status.hpp"
+#include "common.hpp"
 
 #include <sqlite3.h>
 
@@ -59,9 +59,6 @@ using Clock = std::chrono::steady_clock;
 // provider would. Long enough that, without a lock, concurrent requests for one client reliably
 // all miss the lookup before the first INSERT commits.
 constexpr auto provider_call = 2ms;
-
-constexpr int exit_failure = 1;
-using keylock::tools::exit_usage;
 
 // ---------------------------------------------------------------------------------------------
 // A thin SQLite layer: every return code is checked; any failure throws with sqlite3_errmsg.
@@ -272,7 +269,7 @@ private:
 // been taken (by any process).
 
 struct Settings {
-    std::string backend;  // a registry URL, or "none"
+    std::string backend = keylock::tools::default_url();  // a registry URL, or "none"
     int processes = 1;
     int threads = 16;
     int clients = 4;
@@ -351,7 +348,7 @@ struct Worker {
     } catch (...) {
         worker.fail("unknown exception");
     }
-    _exit(worker.failed ? exit_failure : 0);  // no stdio flush: the parent's buffers are not ours
+    _exit(worker.failed ? EXIT_FAILURE : 0);  // no stdio flush: the parent's buffers are not ours
 }
 
 // The worker processes, from the parent's side. However the parent's code ends, none is left
@@ -390,7 +387,7 @@ public:
                 r = waitpid(c.pid, &c.status, block ? 0 : WNOHANG);
             } while (r < 0 && errno == EINTR);
             if (r == 0) continue;
-            if (r < 0) c.status = W_EXITCODE(exit_failure, 0);  // not our child: cannot happen
+            if (r < 0) c.status = W_EXITCODE(EXIT_FAILURE, 0);  // not our child: cannot happen
             c.done = true;
             --running_;
         }
@@ -447,39 +444,42 @@ void print_usage(std::FILE* out, const char* argv0) {
                  argv0);
 }
 
-int parse_count(const std::string& option, std::string_view text, int max) {
-    int value = 0;
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (text.empty() || ec != std::errc{} || end != text.data() + text.size() || value < 1 || value > max) {
-        throw UsageError{option + " wants a whole number from 1 to " + std::to_string(max) + ", not '" +
-                         std::string(text) + "'"};
-    }
-    return value;
+namespace po = boost::program_options;
+
+// An option's value: a whole number from 1 to `max`, which notify() stores in `to`.
+po::typed_value<std::string>* number(std::string option, int& to, int max) {
+    return po::value<std::string>()->notifier([option = std::move(option), &to, max](const std::string& text) {
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), to);
+        if (ec != std::errc{} || end != text.data() + text.size() || to < 1 || to > max) {
+            throw UsageError{option + " wants a whole number from 1 to " + std::to_string(max) + ", not '" + text +
+                             "'"};
+        }
+    });
 }
 
-Settings parse_args(int argc, char** argv) {
+// An option's value: text that must not be empty, which notify() stores in `to`.
+po::typed_value<std::string>* text(std::string option, std::string& to) {
+    return po::value(&to)->notifier([option = std::move(option)](const std::string& value) {
+        if (value.empty()) throw UsageError{option + " needs a non-empty value"};
+    });
+}
+
+Settings parse_args(int argc, char** argv, const char* argv0) {
     Settings s;
-    if (argc > 0 && argv[0] != nullptr) s.argv0 = argv[0];
-    const char* env = std::getenv("KEYLOCK_URL");
-    s.backend = env != nullptr && *env != '\0' ? env : "local://";
-    for (int i = 1; i < argc; ++i) {
-        const std::string option = argv[i];
-        if (option == "--help" || option == "-h") throw UsageError{};
-        if (option != "--backend" && option != "--processes" && option != "--threads" && option != "--clients" &&
-            option != "--requests" && option != "--db") {
-            throw UsageError{"unknown option '" + option + "'"};
-        }
-        if (i + 1 >= argc) throw UsageError{option + " needs a value"};
-        const std::string_view value = argv[++i];
-        if (option == "--processes") s.processes = parse_count(option, value, 64);
-        if (option == "--threads") s.threads = parse_count(option, value, 1024);
-        if (option == "--clients") s.clients = parse_count(option, value, 1'000'000);
-        if (option == "--requests") s.requests = parse_count(option, value, 100'000'000);
-        if (option == "--backend" || option == "--db") {
-            if (value.empty()) throw UsageError{option + " needs a non-empty value"};
-            (option == "--backend" ? s.backend : s.db_path) = value;
-        }
-    }
+    s.argv0 = argv0;
+    po::options_description desc;  // print_usage has the text
+    desc.add_options()("backend", text("--backend", s.backend))("db", text("--db", s.db_path))(
+        "processes", number("--processes", s.processes, 64))("threads", number("--threads", s.threads, 1024))(
+        "clients", number("--clients", s.clients, 1'000'000))(
+        "requests", number("--requests", s.requests, 100'000'000))("help,h", "");
+    po::parsed_options parsed =
+        po::command_line_parser(argc, argv).options(desc).style(keylock::tools::option_style).run();
+    const std::vector<std::string> operands = keylock::tools::take_operands(parsed);
+    if (!operands.empty()) throw UsageError{"unexpected argument '" + operands.front() + "'"};
+    po::variables_map vm;
+    po::store(parsed, vm);
+    if (vm.count("help") != 0) throw UsageError{};
+    po::notify(vm);  // checks and stores the values
     return s;
 }
 
@@ -501,7 +501,7 @@ std::variant<std::string, int> check_backend(const Settings& s) {
         return registry.describe();
     } catch (const Error& e) {
         std::fprintf(stderr, "%s: %s\n", s.argv0, e.what());
-        return keylock::tools::exit_status_of(e.code(), exit_failure);
+        return keylock::tools::exit_status_of(e.code(), EXIT_FAILURE);
     }
 }
 
@@ -548,7 +548,7 @@ int run(Settings& s) {
     if (const int failed = workers.failures(s.argv0); failed > 0 || shared.failed.load()) {
         std::fprintf(stderr, "%s: %d of %d worker %s failed\n", s.argv0, failed, s.processes,
                      plural(s.processes, "process", "processes"));
-        return exit_failure;
+        return EXIT_FAILURE;
     }
 
     const Count count = count_clients(s.db_path);
@@ -571,7 +571,7 @@ int run(Settings& s) {
                     s.processes, duplicates);
     } else if (duplicates > 0) {
         std::printf("FAILED: %lld duplicate clients despite keylock\n", duplicates);
-        return exit_failure;
+        return EXIT_FAILURE;
     } else if (none || per_process) {
         std::printf("Every client was created exactly once, but this run was lucky: nothing "
                     "prevented duplicates (%s).\n",
@@ -587,19 +587,19 @@ int run(Settings& s) {
 int demo_main(int argc, char** argv) {
     const char* argv0 = argc > 0 && argv[0] != nullptr ? argv[0] : "keylock demo";
     try {
-        Settings settings = parse_args(argc, argv);
+        Settings settings = parse_args(argc, argv, argv0);
         return run(settings);
     } catch (const UsageError& e) {
         if (e.problem.empty()) {
             print_usage(stdout, argv0);
             return 0;
         }
-        std::fprintf(stderr, "%s: %s\n", argv0, e.problem.c_str());
-        print_usage(stderr, argv0);
-        return exit_usage;
+        return keylock::tools::usage_error(argv0, "[OPTIONS]", e.problem);
+    } catch (const po::error& e) {
+        return keylock::tools::usage_error(argv0, "[OPTIONS]", e.what());
     } catch (const std::exception& e) {
         std::fprintf(stderr, "%s: %s\n", argv0, e.what());
-        return exit_failure;
+        return EXIT_FAILURE;
     }
 }
 

@@ -8,6 +8,7 @@
 //
 // Exit statuses follow sysexits.h: 64 usage, 69 backend unavailable, 75 lock not acquired (or
 // lost while CMD ran), 78 bad configuration; `exec` otherwise exits with CMD's own status.
+// Options are read with Boost.Program_options (docs/design.md says why).
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -23,6 +24,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <boost/url/parse.hpp>
@@ -30,22 +32,27 @@
 
 #include <keylock/keylock.hpp>
 
-#include "../src/config.hpp"
+#include "common.hpp"
 #include "demo.hpp"
-#include "exit_status.hpp"
+#include "src/config.hpp"
 
 // POSIX declares environ in no header (glibc does in <unistd.h>, with _GNU_SOURCE only).
 extern char** environ;  // NOLINT(readability-redundant-declaration): see above
 
 namespace {
 
-using keylock::tools::exit_tempfail;
-using keylock::tools::exit_unavailable;
-using keylock::tools::exit_usage;
-
+namespace po = boost::program_options;
 using keylock::errc;
+using keylock::tools::default_url;
+using keylock::tools::option_style;
+using keylock::tools::take_operands;
+using keylock::tools::usage_error;
 
-/// A usage problem: `keylock <command>: <message>` and the command's usage, then exit 64.
+// `exec`'s statuses when CMD cannot be started, as POSIX shells give them.
+constexpr int exit_cannot_run = 126;
+constexpr int exit_not_found = 127;
+
+/// A usage problem: `keylock <command>: <message>` and a pointer to its --help, then EX_USAGE.
 struct UsageError {
     std::string message;
 };
@@ -69,6 +76,8 @@ const char* const usage_exec =
     "\n"
     "Runs CMD while holding the lock of KEY, renewing its lease while CMD runs. CMD sees the\n"
     "lock's fencing token in KEYLOCK_FENCING_TOKEN. The lock is released when CMD ends.\n"
+    "Options may also follow KEY. Everything after -- is CMD's, even words that look like\n"
+    "options; without --, CMD begins at the first word after KEY that is not an option.\n"
     "\n"
     "  --url URL      the backend (default: $KEYLOCK_URL), e.g. redis://host:6379\n"
     "  --timeout D    give up if the lock is not ours within D (e.g. 500ms, 30s, 2m)\n"
@@ -108,13 +117,8 @@ struct Common {
     std::string key;
 };
 
-std::string default_url() {
-    const char* env = std::getenv("KEYLOCK_URL");
-    return env != nullptr && *env != '\0' ? env : "local://";
-}
-
-/// The exit status for a keylock error (see exit_status.hpp); anything else is the backend's (69).
-int status_of(const keylock::Error& e) { return keylock::tools::exit_status_of(e.code(), exit_unavailable); }
+/// The exit status for a keylock error (see common.hpp); anything else is the backend's.
+int status_of(const keylock::Error& e) { return keylock::tools::exit_status_of(e.code(), EX_UNAVAILABLE); }
 
 bool is_local(const std::string& url) {
     try {
@@ -142,13 +146,6 @@ std::string with_lease(const std::string& url, const std::string& lease) {
     return std::string(u.buffer());
 }
 
-/// The value of an option that takes one (`--url URL`), or a usage error.
-std::string value_of(int& i, int argc, char** argv) {
-    const std::string option = argv[i];
-    if (i + 1 >= argc) throw UsageError{option + " needs a value"};
-    return argv[++i];
-}
-
 std::chrono::milliseconds duration_of(const std::string& option, const std::string& text) {
     const auto d = keylock::detail::parse_duration(text);
     if (!d) {
@@ -165,41 +162,64 @@ struct ExecOptions {
     std::optional<std::chrono::milliseconds> timeout;  // nullopt: wait as long as it takes
     bool no_wait = false;
     std::string lease;
-    std::vector<char*> command;
+    std::vector<std::string> command;
 };
+
+/// A Program_options style parser, tried before its own, that ends option parsing at the first
+/// operand or `--` (like getopt's `+`): that word and all after it are handed back unparsed,
+/// as unnamed values. A lone last word is left to Program_options, which gives an operand back
+/// the same way and drops a final `--`; it also calls this on a lone word to ask whether an
+/// option's value looks like an option, and the answer must stay no.
+std::vector<po::option> rest_unparsed(std::vector<std::string>& words) {
+    const std::string& word = words.front();
+    const bool is_option = word.size() > 1 && word[0] == '-' && word != "--";
+    if (is_option || words.size() < 2) return {};
+    std::vector<po::option> rest;
+    for (std::string& w : words) {
+        po::option unparsed(std::string(), {w});
+        unparsed.original_tokens.push_back(std::move(w));
+        rest.push_back(std::move(unparsed));
+    }
+    words.clear();
+    return rest;
+}
+
+/// Parses the options at the front of `words`; the first operand or `--` and all after it are
+/// left unparsed, for take_operands().
+po::parsed_options parse_until_operand(const std::vector<std::string>& words, const po::options_description& desc) {
+    return po::command_line_parser(words).options(desc).style(option_style).extra_style_parser(rest_unparsed).run();
+}
 
 ExecOptions parse_exec(int argc, char** argv) {
     ExecOptions o;
     o.common.url = default_url();
-    int i = 1;
-    for (; i < argc; ++i) {
-        const std::string a = argv[i];
-        if (a == "--url") {
-            o.common.url = value_of(i, argc, argv);
-        } else if (a == "--timeout") {
-            const std::string v = value_of(i, argc, argv);
-            o.timeout = duration_of("--timeout", v);
-        } else if (a == "--no-wait") {
-            o.no_wait = true;
-        } else if (a == "--help" || a == "-h") {
-            throw HelpWanted{};
-        } else if (a == "--lease") {
-            o.lease = value_of(i, argc, argv);
-            (void)duration_of("--lease", o.lease);
-        } else if (a == "--") {
-            throw UsageError{"KEY is missing before --"};
-        } else if (a.size() > 1 && a[0] == '-') {
-            throw UsageError{"unknown option '" + keylock::detail::shown(a) + "'"};
-        } else {
-            break;
-        }
+    std::string timeout;
+    bool help = false;
+    // --help prints usage_exec, the text docs/cli.md describes, so the options carry no text.
+    po::options_description desc;
+    desc.add_options()("url", po::value(&o.common.url))("timeout", po::value(&timeout))(
+        "no-wait", po::bool_switch(&o.no_wait))("lease", po::value(&o.lease))("help,h", po::bool_switch(&help));
+
+    // Options, KEY, more options, then CMD: after `--`, or from the first operand after KEY.
+    po::parsed_options parsed = parse_until_operand({argv + 1, argv + argc}, desc);
+    std::vector<std::string> rest = take_operands(parsed);
+    const bool have_key = !rest.empty() && rest.front() != "--";
+    if (have_key) {
+        po::parsed_options after_key = parse_until_operand({rest.begin() + 1, rest.end()}, desc);
+        o.common.key = std::move(rest.front());
+        rest = take_operands(after_key);
+        if (!rest.empty() && rest.front() == "--") rest.erase(rest.begin());
+        parsed.options.insert(parsed.options.end(), after_key.options.begin(), after_key.options.end());
     }
-    if (i >= argc) throw UsageError{"KEY is missing"};
-    o.common.key = argv[i++];
-    if (i < argc && std::string_view(argv[i]) == "--") ++i;
-    if (i >= argc) throw UsageError{"CMD is missing (keylock exec KEY -- CMD [ARG...])"};
-    for (; i < argc; ++i) o.command.push_back(argv[i]);
-    o.command.push_back(nullptr);
+    po::variables_map vm;
+    po::store(parsed, vm);  // one store for both parts: an option given twice is an error
+    po::notify(vm);
+    if (help) throw HelpWanted{};
+    if (!have_key) throw UsageError{rest.empty() ? "KEY is missing" : "KEY is missing before --"};
+    if (rest.empty()) throw UsageError{"CMD is missing (keylock exec KEY -- CMD [ARG...])"};
+    o.command = std::move(rest);
+    if (vm.count("timeout") != 0) o.timeout = duration_of("--timeout", timeout);
+    if (vm.count("lease") != 0) (void)duration_of("--lease", o.lease);
     if (o.no_wait && o.timeout) throw UsageError{"--timeout and --no-wait exclude each other"};
     return o;
 }
@@ -230,6 +250,10 @@ std::vector<std::string> child_environment(std::uint64_t fence) {
 /// Starts CMD with default signal handling and an empty signal mask. Returns its pid, or sets
 /// `error` (an errno value).
 pid_t spawn(const ExecOptions& o, std::uint64_t fence, int& error) {
+    std::vector<std::string> args = o.command;
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
     std::vector<std::string> env = child_environment(fence);
     std::vector<char*> envp;
     for (auto& e : env) envp.push_back(e.data());
@@ -244,7 +268,7 @@ pid_t spawn(const ExecOptions& o, std::uint64_t fence, int& error) {
     posix_spawnattr_setsigdefault(&attr, &defaults);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid = -1;
-    error = posix_spawnp(&pid, o.command[0], nullptr, &attr, o.command.data(), envp.data());
+    error = posix_spawnp(&pid, argv[0], nullptr, &attr, argv.data(), envp.data());
     posix_spawnattr_destroy(&attr);
     return error == 0 ? pid : -1;
 }
@@ -324,14 +348,14 @@ int run_exec(int argc, char** argv) {
     if (!guard) {
         std::fprintf(stderr, "keylock exec: '%s' is held by someone else%s\n",
                      keylock::detail::shown(o.common.key).c_str(), o.no_wait ? "" : " (timed out)");
-        return exit_tempfail;
+        return EX_TEMPFAIL;
     }
 
     int error = 0;
     const pid_t child = spawn(o, guard->fencing_token(), error);
     if (child < 0) {
-        std::fprintf(stderr, "keylock exec: cannot run '%s': %s\n", o.command[0], std::strerror(error));
-        return error == ENOENT ? 127 : 126;
+        std::fprintf(stderr, "keylock exec: cannot run '%s': %s\n", o.command[0].c_str(), std::strerror(error));
+        return error == ENOENT ? exit_not_found : exit_cannot_run;
     }
     bool lost = false;
     const int status = supervise(child, *guard, lost);
@@ -341,7 +365,7 @@ int run_exec(int argc, char** argv) {
     if (lost) {
         std::fprintf(stderr, "keylock exec: the lock on '%s' was lost while the command ran\n",
                      keylock::detail::shown(o.common.key).c_str());
-        return exit_tempfail;
+        return EX_TEMPFAIL;
     }
     if (ec) std::fprintf(stderr, "keylock exec: release: %s (the lease will free the lock)\n", ec.message().c_str());
     return status;
@@ -350,25 +374,20 @@ int run_exec(int argc, char** argv) {
 // ---- status and release --------------------------------------------------------------------
 
 Common parse_key_command(int argc, char** argv, bool* force) {
-    Common c;
-    c.url = default_url();
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        if (a == "--url") {
-            c.url = value_of(i, argc, argv);
-        } else if (force != nullptr && a == "--force") {
-            *force = true;
-        } else if (a == "--help" || a == "-h") {
-            throw HelpWanted{};
-        } else if (a.size() > 1 && a[0] == '-') {
-            throw UsageError{"unknown option '" + keylock::detail::shown(a) + "'"};
-        } else if (c.key.empty()) {
-            c.key = a;
-        } else {
-            throw UsageError{"one KEY only (got '" + keylock::detail::shown(a) + "' too)"};
-        }
-    }
-    if (c.key.empty()) throw UsageError{"KEY is missing"};
+    Common c{default_url(), {}};
+    bool help = false;
+    po::options_description desc;  // --help prints the command's usage text: no text here
+    desc.add_options()("url", po::value(&c.url))("help,h", po::bool_switch(&help));
+    if (force != nullptr) desc.add_options()("force", po::bool_switch(force));
+    po::parsed_options parsed = po::command_line_parser(argc, argv).options(desc).style(option_style).run();
+    const std::vector<std::string> keys = take_operands(parsed);
+    po::variables_map vm;
+    po::store(parsed, vm);
+    po::notify(vm);
+    if (help) throw HelpWanted{};
+    if (keys.empty()) throw UsageError{"KEY is missing"};
+    if (keys.size() > 1) throw UsageError{"one KEY only (got '" + keylock::detail::shown(keys[1]) + "' too)"};
+    c.key = keys.front();
     return c;
 }
 
@@ -403,7 +422,7 @@ int run_release(int argc, char** argv) {
 int main(int argc, char** argv) {
     if (argc < 2) {
         std::fputs(usage_main, stderr);
-        return exit_usage;
+        return EX_USAGE;
     }
     const std::string command = argv[1];
     if (command == "--help" || command == "-h" || command == "help") {
@@ -417,29 +436,34 @@ int main(int argc, char** argv) {
     }
     struct Command {
         const char* name;
-        const char* usage;
+        const char* synopsis;  // for usage errors: what follows `keylock NAME`
+        const char* usage;     // for --help
         int (*run)(int, char**);
     };
     static const Command commands[] = {
-        {"exec", usage_exec, run_exec}, {"status", usage_status, run_status}, {"release", usage_release, run_release}};
+        {"exec", "[OPTIONS] KEY -- CMD [ARG...]", usage_exec, run_exec},
+        {"status", "[--url URL] KEY", usage_status, run_status},
+        {"release", "--force [--url URL] KEY", usage_release, run_release},
+    };
     for (const Command& c : commands) {
         if (command != c.name) continue;
+        const std::string program = "keylock " + command;
         try {
             return c.run(argc - 1, argv + 1);
         } catch (const HelpWanted&) {
             std::fputs(c.usage, stdout);
             return 0;
         } catch (const UsageError& e) {
-            std::fprintf(stderr, "keylock %s: %s\n\n%s", c.name, e.message.c_str(), c.usage);
-            return exit_usage;
+            return usage_error(program.c_str(), c.synopsis, e.message);
+        } catch (const po::error& e) {
+            return usage_error(program.c_str(), c.synopsis, e.what());
         } catch (const keylock::Error& e) {
-            std::fprintf(stderr, "keylock %s: %s\n", c.name, e.what());
+            std::fprintf(stderr, "%s: %s\n", program.c_str(), e.what());
             return status_of(e);
         } catch (const std::exception& e) {
-            std::fprintf(stderr, "keylock %s: %s\n", c.name, e.what());
-            return 1;
+            std::fprintf(stderr, "%s: %s\n", program.c_str(), e.what());
+            return EXIT_FAILURE;
         }
     }
-    std::fprintf(stderr, "keylock: unknown command '%s'\n\n%s", keylock::detail::shown(command).c_str(), usage_main);
-    return exit_usage;
+    return usage_error("keylock", "COMMAND [OPTIONS]", "unknown command '" + keylock::detail::shown(command) + "'");
 }
