@@ -12,12 +12,14 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <iterator>
 #include <mutex>
 #include <random>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
+#include <boost/algorithm/hex.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -50,12 +52,9 @@ public:
     std::string next() {
         if (used_ == kTokens) refill();
         const unsigned char* bytes = bytes_ + used_++ * 16;
-        static constexpr char hex[] = "0123456789abcdef";
-        std::string out(32, '0');
-        for (int i = 0; i < 16; ++i) {
-            out[2 * i] = hex[bytes[i] >> 4];
-            out[2 * i + 1] = hex[bytes[i] & 15];
-        }
+        std::string out;
+        out.reserve(32);
+        boost::algorithm::hex_lower(bytes, bytes + 16, std::back_inserter(out));
         return out;
     }
 

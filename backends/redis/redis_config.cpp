@@ -8,8 +8,11 @@
 #include <optional>
 #include <set>
 
+#include <boost/url/encode.hpp>
 #include <boost/url/encoding_opts.hpp>
+#include <boost/url/grammar/lut_chars.hpp>
 #include <boost/url/parse.hpp>
+#include <boost/url/rfc/unreserved_chars.hpp>
 #include <boost/url/url_view.hpp>
 
 #include <keylock/error.hpp>
@@ -39,25 +42,12 @@ constexpr std::size_t max_db = std::numeric_limits<std::int32_t>::max();  // SEL
 // A sockaddr_un holds the path and its terminating NUL.
 constexpr std::size_t max_socket_path_bytes = sizeof(sockaddr_un::sun_path) - 1;
 
-bool is_unreserved(unsigned char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-           c == '_' || c == '~';
-}
-
-/// Percent-encodes every byte but RFC 3986's unreserved characters and those in `keep`.
-std::string encode(std::string_view text, std::string_view keep = {}) {
-    static const char hex[] = "0123456789ABCDEF";
-    std::string out;
-    for (unsigned char c : text) {
-        if (is_unreserved(c) || keep.find(static_cast<char>(c)) != std::string_view::npos) {
-            out.push_back(static_cast<char>(c));
-        } else {
-            out.push_back('%');
-            out.push_back(hex[c >> 4]);
-            out.push_back(hex[c & 15]);
-        }
-    }
-    return out;
+/// Percent-encodes every byte but RFC 3986's unreserved characters (and, for paths, '/' and
+/// ':'), with Boost.URL.
+std::string encode(std::string_view text) { return boost::urls::encode(text, boost::urls::unreserved_chars); }
+std::string encode_path(std::string_view text) {
+    static constexpr auto path_chars = boost::urls::unreserved_chars + boost::urls::grammar::lut_chars("/:");
+    return boost::urls::encode(text, path_chars);
 }
 
 /// Writes the error messages about one URL, which never show its password. They are built from
@@ -128,7 +118,7 @@ void parse_tcp_location(const boost::urls::url_view& url, const Messages& m, End
         case boost::urls::host_type::name:
             ep.host = url.host_name();
             if (!std::all_of(ep.host.begin(), ep.host.end(),
-                             [](unsigned char c) { return is_unreserved(c) && c != '~'; })) {
+                             [](char c) { return boost::urls::unreserved_chars(c) && c != '~'; })) {
                 m.fail(errc::invalid_url, "bad host name " + m.quote(ep.host) + " in a " + scheme +
                                               ":// URL; expected letters, digits, '-', '.' and '_'");
             }
@@ -501,7 +491,7 @@ std::string to_url(const RedisConfig& config, Password password) {
             add_host(config.nodes[i].host, config.nodes[i].port, default_port);
         }
     } else if (unix_socket) {
-        url += encode(ep.unix_path, "/:");
+        url += encode_path(ep.unix_path);
     } else {
         add_host(ep.host, ep.port, defaults.endpoint.port);
         if (ep.db != 0) {
@@ -515,7 +505,7 @@ std::string to_url(const RedisConfig& config, Password password) {
         url += separator;
         url += name;
         url += '=';
-        url += encode(value, "/:");  // '@' too is encoded: an '@' after the host looks like a misplaced password
+        url += encode_path(value);  // '@' too is encoded: an '@' after the host looks like a misplaced password
         separator = '&';
     };
     if ((unix_socket || listed) && ep.db != 0) add("db", std::to_string(ep.db));

@@ -30,8 +30,8 @@ struct KEYLOCK_API LocalOptions {
     /// moment may take it first (like std::mutex), which is much faster under contention.
     bool fair = false;
     /// The number of independently locked shards of the entry table (a power of two). Keys in
-    /// different shards never touch the same mutex; a shard's mutex is held only for a few
-    /// hundred nanoseconds of bookkeeping, never while a key's lock is waited for or held.
+    /// different shards never touch the same mutex; a shard's mutex is held only to find, add or
+    /// remove an entry, never while a key's lock is waited for or held.
     std::size_t shards = 128;
 
     /// The `local://` URL that gives these options (defaults are left out).
