@@ -1,7 +1,7 @@
 // The local backend as the registry sees it: its URL, its scheme's registration, and the
 // registry constructors that take its options. The core knows no backend: `local://` is
 // registered here exactly as `redis://` is by keylock::redis.
-#include "backends/local/local_config.hpp"
+#include "local_config.hpp"
 
 #include <set>
 #include <string>
@@ -11,7 +11,7 @@
 
 #include <keylock/error.hpp>
 
-#include "backends/local/local_backend.hpp"
+#include "local_backend.hpp"
 #include "src/config.hpp"
 
 namespace keylock {

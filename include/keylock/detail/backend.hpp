@@ -7,13 +7,16 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <new>
 #include <stop_token>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 
 #include <keylock/error.hpp>
 #include <keylock/export.hpp>
@@ -35,18 +38,29 @@ struct Acquired {
     std::uint64_t fence = 0;  ///< the fencing token of this acquisition
 };
 
-/// A waiter's place in a backend's queue. The fields are the backend's; the registry only
-/// creates nodes. Lives in this header so an async operation is one allocation.
-struct WaitNode {
-    WaitNode* prev = nullptr;
-    WaitNode* next = nullptr;
-    void* entry = nullptr;    ///< the entry waited for (backend's)
-    std::uint64_t fence = 0;  ///< the fencing token handed over with a grant
-    std::uint32_t shard = 0;  ///< where that entry lives (backend's)
-    bool is_async = false;
-    bool queued = false;   ///< in a queue now
-    bool granted = false;  ///< ownership was handed to this waiter
-    bool woken = false;    ///< told to retry (unfair hand-off)
+/// Room inside an asynchronous operation for a backend's own record of it (its place in a
+/// queue, say), so that an async_lock is one allocation. The registry only creates it. A backend
+/// that uses it constructs its record there with `emplace` when `async_acquire` begins, and
+/// reaches it with `get` from then on (a `cancel` may come after the completion). The record
+/// is never destroyed: the operation's memory is freed under it, so it must own nothing.
+class WaitNode {
+public:
+    static constexpr std::size_t kSize = 48;
+
+    template <class T>
+    T* emplace() noexcept {
+        static_assert(sizeof(T) <= kSize, "the backend's record does not fit");
+        static_assert(alignof(T) <= alignof(WaitNode), "the backend's record needs a stricter alignment");
+        static_assert(std::is_nothrow_default_constructible_v<T>);
+        return ::new (static_cast<void*>(space_)) T;
+    }
+    template <class T>
+    T* get() noexcept {
+        return std::launder(reinterpret_cast<T*>(space_));
+    }
+
+private:
+    alignas(std::uint64_t) alignas(void*) std::byte space_[kSize];
 };
 
 /// An asynchronous acquisition in progress. The backend calls `complete` exactly once, never
@@ -54,10 +68,12 @@ struct WaitNode {
 /// operation's executor and frees itself after that.
 class AsyncWaiter : public WaitNode {
 public:
-    AsyncWaiter() { is_async = true; }
+    AsyncWaiter(const AsyncWaiter&) = delete;
+    AsyncWaiter& operator=(const AsyncWaiter&) = delete;
     virtual void complete(std::error_code ec, Acquired acquired) noexcept = 0;
 
 protected:
+    AsyncWaiter() = default;
     ~AsyncWaiter() = default;
 };
 
