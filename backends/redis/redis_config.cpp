@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <set>
 
+#include <boost/algorithm/hex.hpp>
 #include <boost/url/encoding_opts.hpp>
 #include <boost/url/parse.hpp>
 #include <boost/url/url_view.hpp>
@@ -46,15 +48,13 @@ bool is_unreserved(unsigned char c) {
 
 /// Percent-encodes every byte but RFC 3986's unreserved characters and those in `keep`.
 std::string encode(std::string_view text, std::string_view keep = {}) {
-    static const char hex[] = "0123456789ABCDEF";
     std::string out;
-    for (unsigned char c : text) {
-        if (is_unreserved(c) || keep.find(static_cast<char>(c)) != std::string_view::npos) {
-            out.push_back(static_cast<char>(c));
+    for (const char c : text) {
+        if (is_unreserved(static_cast<unsigned char>(c)) || keep.find(c) != std::string_view::npos) {
+            out.push_back(c);
         } else {
             out.push_back('%');
-            out.push_back(hex[c >> 4]);
-            out.push_back(hex[c & 15]);
+            boost::algorithm::hex(&c, &c + 1, std::back_inserter(out));
         }
     }
     return out;
@@ -146,11 +146,11 @@ void parse_tcp_location(const boost::urls::url_view& url, const Messages& m, End
     }
     if (url.has_port()) {
         // Not shown either: with "@host" forgotten, a numeric password is the port.
-        const auto port = detail::parse_size(url.port());
-        if (!port || *port == 0 || *port > 65535) {
+        const auto port = parse_port(url.port());
+        if (!port) {
             m.fail(errc::invalid_url, "bad port in a " + scheme + ":// URL; expected a number from 1 to 65535");
         }
-        ep.port = static_cast<std::uint16_t>(*port);
+        ep.port = *port;
     }
     if (path.empty() || path == "/") return;
     const auto db = detail::parse_size(path.substr(1));
@@ -412,6 +412,12 @@ RedisConfig parse_list_url(std::string_view text, const std::string& scheme, Top
 }
 
 }  // namespace
+
+std::optional<std::uint16_t> parse_port(std::string_view text) {
+    const auto port = detail::parse_size(text);
+    if (!port || *port == 0 || *port > 65535) return std::nullopt;
+    return static_cast<std::uint16_t>(*port);
+}
 
 RedisConfig parse_redis_url(std::string_view text) {
     const std::string scheme = detail::url_scheme(text);
