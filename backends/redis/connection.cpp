@@ -2,7 +2,7 @@
 
 #include <hiredis/hiredis.h>
 
-#include <boost/asio/connect.hpp>
+#include <boost/asio/coroutine.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -51,8 +51,6 @@ Reply copy_reply(const redisReply* r) {
     }
     return out;
 }
-
-std::error_code make_ec(errc e) { return make_error_code(e); }
 
 /// hiredis allocates an array's element pointers as soon as it has read the array's length: a
 /// peer announcing "*2147483647" (a broken or hostile server, anything that is not Redis) would
@@ -136,7 +134,6 @@ struct Connection::Impl {
         timer.cancel();
         command_timer.cancel();
         resolver.cancel();
-        transport_up = nullptr;  // it holds the connection: no cycle may outlive a failure
         if (tls) {
             tls->next_layer().close(ignored);
         } else {
@@ -160,7 +157,7 @@ struct Connection::Impl {
     std::function<void(std::error_code, std::string)> on_connect;
     std::vector<std::pair<std::vector<std::string>, ReplyHandler>> early;  // sent before ready
     std::vector<asio::ip::tcp::endpoint> addresses;                        // of the host, tried in turn
-    std::function<void()> transport_up;                                    // what follows a TCP connect
+    std::size_t handshake_left = 0;                                        // commands yet to answer
 };
 
 Connection::Connection(asio::io_context& io, Endpoint endpoint)
@@ -170,196 +167,208 @@ Connection::Connection(asio::io_context& io, Endpoint endpoint)
 
 Connection::~Connection() { impl_->shut(); }
 
+// ---- Connecting ------------------------------------------------------------------------
+//
+// Connecting is one Asio stackless coroutine, Connection::Connect (boost::asio::coroutine): its
+// steps read in order in Connect::operator(), and each asynchronous step resumes it with its
+// outcome. Chosen over a C++20 coroutine (co_spawn, awaitable) because it adds nothing to this
+// translation unit's headers (a few macros), each step stays one Asio operation whose handler
+// holds the connection, the locator's callback resumes it like any Asio completion, and
+// whatever ends a connection meanwhile (close(), the connect_timeout timer, a failed read) needs
+// no cancellation of its own: the next resumption finds the connection no longer connecting and
+// stops there. The handshake's commands go through the pipeline (handshake()): their replies
+// come back in order, each to handshake_answered(), not to the coroutine.
+
+struct Connection::Connect : asio::coroutine {
+    explicit Connect(std::shared_ptr<Connection> connection) : c(std::move(connection)) {}
+
+    /// The steps, and the completion of connect and TLS handshake operations.
+    void operator()(boost::system::error_code ec = {});
+
+    /// The completion of the host name's resolution: its addresses, to try in turn.
+    void operator()(boost::system::error_code ec, const asio::ip::tcp::resolver::results_type& results) {
+        c->impl_->addresses.clear();
+        for (const auto& r : results) c->impl_->addresses.push_back(r.endpoint());
+        (*this)(ec);
+    }
+
+    /// The locator's answer: an error (and why), or where the server is.
+    void operator()(std::error_code ec, std::string why, std::string host, std::uint16_t port) {
+        located = ec;
+        not_located = std::move(why);
+        if (!ec && c->state_ == State::connecting) {
+            c->endpoint_.host = std::move(host);
+            c->endpoint_.port = port;
+        }
+        (*this)();
+    }
+
+    /// Sets up the TLS stream over the connected socket; false (the connection failed with
+    /// `invalid_option`) if the CA, certificate or key file cannot be used.
+    bool set_up_tls() const;
+
+    std::shared_ptr<Connection> c;
+    std::size_t address = 0;  // the address being tried
+    std::error_code located;  // the locator's error
+    std::string not_located;  // and why
+};
+
+void Connection::Connect::operator()(boost::system::error_code ec) {
+    if (c->state_ != State::connecting) return;  // closed, failed or timed out meanwhile
+    Impl& impl = *c->impl_;
+    const Endpoint& ep = c->endpoint_;
+    const auto unavailable = [this](const std::string& why) { c->fail(make_error_code(errc::unavailable), why); };
+    boost::system::error_code ignored;
+    BOOST_ASIO_CORO_REENTER(*this) {
+        // Where: the locator names the host and port (the master that sentinels name).
+        if (c->locate_) {
+            BOOST_ASIO_CORO_YIELD c->locate_(*this);
+            if (located) return c->fail(located, not_located);
+        }
+
+        // The transport: a Unix socket, or each address of the host in turn.
+        if (!ep.unix_path.empty()) {
+            BOOST_ASIO_CORO_YIELD impl.socket.async_connect(
+                Socket::endpoint_type(asio::local::stream_protocol::endpoint(ep.unix_path)), *this);
+            if (ec) return unavailable("cannot connect to Redis at " + ep.where() + ": " + ec.message());
+        } else {
+            BOOST_ASIO_CORO_YIELD impl.resolver.async_resolve(ep.host, std::to_string(ep.port), *this);
+            if (ec || impl.addresses.empty()) {
+                return unavailable("cannot resolve Redis host " + ep.where() + ": " + ec.message());
+            }
+            for (address = 0; address < impl.addresses.size(); ++address) {
+                impl.socket.close(ignored);
+                BOOST_ASIO_CORO_YIELD impl.socket.async_connect(Socket::endpoint_type(impl.addresses[address]), *this);
+                if (!ec) break;
+            }
+            if (ec) return unavailable("cannot connect to Redis at " + ep.where() + ": " + ec.message());
+            impl.socket.set_option(asio::ip::tcp::no_delay(true), ignored);  // at best
+        }
+
+        // TLS over it, for rediss://.
+        if (ep.tls) {
+            if (!set_up_tls()) return;
+            BOOST_ASIO_CORO_YIELD impl.tls->async_handshake(asio::ssl::stream_base::client, *this);
+            if (ec) return unavailable("TLS handshake with " + ep.where() + " failed: " + ec.message());
+        }
+
+        // AUTH, SELECT, ROLE and PING; ready when the last of them answers.
+        c->handshake();
+    }
+}
+
+bool Connection::Connect::set_up_tls() const {
+    const Endpoint& ep = c->endpoint_;
+    Impl& impl = *c->impl_;
+    try {
+        auto ctx = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+        if (!ep.ca_file.empty()) {
+            ctx->load_verify_file(ep.ca_file);
+        } else {
+            ctx->set_default_verify_paths();
+        }
+        if (!ep.cert_file.empty()) ctx->use_certificate_chain_file(ep.cert_file);
+        if (!ep.key_file.empty()) ctx->use_private_key_file(ep.key_file, asio::ssl::context::pem);
+        if (ep.verify) {
+            ctx->set_verify_mode(asio::ssl::verify_peer);
+            if (ep.unix_path.empty()) ctx->set_verify_callback(asio::ssl::host_name_verification(ep.host));
+        } else {
+            ctx->set_verify_mode(asio::ssl::verify_none);
+        }
+        impl.ssl = std::move(ctx);
+        impl.tls = std::make_unique<TlsStream>(std::move(impl.socket), *impl.ssl);
+        // SNI carries host names only (RFC 6066): not for an IP address.
+        boost::system::error_code not_ip;
+        (void)asio::ip::make_address(ep.host, not_ip);
+        if (ep.unix_path.empty() && not_ip) SSL_set_tlsext_host_name(impl.tls->native_handle(), ep.host.c_str());
+    } catch (const boost::system::system_error& e) {
+        c->fail(make_error_code(errc::invalid_option),
+                "TLS setup for " + ep.where() + " failed: " + e.code().message());
+        return false;
+    }
+    return true;
+}
+
 void Connection::connect(std::function<void(std::error_code, std::string)> handler) {
     state_ = State::connecting;
     impl_->on_connect = std::move(handler);
-    auto self = shared_from_this();
-
     impl_->timer.expires_after(endpoint_.connect_timeout);
-    impl_->timer.async_wait([this, self](boost::system::error_code ec) {
+    impl_->timer.async_wait([this, self = shared_from_this()](boost::system::error_code ec) {
         if (ec || state_ != State::connecting) return;
-        fail(make_ec(errc::unavailable), "no connection to Redis at " + endpoint_.where() + " within connect_timeout");
+        fail(make_error_code(errc::unavailable),
+             "no connection to Redis at " + endpoint_.where() + " within connect_timeout");
     });
-
-    // After the transport is up: TLS handshake, then PING (and AUTH, SELECT) through the
-    // pipeline; the connection is ready when the last of them answers.
-    auto handshake = [this, self] {
-        if (!impl_->tls) {
-            // Plain sockets are written directly (see start_write).
-            boost::system::error_code ec;
-            impl_->socket.non_blocking(true, ec);
-            if (ec) {
-                fail(make_ec(errc::unavailable),
-                     "cannot set up the socket to " + endpoint_.where() + ": " + ec.message());
-                return;
-            }
-        }
-        start_read();
-        auto commands = std::make_shared<std::vector<std::vector<std::string>>>();
-        if (!endpoint_.password.empty()) {
-            if (endpoint_.user.empty()) {
-                commands->push_back({"AUTH", endpoint_.password});
-            } else {
-                commands->push_back({"AUTH", endpoint_.user, endpoint_.password});
-            }
-        }
-        if (endpoint_.db != 0) commands->push_back({"SELECT", std::to_string(endpoint_.db)});
-        if (endpoint_.master_only) commands->push_back({"ROLE"});
-        commands->push_back({"PING"});
-        const std::size_t total = commands->size();
-        auto answered = std::make_shared<std::size_t>(0);
-        // Written together (pipelined); checked in order.
-        for (std::size_t i = 0; i < total; ++i) {
-            const std::string verb = (*commands)[i][0];
-            append_command(out_, std::vector<std::string_view>((*commands)[i].begin(), (*commands)[i].end()));
-            pending_.push_back({[this, self, verb, answered, total](std::error_code ec, Reply r) {
-                                    if (ec || state_ != State::connecting) return;
-                                    if (r.is_error()) {
-                                        const bool auth = verb == "AUTH" || r.str.rfind("NOAUTH", 0) == 0 ||
-                                                          r.str.rfind("WRONGPASS", 0) == 0 ||
-                                                          r.str.rfind("NOPERM", 0) == 0;
-                                        fail(make_ec(auth ? errc::auth_failed : errc::backend_error),
-                                             "Redis at " + endpoint_.where() + " refused " + verb + ": " + r.str);
-                                        return;
-                                    }
-                                    if (verb == "ROLE" && (r.type != Reply::Type::array || r.elements.empty() ||
-                                                           r.elements[0].str != "master")) {
-                                        // E.g. an old master that has come back as a replica:
-                                        // the owner asks the sentinels again.
-                                        fail(make_ec(errc::unavailable),
-                                             "Redis at " + endpoint_.where() + " is not a master (ROLE says '" +
-                                                 (r.elements.empty() ? std::string() : r.elements[0].str) + "')");
-                                        return;
-                                    }
-                                    if (++*answered < total) return;
-                                    state_ = State::ready;
-                                    impl_->timer.cancel();
-                                    auto early = std::move(impl_->early);
-                                    for (auto& [args, h] : early) {
-                                        std::vector<std::string_view> v(args.begin(), args.end());
-                                        send(v, std::move(h));
-                                    }
-                                    arm_timer();
-                                    if (auto h = std::exchange(impl_->on_connect, nullptr)) h({}, {});
-                                },
-                                Clock::time_point::max(),
-                                {}});
-        }
-        start_write();
-    };
-
-    auto transport_up = [this, self, handshake] {
-        if (!endpoint_.tls) {
-            handshake();
-            return;
-        }
-        try {
-            auto ctx = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
-            if (!endpoint_.ca_file.empty()) {
-                ctx->load_verify_file(endpoint_.ca_file);
-            } else {
-                ctx->set_default_verify_paths();
-            }
-            if (!endpoint_.cert_file.empty()) ctx->use_certificate_chain_file(endpoint_.cert_file);
-            if (!endpoint_.key_file.empty()) ctx->use_private_key_file(endpoint_.key_file, asio::ssl::context::pem);
-            if (endpoint_.verify) {
-                ctx->set_verify_mode(asio::ssl::verify_peer);
-                if (endpoint_.unix_path.empty())
-                    ctx->set_verify_callback(asio::ssl::host_name_verification(endpoint_.host));
-            } else {
-                ctx->set_verify_mode(asio::ssl::verify_none);
-            }
-            impl_->ssl = std::move(ctx);
-            impl_->tls = std::make_unique<TlsStream>(std::move(impl_->socket), *impl_->ssl);
-            // SNI carries host names only (RFC 6066): not for an IP address.
-            boost::system::error_code not_ip;
-            (void)asio::ip::make_address(endpoint_.host, not_ip);
-            if (endpoint_.unix_path.empty() && not_ip) {
-                SSL_set_tlsext_host_name(impl_->tls->native_handle(), endpoint_.host.c_str());
-            }
-        } catch (const boost::system::system_error& e) {
-            fail(make_ec(errc::invalid_option),
-                 "TLS setup for " + endpoint_.where() + " failed: " + e.code().message());
-            return;
-        }
-        impl_->tls->async_handshake(
-            asio::ssl::stream_base::client, [this, self, handshake](boost::system::error_code ec) {
-                if (state_ != State::connecting) return;
-                if (ec) {
-                    fail(make_ec(errc::unavailable),
-                         "TLS handshake with " + endpoint_.where() + " failed: " + ec.message());
-                    return;
-                }
-                handshake();
-            });
-    };
-
-    auto go = [this, self, transport_up] {
-        if (!endpoint_.unix_path.empty()) {
-            asio::local::stream_protocol::endpoint ep(endpoint_.unix_path);
-            impl_->socket.async_connect(
-                Socket::endpoint_type(ep), [this, self, transport_up](boost::system::error_code ec) {
-                    if (state_ != State::connecting) return;
-                    if (ec) {
-                        fail(make_ec(errc::unavailable),
-                             "cannot connect to Redis at " + endpoint_.where() + ": " + ec.message());
-                        return;
-                    }
-                    transport_up();
-                });
-            return;
-        }
-        impl_->resolver.async_resolve(
-            endpoint_.host, std::to_string(endpoint_.port),
-            [this, self, transport_up](boost::system::error_code ec,
-                                       const asio::ip::tcp::resolver::results_type& results) {
-                if (state_ != State::connecting) return;
-                if (ec || results.empty()) {
-                    fail(make_ec(errc::unavailable),
-                         "cannot resolve Redis host " + endpoint_.where() + ": " + ec.message());
-                    return;
-                }
-                impl_->addresses.clear();
-                for (const auto& r : results) impl_->addresses.push_back(r.endpoint());
-                impl_->transport_up = transport_up;
-                connect_address(0, {});
-            });
-    };
-    if (!locate_) return go();
-    locate_([this, self, go](std::error_code ec, const std::string& why, std::string host, std::uint16_t port) {
-        if (state_ != State::connecting) return;
-        if (ec) return fail(ec, why);
-        endpoint_.host = std::move(host);
-        endpoint_.port = port;
-        go();
-    });
+    Connect{shared_from_this()}();
 }
 
-void Connection::connect_address(std::size_t i, boost::system::error_code last) {
-    if (i == impl_->addresses.size()) {
-        impl_->transport_up = nullptr;
-        fail(make_ec(errc::unavailable), "cannot connect to Redis at " + endpoint_.where() + ": " + last.message());
+void Connection::handshake() {
+    if (!impl_->tls) {
+        // Plain sockets are written directly (see start_write).
+        boost::system::error_code ec;
+        impl_->socket.non_blocking(true, ec);
+        if (ec) {
+            fail(make_error_code(errc::unavailable),
+                 "cannot set up the socket to " + endpoint_.where() + ": " + ec.message());
+            return;
+        }
+    }
+    start_read();
+    std::vector<std::vector<std::string>> commands;
+    if (!endpoint_.password.empty()) {
+        if (endpoint_.user.empty()) {
+            commands.push_back({"AUTH", endpoint_.password});
+        } else {
+            commands.push_back({"AUTH", endpoint_.user, endpoint_.password});
+        }
+    }
+    if (endpoint_.db != 0) commands.push_back({"SELECT", std::to_string(endpoint_.db)});
+    if (endpoint_.master_only) commands.push_back({"ROLE"});
+    commands.push_back({"PING"});
+    impl_->handshake_left = commands.size();
+    // Written together (pipelined); checked in order.
+    for (const auto& command : commands) {
+        append_command(out_, std::vector<std::string_view>(command.begin(), command.end()));
+        pending_.push_back({[this, self = shared_from_this(), verb = command[0]](std::error_code ec, const Reply& r) {
+                                if (ec || state_ != State::connecting) return;
+                                handshake_answered(verb, r);
+                            },
+                            Clock::time_point::max(),
+                            {}});
+    }
+    start_write();
+}
+
+void Connection::handshake_answered(const std::string& verb, const Reply& r) {
+    if (r.is_error()) {
+        const bool auth = verb == "AUTH" || r.str.starts_with("NOAUTH") || r.str.starts_with("WRONGPASS") ||
+                          r.str.starts_with("NOPERM");
+        fail(make_error_code(auth ? errc::auth_failed : errc::backend_error),
+             "Redis at " + endpoint_.where() + " refused " + verb + ": " + r.str);
         return;
     }
-    boost::system::error_code ignored;
-    impl_->socket.close(ignored);
-    auto self = shared_from_this();
-    impl_->socket.async_connect(Socket::endpoint_type(impl_->addresses[i]),
-                                [this, self, i](boost::system::error_code ec) {
-                                    if (state_ != State::connecting) return;
-                                    if (ec) {
-                                        connect_address(i + 1, ec);
-                                        return;
-                                    }
-                                    impl_->socket.set_option(asio::ip::tcp::no_delay(true), ec);
-                                    auto up = std::exchange(impl_->transport_up, nullptr);
-                                    up();
-                                });
+    if (verb == "ROLE" && (r.type != Reply::Type::array || r.elements.empty() || r.elements[0].str != "master")) {
+        // E.g. an old master that has come back as a replica: the owner asks the sentinels again.
+        fail(make_error_code(errc::unavailable), "Redis at " + endpoint_.where() + " is not a master (ROLE says '" +
+                                                     (r.elements.empty() ? std::string() : r.elements[0].str) + "')");
+        return;
+    }
+    if (--impl_->handshake_left > 0) return;
+    state_ = State::ready;
+    impl_->timer.cancel();
+    auto early = std::move(impl_->early);
+    for (auto& [args, h] : early) {
+        std::vector<std::string_view> v(args.begin(), args.end());
+        send(v, std::move(h));
+    }
+    arm_timer();
+    if (auto h = std::exchange(impl_->on_connect, nullptr)) h({}, {});
 }
+
+// ---- Commands --------------------------------------------------------------------------
 
 void Connection::send(const std::vector<std::string_view>& argv, ReplyHandler handler) {
     if (state_ == State::failed || state_ == State::closed) {
-        asio::post(impl_->io, [h = std::move(handler)] { h(make_ec(errc::unavailable), {}); });
+        asio::post(impl_->io, [h = std::move(handler)] { h(make_error_code(errc::unavailable), {}); });
         return;
     }
     if (state_ != State::ready) {
@@ -390,9 +399,9 @@ void Connection::close() {
     auto pending = std::move(pending_);
     pending_.clear();
     auto early = std::move(impl_->early);
-    for (auto& p : pending) p.handler(make_ec(errc::cancelled), {});
-    for (auto& e : early) e.second(make_ec(errc::cancelled), {});
-    if (auto h = std::exchange(impl_->on_connect, nullptr)) h(make_ec(errc::cancelled), "connection closed");
+    for (auto& p : pending) p.handler(make_error_code(errc::cancelled), {});
+    for (auto& e : early) e.second(make_error_code(errc::cancelled), {});
+    if (auto h = std::exchange(impl_->on_connect, nullptr)) h(make_error_code(errc::cancelled), "connection closed");
 }
 
 void Connection::fail(std::error_code ec, const std::string& message) {
@@ -404,7 +413,7 @@ void Connection::fail(std::error_code ec, const std::string& message) {
     auto pending = std::move(pending_);
     pending_.clear();
     auto early = std::move(impl_->early);
-    const std::error_code failed = was_ready ? make_ec(errc::unavailable) : ec;
+    const std::error_code failed = was_ready ? make_error_code(errc::unavailable) : ec;
     for (auto& p : pending) p.handler(failed, {});
     for (auto& e : early) e.second(failed, {});
     if (auto h = std::exchange(impl_->on_connect, nullptr)) h(ec, "keylock: " + message);
@@ -444,13 +453,13 @@ void Connection::start_write() {
 }
 
 void Connection::write_failed(boost::system::error_code ec) {
-    fail(make_ec(errc::unavailable), "write to Redis at " + endpoint_.where() + " failed: " + ec.message());
+    fail(make_error_code(errc::unavailable), "write to Redis at " + endpoint_.where() + " failed: " + ec.message());
 }
 
 void Connection::read_failed(boost::system::error_code ec) {
-    fail(make_ec(errc::unavailable), ec == asio::error::eof
-                                         ? "Redis at " + endpoint_.where() + " closed the connection"
-                                         : "read from Redis at " + endpoint_.where() + " failed: " + ec.message());
+    fail(make_error_code(errc::unavailable),
+         ec == asio::error::eof ? "Redis at " + endpoint_.where() + " closed the connection"
+                                : "read from Redis at " + endpoint_.where() + " failed: " + ec.message());
 }
 
 void Connection::start_read() {
@@ -467,7 +476,7 @@ void Connection::start_read() {
 
 void Connection::on_bytes(const char* data, std::size_t n) {
     if (redisReaderFeed(impl_->reader, data, n) != REDIS_OK) {
-        fail(make_ec(errc::protocol_error), "reply from " + endpoint_.where() + " could not be buffered");
+        fail(make_error_code(errc::protocol_error), "reply from " + endpoint_.where() + " could not be buffered");
         return;
     }
     for (;;) {
@@ -476,7 +485,7 @@ void Connection::on_bytes(const char* data, std::size_t n) {
             const std::string why = impl_->array_too_long
                                         ? "an array of more than " + std::to_string(max_array_elements) + " elements"
                                         : std::string(impl_->reader->errstr);
-            fail(make_ec(errc::protocol_error),
+            fail(make_error_code(errc::protocol_error),
                  "the server at " + endpoint_.where() + " does not speak the Redis protocol (" + why + ")");
             return;
         }
@@ -497,7 +506,7 @@ void Connection::on_bytes(const char* data, std::size_t n) {
             continue;
         }
         if (pending_.empty()) {
-            fail(make_ec(errc::protocol_error), "unexpected reply from " + endpoint_.where());
+            fail(make_error_code(errc::protocol_error), "unexpected reply from " + endpoint_.where());
             return;
         }
         ReplyHandler handler = std::move(pending_.front().handler);
@@ -517,7 +526,8 @@ void Connection::arm_timer() {
         impl_->command_timer_armed = false;
         if (ec || state_ != State::ready || pending_.empty()) return;
         if (pending_.front().deadline <= Clock::now()) {
-            fail(make_ec(errc::unavailable), "no reply from Redis at " + endpoint_.where() + " within command_timeout");
+            fail(make_error_code(errc::unavailable),
+                 "no reply from Redis at " + endpoint_.where() + " within command_timeout");
             return;
         }
         arm_timer();

@@ -123,8 +123,11 @@ private:
         std::string unsubscribing;  ///< for a SUNSUBSCRIBE: its channel (see on_bytes)
     };
 
+    struct Connect;  // connecting, step by step (connection.cpp)
+
     void fail(std::error_code ec, const std::string& message);
-    void connect_address(std::size_t index, boost::system::error_code last);
+    void handshake();
+    void handshake_answered(const std::string& verb, const Reply& r);
     void start_write();
     void start_read();
     void read_failed(boost::system::error_code ec);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <set>
@@ -136,11 +137,11 @@ void parse_tcp_location(const boost::urls::url_view& url, const Messages& m, End
     }
     if (url.has_port()) {
         // Not shown either: with "@host" forgotten, a numeric password is the port.
-        const auto port = detail::parse_size(url.port());
-        if (!port || *port == 0 || *port > 65535) {
+        const auto port = parse_port(url.port());
+        if (!port) {
             m.fail(errc::invalid_url, "bad port in a " + scheme + ":// URL; expected a number from 1 to 65535");
         }
-        ep.port = static_cast<std::uint16_t>(*port);
+        ep.port = *port;
     }
     if (path.empty() || path == "/") return;
     const auto db = detail::parse_size(path.substr(1));
@@ -402,6 +403,12 @@ RedisConfig parse_list_url(std::string_view text, const std::string& scheme, Top
 }
 
 }  // namespace
+
+std::optional<std::uint16_t> parse_port(std::string_view text) {
+    const auto port = detail::parse_size(text);
+    if (!port || *port == 0 || *port > 65535) return std::nullopt;
+    return static_cast<std::uint16_t>(*port);
+}
 
 RedisConfig parse_redis_url(std::string_view text) {
     const std::string scheme = detail::url_scheme(text);

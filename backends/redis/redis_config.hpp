@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +22,9 @@ struct HostPort {
     std::string where() const { return host_port(host, port); }
     friend bool operator==(const HostPort&, const HostPort&) = default;
 };
+
+/// A port as URLs and Redis's replies write it: decimal digits, 1 to 65535.
+std::optional<std::uint16_t> parse_port(std::string_view text);
 
 /// How the servers are laid out; each has its URL scheme.
 enum class Topology {

@@ -1,7 +1,7 @@
 #include "sentinel.hpp"
 
 #include <algorithm>
-#include <charconv>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -11,25 +11,14 @@
 
 namespace keylock::redis {
 
-namespace {
-
-/// A port as Redis writes it: decimal digits, 1 to 65535.
-bool parse_port(const std::string& text, std::uint16_t& port) {
-    unsigned value = 0;
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc() || end != text.data() + text.size() || value == 0 || value > 65535) return false;
-    port = static_cast<std::uint16_t>(value);
-    return true;
-}
-
-}  // namespace
-
 bool parse_switch_master(const std::string& message, const std::string& master, HostPort& to) {
     std::istringstream in(message);
     std::string name, old_host, old_port, new_host, new_port, extra;
     if (!(in >> name >> old_host >> old_port >> new_host >> new_port) || (in >> extra)) return false;
-    if (name != master || !parse_port(new_port, to.port)) return false;
+    const auto port = parse_port(new_port);
+    if (name != master || !port) return false;
     to.host = new_host;
+    to.port = *port;
     return true;
 }
 
@@ -98,13 +87,13 @@ void SentinelLocator::ask(const std::shared_ptr<Lookup>& lookup) {
                                      if (r.is_nil() || (r.type == Reply::Type::array && r.elements.empty())) {
                                          return failed("does not know master '" + config_.master_name + "'");
                                      }
-                                     HostPort master;
-                                     if (r.type != Reply::Type::array || r.elements.size() != 2 ||
-                                         r.elements[0].type != Reply::Type::string || r.elements[0].str.empty() ||
-                                         !parse_port(r.elements[1].str, master.port)) {
-                                         return failed("answered with something that is not an address");
-                                     }
-                                     master.host = r.elements[0].str;
+                                     // [host, port]
+                                     const bool pair = r.type == Reply::Type::array && r.elements.size() == 2 &&
+                                                       r.elements[0].type == Reply::Type::string &&
+                                                       !r.elements[0].str.empty();
+                                     const auto port = pair ? parse_port(r.elements[1].str) : std::nullopt;
+                                     if (!port) return failed("answered with something that is not an address");
+                                     const HostPort master{r.elements[0].str, *port};
                                      preferred_ = index;
                                      lookup->connection->close();
                                      lookup->connection.reset();

@@ -3,8 +3,9 @@
 // Redlock quorum of independent masters (each script on every node, the answers combined).
 //
 // The backend above speaks in scripts and channels only; this layer owns the connections, the
-// back-off between reconnections, the slot map, and the quorum arithmetic. Single-threaded,
-// like Connection: every member function and every callback runs on the io_context's thread.
+// back-off between reconnections, the slot map, and the quorum arithmetic (one router per
+// topology; node.hpp lists the files). Single-threaded, like Connection: every member function
+// and every callback runs on the io_context's thread.
 #pragma once
 
 #include <chrono>
