@@ -290,10 +290,13 @@ TEST_CASE("redlock: a token stays the largest when the node that issued it is no
     // the counters of its majority before it counted.
     RedlockDeployment d;
     auto r = KeyedLockRegistry::from_url(d.url("lease=2s"));
-    r.lock("k").release();  // makes the counters
+    r.lock("k").release();  // makes the counters (on node 0 perhaps only after a majority answered)
     const int port0 = d.server(0).port();
-    const auto fence_keys = keylock::test::call(port0, {"KEYS", "*keylock:fence"});
-    REQUIRE(fence_keys.elements.size() == 1);
+    keylock::test::Reply fence_keys;
+    REQUIRE(eventually([&] {
+        fence_keys = keylock::test::call(port0, {"KEYS", "*keylock:fence"});
+        return fence_keys.elements.size() == 1;
+    }));
     const std::string counter = fence_keys.elements[0].str;
     const std::uint64_t ahead = std::stoull(keylock::test::call(port0, {"GET", counter}).str) + 1'000'000'000ULL;
     REQUIRE(keylock::test::call(port0, {"SET", counter, std::to_string(ahead)}).str == "OK");
