@@ -7,6 +7,9 @@
 #include <utility>
 #include <vector>
 
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/io_context.hpp>
+
 #include <keylock/keylock.hpp>
 
 using keylock::errc;
@@ -37,18 +40,23 @@ public:
     bool closed = false;
     std::uint64_t fence = 0;
 
-    keylock::detail::Acquired acquire(std::string_view key, keylock::detail::Pin*, Deadline deadline,
-                                      const std::stop_token&, std::error_code& ec) override {
-        deadlines.push_back(deadline);
+    FakeBackend() : Backend(8) {}  // keys of up to 8 bytes
+
+    std::vector<std::string> keys;  // every key that reached the backend
+
+    keylock::detail::Acquired acquire(const keylock::detail::Request& request, std::error_code& ec) override {
+        deadlines.push_back(request.deadline);
+        keys.emplace_back(request.key);
         if (refuse_with) {
             ec = refuse_with;
             return {};
         }
         auto* h = new FakeHold;
-        h->key = key;
+        h->key = request.key;
         return {h, ++fence};
     }
-    void async_acquire(std::string_view, keylock::detail::AsyncWaiter* w) override {
+    void async_acquire(const keylock::detail::Request& request, keylock::detail::AsyncWaiter* w) override {
+        keys.emplace_back(request.key);
         w->complete(errc::unavailable, {});
     }
     void cancel(keylock::detail::AsyncWaiter*) noexcept override {}
@@ -280,4 +288,36 @@ TEST_CASE("a handle's unlock never throws, whatever the backend reports", "[regi
         CHECK(f.fake->releases == 4);
         m.lock();  // destroyed while locked: released without throwing
     }
+}
+
+TEST_CASE("keys are checked above the backend: bad ones never reach it", "[registry]") {
+    Fixture f;
+    auto code_of = [](auto&& fn) {
+        try {
+            fn();
+        } catch (const keylock::Error& e) {
+            return e.code();
+        }
+        return std::error_code{};
+    };
+    const std::string long_key(9, 'x');  // the fake backend takes up to 8 bytes
+    for (const std::string& key : {std::string(), long_key}) {
+        const errc expected = key.empty() ? errc::invalid_key : errc::key_too_long;
+        CHECK(code_of([&] { (void)f.registry.lock(key); }) == expected);
+        CHECK(code_of([&] { (void)f.registry.try_lock(key); }) == expected);
+        CHECK(code_of([&] { (void)f.registry.try_lock_for(key, 1s); }) == expected);
+        CHECK(code_of([&] { (void)f.registry.obtain(key); }) == expected);
+        CHECK(code_of([&] { (void)f.registry.inspect(key); }) == expected);
+        CHECK(code_of([&] { (void)f.registry.force_release(key); }) == expected);
+        boost::asio::io_context io;
+        boost::system::error_code async_code;
+        f.registry.async_lock(
+            key, boost::asio::bind_executor(io, [&](boost::system::error_code ec, const Guard&) { async_code = ec; }));
+        io.run();
+        CHECK(std::error_code(async_code) == expected);
+    }
+    CHECK(f.fake->keys.empty());
+    CHECK(f.fake->pins == 0);
+    CHECK(f.registry.try_lock(std::string(8, 'x')).has_value());  // 8 bytes: through
+    CHECK(f.fake->keys.size() == 1);
 }

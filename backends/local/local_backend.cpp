@@ -83,7 +83,8 @@ thread_local ThreadExit thread_exit;
 class LocalBackend final : public detail::Backend {
 public:
     explicit LocalBackend(const LocalOptions& options)
-        : options_(options),
+        : Backend(options.max_key_bytes),
+          options_(options),
           shard_bits_(static_cast<unsigned>(std::countr_zero(options.shards))),
           seed_(std::random_device{}() * 0x9e3779b97f4a7c15ULL ^ reinterpret_cast<std::uintptr_t>(this)),
           shards_(std::make_unique<Shard[]>(options.shards)) {
@@ -94,20 +95,18 @@ public:
 
     ~LocalBackend() override = default;
 
-    Acquired acquire(std::string_view key, detail::Pin* pin, Deadline deadline, const std::stop_token& stop,
-                     std::error_code& ec) override {
+    Acquired acquire(const detail::Request& request, std::error_code& ec) override {
+        const std::string_view key = request.key;
+        const Deadline deadline = request.deadline;
+        const std::stop_token& stop = request.stop;
         const SpinLimit limit{deadline, stop};
-        if (pin != nullptr) {
+        if (detail::Pin* pin = request.pin) {
             auto* e = static_cast<Entry*>(pin);  // published, and kept alive by the pin
             bool joined = false;
             if (const std::uint64_t token = spin_take(e, e->load() & word::kIncMask, options_.fair, limit, joined)) {
                 return {e, token};
             }
             return acquire_slow(shards_[e->shard], e, joined, {}, 0, deadline, stop, ec);
-        }
-        if (key.empty() || key.size() > options_.max_key_bytes) [[unlikely]] {
-            ec = check_key(key);
-            return {};
         }
         const std::uint64_t hash = hash_bytes(key, seed_);
         {
@@ -155,12 +154,9 @@ public:
         return a;
     }
 
-    void async_acquire(std::string_view key, AsyncWaiter* op) override {
+    void async_acquire(const detail::Request& request, AsyncWaiter* op) override {
+        const std::string_view key = request.key;
         Waiter* w = start_async(op);
-        if (std::error_code ec = check_key(key)) {
-            op->complete(ec, {});
-            return;
-        }
         const std::uint64_t hash = hash_bytes(key, seed_);
         Shard& s = shards_[shard_of(hash)];
         ShardLock guard(this, s);
@@ -218,8 +214,8 @@ public:
     bool lost(const detail::Hold*) const noexcept override { return false; }
 
     detail::Pin* pin(std::string_view key) override {
-        std::error_code ec = check_key(key);
-        if (!ec) {
+        std::error_code ec;
+        {
             const std::uint64_t hash = hash_bytes(key, seed_);
             Shard& s = shards_[shard_of(hash)];
             ShardLock guard(this, s);
@@ -228,7 +224,7 @@ public:
                 add_ref(e);
                 return e;
             }
-        }
+        }  // (the shard's lock is not held while the error is thrown)
         detail::throw_error(ec, key, "obtain");
     }
     void unpin(detail::Pin* pin) noexcept override {
@@ -321,11 +317,6 @@ private:
         return true;
     }
 
-    std::error_code check_key(std::string_view key) const noexcept {
-        if (key.empty()) return errc::invalid_key;
-        if (key.size() > options_.max_key_bytes) return errc::key_too_long;
-        return {};
-    }
     std::size_t shard_of(std::uint64_t hash) const noexcept {
         // Buckets use the low bits; shards use the high ones.
         return shard_bits_ == 0 ? 0 : static_cast<std::size_t>(hash >> (64 - shard_bits_));

@@ -173,7 +173,8 @@ constexpr std::chrono::milliseconds kPollWithoutNotifications{200};
 class RedisBackend final : public detail::Backend {
 public:
     explicit RedisBackend(const RedisConfig& config)
-        : config_(config),
+        : Backend(config.max_key_bytes),
+          config_(config),
           work_(asio::make_work_guard(io_)),
           watchdog_(io_),
           acquire_(config.topology == Topology::redlock ? scripts::acquire_plain : scripts::acquire),
@@ -204,18 +205,17 @@ public:
 
     ~RedisBackend() override = default;
 
-    Acquired acquire(std::string_view key, detail::Pin* pin, Deadline deadline, const std::stop_token& stop,
-                     std::error_code& ec) override {
-        if (pin != nullptr) key = static_cast<RedisPin*>(pin)->key;
-        if (ec = check_key(key); ec) return {};
+    Acquired acquire(const detail::Request& request, std::error_code& ec) override {
+        const std::string_view key = request.key;
         SyncWaiter w;
-        w.deadline = deadline;
+        w.deadline = request.deadline;
         w.id = next_id_.fetch_add(1, std::memory_order_relaxed);
         post([this, &w, k = std::string(key)] { enqueue(&w, k); });
         {
             // A stop only asks the I/O thread to end the wait; the answer comes as done().
             const std::uint64_t id = w.id;
-            std::stop_callback on_stop(stop, [this, id] { post([this, id] { cancel_waiter(id, errc::cancelled); }); });
+            std::stop_callback on_stop(request.stop,
+                                       [this, id] { post([this, id] { cancel_waiter(id, errc::cancelled); }); });
             w.wait();
         }
         if (w.ec && !w.why.empty()) detail::throw_error(w.ec, key, "lock", w.why);
@@ -223,11 +223,8 @@ public:
         return w.result;
     }
 
-    void async_acquire(std::string_view key, detail::AsyncWaiter* op) override {
-        if (std::error_code ec = check_key(key)) {
-            op->complete(ec, {});
-            return;
-        }
+    void async_acquire(const detail::Request& request, detail::AsyncWaiter* op) override {
+        const std::string_view key = request.key;
         auto* w = new AsyncAdapter(op);
         w->id = next_id_.fetch_add(1, std::memory_order_relaxed);
         {
@@ -282,7 +279,6 @@ public:
     }
 
     detail::Pin* pin(std::string_view key) override {
-        if (std::error_code ec = check_key(key)) detail::throw_error(ec, key, "obtain");
         auto* p = new RedisPin;
         p->key.assign(key);
         return p;
@@ -307,7 +303,6 @@ public:
     std::string describe() const override { return to_url(config_); }
 
     LockInfo inspect(std::string_view key, std::error_code& ec) override {
-        if (ec = check_key(key); ec) return {};
         const Reply r = call(Op::inspect, inspect_, config_.prefix + std::string(key), {}, ec);
         if (ec) return {};
         if (r.type != Reply::Type::array || r.elements.empty()) {
@@ -333,7 +328,6 @@ public:
     }
 
     bool force_release(std::string_view key, std::error_code& ec) override {
-        if (ec = check_key(key); ec) return false;
         const std::string lock_key = config_.prefix + std::string(key);
         const Reply r = call(Op::force_release, force_release_, lock_key, lock_key, ec);
         if (ec) return false;
@@ -419,12 +413,6 @@ private:
         keys_.clear();
         io_.stop();
         return true;
-    }
-
-    std::error_code check_key(std::string_view key) const noexcept {
-        if (key.empty()) return errc::invalid_key;
-        if (key.size() > config_.max_key_bytes) return errc::key_too_long;
-        return {};
     }
 
     // ---- subscriptions -------------------------------------------------------------

@@ -119,7 +119,11 @@ private:
 
     bool acquire(detail::Deadline deadline) {
         std::error_code ec;
-        auto acquired = backend_->acquire(backend_->key(pin_), pin_, deadline, detail::no_stop(), ec);
+        detail::Request request;
+        request.key = backend_->key(pin_);
+        request.deadline = deadline;
+        request.pin = pin_;
+        auto acquired = backend_->acquire(request, ec);
         if (acquired.hold == nullptr) {
             if (ec == errc::timeout) return false;
             detail::throw_error(ec, key(), "lock");
@@ -222,7 +226,10 @@ public:
     }
 
     /// A TimedLockable handle for `key` (see KeyMutex). Throws keylock::Error for a bad key.
-    KeyMutex obtain(std::string_view key) { return KeyMutex(backend_.get(), backend_->pin(key)); }
+    KeyMutex obtain(std::string_view key) {
+        if (std::error_code ec = detail::check_key(*backend_, key)) detail::throw_error(ec, key, "obtain");
+        return KeyMutex(backend_.get(), backend_->pin(key));
+    }
 
     /// Waits for `key` without blocking a thread and completes with
     /// `void(boost::system::error_code, keylock::Guard)`. Works with any Asio completion
@@ -258,8 +265,8 @@ public:
     /// keylock::Error: `not_supported` for `local://` (its locks live inside one process, and
     /// another process could not see them anyway), or a backend error.
     LockInfo inspect(std::string_view key) {
-        std::error_code ec;
-        LockInfo info = backend_->inspect(key, ec);
+        std::error_code ec = detail::check_key(*backend_, key);
+        LockInfo info = ec ? LockInfo{} : backend_->inspect(key, ec);
         if (ec) detail::throw_error(ec, key, "inspect");
         return info;
     }
@@ -269,8 +276,8 @@ public:
     /// Returns whether there was a lock. Breaks mutual exclusion by design: for a holder known
     /// to be dead whose lease is too long to wait out. Throws as inspect() does.
     bool force_release(std::string_view key) {
-        std::error_code ec;
-        const bool was_held = backend_->force_release(key, ec);
+        std::error_code ec = detail::check_key(*backend_, key);
+        const bool was_held = !ec && backend_->force_release(key, ec);
         if (ec) detail::throw_error(ec, key, "force_release");
         return was_held;
     }
@@ -289,14 +296,16 @@ private:
     explicit KeyedLockRegistry(std::shared_ptr<detail::Backend> backend) noexcept : backend_(std::move(backend)) {}
 
     Guard acquire_or_throw(std::string_view key, detail::Deadline deadline, const std::stop_token& stop) {
-        std::error_code ec;
-        auto acquired = backend_->acquire(key, nullptr, deadline, stop, ec);
+        std::error_code ec = detail::check_key(*backend_, key);
+        const auto acquired = ec ? detail::Acquired{}
+                                 : backend_->acquire(detail::Request{key, detail::Mode::exclusive, deadline, stop}, ec);
         if (acquired.hold == nullptr) detail::throw_error(ec, key, "lock");
         return Guard(backend_.get(), acquired);
     }
     std::optional<Guard> try_acquire(std::string_view key, detail::Deadline deadline, const std::stop_token& stop) {
-        std::error_code ec;
-        auto acquired = backend_->acquire(key, nullptr, deadline, stop, ec);
+        std::error_code ec = detail::check_key(*backend_, key);
+        const auto acquired = ec ? detail::Acquired{}
+                                 : backend_->acquire(detail::Request{key, detail::Mode::exclusive, deadline, stop}, ec);
         if (acquired.hold != nullptr) return Guard(backend_.get(), acquired);
         if (ec == errc::timeout || ec == errc::cancelled) return std::nullopt;
         detail::throw_error(ec, key, "try_lock");

@@ -45,7 +45,13 @@ public:
             });
         }
         try {
-            backend->async_acquire(key, op);
+            if (std::error_code ec = check_key(*backend, key)) {
+                op->complete(ec, {});  // posted to the handler's executor, as any completion
+                return;
+            }
+            Request request;
+            request.key = key;
+            backend->async_acquire(request, op);
         } catch (...) {  // out of memory before the operation was queued: nothing to complete
             if (slot.is_connected()) slot.clear();
             delete op;

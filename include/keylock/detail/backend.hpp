@@ -38,6 +38,20 @@ struct Acquired {
     std::uint64_t fence = 0;  ///< the fencing token of this acquisition
 };
 
+/// How a lock is held. Only exclusive ownership exists yet; shared, upgrade and counted
+/// permits extend this, and a backend that cannot keep a mode answers `errc::not_supported`.
+enum class Mode : std::uint8_t { exclusive };
+
+/// One acquisition, as the registry asks a backend for it: the key (already checked above the
+/// seam: 1 to `max_key_bytes()` bytes), how it is to be held, and how long to wait for it.
+struct Request {
+    std::string_view key;
+    Mode mode = Mode::exclusive;
+    Deadline deadline = Deadline::max();  ///< `Clock::now()`: one attempt, no waiting
+    std::stop_token stop;                 ///< ends a synchronous wait (async ones end by cancel())
+    Pin* pin = nullptr;                   ///< a pin of `key` (a KeyMutex's), which saves the lookup
+};
+
 /// Room inside an asynchronous operation for a backend's own record of it (its place in a
 /// queue, say), so that an async_lock is one allocation. The registry only creates it. A backend
 /// that uses it constructs its record there with `emplace` when `async_acquire` begins, and
@@ -79,20 +93,21 @@ protected:
 
 class KEYLOCK_API Backend {
 public:
-    Backend() = default;
+    /// `max_key_bytes`: the longest key the registry lets through to this backend.
+    explicit Backend(std::size_t max_key_bytes = 1024) noexcept : max_key_bytes_(max_key_bytes) {}
     Backend(const Backend&) = delete;
     Backend& operator=(const Backend&) = delete;
     virtual ~Backend() = default;
 
-    /// Waits for `key` until `deadline` or until `stop` is requested. On success returns the
-    /// hold; otherwise returns a null hold and sets `ec` (timeout, cancelled, or a key error).
-    /// `pin`, when not null, is a pin of the same key that saves the lookup.
-    virtual Acquired acquire(std::string_view key, Pin* pin, Deadline deadline, const std::stop_token& stop,
-                             std::error_code& ec) = 0;
+    /// Waits for `request.key` until `request.deadline` or until `request.stop` is requested.
+    /// On success returns the hold; otherwise returns a null hold and sets `ec` (timeout,
+    /// cancelled, too_many_keys, or the backend's own errors).
+    virtual Acquired acquire(const Request& request, std::error_code& ec) = 0;
 
-    /// Starts an asynchronous acquisition; `waiter->complete` reports the outcome (possibly
-    /// before this returns, but never on this call's stack while a backend lock is held).
-    virtual void async_acquire(std::string_view key, AsyncWaiter* waiter) = 0;
+    /// Starts an asynchronous acquisition (its `stop` and `pin` are not used: `cancel` ends
+    /// it); `waiter->complete` reports the outcome (possibly before this returns, but never on
+    /// this call's stack while a backend lock is held).
+    virtual void async_acquire(const Request& request, AsyncWaiter* waiter) = 0;
 
     /// Ends a pending `async_acquire` with `operation_aborted` if it has not completed yet.
     virtual void cancel(AsyncWaiter* waiter) noexcept = 0;
@@ -122,7 +137,8 @@ public:
     /// Whether the hold's lease has been lost (never, for in-process locks).
     virtual bool lost(const Hold* hold) const noexcept = 0;
 
-    /// Keeps `key`'s entry alive until `unpin`; throws keylock::Error for a bad key.
+    /// Keeps `key`'s entry alive until `unpin` (the key is checked above the seam); throws
+    /// keylock::Error (e.g. `too_many_keys`).
     virtual Pin* pin(std::string_view key) = 0;
     virtual void unpin(Pin* pin) noexcept = 0;
     virtual std::string_view key(const Pin* pin) const noexcept = 0;
@@ -152,7 +168,21 @@ public:
     /// Called when the last registry handle goes. The backend frees itself now, or later when
     /// its last guard, waiter or pin goes.
     virtual void close() noexcept = 0;
+
+    /// The longest key the registry passes to this backend (shorter keys of 1 byte or more
+    /// are the backend's to take; the registry refuses the rest).
+    std::size_t max_key_bytes() const noexcept { return max_key_bytes_; }
+
+private:
+    std::size_t max_key_bytes_;
 };
+
+/// Whether `key` may reach `backend`: `invalid_key` (empty), `key_too_long`, or nothing.
+inline std::error_code check_key(const Backend& backend, std::string_view key) noexcept {
+    if (key.empty()) return make_error_code(errc::invalid_key);
+    if (key.size() > backend.max_key_bytes()) return make_error_code(errc::key_too_long);
+    return {};
+}
 
 /// Makes a backend for a URL of one scheme; throws keylock::Error for a bad URL.
 using BackendFactory = std::shared_ptr<Backend> (*)(std::string_view url);
