@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // bench_local — throughput of the local backend, as ratios against baselines measured in the
 // same run. See docs/benchmarks.md for what is measured, why, and the results.
 //

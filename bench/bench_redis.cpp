@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // bench_redis — the Redis backend against the same redis-server in the same run (it starts its
 // own, on loopback). See docs/benchmarks.md.
 //

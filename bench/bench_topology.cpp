@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // bench_topology — the Redis Cluster and Redlock topologies of the Redis backend, against
 // baselines measured in the same run (it starts its own servers, on loopback). See
 // docs/benchmarks.md.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSL-1.0
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
@@ -12,6 +13,7 @@ install(TARGETS ${_keylock_targets} EXPORT keylockTargets
     LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
     RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY include/keylock DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(FILES LICENSE THIRD-PARTY-NOTICES.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
 if(TARGET keylock_cli)
     install(TARGETS keylock_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // asio_coroutine — keylock in C++20 coroutines on a Boost.Asio io_context.
 //
 // `registry.async_lock(key, token)` waits for a key without blocking a thread and works with

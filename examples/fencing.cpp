@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // fencing — how a store uses fencing tokens to refuse a writer whose lock is no longer its own.
 //
 // A lock with a lease can be lost while its holder still works (the holder paused longer than

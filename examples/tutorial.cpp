@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // tutorial — keylock's API in one page. The regions between `// [snippet NAME]` markers are the
 // C++ samples of README.md and docs/configuration.md (the test docs.code_samples keeps them
 // equal), so the docs show code that compiles and runs. Every CHECK must hold; the program

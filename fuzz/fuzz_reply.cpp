@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // libFuzzer target: the reply handling of keylock::redis::Connection (backends/redis/connection.cpp).
 //
 // How it is reached: through the real thing, without a network or a thread. A real Connection

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // libFuzzer target: the URL and option parsers (src/config.hpp, backends/redis/redis_config.hpp).
 //
 // The input is one URL. It goes to url_scheme(), local::parse_url() and parse_redis_url(), and,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSL-1.0
 # Quick start, command 1: install what is missing, build the keylock command, and run its
 # get-or-create demo twice: without a lock, then on the embedded local backend (no server
 # needed). Extra arguments go to both runs (`keylock demo --help` lists them).

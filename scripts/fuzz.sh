@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSL-1.0
 # scripts/fuzz.sh [SECONDS] — builds the libFuzzer targets (the `fuzz` preset: Clang 14,
 # AddressSanitizer + UndefinedBehaviorSanitizer) and runs each for SECONDS (default 60) over a
 # copy of its seed corpus (fuzz/corpus/TARGET, copied to a temporary directory: the repository

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSL-1.0
 # Installs the Debian bookworm packages keylock needs to build, test and run its demo.
 # Idempotent: does nothing when everything is there. Needs root (or sudo).
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSL-1.0
 # scripts/lint.sh BUILD_DIR — the format and static-analysis checks CI runs (docs/contributing.md).
 #
 #   1. clang-format-14 --dry-run --Werror on every tracked *.cpp and *.hpp (.clang-format), minus

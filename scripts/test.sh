@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSL-1.0
 # Quick start, command 2: install what is missing, check the sources (scripts/lint.sh:
 # clang-format and clang-tidy), then build and run the whole test suite in the release,
 # asan+ubsan and tsan builds (CMakePresets.json), then the fuzz targets for

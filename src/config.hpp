@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Parsing of configuration values and URL schemes, shared by the backends (internal: reached
 // through the targets' private include path, never installed). Exported from libkeylock, not
 // API: libkeylock_redis and the keylock command use them.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Sleeping on a 32-bit word until another thread changes it: the one way keylock's backends
 // park a thread that waits for a lock.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The backend-independent parts of the registry: errors, construction from URLs through the
 // schemes the linked backends registered.
 #include <cstdlib>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // check_snippets SOURCE_DIR — keeps the docs' C++ samples true to code that is compiled and run.
 //
 // Every ```cpp block in README.md and docs/*.md must follow a marker line

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Runs the `keylock` command (KEYLOCK_CLI_PATH, set by CMake) from tests, with stdout and
 // stderr captured together.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Waiting in tests for something another thread or process does, without a fixed sleep.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The mutual-exclusion checker of the reliability tests: threads and forked processes record
 // every hold of a lock (key, fencing token, start, end, whether it was lost), and check() then
 // proves the two promises of a lock against that history:

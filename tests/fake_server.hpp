@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A TCP listener on a loopback port for tests of servers that are not Redis or never answer.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Load for fault tests: threads of several registries lock a few keys over and over through a
 // fault, every hold recorded in the mutual-exclusion checker (exclusion_checker.hpp).
 #pragma once

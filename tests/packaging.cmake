@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSL-1.0
 # Packaging tests (label "packaging"): keylock must be usable by another CMake project both as
 # an installed package and as a subdirectory. Each test builds tests/consumer in a scratch
 # directory under this build tree with the same compiler and build type as this build, but

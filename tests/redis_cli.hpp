@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Talking to test servers from a test: redis-cli (for its cluster tools and for readable
 // output) and a small RESP client (binary-safe arguments, whole replies, several commands on one
 // connection, as ASKING needs).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A real redis-server for tests: started on a free loopback port and on a Unix socket in a
 // fresh temporary directory, and always stopped (also if the test process dies: the server
 // gets SIGKILL with its parent). No persistence unless a test asks for it.

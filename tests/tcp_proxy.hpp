@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A TCP proxy for fault tests, on Boost.Asio: clients connect to port(), bytes go on to the
 // target port on loopback, and the test can make the network between them bad:
 //

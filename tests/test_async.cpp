@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // async_lock with Asio completion tokens: callbacks, futures, coroutines, cancellation, scale.
 #include <catch2/catch.hpp>
 

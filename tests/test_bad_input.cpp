@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Every kind of bad input keylock can be given, as tables: keys, URLs, option values in code, and
 // servers that answer with errors or are not Redis. docs/failure-modes.md ("Bad input") has the
 // same tables for users. For each row the test asserts the typed error (`keylock::errc`), words

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The keylock command against a real redis-server: exec keeps processes apart, passes on
 // signals, reacts to a lost lease; status and release for operators; exit statuses.
 #include <catch2/catch.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // `keylock demo` end to end: the real binary (KEYLOCK_CLI_PATH, defined by CMake), run as a
 // user would, its printed counts checked. Without a lock, and with local:// across processes,
 // duplicates appear; with local:// in one process, and with redis:// across processes, none do.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // redis+cluster:// against a real Redis Cluster on loopback (tests/topology.hpp): 3 masters with
 // one replica each, started by the test. Keys land on every master; slots are migrated, masters
 // failed over and killed while locks are held and awaited, every hold going through the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // URLs, options and errors: every bad input is a typed error that names the part at fault.
 #include <catch2/catch.hpp>
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Faults against a real redis-server, each under load from several registries (as separate
 // processes would be) with the mutual-exclusion checker recording every hold: whatever breaks,
 // no two holds of a key that were not lost overlap, fencing tokens rise in the order holds

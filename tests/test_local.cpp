@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The local backend's semantics, one test case per promise in docs/semantics.md. Each would
 // fail if the promise broke.
 #include <catch2/catch.hpp>

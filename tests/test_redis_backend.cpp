@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The Redis backend through the public API, against a real redis-server: mutual exclusion
 // across threads, registries and forked processes, leases, lost locks, fencing tokens,
 // notifications, restarts, and failures as typed errors.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Redis URLs: every accepted form and default, every error class, and no password in any
 // message or in to_url().
 #include <catch2/catch.hpp>

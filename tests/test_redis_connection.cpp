@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The Redis connection (backends/redis/connection.hpp) against a real redis-server: TCP and
 // Unix sockets, pipelining, binary-safe arguments, AUTH and SELECT, and each way of failing
 // with a typed error and a message that never contains the password.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The test fixture that later Redis tests stand on: a real redis-server, started and always
 // stopped by the test itself. If redis-server is missing this fails; it never skips.
 #include <catch2/catch.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Redis Cluster hash slots (backends/redis/slots.hpp): known vectors, the hash tag rules,
 // binary keys, the per-slot tag table, and agreement with a real cluster-enabled redis-server.
 #include <catch2/catch.hpp>

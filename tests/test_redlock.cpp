@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // redlock:// against five independent redis-server masters on loopback (tests/topology.hpp):
 // a lock is held when a majority granted it. Nodes are frozen (SIGSTOP), killed and restarted
 // empty while locks are held and awaited; every hold under load goes through the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The registry core above the backend interface, tested against an instrumented fake backend:
 // guards release exactly once, deadlines reach the backend as intended, errors map to the API.
 #include <catch2/catch.hpp>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // redis+sentinel:// against a real Sentinel deployment on loopback: a master, two replicas and
 // three sentinels (quorum 2), all started by the test. Failovers are real: the master is killed,
 // or the sentinels are asked to fail over, while locks are held and awaited; every hold goes

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Many threads, random interleavings, exact counts. Run under ThreadSanitizer in CI.
 #include <catch2/catch.hpp>
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The deployments of the topology tests (tests/topology.hpp) checked on their own, with plain
 // commands and no keylock backend: a Redis Cluster is created and agrees with redis-cli's own
 // check, a slot migrated step by step answers ASK while half-moved and MOVED once moved, a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Catch2 v2 assertions are not thread-safe: threads record their checks here and the test's
 // own thread reports them after joining.
 #pragma once

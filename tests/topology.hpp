@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Redis deployments of several servers for the topology tests, on loopback, from Debian's
 // redis-server: a Redis Cluster (ClusterDeployment) and independent masters for Redlock
 // (RedlockDeployment). Each server is a RedisServer (redis_server.hpp): it dies with the test

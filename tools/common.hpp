@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // tools/common.hpp — what `keylock` and `keylock demo` share: the backend URL they default to,
 // their exit statuses (sysexits.h), and how they read options and report usage errors.
 #pragma once

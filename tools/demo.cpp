@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // tools/demo.cpp — `keylock demo`: why keylock exists, in one run.
 //
 // Requests such as "find the client with id X, or create it" are served by N processes of T

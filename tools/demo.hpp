@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // tools/demo.hpp — `keylock demo`: the get-or-create race keylock prevents, shown with real
 // processes and threads against one SQLite table.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock — the command-line tool: a flock(1) that works across machines, operator commands,
 // and the get-or-create demo. See docs/cli.md.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Compiled into every target that links keylock::keylock (an INTERFACE source of that target).
 // It refers to the object that registers the local:// scheme with
 // KeyedLockRegistry::from_url, so that the linker keeps that object (static library) or the

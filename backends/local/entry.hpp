@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A key's entry and its one atomic word, with everything that changes the word by itself: the
 // lock-free fast paths of published entries and the queue-bit updates. What also needs the
 // shard (taking a lock under its mutex, freeing) is in shard.hpp and local_backend.cpp.

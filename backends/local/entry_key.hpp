@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // An entry's key, and the short fixed-size byte copies and compares that it and the per-thread
 // cache (thread_cache.hpp) use instead of calls to memcpy and memcmp.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The local backend's key hash: seeded, 64 bits; the shard index comes from its high bits and
 // the bucket index from its low bits.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The local backend: acquire, release, async waits, cancel, pins and stats over the parts
 // beside this file:
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The in-process backend: a sharded table of reference-counted per-key entries, each with its
 // own FIFO queue of waiters. An entry lives exactly as long as something refers to it (its
 // holder, a waiter, a KeyMutex pin), plus `idle_ttl` if configured.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The local backend as the registry sees it: its URL, its scheme's registration, and the
 // registry constructors that take its options. The core knows no backend: `local://` is
 // registered here exactly as `redis://` is by keylock::redis.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The local backend's URL: `local://?option=value&...` (internal).
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // When a published entry's memory may go back to the allocator: hazard pointers.
 //
 // A thread that has used a published entry keeps a pointer to it in its fast slot

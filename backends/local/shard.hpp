@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A shard of the local backend's table: its mutex, its chained hash table of entries, its
 // fencing counter and statistics, and the entries kept warm for idle_ttl or counted against
 // max_keys. Also ShardLock, the shard mutex held together with what must happen after it.

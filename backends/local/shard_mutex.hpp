@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The mutex of a shard of the local backend's table.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // What each thread keeps for the local backend: the last published entry it locked by key (its
 // fast slot, which is also its hazard pointer) and a few freed entries to recycle.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A waiter in an entry's FIFO queue: a blocked lock() call, or an async_lock, whose record lives
 // inside the operation (detail::WaitNode). The queue is a Boost.Intrusive list through a hook in
 // the waiter, so queueing allocates nothing.

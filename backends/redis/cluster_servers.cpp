@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Redis Cluster: each script to the master of its first key's slot, MOVED, ASK and TRYAGAIN
 // followed, the slot map refreshed from CLUSTER SLOTS; notifications by sharded pub/sub (see
 // servers.hpp, node.hpp, docs/design.md).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // One connection to a Redis server: TCP, Unix socket or TLS, owned by Boost.Asio, with
 // hiredis's RESP encoder and reply parser. Commands are pipelined: any number may be in
 // flight, and their callbacks run in order as the replies arrive.

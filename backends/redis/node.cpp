@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 #include "node.hpp"
 
 #include <openssl/sha.h>

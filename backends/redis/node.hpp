@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // What the routers of servers.hpp share: Node (one server's connections), a few helpers, and the
 // factory of each router. Private to the Redis backend's servers layer:
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Redlock: a quorum of independent masters. Each script runs on every node at once, and a round
 // decides by the majority (see servers.hpp, node.hpp, docs/design.md).
 #include <algorithm>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The Redis backend. All of its state lives on one I/O thread per registry: user threads post
 // requests to it and wait (sync calls) or get a completion (async calls). That thread owns two
 // connections (commands, and a subscriber for release notifications), one entry per key in

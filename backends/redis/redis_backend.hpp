@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The Redis backend: distributed per-key locks on a Redis server (`redis://`, `rediss://`,
 // `unix://`). See docs/design.md, "The Redis backend".
 #pragma once

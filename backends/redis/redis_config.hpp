@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The configuration of the Redis backend, read from a `redis://`, `rediss://`, `unix://`,
 // `redis+sentinel://`, `redis+cluster://` or `redlock://` URL (the grammar, options and bounds
 // are in docs/configuration.md).

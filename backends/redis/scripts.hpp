@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // The Lua scripts of the Redis lock protocol. Each runs atomically on the server, so a
 // check of the owner token and the change it guards cannot be separated by another client.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Redis Sentinel, for redis+sentinel:// URLs: finds the master's address by asking the sentinels,
 // and hears of failovers (+switch-master) as they happen.
 //

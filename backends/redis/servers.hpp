@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Where the Redis backend's commands go: one server (standalone, or the master that sentinels
 // name), a Redis Cluster (each key to the master of its slot, MOVED and ASK followed), or a
 // Redlock quorum of independent masters (each script on every node, the answers combined).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // One server: standalone, or the master that sentinels name (see servers.hpp, node.hpp).
 #include <boost/asio/post.hpp>
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // Redis Cluster hash slots, and one short hash tag per slot.
 //
 // The lock script keeps a fencing counter per slot rather than per key: its key is named

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock/error.hpp — the error codes keylock reports.
 //
 // Every failure keylock reports is a `keylock::errc` value inside a `std::error_code` of the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock/export.hpp — KEYLOCK_API marks what keylock's libraries export.
 //
 // keylock's libraries are built with hidden visibility (-fvisibility=hidden

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock/guard.hpp — Guard, the RAII ownership of one key's lock.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock/keylock.hpp — everything a user of keylock needs, in one include.
 //
 //   auto registry = keylock::KeyedLockRegistry::from_env();   // KEYLOCK_URL, or local://

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock/local.hpp — the in-process backend, `local://`, configured in code. keylock::keylock
 // links it by default, so `KeyedLockRegistry()` and `from_url("local://...")` need no more than
 // that link; this header is for LocalOptions.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock/options.hpp — what every backend reports: one key's lock as seen from outside
 // (LockInfo) and a registry's counters (Stats).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock/redis.hpp — the Redis backend configured in code rather than by URL. Link
 // keylock::redis. (`KeyedLockRegistry::from_url("redis://…")` needs only the link, not this
 // header.)

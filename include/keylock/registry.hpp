@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock/registry.hpp — KeyedLockRegistry, the one interface to every backend, and KeyMutex,
 // a per-key handle that meets the standard TimedLockable requirements.
 #pragma once

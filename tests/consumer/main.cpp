@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // A user of keylock: everything comes from the one public header. Built with
 // -Wall -Wextra -Wpedantic -Werror and keylock's headers not treated as system headers, so the
 // templates instantiated below (timed waits, with_lock, get_or_create, KeyMutex, async_lock)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSL-1.0
 # Driver of the "packaging" CTests (see tests/packaging.cmake); run with `cmake -P`.
 #
 # MODE=find_package:     configure + build keylock alone (tests, examples, bench OFF; warnings

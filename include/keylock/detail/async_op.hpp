@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock/detail/async_op.hpp — the Asio glue behind KeyedLockRegistry::async_lock.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSL-1.0
 // keylock/detail/backend.hpp — the private interface every backend implements.
 //
 // Not part of the public API: it is in the public include tree only because the inline and
