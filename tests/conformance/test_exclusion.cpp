@@ -460,22 +460,28 @@ CONFORMANCE_PROMISE("bad keys are typed errors and binary keys are keys like any
         CHECK_FALSE(c.registry().try_lock(std::string(1024, 'x')).has_value());
     }
 
-    // NUL, CR LF, bytes that are not UTF-8: each key is its own, and none is cut short.
+    // NUL, CR LF, bytes that are not UTF-8, protocol text, globs, hash tags: each key is its own,
+    // and none is cut short or read as anything but bytes.
     Context c(backend);
     auto r = c.registry();
     auto other = c.registry();
     using namespace std::string_literals;
     const std::vector<std::string> keys = {
-        "a\0b"s,          // a NUL inside
-        "a\0c"s,          // the same up to the NUL
-        "a"s,             // the part before the NUL
-        "\0"s,            // a NUL alone
-        "\r\n"s,          // CR LF alone
-        "k\r\nDEL k"s,    // a protocol's line break, and what follows it
-        "k"s,             // the part before it
-        "\xff\xfe\x80"s,  // not UTF-8
-        "\xff"s,          // a prefix of it
-        "a\0b\r\n\xff"s,  // all of them
+        "a\0b"s,                  // a NUL inside
+        "a\0c"s,                  // the same up to the NUL
+        "a"s,                     // the part before the NUL
+        "\0"s,                    // a NUL alone
+        "\r\n"s,                  // CR LF alone
+        "k\r\nDEL k"s,            // a protocol's line break, and what follows it
+        "k"s,                     // the part before it
+        "\xff\xfe\x80"s,          // not UTF-8
+        "\xff"s,                  // a prefix of it
+        "a\0b\r\n\xff"s,          // all of them
+        "*1\r\n$4\r\nPING\r\n"s,  // a command of the Redis protocol
+        "k*?[a]"s,                // a glob pattern
+        "{k}"s,                   // a Redis Cluster hash tag
+        "a{k}b"s,                 // a hash tag inside
+        "k}{"s,                   // braces that are no hash tag
     };
     std::vector<Guard> held;
     for (const auto& key : keys) {
@@ -485,7 +491,10 @@ CONFORMANCE_PROMISE("bad keys are typed errors and binary keys are keys like any
         CHECK(g->key() == key);
         held.push_back(std::move(*g));
     }
-    for (const auto& key : keys) CHECK_FALSE(other.try_lock(key).has_value());
+    for (const auto& key : keys) {
+        CHECK_FALSE(other.try_lock(key).has_value());
+        if (backend.operator_tools) CHECK(other.inspect(key).held);
+    }
     held.erase(held.begin());  // "a\0b" goes; its neighbours stay held
     CHECK(eventually([&] { return other.try_lock("a\0b"s).has_value(); }));
     CHECK_FALSE(other.try_lock("a\0c"s).has_value());
