@@ -5,9 +5,6 @@
 // through the mutual-exclusion checker.
 #include <catch2/catch.hpp>
 
-#include <memory>
-#include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +17,7 @@
 #include "load.hpp"
 #include "redis_cli.hpp"
 #include "redis_server.hpp"
+#include "topology.hpp"
 
 using keylock::errc;
 using keylock::Guard;
@@ -29,99 +27,12 @@ using keylock::test::cli;
 using keylock::test::error_of;
 using keylock::test::eventually;
 using keylock::test::ExclusionChecker;
-using keylock::test::field;
 using keylock::test::Load;
 using keylock::test::RedisServer;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-namespace {
-
-/// A master, two replicas and three sentinels watching it as "mymaster" (quorum 2). The
-/// constructor returns once the sentinels know the replicas and each other.
-class Deployment {
-public:
-    Deployment() {
-        // Replicas sync at once (not after the default 5 s of diskless-sync delay).
-        master_ = std::make_unique<RedisServer>(std::vector<std::string>{"--repl-diskless-sync-delay", "0"});
-        for (int i = 0; i < 2; ++i) {
-            replicas_.push_back(std::make_unique<RedisServer>(
-                std::vector<std::string>{"--replicaof", "127.0.0.1", std::to_string(master_->port())}));
-        }
-        for (int i = 0; i < 3; ++i) {
-            RedisServer::Sentinel s;
-            s.master_port = master_->port();
-            sentinels_.push_back(std::make_unique<RedisServer>(s));
-        }
-        const bool ready = eventually(
-            [&] {
-                const std::string replication = cli(master_->port(), "INFO replication");
-                if (replication.find("slave1:") == std::string::npos) return false;
-                for (const char* replica : {"slave0:", "slave1:"}) {
-                    const auto at = replication.find(replica);
-                    if (replication.find("state=online", at) != replication.find("state=", at)) return false;
-                }
-                for (auto& s : sentinels_) {
-                    const std::string m = cli(s->port(), "SENTINEL MASTER mymaster");
-                    if (field(m, "num-slaves") != "2" || field(m, "num-other-sentinels") != "2") return false;
-                }
-                return true;
-            },
-            30s);
-        if (!ready) {
-            throw std::runtime_error("the replicas did not sync, or the sentinels did not find them and each other, "
-                                     "in 30 s");
-        }
-    }
-
-    /// redis+sentinel://127.0.0.1:S1,…/mymaster?query
-    std::string url(const std::string& query = "") const {
-        std::string u = "redis+sentinel://";
-        for (std::size_t i = 0; i < sentinels_.size(); ++i) {
-            u += (i ? ",127.0.0.1:" : "127.0.0.1:") + std::to_string(sentinels_[i]->port());
-        }
-        return u + "/mymaster" + (query.empty() ? "" : "?" + query);
-    }
-
-    /// The port the sentinels name as the master's now.
-    int master_port() const {
-        const std::string m = cli(sentinels_[0]->port(), "SENTINEL get-master-addr-by-name mymaster");
-        std::istringstream in(m);
-        std::string host, port;
-        in >> host >> port;
-        return port.empty() ? 0 : std::stoi(port);
-    }
-
-    RedisServer& master() { return *master_; }
-    RedisServer& sentinel(std::size_t i) { return *sentinels_[i]; }
-    /// The server on `port` (master or replica).
-    RedisServer* server_on(int port) {
-        if (master_->port() == port) return master_.get();
-        for (auto& r : replicas_) {
-            if (r->port() == port) return r.get();
-        }
-        return nullptr;
-    }
-
-    /// Waits until the sentinels name a master other than the one on `old_port`, and it says
-    /// it is a master.
-    bool failed_over_from(int old_port, std::chrono::seconds limit = 30s) {
-        return eventually(
-            [&] {
-                const int now = master_port();
-                RedisServer* s = server_on(now);
-                return now != 0 && now != old_port && s != nullptr && cli(now, "ROLE").rfind("master", 0) == 0;
-            },
-            limit);
-    }
-
-private:
-    std::unique_ptr<RedisServer> master_;
-    std::vector<std::unique_ptr<RedisServer>> replicas_;
-    std::vector<std::unique_ptr<RedisServer>> sentinels_;
-};
-
-}  // namespace
+using Deployment = keylock::test::SentinelDeployment;
 
 TEST_CASE("sentinel: the master is found through the sentinels, past one that is down", "[topology][sentinel]") {
     Deployment d;

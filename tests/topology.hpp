@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: BSL-1.0
 // Redis deployments of several servers for the topology tests, on loopback, from Debian's
-// redis-server: a Redis Cluster (ClusterDeployment) and independent masters for Redlock
-// (RedlockDeployment). Each server is a RedisServer (redis_server.hpp): it dies with the test
-// process and leaves nothing behind.
+// redis-server: a Redis Cluster (ClusterDeployment), independent masters for Redlock
+// (RedlockDeployment), and a master with replicas behind sentinels (SentinelDeployment). Each
+// server is a RedisServer (redis_server.hpp): it dies with the test process and leaves nothing
+// behind.
 //
 // A ClusterDeployment is real Redis Cluster: nodes with `--cluster-enabled yes`, joined by
 // `redis-cli --cluster create` (3 masters or more) or by CLUSTER MEET / ADDSLOTSRANGE /
@@ -557,6 +558,102 @@ public:
 
 private:
     std::vector<std::unique_ptr<RedisServer>> servers_;
+};
+
+/// Redis behind Sentinel, for redis+sentinel://: a master, `replicas` replicas of it and
+/// `sentinels` sentinels watching it as "mymaster" (quorum: a majority of the sentinels). The
+/// constructor returns once the replicas are in sync and every sentinel knows the replicas and
+/// the other sentinels.
+class SentinelDeployment {
+public:
+    explicit SentinelDeployment(int replicas = 2, int sentinels = 3) {
+        if (replicas < 0 || sentinels < 1) throw std::invalid_argument("SentinelDeployment: bad sizes");
+        // Replicas sync at once (not after the default 5 s of diskless-sync delay).
+        master_ = std::make_unique<RedisServer>(std::vector<std::string>{"--repl-diskless-sync-delay", "0"});
+        for (int i = 0; i < replicas; ++i) {
+            replicas_.push_back(std::make_unique<RedisServer>(
+                std::vector<std::string>{"--replicaof", "127.0.0.1", std::to_string(master_->port())}));
+        }
+        for (int i = 0; i < sentinels; ++i) {
+            RedisServer::Sentinel s;
+            s.master_port = master_->port();
+            s.quorum = sentinels / 2 + 1;
+            sentinels_.push_back(std::make_unique<RedisServer>(s));
+        }
+        const bool ready = eventually(
+            [&] {
+                const std::string replication = cli(master_->port(), "INFO replication");
+                for (int i = 0; i < replicas; ++i) {
+                    const auto at = replication.find("slave" + std::to_string(i) + ":");
+                    if (at == std::string::npos) return false;
+                    if (replication.find("state=online", at) != replication.find("state=", at)) return false;
+                }
+                for (auto& s : sentinels_) {
+                    const std::string m = cli(s->port(), "SENTINEL MASTER mymaster");
+                    if (field(m, "num-slaves") != std::to_string(replicas) ||
+                        field(m, "num-other-sentinels") != std::to_string(sentinels - 1)) {
+                        return false;
+                    }
+                }
+                return true;
+            },
+            std::chrono::seconds(30));
+        if (!ready) {
+            throw std::runtime_error("the replicas did not sync, or the sentinels did not find them and each other, "
+                                     "in 30 s");
+        }
+    }
+    SentinelDeployment(const SentinelDeployment&) = delete;
+    SentinelDeployment& operator=(const SentinelDeployment&) = delete;
+    SentinelDeployment(SentinelDeployment&&) = delete;
+    SentinelDeployment& operator=(SentinelDeployment&&) = delete;
+    ~SentinelDeployment() = default;
+
+    /// redis+sentinel://127.0.0.1:S1,…/mymaster[?query]
+    std::string url(const std::string& query = "") const {
+        std::string u = "redis+sentinel://";
+        for (std::size_t i = 0; i < sentinels_.size(); ++i) {
+            u += (i ? ",127.0.0.1:" : "127.0.0.1:") + std::to_string(sentinels_[i]->port());
+        }
+        return u + "/mymaster" + (query.empty() ? "" : "?" + query);
+    }
+
+    /// The port the sentinels name as the master's now.
+    int master_port() const {
+        const std::string m = cli(sentinels_[0]->port(), "SENTINEL get-master-addr-by-name mymaster");
+        std::istringstream in(m);
+        std::string host, port;
+        in >> host >> port;
+        return port.empty() ? 0 : std::stoi(port);
+    }
+
+    RedisServer& master() { return *master_; }
+    RedisServer& sentinel(std::size_t i) { return *sentinels_.at(i); }
+    /// The server on `port` (master or replica), or nullptr.
+    RedisServer* server_on(int port) {
+        if (master_->port() == port) return master_.get();
+        for (auto& r : replicas_) {
+            if (r->port() == port) return r.get();
+        }
+        return nullptr;
+    }
+
+    /// Waits until the sentinels name a master other than the one on `old_port`, and it says
+    /// it is a master.
+    bool failed_over_from(int old_port, std::chrono::seconds limit = std::chrono::seconds(30)) {
+        return eventually(
+            [&] {
+                const int now = master_port();
+                RedisServer* s = server_on(now);
+                return now != 0 && now != old_port && s != nullptr && cli(now, "ROLE").rfind("master", 0) == 0;
+            },
+            limit);
+    }
+
+private:
+    std::unique_ptr<RedisServer> master_;
+    std::vector<std::unique_ptr<RedisServer>> replicas_;
+    std::vector<std::unique_ptr<RedisServer>> sentinels_;
 };
 
 }  // namespace keylock::test
