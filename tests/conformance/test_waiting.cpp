@@ -25,9 +25,9 @@
 
 #include <keylock/keylock.hpp>
 
+#include "backends.hpp"
 #include "tests/eventually.hpp"
 #include "tests/thread_checks.hpp"
-#include "backends.hpp"
 
 namespace asio = boost::asio;
 using keylock::errc;
