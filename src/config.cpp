@@ -4,7 +4,10 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <iterator>
 #include <limits>
+
+#include <boost/algorithm/hex.hpp>
 
 #include <keylock/error.hpp>
 
@@ -41,10 +44,9 @@ std::string shown(std::string_view value) {
         if (c >= 0x20 && c < 0x7f && c != '\'') {
             out.push_back(static_cast<char>(c));
         } else {
-            static const char hex[] = "0123456789abcdef";
             out += "\\x";
-            out.push_back(hex[c >> 4]);
-            out.push_back(hex[c & 15]);
+            const char byte = static_cast<char>(c);
+            boost::algorithm::hex_lower(&byte, &byte + 1, std::back_inserter(out));
         }
     }
     if (value.size() > 64) out += "...";

@@ -43,8 +43,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-std::error_code make_ec(errc e) { return make_error_code(e); }
-
 /// Owner tokens, one per acquisition: 128 random bits as 32 hex digits. The bits come from
 /// OpenSSL's CSPRNG, 64 tokens per call. (Each backend has its own, used on its I/O thread; a
 /// forked child cannot use its parent's backend, so it never repeats the parent's tokens.)
@@ -307,7 +305,7 @@ public:
         const Reply r = call(Op::inspect, inspect_, config_.prefix + std::string(key), {}, ec);
         if (ec) return {};
         if (r.type != Reply::Type::array || r.elements.empty()) {
-            ec = make_ec(errc::backend_error);
+            ec = make_error_code(errc::backend_error);
             return {};
         }
         LockInfo info;
@@ -333,7 +331,7 @@ public:
         const Reply r = call(Op::force_release, force_release_, lock_key, lock_key, ec);
         if (ec) return false;
         if (r.type != Reply::Type::integer) {
-            ec = make_ec(errc::backend_error);
+            ec = make_error_code(errc::backend_error);
             return false;
         }
         return r.integer == 1;
@@ -512,15 +510,17 @@ private:
             return;
         }
         // Out of time while Redis could not be reached: that is the reason, not a holder.
-        if (st.first_failure != Clock::time_point{}) return finish(w, make_ec(errc::unavailable), {}, true, st.failure);
-        finish(w, make_ec(errc::timeout), {});
+        if (st.first_failure != Clock::time_point{})
+            return finish(w, make_error_code(errc::unavailable), {}, true, st.failure);
+        finish(w, make_error_code(errc::timeout), {});
     }
 
     /// Fails the waiters at the head whose deadline passed during the attempt with `code` (and
     /// `why` for the message).
     /// Returns false (and frees the key's state if it can) when nobody is left waiting.
     bool drop_expired(KeyState& st, errc code = errc::timeout, const std::string& why = {}) {
-        while (!st.queue.empty() && st.queue.front()->expired) finish(st.queue.front(), make_ec(code), {}, false, why);
+        while (!st.queue.empty() && st.queue.front()->expired)
+            finish(st.queue.front(), make_error_code(code), {}, false, why);
         if (!st.queue.empty()) return true;
         settle(st);
         return false;
@@ -529,7 +529,7 @@ private:
     void cancel_waiter(std::uint64_t id, errc why) {
         auto it = waiters_.find(id);
         if (it == waiters_.end()) return;  // done already
-        finish(it->second, make_ec(why), {});
+        finish(it->second, make_error_code(why), {});
     }
 
     /// Ends a wait: takes the waiter out of its queue and reports.
@@ -590,11 +590,11 @@ private:
                 if (ec) return unavailable(st, ec, r.str);
                 if (r.is_error()) {
                     // A quorum's error already names its node and says 'answered'.
-                    return fail_all(st, make_ec(errc::backend_error),
+                    return fail_all(st, make_error_code(errc::backend_error),
                                     r.str.rfind("Redis at ", 0) == 0 ? r.str : "Redis answered '" + r.str + "'");
                 }
                 if (r.type != Reply::Type::array || r.elements.size() < 2 || r.elements.size() > 3) {
-                    return fail_all(st, make_ec(errc::backend_error), "unexpected reply to the acquire script");
+                    return fail_all(st, make_error_code(errc::backend_error), "unexpected reply to the acquire script");
                 }
                 st.first_failure = {};
                 if (r.elements[0].integer == 1) {
@@ -621,7 +621,7 @@ private:
             const std::string value = lock_value(fence, token);
             servers_->eval(Op::release, release_, {st.lock_key}, {value, st.lock_key},
                            [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
-            fail_all(st, make_ec(errc::unavailable),
+            fail_all(st, make_error_code(errc::unavailable),
                      "the lock was acquired on the master, but " + why +
                          "; it was released, since a failover could hand it out again");
         });
@@ -796,9 +796,9 @@ private:
                            if (!lost && ec) {
                                result = ec;  // the lease will free it
                            } else if (!lost && r.is_error()) {
-                               result = make_ec(errc::backend_error);
+                               result = make_error_code(errc::backend_error);
                            } else if (lost || r.integer != 1) {
-                               result = make_ec(errc::not_owner);
+                               result = make_error_code(errc::not_owner);
                                if (!counted) lost_.fetch_add(1, std::memory_order_relaxed);
                            }
                            forget();
@@ -818,7 +818,7 @@ private:
                            if (ec || r.type != Reply::Type::integer || r.integer == 0) {
                                if (!ec && !r.is_error()) lost_.fetch_add(1, std::memory_order_relaxed);
                                forget();
-                               reply(ec ? ec : make_ec(r.is_error() ? errc::backend_error : errc::not_owner));
+                               reply(ec ? ec : make_error_code(r.is_error() ? errc::backend_error : errc::not_owner));
                                return;
                            }
                            holds_.erase(h);
@@ -907,7 +907,7 @@ private:
             if (!arg.empty()) args.push_back(arg);
             servers_->eval(op, script, {lock_key}, std::move(args),
                            [&](std::error_code e, Reply r, const std::shared_ptr<Connection>&) {
-                               if (!e && r.is_error()) e = make_ec(errc::backend_error);
+                               if (!e && r.is_error()) e = make_error_code(errc::backend_error);
                                reply = std::move(r);
                                answer.done(e, {});
                            });
