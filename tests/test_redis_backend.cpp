@@ -32,6 +32,7 @@
 #include <keylock/keylock.hpp>
 
 #include "eventually.hpp"
+#include "fork.hpp"
 #include "redis_server.hpp"
 #include "thread_checks.hpp"
 
@@ -41,6 +42,8 @@ using keylock::KeyedLockRegistry;
 using keylock::test::RedisServer;
 using keylock::test::url;
 using keylock::test::eventually;
+using keylock::test::spawn;
+using keylock::test::wait_exit;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
@@ -66,28 +69,6 @@ std::string message_of(F&& f) {
     return {};
 }
 
-/// Runs `body` in a forked child and returns its exit status (0 = all its checks passed). The
-/// child must not touch registries made before the fork: it makes its own.
-template <class Body>
-pid_t spawn(Body body) {
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-        int status = 1;
-        try {
-            status = body();
-        } catch (...) {
-            status = 99;
-        }
-        ::_exit(status);
-    }
-    return pid;
-}
-
-int wait_exit(pid_t pid) {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 }  // namespace
 

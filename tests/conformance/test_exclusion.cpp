@@ -29,6 +29,7 @@
 
 #include "backends.hpp"
 #include "tests/eventually.hpp"
+#include "tests/fork.hpp"
 #include "tests/thread_checks.hpp"
 
 namespace asio = boost::asio;
@@ -40,6 +41,8 @@ using keylock::conformance::error_of;
 using keylock::conformance::every_backend;
 using keylock::conformance::shared_across_processes;
 using keylock::test::eventually;
+using keylock::test::spawn;
+using keylock::test::wait_exit;
 using namespace std::chrono_literals;
 
 namespace {
@@ -167,29 +170,6 @@ struct ProcessShared {
     std::uint64_t tokens[kKeys][kMaxHolds] = {};  ///< in the order the locks were granted
 };
 
-/// Runs `body` in a forked child, which exits with its result (99 if it threw) without running
-/// any destructor of the parent's objects (the deployments stay up).
-template <class Body>
-pid_t spawn(Body body) {
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-        int status = 99;
-        try {
-            status = body();
-        } catch (...) {
-        }
-        ::_exit(status);
-    }
-    return pid;
-}
-
-int wait_exit(pid_t pid) {
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0) {
-        if (errno != EINTR) return -1;
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 }  // namespace
 
