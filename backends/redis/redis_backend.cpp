@@ -779,9 +779,6 @@ private:
         // Ours no more, as far as we know: the release still goes out (token-checked: it
         // deletes the lock only if it is ours after all), but the answer is not_owner.
         const bool lost = h->is_lost();
-        // A loss that only the release finds (the key deleted or taken between two renewals)
-        // counts in stats().lost like one the watchdog finds; a marked one was counted then.
-        const bool counted = h->lost.load(std::memory_order_acquire);
         // A quorum never hands over in place: each node counts fencing tokens on its own.
         if (!lost && !quorum_ && st != nullptr && !st->queue.empty() && st->transfers < kMaxTransfers) {
             hand_over(*st, h, std::move(reply), forget);
@@ -790,8 +787,8 @@ private:
         if (st != nullptr) st->transfers = 0;
         const std::string channel = st != nullptr ? st->lock_key : config_.prefix + h->key;
         servers_->eval(Op::release, release_, {channel}, {h->token, channel},
-                       [this, reply = std::move(reply), forget, lost, counted](std::error_code ec, const Reply& r,
-                                                                               const std::shared_ptr<Connection>&) {
+                       [this, h, reply = std::move(reply), forget, lost](std::error_code ec, const Reply& r,
+                                                                         const std::shared_ptr<Connection>&) {
                            std::error_code result;
                            if (!lost && ec) {
                                result = ec;  // the lease will free it
@@ -799,7 +796,7 @@ private:
                                result = make_error_code(errc::backend_error);
                            } else if (lost || r.integer != 1) {
                                result = make_error_code(errc::not_owner);
-                               if (!counted) lost_.fetch_add(1, std::memory_order_relaxed);
+                               note_lost(h);  // found only now, perhaps: the key deleted or taken
                            }
                            forget();
                            reply(result);
@@ -816,7 +813,7 @@ private:
                        [this, h, token, sent, reply = std::move(reply), forget](
                            std::error_code ec, const Reply& r, const std::shared_ptr<Connection>& conn) {
                            if (ec || r.type != Reply::Type::integer || r.integer == 0) {
-                               if (!ec && !r.is_error()) lost_.fetch_add(1, std::memory_order_relaxed);
+                               if (!ec && !r.is_error()) note_lost(h);
                                forget();
                                reply(ec ? ec : make_error_code(r.is_error() ? errc::backend_error : errc::not_owner));
                                return;
@@ -879,11 +876,18 @@ private:
         }
     }
 
+    /// Records that `h` is lost, once, in stats().lost (whoever finds it: the watchdog, or the
+    /// release that finds the lock someone else's). True the first time.
+    bool note_lost(RedisHold* h) noexcept {
+        if (h->lost.exchange(true, std::memory_order_acq_rel)) return false;
+        lost_.fetch_add(1, std::memory_order_relaxed);
+        return true;
+    }
+
     /// Marks a held lock lost (once): tells its guard's watcher (see watch_lost) and the
     /// registry's on_lost handler.
     void mark_lost(RedisHold* h) noexcept {
-        const bool first = !h->lost.exchange(true, std::memory_order_acq_rel);
-        if (first) lost_.fetch_add(1, std::memory_order_relaxed);
+        const bool first = note_lost(h);
         // A handler's exception must not end the watchdog of every other lock.
         if (auto watch = std::exchange(h->watch, nullptr)) {
             try {

@@ -296,17 +296,22 @@ public:
 private:
     explicit KeyedLockRegistry(std::shared_ptr<detail::Backend> backend) noexcept : backend_(std::move(backend)) {}
 
+    /// The key checked, then the backend asked: the hold, or a null one and `ec`.
+    detail::Acquired acquire(std::string_view key, detail::Deadline deadline, const std::stop_token& stop,
+                             std::error_code& ec) {
+        ec = detail::check_key(*backend_, key);
+        if (ec) return {};
+        return backend_->acquire(detail::Request{key, detail::Mode::exclusive, deadline, stop}, ec);
+    }
     Guard acquire_or_throw(std::string_view key, detail::Deadline deadline, const std::stop_token& stop) {
-        std::error_code ec = detail::check_key(*backend_, key);
-        const auto acquired = ec ? detail::Acquired{}
-                                 : backend_->acquire(detail::Request{key, detail::Mode::exclusive, deadline, stop}, ec);
+        std::error_code ec;
+        const auto acquired = acquire(key, deadline, stop, ec);
         if (acquired.hold == nullptr) detail::throw_error(ec, key, "lock");
         return Guard(backend_.get(), acquired);
     }
     std::optional<Guard> try_acquire(std::string_view key, detail::Deadline deadline, const std::stop_token& stop) {
-        std::error_code ec = detail::check_key(*backend_, key);
-        const auto acquired = ec ? detail::Acquired{}
-                                 : backend_->acquire(detail::Request{key, detail::Mode::exclusive, deadline, stop}, ec);
+        std::error_code ec;
+        const auto acquired = acquire(key, deadline, stop, ec);
         if (acquired.hold != nullptr) return Guard(backend_.get(), acquired);
         if (ec == errc::timeout || ec == errc::cancelled) return std::nullopt;
         detail::throw_error(ec, key, "try_lock");
