@@ -60,4 +60,26 @@ inline void wake_one(std::atomic<std::uint32_t>& word) noexcept {
 #endif
 }
 
+/// A one-shot event for one waiting thread: set() once, wait() until it is. The setter wakes
+/// the waiter only if it is asleep, and never touches the event after its store, so the waiter
+/// may destroy it as soon as wait() returns.
+class Event {
+public:
+    void set() noexcept {
+        if (state_.exchange(kSet, std::memory_order_acq_rel) == kAsleep) wake_one(state_);
+    }
+    void wait() noexcept {
+        for (;;) {
+            std::uint32_t s = state_.load(std::memory_order_acquire);
+            if (s == kSet) return;
+            if (s == kIdle && !state_.compare_exchange_weak(s, kAsleep, std::memory_order_acq_rel)) continue;
+            wait_on(state_, kAsleep, Deadline::max());
+        }
+    }
+
+private:
+    static constexpr std::uint32_t kIdle = 0, kSet = 1, kAsleep = 2;
+    std::atomic<std::uint32_t> state_{kIdle};
+};
+
 }  // namespace keylock::detail

@@ -4,7 +4,9 @@
 #include <catch2/catch.hpp>
 
 #include <mutex>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -61,15 +63,14 @@ public:
         w->complete(errc::unavailable, {});
     }
     void cancel(keylock::detail::AsyncWaiter*) noexcept override {}
-    void release(keylock::detail::Hold* h, std::error_code& ec) noexcept override {
+    void release(keylock::detail::Hold* h, std::error_code* ec) noexcept override {
         ++releases;
         delete static_cast<FakeHold*>(h);
-        ec = release_reports;
+        if (ec != nullptr) *ec = release_reports;
     }
     std::string_view key(const keylock::detail::Hold* h) const noexcept override {
         return static_cast<const FakeHold*>(h)->key;
     }
-    bool lost(const keylock::detail::Hold*) const noexcept override { return false; }
     keylock::detail::Pin* pin(std::string_view key) override {
         ++pins;
         auto* p = new FakePin;
@@ -83,7 +84,7 @@ public:
     std::string_view key(const keylock::detail::Pin* p) const noexcept override {
         return static_cast<const FakePin*>(p)->key;
     }
-    keylock::Stats stats() const override { return {}; }
+    keylock::Stats snapshot() const override { return {}; }
     std::string describe() const override { return "fake://"; }
     void close() noexcept override { closed = true; }
 };
@@ -321,4 +322,180 @@ TEST_CASE("keys are checked above the backend: bad ones never reach it", "[regis
     CHECK(f.fake->pins == 0);
     CHECK(f.registry.try_lock(std::string(8, 'x')).has_value());  // 8 bytes: through
     CHECK(f.fake->keys.size() == 1);
+}
+
+namespace {
+
+/// A backend whose locks can be lost and which has no blocking acquire of its own: the
+/// registry's default one runs over async_acquire. A grant or a failure is given by hand, on
+/// another thread, as a remote backend's I/O thread would.
+class LeasedFake final : public keylock::detail::Backend {
+public:
+    struct FakeHold : keylock::detail::LeasedHold {
+        std::string key;
+    };
+
+    LeasedFake() : Backend(64, Loss::possible) {}
+
+    std::mutex mu;
+    keylock::detail::AsyncWaiter* pending = nullptr;
+    Deadline pending_deadline{};
+    std::string pending_key;
+    FakeHold* last = nullptr;  // the last hold granted
+    bool lose_at_release = false;
+    int cancels = 0;
+    int releases = 0;
+
+    void async_acquire(const keylock::detail::Request& request, keylock::detail::AsyncWaiter* w) override {
+        std::lock_guard lk(mu);
+        pending = w;
+        pending_deadline = request.deadline;
+        pending_key = std::string(request.key);
+    }
+    void cancel(keylock::detail::AsyncWaiter* w) noexcept override {
+        std::unique_lock lk(mu);
+        ++cancels;
+        if (pending != w) return;
+        pending = nullptr;
+        lk.unlock();
+        w->complete(errc::cancelled, {});
+    }
+    /// Completes the pending acquisition with a hold (or `ec` and `why`); false if none.
+    bool answer(std::error_code ec = {}, std::string_view why = {}) {
+        keylock::detail::AsyncWaiter* w = nullptr;
+        std::string key;
+        {
+            std::lock_guard lk(mu);
+            w = std::exchange(pending, nullptr);
+            key = pending_key;
+        }
+        if (w == nullptr) return false;
+        if (ec) {
+            w->complete(ec, {}, why);
+            return true;
+        }
+        auto* h = new FakeHold;
+        h->key = key;
+        h->fence = 7;
+        last = h;
+        w->complete({}, {h, 7});
+        return true;
+    }
+    bool has_pending() {
+        std::lock_guard lk(mu);
+        return pending != nullptr;
+    }
+    void lose() { mark_lost(last); }
+    void release(keylock::detail::Hold* h, std::error_code* ec) noexcept override {
+        ++releases;
+        if (lose_at_release) mark_lost(static_cast<FakeHold*>(h), Found::at_release);
+        if (ec != nullptr) *ec = lost(h) ? make_error_code(errc::not_owner) : std::error_code{};
+        delete static_cast<FakeHold*>(h);
+    }
+    std::string_view key(const keylock::detail::Hold* h) const noexcept override {
+        return static_cast<const FakeHold*>(h)->key;
+    }
+    keylock::detail::Pin* pin(std::string_view) override { throw keylock::Error(errc::not_supported, "no pins"); }
+    void unpin(keylock::detail::Pin*) noexcept override {}
+    std::string_view key(const keylock::detail::Pin*) const noexcept override { return {}; }
+    keylock::Stats snapshot() const override { return {}; }
+    std::string describe() const override { return "leased-fake://"; }
+    void close() noexcept override {}
+};
+
+struct LeasedFixture {
+    std::shared_ptr<LeasedFake> fake = std::make_shared<LeasedFake>();
+    KeyedLockRegistry registry = KeyedLockRegistry::from_backend(
+        std::shared_ptr<keylock::detail::Backend>(fake.get(), [](keylock::detail::Backend* b) { b->close(); }));
+
+    /// Answers the next acquisition once it has been asked for.
+    void answer_soon(std::error_code ec = {}, const std::string& why = {}) {
+        while (!fake->answer(ec, why)) std::this_thread::sleep_for(1ms);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("the default blocking acquire waits for async_acquire's answer, with its deadline", "[registry][seam]") {
+    LeasedFixture f;
+    std::thread grant([&] { f.answer_soon(); });
+    const auto before = Clock::now();
+    auto g = f.registry.try_lock_for("k", 10s);
+    grant.join();
+    REQUIRE(g);
+    CHECK(g->key() == "k");
+    CHECK(g->fencing_token() == 7);
+    CHECK(f.fake->pending_deadline >= before + 10s);  // the deadline reaches async_acquire
+    CHECK(f.fake->cancels == 0);
+}
+
+TEST_CASE("the default blocking acquire: a stop request cancels, an error keeps the backend's words",
+          "[registry][seam]") {
+    LeasedFixture f;
+    std::stop_source stop;
+    std::thread stopper([&] {
+        while (!f.fake->has_pending()) std::this_thread::sleep_for(1ms);
+        stop.request_stop();
+    });
+    CHECK_FALSE(f.registry.try_lock_for("k", 1h, stop.get_token()).has_value());  // cancelled: nullopt
+    stopper.join();
+    CHECK(f.fake->cancels == 1);
+
+    std::thread refuse([&] { f.answer_soon(errc::unavailable, "the server said no"); });
+    try {
+        (void)f.registry.lock("k");
+        FAIL("lock() returned");
+    } catch (const keylock::Error& e) {
+        CHECK(e.code() == errc::unavailable);
+        CHECK_THAT(e.what(), Catch::Contains("the server said no") && Catch::Contains("'k'"));
+    }
+    refuse.join();
+}
+
+TEST_CASE("lost-lease bookkeeping above the seam: once, to the guard's watcher and the handler, counted",
+          "[registry][seam]") {
+    LeasedFixture f;
+    std::vector<std::pair<std::string, std::uint64_t>> told;
+    f.registry.on_lost([&](std::string_view key, std::uint64_t fence) { told.emplace_back(key, fence); });
+    boost::asio::io_context io;
+
+    std::thread grant([&] { f.answer_soon(); });
+    Guard g = f.registry.lock("a");
+    grant.join();
+    bool emitted = false;
+    auto slot = g.cancellation_slot(io.get_executor());
+    slot.assign([&](boost::asio::cancellation_type) { emitted = true; });
+    CHECK_FALSE(g.lost());
+
+    f.fake->lose();
+    f.fake->lose();  // a second finding changes nothing
+    CHECK(g.lost());
+    io.run();
+    CHECK(emitted);
+    REQUIRE(told.size() == 1);
+    CHECK(told[0] == std::pair<std::string, std::uint64_t>("a", 7));
+    CHECK(f.registry.stats().lost == 1);
+    std::error_code ec;
+    g.release(ec);
+    CHECK(ec == errc::not_owner);
+}
+
+TEST_CASE("a hold found lost only by its release is counted, and nobody is told", "[registry][seam]") {
+    LeasedFixture f;
+    int told = 0;
+    f.registry.on_lost([&](std::string_view, std::uint64_t) { ++told; });
+    boost::asio::io_context io;
+    std::thread grant([&] { f.answer_soon(); });
+    Guard g = f.registry.lock("a");
+    grant.join();
+    bool emitted = false;
+    g.cancellation_slot(io.get_executor()).assign([&](boost::asio::cancellation_type) { emitted = true; });
+    f.fake->lose_at_release = true;
+    std::error_code ec;
+    g.release(ec);
+    CHECK(ec == errc::not_owner);
+    io.run();
+    CHECK_FALSE(emitted);  // the guard had released: its watcher was gone
+    CHECK(told == 0);
+    CHECK(f.registry.stats().lost == 1);
 }

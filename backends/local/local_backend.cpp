@@ -190,8 +190,8 @@ public:
         leave_queue(s, e, guard);
     }
 
-    void release(detail::Hold* hold, std::error_code& ec) noexcept override {
-        if (ec) ec.clear();
+    void release(detail::Hold* hold, std::error_code* ec) noexcept override {
+        if (ec != nullptr) ec->clear();  // in-process locks are never lost
         auto* e = static_cast<Entry*>(hold);
         assert((e->load() & word::kHeld) != 0);
         if (fast_release(e)) return;
@@ -204,15 +204,9 @@ public:
         if ((w & word::kQueued) != 0 && (w & word::kHeld) == 0) dispatch(s, e, guard);
     }
 
-    void release_unobserved(detail::Hold* hold) noexcept override {
-        std::error_code ignored;
-        release(hold, ignored);  // (final class: a direct call)
-    }
-
     std::string_view key(const detail::Hold* hold) const noexcept override {
         return static_cast<const Entry*>(hold)->key;
     }
-    bool lost(const detail::Hold*) const noexcept override { return false; }
 
     detail::Pin* pin(std::string_view key) override {
         std::error_code ec;
@@ -236,7 +230,7 @@ public:
     }
     std::string_view key(const detail::Pin* pin) const noexcept override { return static_cast<const Entry*>(pin)->key; }
 
-    Stats stats() const override {
+    Stats snapshot() const override {
         // Threads' deferred references are not uses: drop them, so that `entries` counts the
         // entries really in use (and returns to 0 when nothing is).
         if (defer_) Reclaimer::get().drain(drop_deferred);

@@ -33,6 +33,7 @@
 #include "servers.hpp"
 #include "slots.hpp"
 #include "src/futex.hpp"
+#include "src/tally.hpp"
 
 namespace keylock::redis {
 
@@ -73,37 +74,24 @@ private:
 
 struct KeyState;
 
-/// A lock held through this backend. Written on the I/O thread; `lost` is read anywhere.
-struct RedisHold final : detail::Hold {
+/// A lock held through this backend, written on the I/O thread. Its lease's end (LeasedHold::
+/// valid_until) is that of the last confirmed renewal: past it the lock may be someone else's,
+/// so the hold counts as lost even before the watchdog says so.
+struct RedisHold final : detail::LeasedHold {
     std::string key;
     std::string token;
-    std::uint64_t fence = 0;
-    bool releasing = false;  // I/O thread: its release is under way (no guard refers to it)
-    std::atomic<bool> lost{false};
-    std::function<void()> watch;  // I/O thread: see Backend::watch_lost
-    /// The lease's end as of the last confirmed renewal (steady clock, ns): past it the lock may
-    /// be someone else's, so the hold counts as lost even before the watchdog says so.
-    std::atomic<Clock::rep> valid_until{0};
-
-    bool is_lost() const noexcept {
-        return lost.load(std::memory_order_acquire) ||
-               Clock::now().time_since_epoch().count() >= valid_until.load(std::memory_order_relaxed);
-    }
-    void valid_for(Clock::time_point since, std::chrono::milliseconds lease) noexcept {
-        valid_until.store((since + lease).time_since_epoch().count(), std::memory_order_relaxed);
-    }
+    bool releasing = false;  // its release is under way (no guard refers to it)
 };
 
 struct RedisPin final : detail::Pin {
     std::string key;
 };
 
-/// A wait on the I/O thread: a blocked sync call or an async operation.
+/// A wait on the I/O thread: an async operation, or the registry's blocking wait over one.
 struct Waiter {
-    virtual ~Waiter() = default;
-    /// Called exactly once, on the I/O thread.
-    virtual void done(std::error_code ec, Acquired a) noexcept = 0;
+    explicit Waiter(detail::AsyncWaiter* w) : op(w) {}
 
+    detail::AsyncWaiter* op;
     std::uint64_t id = 0;
     Deadline deadline = Deadline::max();
     std::string why;       // with an error: what went wrong, for the message (the server's words)
@@ -113,35 +101,10 @@ struct Waiter {
     std::unique_ptr<asio::steady_timer> timer;
 };
 
-/// A thread blocked in a sync call. It sleeps on its own futex word, which done() sets and
-/// wakes only if the thread is asleep: one wake-up, and no lock for the woken thread to take.
-struct SyncWaiter final : Waiter {
-    static constexpr std::uint32_t kWaiting = 0, kDone = 1, kAsleep = 2;
-
-    void done(std::error_code e, Acquired a) noexcept override {
-        ec = e;
-        result = a;
-        // From this store on, the waiting thread may return and `this` be gone (see wake_one).
-        if (signal.exchange(kDone, std::memory_order_acq_rel) == kAsleep) detail::wake_one(signal);
-    }
-    /// Blocks until done() has been called.
-    void wait() noexcept {
-        for (;;) {
-            std::uint32_t s = signal.load(std::memory_order_acquire);
-            if (s == kDone) return;
-            if (s == kWaiting && !signal.compare_exchange_weak(s, kAsleep, std::memory_order_acq_rel)) continue;
-            detail::wait_on(signal, kAsleep, Deadline::max());
-        }
-    }
-    std::atomic<std::uint32_t> signal{kWaiting};
+/// A reply a user thread waits for (a release's outcome, an operator's call).
+struct Answer {
+    detail::Event done;
     std::error_code ec;
-    Acquired result;
-};
-
-struct AsyncAdapter final : Waiter {
-    explicit AsyncAdapter(detail::AsyncWaiter* w) : op(w) {}
-    void done(std::error_code e, Acquired a) noexcept override { op->complete(e, a); }
-    detail::AsyncWaiter* op;
 };
 
 /// One key in use in this process.
@@ -172,7 +135,7 @@ constexpr std::chrono::milliseconds kPollWithoutNotifications{200};
 class RedisBackend final : public detail::Backend {
 public:
     explicit RedisBackend(const RedisConfig& config)
-        : Backend(config.max_key_bytes),
+        : Backend(config.max_key_bytes, Loss::possible),
           config_(config),
           work_(asio::make_work_guard(io_)),
           watchdog_(io_),
@@ -204,27 +167,10 @@ public:
 
     ~RedisBackend() override = default;
 
-    Acquired acquire(const detail::Request& request, std::error_code& ec) override {
-        const std::string_view key = request.key;
-        SyncWaiter w;
-        w.deadline = request.deadline;
-        w.id = next_id_.fetch_add(1, std::memory_order_relaxed);
-        post([this, &w, k = std::string(key)] { enqueue(&w, k); });
-        {
-            // A stop only asks the I/O thread to end the wait; the answer comes as done().
-            const std::uint64_t id = w.id;
-            std::stop_callback on_stop(request.stop,
-                                       [this, id] { post([this, id] { cancel_waiter(id, errc::cancelled); }); });
-            w.wait();
-        }
-        if (w.ec && !w.why.empty()) detail::throw_error(w.ec, key, "lock", w.why);
-        ec = w.ec;
-        return w.result;
-    }
-
     void async_acquire(const detail::Request& request, detail::AsyncWaiter* op) override {
         const std::string_view key = request.key;
-        auto* w = new AsyncAdapter(op);
+        auto* w = new Waiter(op);
+        w->deadline = request.deadline;
         w->id = next_id_.fetch_add(1, std::memory_order_relaxed);
         {
             std::lock_guard lk(async_mu_);
@@ -244,37 +190,28 @@ public:
         post([this, id] { cancel_waiter(id, errc::cancelled); });
     }
 
-    void release(detail::Hold* hold, std::error_code& ec) noexcept override {
-        ec.clear();
+    /// Without `ec` (a guard's destructor) the release is only queued. It is ordered before
+    /// every later request of this process (they go through the same thread, and the key counts
+    /// as held until Redis has answered), and close() waits for it.
+    void release(detail::Hold* hold, std::error_code* ec) noexcept override {
         auto* h = static_cast<RedisHold*>(hold);
-        SyncWaiter answer;  // (only its done() and wait(): it is never queued)
-        post([this, h, &answer] { do_release(h, [&answer](std::error_code e) { answer.done(e, {}); }); });
-        answer.wait();
-        ec = answer.ec;
-    }
-
-    /// A guard's destructor: nobody waits for the answer, so the release is only queued. It is
-    /// ordered before every later request of this process (they go through the same thread,
-    /// and the key counts as held until Redis has answered), and close() waits for it.
-    void release_unobserved(detail::Hold* hold) noexcept override {
-        auto* h = static_cast<RedisHold*>(hold);
-        post([this, h] { do_release(h, [](std::error_code) {}); });
+        if (ec == nullptr) {
+            post([this, h] { do_release(h, [](std::error_code) {}); });
+            return;
+        }
+        Answer answer;
+        post([this, h, &answer] {
+            do_release(h, [&answer](std::error_code e) {
+                answer.ec = e;
+                answer.done.set();
+            });
+        });
+        answer.done.wait();
+        *ec = answer.ec;
     }
 
     std::string_view key(const detail::Hold* hold) const noexcept override {
         return static_cast<const RedisHold*>(hold)->key;
-    }
-
-    void watch_lost(detail::Hold* hold, std::function<void()> on_lost) override {
-        // Posted before the hold's release (the same guard asks for both), so it is still ours.
-        post([this, h = static_cast<RedisHold*>(hold), f = std::move(on_lost)]() mutable {
-            if (!holds_.contains(h) || h->releasing) return;
-            h->watch = std::move(f);
-            if (h->is_lost()) mark_lost(h);
-        });
-    }
-    bool lost(const detail::Hold* hold) const noexcept override {
-        return static_cast<const RedisHold*>(hold)->is_lost();
     }
 
     detail::Pin* pin(std::string_view key) override {
@@ -287,17 +224,7 @@ public:
         return static_cast<const RedisPin*>(pin)->key;
     }
 
-    Stats stats() const override {
-        Stats s;
-        s.entries = entries_.load(std::memory_order_relaxed);
-        s.acquisitions = acquisitions_.load(std::memory_order_relaxed);
-        s.contended = contended_.load(std::memory_order_relaxed);
-        s.timeouts = timeouts_.load(std::memory_order_relaxed);
-        s.cancellations = cancellations_.load(std::memory_order_relaxed);
-        s.waiting = waiting_.load(std::memory_order_relaxed);
-        s.lost = lost_.load(std::memory_order_relaxed);
-        return s;
-    }
+    Stats snapshot() const override { return tally_.snapshot(entries_.load(std::memory_order_relaxed)); }
 
     std::string describe() const override { return to_url(config_); }
 
@@ -335,10 +262,6 @@ public:
             return false;
         }
         return r.integer == 1;
-    }
-
-    void on_lost(std::function<void(std::string_view, std::uint64_t)> handler) override {
-        post([this, h = std::move(handler)]() mutable { lost_handler_ = std::move(h); });
     }
 
     void close() noexcept override {
@@ -488,7 +411,7 @@ private:
         KeyState& st = state_of(key);
         w->state = &st;
         waiters_[w->id] = w;
-        waiting_.fetch_add(1, std::memory_order_relaxed);
+        tally_.began();
         st.queue.push_back(w);
         if (w->deadline != Deadline::max()) {
             w->timer = std::make_unique<asio::steady_timer>(io_, w->deadline);
@@ -538,21 +461,14 @@ private:
         w->why = std::move(why);
         st.queue.erase(std::find(st.queue.begin(), st.queue.end(), w));
         waiters_.erase(w->id);
-        waiting_.fetch_sub(1, std::memory_order_relaxed);
         if (w->timer) w->timer->cancel();
-        if (ec == errc::timeout) timeouts_.fetch_add(1, std::memory_order_relaxed);
-        if (ec == errc::cancelled) cancellations_.fetch_add(1, std::memory_order_relaxed);
-        if (!ec && w->waited) contended_.fetch_add(1, std::memory_order_relaxed);
-        if (auto* async = dynamic_cast<AsyncAdapter*>(w)) {
-            {
-                std::lock_guard lk(async_mu_);
-                async_ids_.erase(async->op);
-            }
-            async->done(ec, a);
-            delete async;
-        } else {
-            w->done(ec, a);  // a sync waiter may be gone right after this
+        tally_.ended(ec, w->waited);
+        {
+            std::lock_guard lk(async_mu_);
+            async_ids_.erase(w->op);
         }
+        const std::unique_ptr<Waiter> done(w);
+        w->op->complete(ec, a, w->why);  // a blocking caller may return right after this
         if (then_settle) settle(st);
     }
 
@@ -634,14 +550,13 @@ private:
         h->key = st.key;
         h->token = lock_value(fence, token);  // the lock key's value (see scripts.hpp)
         h->fence = fence;
-        h->valid_for(sent, validity_);  // the lease began in Redis after `sent`, never before
+        h->valid_until(sent + validity_);  // the lease began in Redis after `sent`, never before
         st.holder = h;
         holds_.insert(h);
         if (st.queue.empty()) {
             do_release(h, [](std::error_code) {});
             return;
         }
-        acquisitions_.fetch_add(1, std::memory_order_relaxed);
         finish(st.queue.front(), {}, {h, fence});
     }
 
@@ -763,7 +678,6 @@ private:
     /// bookkeeping, so that a caller woken by it sees the entry gone from stats().
     void do_release(RedisHold* h, std::function<void(std::error_code)> reply) {
         h->releasing = true;
-        h->watch = nullptr;  // no guard to tell any more
         auto it = keys_.find(h->key);
         KeyState* st = it != keys_.end() ? it->second.get() : nullptr;
         auto forget = [this, h] {
@@ -778,7 +692,7 @@ private:
         };
         // Ours no more, as far as we know: the release still goes out (token-checked: it
         // deletes the lock only if it is ours after all), but the answer is not_owner.
-        const bool lost = h->is_lost();
+        const bool lost = h->lost();
         // A quorum never hands over in place: each node counts fencing tokens on its own.
         if (!lost && !quorum_ && st != nullptr && !st->queue.empty() && st->transfers < kMaxTransfers) {
             hand_over(*st, h, std::move(reply), forget);
@@ -796,7 +710,7 @@ private:
                                result = make_error_code(errc::backend_error);
                            } else if (lost || r.integer != 1) {
                                result = make_error_code(errc::not_owner);
-                               note_lost(h);  // found only now, perhaps: the key deleted or taken
+                               mark_lost(h, Found::at_release);  // found only now, perhaps: the key deleted or taken
                            }
                            forget();
                            reply(result);
@@ -813,7 +727,7 @@ private:
                        [this, h, token, sent, reply = std::move(reply), forget](
                            std::error_code ec, const Reply& r, const std::shared_ptr<Connection>& conn) {
                            if (ec || r.type != Reply::Type::integer || r.integer == 0) {
-                               if (!ec && !r.is_error()) note_lost(h);
+                               if (!ec && !r.is_error()) mark_lost(h, Found::at_release);
                                forget();
                                reply(ec ? ec : make_error_code(r.is_error() ? errc::backend_error : errc::not_owner));
                                return;
@@ -847,7 +761,7 @@ private:
         const auto now = Clock::now();
         for (RedisHold* h : holds_) {
             if (h->releasing) continue;  // its guard is gone
-            if (h->is_lost()) {
+            if (h->lost()) {
                 mark_lost(h);
                 continue;
             }
@@ -866,7 +780,7 @@ private:
                                    replicate(conn, [this, h, token, now](const std::string& why) {
                                        if (!why.empty() || !holds_.contains(h) || h->token != token || h->releasing)
                                            return;
-                                       if (!h->is_lost()) h->valid_for(now, validity_);
+                                       if (!h->lost()) h->valid_until(now + validity_);
                                    });
                                } else if (r.type == Reply::Type::integer ||
                                           (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
@@ -876,35 +790,9 @@ private:
         }
     }
 
-    /// Records that `h` is lost, once, in stats().lost (whoever finds it: the watchdog, or the
-    /// release that finds the lock someone else's). True the first time.
-    bool note_lost(RedisHold* h) noexcept {
-        if (h->lost.exchange(true, std::memory_order_acq_rel)) return false;
-        lost_.fetch_add(1, std::memory_order_relaxed);
-        return true;
-    }
-
-    /// Marks a held lock lost (once): tells its guard's watcher (see watch_lost) and the
-    /// registry's on_lost handler.
-    void mark_lost(RedisHold* h) noexcept {
-        const bool first = note_lost(h);
-        // A handler's exception must not end the watchdog of every other lock.
-        if (auto watch = std::exchange(h->watch, nullptr)) {
-            try {
-                watch();
-            } catch (...) {
-            }
-        }
-        if (!first || !lost_handler_) return;
-        try {
-            lost_handler_(h->key, h->fence);
-        } catch (...) {
-        }
-    }
-
     /// Runs a one-key script from a user thread and waits for its reply (operator calls).
     Reply call(Op op, const Script& script, const std::string& lock_key, std::string_view arg, std::error_code& ec) {
-        SyncWaiter answer;  // (only its done() and wait(): it is never queued)
+        Answer answer;
         Reply reply;
         post([&] {
             std::vector<std::string_view> args;
@@ -913,10 +801,11 @@ private:
                            [&](std::error_code e, Reply r, const std::shared_ptr<Connection>&) {
                                if (!e && r.is_error()) e = make_error_code(errc::backend_error);
                                reply = std::move(r);
-                               answer.done(e, {});
+                               answer.ec = e;
+                               answer.done.set();
                            });
         });
-        answer.wait();
+        answer.done.wait();
         ec = answer.ec;
         return reply;
     }
@@ -943,7 +832,6 @@ private:
     std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
     std::unordered_set<RedisHold*> holds_;
-    std::function<void(std::string_view, std::uint64_t)> lost_handler_;
     TokenSource tokens_;
     std::mt19937 rng_{std::random_device{}()};
     std::uniform_int_distribution<int> jitter_{0, 10};
@@ -952,8 +840,8 @@ private:
     std::unordered_map<detail::AsyncWaiter*, std::uint64_t> async_ids_;
 
     std::atomic<std::uint64_t> next_id_{1};
-    std::atomic<std::uint64_t> entries_{0}, acquisitions_{0}, contended_{0}, timeouts_{0}, cancellations_{0}, lost_{0},
-        waiting_{0};
+    std::atomic<std::uint64_t> entries_{0};
+    detail::Tally tally_;
 };
 
 std::shared_ptr<detail::Backend> from_url(std::string_view url) { return make_backend(parse_redis_url(url)); }

@@ -112,7 +112,7 @@ public:
             ec = errc::not_held;
             return;
         }
-        std::exchange(backend_, nullptr)->release(std::exchange(hold_, nullptr), ec);
+        std::exchange(backend_, nullptr)->release_hold(std::exchange(hold_, nullptr), &ec);
     }
 
 private:
@@ -125,7 +125,7 @@ private:
         : backend_(acquired.hold ? backend : nullptr), hold_(acquired.hold), fence_(acquired.fence) {}
 
     void reset() noexcept {
-        if (hold_ != nullptr) std::exchange(backend_, nullptr)->release_unobserved(std::exchange(hold_, nullptr));
+        if (hold_ != nullptr) std::exchange(backend_, nullptr)->release_hold(std::exchange(hold_, nullptr), nullptr);
     }
 
     detail::Backend* backend_ = nullptr;

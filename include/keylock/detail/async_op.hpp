@@ -60,7 +60,8 @@ public:
         }
     }
 
-    void complete(std::error_code ec, Acquired acquired) noexcept override {
+    using AsyncWaiter::complete;
+    void complete(std::error_code ec, Acquired acquired, std::string_view /*why*/) noexcept override {
         // The result travels inside the posted function, so if the executor is destroyed
         // without running it, the guard inside releases the lock.
         Guard guard(backend_, acquired);

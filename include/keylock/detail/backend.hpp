@@ -3,15 +3,18 @@
 //
 // Not part of the public API: it is in the public include tree only because the inline and
 // template parts of the registry (guards, async_lock) call it. A backend implements acquire,
-// release and the few queries below; everything else (RAII guards, with_lock, get_or_create,
-// timed waits, completion tokens) is written once above it, in KeyedLockRegistry.
+// release and the few queries below; everything else (key checks, lost-lease bookkeeping,
+// blocking waits, RAII guards, with_lock, get_or_create, completion tokens) is written once
+// above it, here and in KeyedLockRegistry.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <stop_token>
 #include <string>
@@ -29,10 +32,37 @@ using Clock = std::chrono::steady_clock;
 /// A point on the steady clock; `Deadline::max()` waits forever, `Clock::now()` tries once.
 using Deadline = Clock::time_point;
 
-/// A held lock, as the backend knows it. Opaque above the backend.
+/// A held lock, as the backend knows it. Opaque above the backend, except for LeasedHold.
 struct Hold {};
 /// A reference that keeps one key's entry alive (for `KeyedLockRegistry::obtain`).
 struct Pin {};
+
+/// A hold that can be lost while held (a lease that ran out, a session that died): the hold type
+/// of every backend constructed with `Backend::Loss::possible`. The registry keeps the rest of
+/// the bookkeeping (the guard's watcher, the registry's handler, `Stats::lost`); the backend
+/// only says when it learns, through `Backend::mark_lost`, and may give the lease's end.
+class LeasedHold : public Hold {
+public:
+    /// Lost: marked so, or past its lease's end (then another owner may hold the key already,
+    /// even though the backend has not found out yet).
+    bool lost() const noexcept {
+        return lost_.load(std::memory_order_acquire) ||
+               Clock::now().time_since_epoch().count() >= valid_until_.load(std::memory_order_relaxed);
+    }
+    /// The lease counts until `t` (steady clock); `Deadline::max()`, the default, for a hold
+    /// lost only when marked.
+    void valid_until(Clock::time_point t) noexcept {
+        valid_until_.store(t.time_since_epoch().count(), std::memory_order_relaxed);
+    }
+
+    std::uint64_t fence = 0;  ///< the fencing token, for the registry's handler
+
+private:
+    friend class Backend;
+    std::atomic<bool> lost_{false};
+    std::atomic<Clock::rep> valid_until_{Clock::time_point::max().time_since_epoch().count()};
+    std::function<void()> watch_;  // see Backend::watch_lost; under the backend's loss mutex
+};
 
 struct Acquired {
     Hold* hold = nullptr;     ///< null when not acquired
@@ -78,73 +108,75 @@ private:
     alignas(std::uint64_t) alignas(void*) std::byte space_[kSize];
 };
 
-/// An asynchronous acquisition in progress. The backend calls `complete` exactly once, never
-/// while holding one of its own locks; the implementation delivers the result through the
-/// operation's executor and frees itself after that.
+/// An asynchronous acquisition in progress: an async_lock, or the registry's own blocking wait
+/// (Backend::acquire's default). The backend calls `complete` exactly once, never while holding
+/// one of its own locks; the implementation delivers the result and frees itself after that.
 class AsyncWaiter : public WaitNode {
 public:
     AsyncWaiter(const AsyncWaiter&) = delete;
     AsyncWaiter& operator=(const AsyncWaiter&) = delete;
-    virtual void complete(std::error_code ec, Acquired acquired) noexcept = 0;
+    /// `why`: with an error, the backend's own words for it (a server's message), for the
+    /// exception a blocking caller gets; empty when the error code says it all.
+    virtual void complete(std::error_code ec, Acquired acquired, std::string_view why) noexcept = 0;
+    void complete(std::error_code ec, Acquired acquired) noexcept { complete(ec, acquired, {}); }
 
 protected:
     AsyncWaiter() = default;
     ~AsyncWaiter() = default;
 };
 
+/// The seam: what a backend implements. The registry above it checks keys, keeps the lost-lease
+/// bookkeeping (LeasedHold), runs blocking waits over `async_acquire` unless the backend has a
+/// faster way, and turns everything into guards, handles, async operations and exceptions.
 class KEYLOCK_API Backend {
 public:
+    /// Whether the backend's locks can be lost while held; with `possible`, its holds are
+    /// LeasedHolds.
+    enum class Loss : std::uint8_t { impossible, possible };
+
     /// `max_key_bytes`: the longest key the registry lets through to this backend.
-    explicit Backend(std::size_t max_key_bytes = 1024) noexcept : max_key_bytes_(max_key_bytes) {}
+    explicit Backend(std::size_t max_key_bytes = 1024, Loss loss = Loss::impossible) noexcept
+        : max_key_bytes_(max_key_bytes), loss_(loss) {}
     Backend(const Backend&) = delete;
     Backend& operator=(const Backend&) = delete;
     virtual ~Backend() = default;
 
+    // ---- what a backend implements ----------------------------------------------------------
+
     /// Waits for `request.key` until `request.deadline` or until `request.stop` is requested.
     /// On success returns the hold; otherwise returns a null hold and sets `ec` (timeout,
-    /// cancelled, too_many_keys, or the backend's own errors).
-    virtual Acquired acquire(const Request& request, std::error_code& ec) = 0;
+    /// cancelled, too_many_keys, or the backend's own errors), or throws keylock::Error with
+    /// the detail. The default runs `async_acquire` (which must then keep `request.deadline`)
+    /// and blocks the calling thread until it completes; a stop request cancels it.
+    virtual Acquired acquire(const Request& request, std::error_code& ec);
 
     /// Starts an asynchronous acquisition (its `stop` and `pin` are not used: `cancel` ends
     /// it); `waiter->complete` reports the outcome (possibly before this returns, but never on
-    /// this call's stack while a backend lock is held).
+    /// this call's stack while a backend lock is held). Ends with `timeout` at
+    /// `request.deadline` (async_lock passes `Deadline::max()`; the default acquire() does not).
     virtual void async_acquire(const Request& request, AsyncWaiter* waiter) = 0;
 
-    /// Ends a pending `async_acquire` with `operation_aborted` if it has not completed yet.
+    /// Ends a pending `async_acquire` with `cancelled` if it has not completed yet.
     virtual void cancel(AsyncWaiter* waiter) noexcept = 0;
 
-    /// Releases a hold. Never throws; reports `not_owner` when the lock was no longer ours.
-    virtual void release(Hold* hold, std::error_code& ec) noexcept = 0;
+    /// Releases a hold. With `ec`, returns once the outcome is known and reports `not_owner`
+    /// when the lock was no longer ours. Without (a guard's destructor: nobody waits for the
+    /// outcome), a remote backend may send the release without waiting for its answer, as long
+    /// as it is ordered before every later request of this process and flushed at close().
+    /// Never throws. Call through `release_hold`, which ends the hold's loss watch first.
+    virtual void release(Hold* hold, std::error_code* ec) noexcept = 0;
 
-    /// Releases a hold when nobody waits for the outcome (a guard's destructor). A remote
-    /// backend may send the release without waiting for its answer, as long as the release is
-    /// ordered before every later request of this process and flushed when the backend closes.
-    virtual void release_unobserved(Hold* hold) noexcept {
-        std::error_code ignored;
-        release(hold, ignored);
-    }
-
-    /// Calls `on_lost` once if `hold` is found lost (at once, on some thread, if it already
-    /// is), and never after it is released. For backends whose locks cannot be lost: nothing.
-    // NOLINTNEXTLINE(performance-unnecessary-value-param): a sink; the overrides move from it
-    virtual void watch_lost(Hold* hold, std::function<void()> on_lost) {
-        (void)hold;
-        (void)on_lost;
-    }
-
-    /// The key of a live hold.
+    /// The key of a live hold, and of a pin.
     virtual std::string_view key(const Hold* hold) const noexcept = 0;
-
-    /// Whether the hold's lease has been lost (never, for in-process locks).
-    virtual bool lost(const Hold* hold) const noexcept = 0;
+    virtual std::string_view key(const Pin* pin) const noexcept = 0;
 
     /// Keeps `key`'s entry alive until `unpin` (the key is checked above the seam); throws
     /// keylock::Error (e.g. `too_many_keys`).
     virtual Pin* pin(std::string_view key) = 0;
     virtual void unpin(Pin* pin) noexcept = 0;
-    virtual std::string_view key(const Pin* pin) const noexcept = 0;
 
-    virtual Stats stats() const = 0;
+    /// The backend's counters and gauges; `lost` is the registry's (see `stats()`).
+    virtual Stats snapshot() const = 0;
 
     /// For operators: the lock of `key` as the backend sees it now, and deleting it whoever
     /// holds it (returns whether there was one). Backends that cannot: `errc::not_supported`.
@@ -159,10 +191,6 @@ public:
         return false;
     }
 
-    /// See KeyedLockRegistry::on_lost. Backends whose locks cannot be lost ignore it.
-    // NOLINTNEXTLINE(performance-unnecessary-value-param): a sink; the overrides move from it
-    virtual void on_lost(std::function<void(std::string_view key, std::uint64_t fencing_token)>) {}
-
     /// The configuration as a URL, with any password redacted.
     virtual std::string describe() const = 0;
 
@@ -170,12 +198,53 @@ public:
     /// its last guard, waiter or pin goes.
     virtual void close() noexcept = 0;
 
+    // ---- written once, above the seam -------------------------------------------------------
+
     /// The longest key the registry passes to this backend (shorter keys of 1 byte or more
     /// are the backend's to take; the registry refuses the rest).
     std::size_t max_key_bytes() const noexcept { return max_key_bytes_; }
 
+    /// Whether the hold's lock was lost while held (never, for `Loss::impossible`).
+    bool lost(const Hold* hold) const noexcept {
+        return loss_ == Loss::possible && static_cast<const LeasedHold*>(hold)->lost();
+    }
+
+    /// Releases through the backend, after ending the hold's loss watch (so a watcher is
+    /// never called after its guard has released). `ec` as for `release`.
+    void release_hold(Hold* hold, std::error_code* ec) noexcept {
+        if (loss_ == Loss::possible) unwatch(static_cast<LeasedHold*>(hold));
+        release(hold, ec);
+    }
+
+    /// Calls `on_lost` once when `hold` is found lost (at once, on this thread, if it already
+    /// is), never after `release_hold(hold)` has begun. Nothing for `Loss::impossible`.
+    void watch_lost(Hold* hold, std::function<void()> on_lost);
+
+    /// See KeyedLockRegistry::on_lost: called, with the key and the fencing token, for each
+    /// hold found lost from now on.
+    void on_lost(std::function<void(std::string_view key, std::uint64_t fencing_token)> handler);
+
+    /// The backend's snapshot with the registry's count of lost holds.
+    Stats stats() const;
+
+protected:
+    /// When a backend finds a hold lost: while it is held, or only by its release.
+    enum class Found : std::uint8_t { while_held, at_release };
+
+    /// For the backend: `hold` was found lost (its lease ran out or is someone else's now, its
+    /// session died). The first call counts it in `Stats::lost`; `while_held`, it also calls
+    /// the hold's watcher and the registry's handler (on this thread: call it outside the
+    /// backend's own locks). Later calls do nothing. Returns whether this call was the first.
+    bool mark_lost(LeasedHold* hold, Found found = Found::while_held) noexcept;
+
 private:
+    void unwatch(LeasedHold* hold) noexcept;
+
     std::size_t max_key_bytes_;
+    Loss loss_;
+    std::atomic<std::uint64_t> lost_count_{0};
+    std::mutex loss_mu_;  // the holds' watchers and the handler
+    std::function<void(std::string_view, std::uint64_t)> lost_handler_;
 };
 
 /// Whether `key` may reach `backend`: `invalid_key` (empty), `key_too_long`, or nothing.
