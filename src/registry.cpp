@@ -7,6 +7,7 @@
 #include <string>
 
 #include <keylock/keylock.hpp>
+#include <keylock/version.hpp>
 
 #include "src/config.hpp"
 
@@ -42,6 +43,10 @@ public:
 };
 
 }  // namespace
+
+Version version() noexcept {
+    return {KEYLOCK_VERSION_MAJOR, KEYLOCK_VERSION_MINOR, KEYLOCK_VERSION_PATCH, KEYLOCK_VERSION_STRING};
+}
 
 const std::error_category& error_category() noexcept {
     static const Category category;
@@ -119,10 +124,13 @@ KeyedLockRegistry KeyedLockRegistry::from_url(std::string_view url) {
                 "keylock: unknown URL scheme '" + scheme + "' (this program supports: " + known + hint + ")");
 }
 
-KeyedLockRegistry KeyedLockRegistry::from_env(const char* var, std::string_view fallback) {
+std::string detail::url_from_env(const char* var, std::string_view fallback) {
     const char* value = var != nullptr ? std::getenv(var) : nullptr;
-    if (value == nullptr || *value == '\0') return from_url(fallback);
-    return from_url(value);
+    return std::string(value == nullptr || *value == '\0' ? fallback : std::string_view(value));
+}
+
+KeyedLockRegistry KeyedLockRegistry::from_env(const char* var, std::string_view fallback) {
+    return from_url(detail::url_from_env(var, fallback));
 }
 
 }  // namespace keylock

@@ -101,6 +101,20 @@ inline std::vector<ClusterNode> parse_cluster_nodes(const std::string& text) {
 }
 
 /// A Redis Cluster on loopback: `masters` masters with `replicas_per_master` replicas each.
+/// `scheme://127.0.0.1:P1,…,127.0.0.1:Pn<path>[?query]`: a URL listing servers on loopback.
+inline std::string loopback_url(const std::string& scheme, const std::vector<std::unique_ptr<RedisServer>>& servers,
+                                const std::string& path, const std::string& query) {
+    std::string u = scheme + "://";
+    for (std::size_t i = 0; i < servers.size(); ++i) {
+        if (i > 0) u += ',';
+        u += "127.0.0.1:";
+        u += std::to_string(servers[i]->port());
+    }
+    u += path;
+    if (!query.empty()) u += '?';
+    return u + query;
+}
+
 class ClusterDeployment {
 public:
     /// The steps of migrate_slot(), each reported to its callback once done.
@@ -145,13 +159,7 @@ public:
     ~ClusterDeployment() = default;
 
     /// redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…[?query], every node a seed.
-    std::string url(const std::string& query = "") const {
-        std::string u = "redis+cluster://";
-        for (std::size_t i = 0; i < nodes_.size(); ++i) {
-            u += (i ? ",127.0.0.1:" : "127.0.0.1:") + std::to_string(nodes_[i]->port());
-        }
-        return u + (query.empty() ? "" : "?" + query);
-    }
+    std::string url(const std::string& query = "") const { return loopback_url("redis+cluster", nodes_, "", query); }
 
     std::size_t size() const noexcept { return nodes_.size(); }
     RedisServer& node(std::size_t i) { return *nodes_.at(i); }
@@ -526,13 +534,7 @@ public:
     }
 
     /// redlock://127.0.0.1:P1,…,127.0.0.1:Pn[?query]
-    std::string url(const std::string& query = "") const {
-        std::string u = "redlock://";
-        for (std::size_t i = 0; i < servers_.size(); ++i) {
-            u += (i ? ",127.0.0.1:" : "127.0.0.1:") + std::to_string(servers_[i]->port());
-        }
-        return u + (query.empty() ? "" : "?" + query);
-    }
+    std::string url(const std::string& query = "") const { return loopback_url("redlock", servers_, "", query); }
     std::size_t size() const noexcept { return servers_.size(); }
     RedisServer& server(std::size_t i) { return *servers_.at(i); }
 
@@ -611,11 +613,7 @@ public:
 
     /// redis+sentinel://127.0.0.1:S1,…/mymaster[?query]
     std::string url(const std::string& query = "") const {
-        std::string u = "redis+sentinel://";
-        for (std::size_t i = 0; i < sentinels_.size(); ++i) {
-            u += (i ? ",127.0.0.1:" : "127.0.0.1:") + std::to_string(sentinels_[i]->port());
-        }
-        return u + "/mymaster" + (query.empty() ? "" : "?" + query);
+        return loopback_url("redis+sentinel", sentinels_, "/mymaster", query);
     }
 
     /// The port the sentinels name as the master's now.

@@ -18,15 +18,13 @@
 #include <boost/program_options/variables_map.hpp>
 
 #include <keylock/error.hpp>
+#include <keylock/registry.hpp>
 
 namespace keylock::tools {
 
 /// The backend when the command line names none: $KEYLOCK_URL, else local:// (as
 /// KeyedLockRegistry::from_env() chooses; the tools need the URL itself, not a registry).
-inline std::string default_url() {
-    const char* env = std::getenv("KEYLOCK_URL");
-    return env != nullptr && *env != '\0' ? env : "local://";
-}
+inline std::string default_url() { return detail::url_from_env(detail::kUrlVariable, detail::kDefaultUrl); }
 
 /// The exit status for a keylock error: a bad URL or option is a configuration error
 /// (EX_CONFIG), a bad key or an operation the backend lacks a usage error (EX_USAGE), a backend

@@ -46,6 +46,13 @@ Deadline to_deadline(const std::chrono::time_point<C, D>& tp) {
 }
 
 
+/// Where from_env() and the keylock command look for a URL, and what they take without one.
+inline constexpr const char* kUrlVariable = "KEYLOCK_URL";
+inline constexpr std::string_view kDefaultUrl = "local://";
+
+/// The value of the environment variable `var`, or `fallback` when it is unset or empty.
+KEYLOCK_API std::string url_from_env(const char* var, std::string_view fallback);
+
 /// A stop token that is never stopped.
 inline const std::stop_token& no_stop() noexcept {
     static const std::stop_token token;
@@ -169,7 +176,8 @@ public:
     static KeyedLockRegistry from_url(std::string_view url);
 
     /// `from_url(getenv(var))`, or `from_url(fallback)` when the variable is unset or empty.
-    static KeyedLockRegistry from_env(const char* var = "KEYLOCK_URL", std::string_view fallback = "local://");
+    static KeyedLockRegistry from_env(const char* var = detail::kUrlVariable,
+                                      std::string_view fallback = detail::kDefaultUrl);
 
     /// Waits as long as it takes for `key`. Throws keylock::Error for a bad key or when the
     /// registry refuses a new entry (`too_many_keys`).
