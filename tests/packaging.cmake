@@ -21,6 +21,7 @@ set(_keylock_packaging_args
     "-DBUILD_TYPE=$<CONFIG>"
     "-DGENERATOR=${CMAKE_GENERATOR}"
     "-DMAKE_PROGRAM=${CMAKE_MAKE_PROGRAM}"
+    "-DKEYLOCK_SOVERSION=${PROJECT_VERSION_MAJOR}.${PROJECT_VERSION_MINOR}"
     -DJOBS=2)
 
 add_test(NAME packaging.find_package

@@ -295,3 +295,13 @@ TEST_CASE("keylock usage errors: one line naming the problem, a pointer to --hel
     // A key that begins with '-' comes after --.
     CHECK(run_cli({"status", "--url", u, "--", "-k"}) == std::pair<int, std::string>{0, "free\n"});
 }
+
+TEST_CASE("keylock --version prints the version of project() in CMakeLists.txt", "[cli]") {
+    const std::string expected = std::string("keylock ") + KEYLOCK_VERSION_STRING + "\n";
+    CHECK(run_cli({"--version"}) == std::pair<int, std::string>{0, expected});
+    CHECK(run_cli({"version"}) == std::pair<int, std::string>{0, expected});
+    // The library linked in is the one these headers describe.
+    CHECK(std::string(keylock::version().string) == KEYLOCK_VERSION_STRING);
+    CHECK(keylock::version().major == KEYLOCK_VERSION_MAJOR);
+    CHECK(KEYLOCK_VERSION == KEYLOCK_VERSION_MAJOR * 10000 + KEYLOCK_VERSION_MINOR * 100 + KEYLOCK_VERSION_PATCH);
+}

@@ -70,7 +70,7 @@ const char* const usage_main = "usage: keylock COMMAND [OPTIONS]\n"
                                "\n"
                                "`keylock COMMAND --help` describes each. The backend is --url URL, else $KEYLOCK_URL,\n"
                                "else local:// (which exec, status and release refuse: its locks live in one process).\n"
-                               "docs/cli.md has the whole manual.\n";
+                               "`keylock --version` prints the version; docs/cli.md has the whole manual.\n";
 
 const char* const usage_exec =
     "usage: keylock exec [--url URL] [--timeout D | --no-wait] [--lease D] KEY -- CMD [ARG...]\n"
@@ -428,6 +428,11 @@ int main(int argc, char** argv) {
     const std::string command = argv[1];
     if (command == "--help" || command == "-h" || command == "help") {
         std::fputs(usage_main, stdout);
+        return 0;
+    }
+    if (command == "--version" || command == "version") {
+        // The library's version: a shared libkeylock may be newer than the headers built in.
+        std::printf("keylock %s\n", keylock::version().string);
         return 0;
     }
     if (command == "demo") {

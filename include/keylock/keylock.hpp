@@ -15,3 +15,4 @@
 #include <keylock/local.hpp>
 #include <keylock/options.hpp>
 #include <keylock/registry.hpp>
+#include <keylock/version.hpp>

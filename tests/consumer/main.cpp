@@ -32,6 +32,9 @@ void check(bool ok, const char* what, int line) {
 
 int main() {
     using namespace std::chrono_literals;
+    // The installed <keylock/version.hpp> describes the library linked in.
+    CHECK(std::string(keylock::version().string) == KEYLOCK_VERSION_STRING);
+    CHECK(keylock::version().minor == KEYLOCK_VERSION_MINOR);
     try {
         auto registry = keylock::KeyedLockRegistry::from_url("local://");
 

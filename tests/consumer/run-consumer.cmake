@@ -138,6 +138,51 @@ if(MODE STREQUAL "find_package")
         endforeach()
     endforeach()
 
+    # Every installed library has a versioned SONAME.
+    if(SHARED)
+        foreach(lib IN ITEMS keylock keylock_redis)
+            file(GLOB_RECURSE lib_file "${prefix}/*lib${lib}.so.${KEYLOCK_SOVERSION}")
+            if(NOT lib_file)
+                fail("lib${lib}.so.${KEYLOCK_SOVERSION} (the SONAME's file) is not installed")
+            endif()
+            execute_process(COMMAND objdump -p "${lib_file}" OUTPUT_VARIABLE dynamic RESULT_VARIABLE rv)
+            if(NOT rv EQUAL 0 OR NOT dynamic MATCHES "SONAME +lib${lib}\\.so\\.${KEYLOCK_SOVERSION}\n")
+                fail("lib${lib}'s SONAME is not lib${lib}.so.${KEYLOCK_SOVERSION}")
+            endif()
+        endforeach()
+    endif()
+
+    # Components: one that does not exist, and one the package was built without (the
+    # installed config file with its redis flag turned off), each fail with a message that says
+    # which and why.
+    set(probe "${WORK_DIR}/components")
+    file(MAKE_DIRECTORY "${probe}/project")
+    file(COPY "${package_dir}/" DESTINATION "${probe}/without-redis")
+    file(READ "${probe}/without-redis/keylockConfig.cmake" text)
+    string(REPLACE "set(keylock_redis_FOUND ON)" "set(keylock_redis_FOUND OFF)" edited "${text}")
+    if(edited STREQUAL text)
+        fail("keylockConfig.cmake does not say whether it has redis as expected")
+    endif()
+    file(WRITE "${probe}/without-redis/keylockConfig.cmake" "${edited}")
+    foreach(case IN ITEMS "nosuch|${package_dir}|keylock has no component 'nosuch' \\(it has: local, redis\\)"
+                          "redis|${probe}/without-redis|built without its component 'redis'.*-DKEYLOCK_BUILD_REDIS=ON")
+        string(REPLACE "|" ";" case "${case}")
+        list(GET case 0 component)
+        list(GET case 1 dir)
+        list(GET case 2 expected)
+        file(WRITE "${probe}/project/CMakeLists.txt"
+            "cmake_minimum_required(VERSION 3.25)\nproject(probe LANGUAGES CXX)\n"
+            "find_package(keylock CONFIG REQUIRED COMPONENTS ${component})\n")
+        file(REMOVE_RECURSE "${probe}/build")
+        execute_process(COMMAND "${CMAKE_COMMAND}" -S "${probe}/project" -B "${probe}/build" ${common_args}
+                                "-Dkeylock_DIR=${dir}"
+                        RESULT_VARIABLE rv OUTPUT_VARIABLE out ERROR_VARIABLE err)
+        string(REGEX REPLACE "[ \n]+" " " err "${err}")  # CMake wraps long messages
+        if(rv EQUAL 0 OR NOT err MATCHES "${expected}")
+            fail("find_package(keylock COMPONENTS ${component}) should fail saying '${expected}'; it said: ${err}")
+        endif()
+    endforeach()
+
     step("configure consumer" "${CMAKE_COMMAND}" -S "${CONSUMER_SOURCE_DIR}" -B "${consumer_build}"
         ${common_args}
         -DKEYLOCK_CONSUME=find_package
