@@ -18,7 +18,9 @@
 //   - the planted password is in no message, and in no URL that to_url() writes by default;
 //   - what parses round-trips: local::parse_url(o.to_url()) == o, and for a Redis URL
 //     parse_redis_url(to_url(c, Password::included)) == c and parse_redis_url(to_url(c)) == c
-//     but with the password "***" (redis_config.hpp).
+//     but with the password "***" (redis_config.hpp);
+//   - what parse_redis_url returns passes check(), which holds a configuration made in code to
+//     the same rules.
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -149,6 +151,9 @@ void check_redis(std::string_view url, Secrets planted) {
             violated("the planted password was not parsed as the password", url, c.endpoint.password);
         }
         check_redis_round_trip(url, c, planted);
+        if (!parses(url, redis_codes, planted, [&] { keylock::redis::check(c); })) {
+            violated("check() refuses what parse_redis_url returned", url);
+        }
     }
 }
 

@@ -3,8 +3,10 @@
 // message or in to_url().
 #include <catch2/catch.hpp>
 
+#include <functional>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <keylock/error.hpp>
@@ -359,6 +361,153 @@ TEST_CASE("to_url round-trips configurations built in code", "[redis][config]") 
     v6.endpoint.host = "fe80::1";
     check_round_trip(v6);
     CHECK(to_url(v6) == "redis://[fe80::1]");
+}
+
+TEST_CASE("check() holds a configuration made in code to the rules of its URL, in the same words", "[redis][config]") {
+    using keylock::redis::Password;
+    using keylock::redis::Topology;
+    // The error `f` throws, as (code, message); (errc{}, "") if none.
+    auto outcome = [](const std::function<void()>& f) {
+        try {
+            f();
+        } catch (const keylock::Error& e) {
+            return std::make_pair(static_cast<errc>(e.code().value()), std::string(e.what()));
+        }
+        return std::make_pair(errc{}, std::string());
+    };
+    RedisConfig tcp;
+    tcp.endpoint.host = "h";
+    tcp.endpoint.password = password;
+    RedisConfig unix_socket = tcp;
+    unix_socket.endpoint.host.clear();
+    unix_socket.endpoint.unix_path = "/tmp/r.sock";
+    auto listing = [&](Topology topology) {
+        RedisConfig c = tcp;
+        c.topology = topology;
+        c.endpoint.host.clear();
+        c.endpoint.port = 0;
+        (topology == Topology::sentinel ? c.sentinels : c.nodes) = {{"h1", 7000}, {"h2", 7001}};
+        if (topology == Topology::sentinel) c.master_name = "m";
+        return c;
+    };
+    struct Row {
+        const char* what;
+        RedisConfig base;
+        std::function<void(RedisConfig&)> change;
+    };
+    const std::vector<Row> rows = {
+        {"valid", tcp, [](RedisConfig&) {}},
+        {"valid over a Unix socket", unix_socket, [](RedisConfig& c) { c.endpoint.db = 3; }},
+        {"valid with sentinels", listing(Topology::sentinel), [](RedisConfig&) {}},
+        {"valid in a cluster", listing(Topology::cluster), [](RedisConfig&) {}},
+        {"valid Redlock", listing(Topology::redlock), [](RedisConfig& c) { c.node_timeout = 50ms; }},
+        {"valid TLS", tcp,
+         [](RedisConfig& c) {
+             c.endpoint.tls = true;
+             c.endpoint.ca_file = "/ca.pem";
+             c.endpoint.verify = false;
+         }},
+        {"no host", tcp, [](RedisConfig& c) { c.endpoint.host.clear(); }},
+        {"a bad host name", tcp, [](RedisConfig& c) { c.endpoint.host = "a b"; }},
+        {"a host holding the password", tcp, [](RedisConfig& c) { c.endpoint.host = std::string(password) + "~"; }},
+        {"an IPv6 host", tcp, [](RedisConfig& c) { c.endpoint.host = "::1"; }},
+        {"port 0", tcp, [](RedisConfig& c) { c.endpoint.port = 0; }},
+        {"a negative database", tcp, [](RedisConfig& c) { c.endpoint.db = -1; }},
+        {"a socket path with NUL", unix_socket, [](RedisConfig& c) { c.endpoint.unix_path += '\0'; }},
+        {"a socket path too long", unix_socket, [](RedisConfig& c) { c.endpoint.unix_path += std::string(100, 's'); }},
+        {"a negative database over a Unix socket", unix_socket, [](RedisConfig& c) { c.endpoint.db = -2; }},
+        {"an empty prefix", tcp, [](RedisConfig& c) { c.prefix.clear(); }},
+        {"a prefix with a brace", tcp, [](RedisConfig& c) { c.prefix = "a{"; }},
+        {"a lease under 1 s", tcp, [](RedisConfig& c) { c.lease = 999ms; }},
+        {"a lease of 0", tcp, [](RedisConfig& c) { c.lease = 0ms; }},
+        {"a lease over 24 h", tcp, [](RedisConfig& c) { c.lease = 24h + 1ms; }},
+        {"a negative connect_timeout", tcp, [](RedisConfig& c) { c.endpoint.connect_timeout = -1s; }},
+        {"command_timeout over 10 min", tcp, [](RedisConfig& c) { c.endpoint.command_timeout = 11min; }},
+        {"max_key_bytes 0", tcp, [](RedisConfig& c) { c.max_key_bytes = 0; }},
+        {"max_key_bytes past 64 KiB", tcp, [](RedisConfig& c) { c.max_key_bytes = 65537; }},
+        {"a negative wait_replicas", tcp, [](RedisConfig& c) { c.wait_replicas = -1; }},
+        {"wait_replicas past 64", tcp, [](RedisConfig& c) { c.wait_replicas = 65; }},
+        {"wait_timeout 0", tcp, [](RedisConfig& c) { c.wait_timeout = 0ms; }},
+        {"wait_timeout not under command_timeout", tcp,
+         [](RedisConfig& c) {
+             c.wait_replicas = 1;
+             c.wait_timeout = 5s;
+         }},
+        {"a CA file without TLS", tcp, [](RedisConfig& c) { c.endpoint.ca_file = "/ca.pem"; }},
+        {"verify off without TLS", unix_socket, [](RedisConfig& c) { c.endpoint.verify = false; }},
+        {"a key file with sentinels", listing(Topology::sentinel),
+         [](RedisConfig& c) { c.endpoint.key_file = "/k.pem"; }},
+        {"a certificate without its key", tcp,
+         [](RedisConfig& c) {
+             c.endpoint.tls = true;
+             c.endpoint.cert_file = "/c.pem";
+         }},
+        {"node_timeout without Redlock", tcp, [](RedisConfig& c) { c.node_timeout = 100ms; }},
+        {"a database in a cluster", listing(Topology::cluster), [](RedisConfig& c) { c.endpoint.db = 1; }},
+        {"17 cluster nodes", listing(Topology::cluster),
+         [](RedisConfig& c) {
+             for (int i = 0; i < 15; ++i) c.nodes.push_back({std::to_string(i) + ".n", 7000});
+         }},
+        {"a bad cluster node", listing(Topology::cluster), [](RedisConfig& c) { c.nodes[1].host = "a/b"; }},
+        {"a cluster node on port 0", listing(Topology::cluster), [](RedisConfig& c) { c.nodes[1].port = 0; }},
+        {"a sentinel listed twice", listing(Topology::sentinel),
+         [](RedisConfig& c) { c.sentinels[1] = c.sentinels[0]; }},
+        {"no master name", listing(Topology::sentinel), [](RedisConfig& c) { c.master_name.clear(); }},
+        {"a master name with a space", listing(Topology::sentinel), [](RedisConfig& c) { c.master_name = "m m"; }},
+        {"a Redlock node listed twice", listing(Topology::redlock), [](RedisConfig& c) { c.nodes[1] = c.nodes[0]; }},
+        {"a Redlock node on the default port listed twice", listing(Topology::redlock),
+         [](RedisConfig& c) {
+             c.nodes = {{"h", 6379}, {"h", 6379}};
+         }},
+        {"a negative database with Redlock", listing(Topology::redlock), [](RedisConfig& c) { c.endpoint.db = -1; }},
+        {"wait_replicas with Redlock", listing(Topology::redlock), [](RedisConfig& c) { c.wait_replicas = 1; }},
+        {"node_timeout 0", listing(Topology::redlock), [](RedisConfig& c) { c.node_timeout = 0ms; }},
+        {"node_timeout over a third of the lease", listing(Topology::redlock),
+         [](RedisConfig& c) {
+             c.lease = 1s;
+             c.node_timeout = 400ms;
+         }},
+        {"two errors: the first the URL has", tcp,
+         [](RedisConfig& c) {
+             c.prefix.clear();
+             c.lease = 0ms;
+             c.endpoint.cert_file = "/c.pem";
+         }},
+    };
+    for (const Row& row : rows) {
+        INFO(row.what);
+        RedisConfig c = row.base;
+        row.change(c);
+        const std::string url = to_url(c, Password::included);
+        INFO("as a URL: " << url);
+        const auto in_code = outcome([&] { keylock::redis::check(c); });
+        CHECK(in_code == outcome([&] { (void)parse_redis_url(url); }));
+        CHECK(in_code.second.find(password) == std::string::npos);
+    }
+
+    // What a URL cannot write.
+    RedisConfig bad = unix_socket;
+    bad.endpoint.tls = true;  // to_url writes unix://, without it
+    CHECK(outcome([&] { keylock::redis::check(bad); }).first == errc::invalid_option);
+    bad = listing(Topology::cluster);
+    bad.endpoint.tls = true;
+    CHECK(outcome([&] { keylock::redis::check(bad); }).first == errc::invalid_option);
+    bad = tcp;
+    bad.endpoint.host = "fe80::1%eth0";  // the URL, "redis://[fe80::1%eth0]", does not parse at all
+    CHECK(outcome([&] { keylock::redis::check(bad); }) ==
+          std::make_pair(errc::invalid_url, std::string("keylock: unsupported host '[fe80::1%eth0]' in a redis:// URL; "
+                                                        "expected a name, an IPv4 address or an [IPv6] address")));
+
+    // What parse_redis_url returns passes.
+    for (const char* url :
+         {"redis://u:pw@[::1]:7000/3?lease=1s&prefix=p&wait_replicas=2&wait_timeout=1s",
+          "rediss://h?ca_file=/ca&cert_file=/c&key_file=/k&verify=false", "unix:///tmp/r.sock?db=2&max_key_bytes=65536",
+          "redis+sentinel://s1,s2:1/m?db=1", "redis+cluster://n1:7000,n2",
+          "redlock://a,b,c:1?node_timeout=10s&lease=30s&command_timeout=10s"}) {
+        INFO(url);
+        const RedisConfig c = parse_redis_url(url);
+        CHECK_NOTHROW(keylock::redis::check(c));
+    }
 }
 
 TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis][config][sentinel]") {

@@ -26,7 +26,6 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <keylock/error.hpp>
-#include <keylock/redis.hpp>
 
 #include "connection.hpp"
 #include "scripts.hpp"
@@ -853,81 +852,6 @@ std::shared_ptr<detail::Backend> make_backend(const RedisConfig& config) {
 }
 
 }  // namespace keylock::redis
-
-namespace keylock {
-
-KeyedLockRegistry redis_registry(const RedisOptions& o) {
-    if (o.tls && !o.unix_socket.empty()) {
-        throw Error(make_error_code(errc::invalid_option),
-                    "keylock: RedisOptions: tls is for TCP connections, not for unix_socket");
-    }
-    // What the URL would misread, or report in its own terms (a path, a host part), is checked
-    // here first, in the terms of the struct.
-    auto bad = [](const std::string& why) {
-        throw Error(make_error_code(errc::invalid_option), "keylock: RedisOptions: " + why);
-    };
-    const bool sentinel = !o.sentinels.empty();
-    const bool cluster = !o.cluster_nodes.empty();
-    const bool redlock = !o.redlock_nodes.empty();
-    const bool listed = sentinel || cluster || redlock;
-    if (int(sentinel) + int(cluster) + int(redlock) > 1)
-        bad("give at most one of sentinels, cluster_nodes and redlock_nodes");
-    if (listed && (o.tls || !o.unix_socket.empty())) {
-        bad(std::string(sentinel  ? "sentinels"
-                        : cluster ? "cluster nodes"
-                                  : "Redlock nodes") +
-            " are reached over plain TCP: no tls, no unix_socket");
-    }
-    if (!sentinel && !o.master_name.empty()) bad("master_name is for sentinels; set sentinels too");
-    if (!o.unix_socket.empty() && o.unix_socket.front() != '/') bad("unix_socket must be an absolute path");
-    if (!listed && o.unix_socket.empty() && o.host.empty()) bad("host is empty; set host (and port), or unix_socket");
-    if (!listed && o.unix_socket.empty() && o.port == 0) bad("port is 0; expected 1 to 65535");
-    if (o.db < 0) bad("db is " + std::to_string(o.db) + "; expected 0 or more");
-    if (cluster && o.db != 0) bad("db must be 0 with cluster_nodes: Redis Cluster has database 0 only");
-    redis::RedisConfig c;
-    c.endpoint.host = o.host;
-    c.endpoint.port = o.port;
-    c.endpoint.unix_path = o.unix_socket;
-    c.endpoint.tls = o.tls;
-    c.endpoint.ca_file = o.ca_file;
-    c.endpoint.cert_file = o.cert_file;
-    c.endpoint.key_file = o.key_file;
-    c.endpoint.verify = o.verify;
-    c.endpoint.user = o.user;
-    c.endpoint.password = o.password;
-    c.endpoint.db = o.db;
-    c.endpoint.connect_timeout = o.connect_timeout;
-    c.endpoint.command_timeout = o.command_timeout;
-    c.prefix = o.prefix;
-    c.lease = o.lease;
-    c.max_key_bytes = o.max_key_bytes;
-    c.wait_replicas = o.wait_replicas;
-    c.wait_timeout = o.wait_timeout;
-    c.node_timeout = o.node_timeout;
-    if (listed) {
-        c.endpoint.host.clear();
-        c.endpoint.port = 0;
-        c.topology = sentinel  ? redis::Topology::sentinel
-                     : cluster ? redis::Topology::cluster
-                               : redis::Topology::redlock;
-        const auto& hosts = sentinel ? o.sentinels : cluster ? o.cluster_nodes : o.redlock_nodes;
-        for (const auto& [host, port] : hosts) {
-            if (host.empty() || port == 0) {
-                bad(std::string(sentinel  ? "a sentinel"
-                                : cluster ? "a cluster node"
-                                          : "a Redlock node") +
-                    " needs a host and a port from 1 to 65535");
-            }
-            (sentinel ? c.sentinels : c.nodes).push_back({host, port});
-        }
-        c.master_name = o.master_name;
-    }
-    // One set of rules for code and URLs: the options are checked by the URL parser.
-    const redis::RedisConfig checked = redis::parse_redis_url(redis::to_url(c, redis::Password::included));
-    return KeyedLockRegistry::from_backend(redis::make_backend(checked));
-}
-
-}  // namespace keylock
 
 // Registers the schemes when this object file is linked in. keylock::redis's CMake target
 // makes the linker keep it (it references this symbol), so from_url("redis://…") works in any

@@ -1,12 +1,11 @@
 // SPDX-License-Identifier: BSL-1.0
+// Redis URLs read (parse_redis_url) and written (to_url); the rules they follow are in
+// config_rules.hpp.
 #include "redis_config.hpp"
-
-#include <sys/un.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <iterator>
-#include <limits>
 #include <optional>
 #include <set>
 
@@ -19,30 +18,21 @@
 
 #include <keylock/error.hpp>
 
+#include "config_rules.hpp"
 #include "src/config.hpp"
 
 namespace keylock::redis {
 
+using namespace rules;
+
 namespace {
 
 using detail::shown;
-
-using namespace std::chrono_literals;
 using std::chrono::milliseconds;
 
 constexpr const char* known_options =
     "prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, wait_replicas, wait_timeout, ca_file, "
     "cert_file, key_file, verify, node_timeout";
-constexpr std::size_t max_hosts = 16;  // sentinels, cluster seed nodes or Redlock masters in one URL
-constexpr std::size_t max_master_name_bytes = 128;
-constexpr std::size_t max_wait_replicas = 64;
-constexpr std::uint16_t default_sentinel_port = 26379;
-constexpr std::uint16_t default_port = 6379;
-constexpr std::size_t max_prefix_bytes = 128;
-constexpr std::size_t max_max_key_bytes = 65536;
-constexpr std::size_t max_db = std::numeric_limits<std::int32_t>::max();  // SELECT takes a 32-bit index
-// A sockaddr_un holds the path and its terminating NUL.
-constexpr std::size_t max_socket_path_bytes = sizeof(sockaddr_un::sun_path) - 1;
 
 /// Percent-encodes every byte but RFC 3986's unreserved characters (and, for paths, '/' and
 /// ':'), with Boost.URL.
@@ -52,66 +42,14 @@ std::string encode_path(std::string_view text) {
     return boost::urls::encode(text, path_chars);
 }
 
-/// Writes the error messages about one URL, which never show its password. They are built from
-/// the parsed parts, never from the raw URL, and a part is shown only if it does not contain the
-/// password. An '@' after the host is the sign of a user or password with an unencoded '/', '?',
-/// '#' or '@': Boost.URL then reads pieces of the password as host, port, path, query or
-/// fragment, so in that case no part is shown at all.
-class Messages {
-public:
-    Messages(std::string scheme, const boost::urls::url_view& url, std::string password)
-        : scheme_(std::move(scheme)), password_(std::move(password)) {
-        auto has_at = [](std::string_view part) { return part.find('@') != std::string_view::npos; };
-        misplaced_at_ = has_at(url.encoded_path()) || has_at(url.encoded_query()) || has_at(url.encoded_fragment());
-    }
-
-    const std::string& scheme() const noexcept { return scheme_; }
-
-    /// "'value'" (shortened, escaped), or "(not shown)" when it might hold the password.
-    std::string quote(std::string_view value) const {
-        if (misplaced_at_ || (!password_.empty() && value.find(password_) != std::string_view::npos)) {
-            return "(not shown)";
-        }
-        std::string out = "'";  // appended, not "'" + ...: GCC 12 warns falsely (-Wrestrict) on that
-        out += shown(value);
-        out += '\'';
-        return out;
-    }
-
-    [[noreturn]] void fail(errc code, const std::string& what) const {
-        std::string message = "keylock: " + what;
-        if (misplaced_at_) {
-            message += " (the URL has an '@' after its host: if a user or password contains '@', '/', '?' or '#', "
-                       "percent-encode it as %40, %2F, %3F or %23)";
-        }
-        throw Error(code, message);
-    }
-
-    [[noreturn]] void bad_value(std::string_view name, std::string_view value, const char* expected) const {
-        fail(errc::invalid_option,
-             "option '" + std::string(name) + "' has value " + quote(value) + "; expected " + expected);
-    }
-
-private:
-    std::string scheme_;
-    std::string password_;
-    bool misplaced_at_ = false;
-};
-
-milliseconds duration(const Messages& m, std::string_view name, std::string_view value, milliseconds min,
-                      milliseconds max, const char* expected) {
-    const auto d = detail::parse_duration(value);
-    if (!d || *d < min || *d > max) m.bad_value(name, value, expected);
-    return *d;
+milliseconds duration(const Messages& m, std::string_view name, std::string_view value,
+                      const Bounds<milliseconds>& bounds) {
+    return within(m, name, detail::parse_duration(value), value, bounds);
 }
 
 /// host[:port][/db] of redis:// and rediss://.
 void parse_tcp_location(const boost::urls::url_view& url, const Messages& m, Endpoint& ep) {
-    const std::string& scheme = m.scheme();
-    if (url.encoded_host().empty()) {
-        m.fail(errc::invalid_url,
-               "a " + scheme + ":// URL needs a host: " + scheme + "://[user[:password]@]host[:port][/db][?options]");
-    }
+    if (url.encoded_host().empty()) no_host(m);
     switch (url.host_type()) {
         case boost::urls::host_type::ipv4:
         case boost::urls::host_type::ipv6:
@@ -119,38 +57,25 @@ void parse_tcp_location(const boost::urls::url_view& url, const Messages& m, End
             break;
         case boost::urls::host_type::name:
             ep.host = url.host_name();
-            if (!std::all_of(ep.host.begin(), ep.host.end(),
-                             [](char c) { return boost::urls::unreserved_chars(c) && c != '~'; })) {
-                m.fail(errc::invalid_url, "bad host name " + m.quote(ep.host) + " in a " + scheme +
-                                              ":// URL; expected letters, digits, '-', '.' and '_'");
-            }
+            check_host_name(m, ep.host);
             break;
-        default:
-            m.fail(errc::invalid_url, "unsupported host " + m.quote(url.encoded_host()) + " in a " + scheme +
-                                          ":// URL; expected a name, an IPv4 address or an [IPv6] address");
+        default: unsupported_host(m, url.encoded_host());
     }
     const std::string_view path = url.encoded_path();
     // Boost.URL 1.81 accepts a path without its leading '/' after the authority: "host:63x9" is
     // port 63 and path "x9", "user:pw" (with "@host" forgotten) is host "user", an empty port and
     // path "pw". Not shown, then: it may be a password.
     if (!path.empty() && path.front() != '/') {
-        m.fail(errc::invalid_url, "malformed " + scheme + ":// URL after the host; expected [:port][/db][?options]");
+        m.fail(errc::invalid_url,
+               "malformed " + m.scheme() + ":// URL after the host; expected [:port][/db][?options]");
     }
     if (url.has_port()) {
-        // Not shown either: with "@host" forgotten, a numeric password is the port.
         const auto port = parse_port(url.port());
-        if (!port) {
-            m.fail(errc::invalid_url, "bad port in a " + scheme + ":// URL; expected a number from 1 to 65535");
-        }
+        if (!port) bad_port(m);
         ep.port = *port;
     }
     if (path.empty() || path == "/") return;
-    const auto db = detail::parse_size(path.substr(1));
-    if (!db || *db > max_db) {
-        m.fail(errc::invalid_url, "bad database path " + m.quote(path) + " in a " + scheme +
-                                      ":// URL; expected /N with N from 0 to 2147483647");
-    }
-    ep.db = static_cast<int>(*db);
+    ep.db = path_db(m, detail::parse_size(path.substr(1)), path);
 }
 
 /// The socket path of unix://.
@@ -165,17 +90,7 @@ void parse_unix_location(const boost::urls::url_view& url, const Messages& m, En
     if (ep.unix_path.empty()) {
         m.fail(errc::invalid_url, "a unix:// URL needs a socket path: unix://[user[:password]@]/path/to/redis.sock");
     }
-    if (ep.unix_path.front() != '/') {
-        m.fail(errc::invalid_url, "the socket path " + m.quote(ep.unix_path) + " of a unix:// URL is not absolute");
-    }
-    if (ep.unix_path.find('\0') != std::string::npos) {
-        m.fail(errc::invalid_url, "the socket path of a unix:// URL contains a NUL byte (%00)");
-    }
-    if (ep.unix_path.size() > max_socket_path_bytes) {
-        m.fail(errc::invalid_url, "the socket path of a unix:// URL has " + std::to_string(ep.unix_path.size()) +
-                                      " bytes; a Unix socket path has at most " +
-                                      std::to_string(max_socket_path_bytes));
-    }
+    check_socket_path(m, ep.unix_path);
 }
 
 void parse_options(const boost::urls::url_view& url, const Messages& m, RedisConfig& config) {
@@ -190,39 +105,26 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
         if (!seen.insert(name).second) m.fail(errc::invalid_option, "option " + m.quote(name) + " is given twice");
 
         if (name == "prefix") {
-            // Braces would make the prefix a Redis Cluster hash tag, and the fencing counter keys
-            // use a hash tag of their own.
-            if (value.empty() || value.size() > max_prefix_bytes || value.find_first_of("{}") != std::string::npos) {
-                m.bad_value(name, value, "1 to 128 bytes without '{' or '}'");
-            }
+            check_prefix(m, value);
             config.prefix = value;
         } else if (name == "lease") {
-            config.lease = duration(m, name, value, 1s, 24h, "a duration from 1s to 24h");
+            config.lease = duration(m, name, value, rules::lease);
         } else if (name == "connect_timeout") {
-            ep.connect_timeout = duration(m, name, value, 10ms, 10min, "a duration from 10ms to 10m");
+            ep.connect_timeout = duration(m, name, value, rules::timeout);
         } else if (name == "command_timeout") {
-            ep.command_timeout = duration(m, name, value, 10ms, 10min, "a duration from 10ms to 10m");
+            ep.command_timeout = duration(m, name, value, rules::timeout);
         } else if (name == "max_key_bytes") {
-            const auto n = detail::parse_size(value);
-            if (!n || *n == 0 || *n > max_max_key_bytes) m.bad_value(name, value, "a whole number from 1 to 65536");
-            config.max_key_bytes = *n;
+            config.max_key_bytes = within(m, name, detail::parse_size(value), value, rules::max_key_bytes);
         } else if (name == "wait_replicas") {
-            const auto n = detail::parse_size(value);
-            if (!n || *n > max_wait_replicas) m.bad_value(name, value, "a whole number from 0 to 64");
-            config.wait_replicas = static_cast<int>(*n);
+            config.wait_replicas =
+                static_cast<int>(within(m, name, detail::parse_size(value), value, rules::wait_replicas));
         } else if (name == "wait_timeout") {
-            config.wait_timeout = duration(m, name, value, 1ms, 1min, "a duration from 1ms to 1m");
+            config.wait_timeout = duration(m, name, value, rules::wait_timeout);
         } else if (name == "node_timeout") {
-            if (config.topology != Topology::redlock) {
-                m.fail(errc::invalid_option, "option 'node_timeout' is for redlock:// URLs; this is a " + scheme +
-                                                 ":// URL (its commands wait up to command_timeout)");
-            }
-            config.node_timeout = duration(m, name, value, 1ms, 10s, "a duration from 1ms to 10s");
+            if (config.topology != Topology::redlock) node_timeout_not_redlock(m);
+            config.node_timeout = duration(m, name, value, rules::node_timeout);
         } else if (name == "db") {
-            if (config.topology == Topology::cluster) {
-                m.fail(errc::invalid_option, "option 'db' is not for redis+cluster:// URLs: Redis Cluster has "
-                                             "database 0 only");
-            }
+            if (config.topology == Topology::cluster) db_in_cluster(m);
             if (scheme != "unix" && scheme != "redis+sentinel" && scheme != "redlock") {
                 std::string what = "option 'db' is for unix:// URLs; a " + scheme;
                 what += ":// URL has the database in its path (";
@@ -230,18 +132,9 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
                 what += "://host:6379/2)";
                 m.fail(errc::invalid_option, what);
             }
-            const auto db = detail::parse_size(value);
-            if (!db || *db > max_db) m.bad_value(name, value, "a whole number from 0 to 2147483647");
-            ep.db = static_cast<int>(*db);
+            ep.db = static_cast<int>(within(m, name, detail::parse_size(value), value, rules::db));
         } else if (name == "ca_file" || name == "cert_file" || name == "key_file" || name == "verify") {
-            if (!ep.tls) {
-                m.fail(errc::invalid_option,
-                       "option '" + name + "' needs rediss:// " +
-                           (scheme == "unix"             ? "(TLS over a Unix socket is not supported)"
-                            : scheme == "redis"          ? "(TLS); this is a redis:// URL"
-                            : scheme == "redis+sentinel" ? "(TLS through sentinels is not supported)"
-                                                         : "(TLS is not supported with " + scheme + ":// yet)"));
-            }
+            if (!ep.tls) needs_tls(m, name);
             if (name == "verify") {
                 const auto b = detail::parse_bool(value);
                 if (!b) m.bad_value(name, value, "true or false");
@@ -258,63 +151,18 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
                        (credentials ? "; a user and password go before the host: redis://user:password@host" : ""));
         }
     }
-    if (config.topology == Topology::redlock) {
-        if (config.wait_replicas > 0) {
-            m.fail(errc::invalid_option, "option 'wait_replicas' is not for redlock:// URLs: each node is a master "
-                                         "of its own, and the majority of them is what keeps a lock");
-        }
-        // A round must end well within the lease, or no lock could ever be valid when granted;
-        // and within command_timeout, which breaks the connection to a node that does not answer.
-        if (config.node_timeout * 3 > config.lease || config.node_timeout > ep.command_timeout) {
-            m.fail(errc::invalid_option, "option 'node_timeout' (" + detail::format_duration(config.node_timeout) +
-                                             ") must be at most a third of the lease (" +
-                                             detail::format_duration(config.lease) + ") and at most command_timeout (" +
-                                             detail::format_duration(ep.command_timeout) + ")");
-        }
-    }
-    // A WAIT is a command like any other: its answer must come within command_timeout.
-    if (config.wait_replicas > 0 && config.wait_timeout >= ep.command_timeout) {
-        m.fail(errc::invalid_option, "option 'wait_timeout' (" + detail::format_duration(config.wait_timeout) +
-                                         ") must be shorter than command_timeout (" +
-                                         detail::format_duration(ep.command_timeout) + ")");
-    }
-    // Connection loads each file on its own: a certificate without its key fails only in the
-    // handshake, with an OpenSSL message.
-    if (ep.cert_file.empty() != ep.key_file.empty()) {
-        m.fail(errc::invalid_option, "options 'cert_file' and 'key_file' go together (a client certificate and its "
-                                     "private key)");
-    }
-}
-
-/// The grammar of a URL with a list of hosts, for messages.
-const char* list_grammar(Topology topology) {
-    switch (topology) {
-        case Topology::sentinel:
-            return "redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/master_name[?options]";
-        case Topology::cluster: return "redis+cluster://[user[:password]@]host[:port][,host[:port]...][?options]";
-        default: return "redlock://[user[:password]@]host[:port][,host[:port]...][?options]";
-    }
+    check_together(m, config);
 }
 
 /// The master's name, from the path of a redis+sentinel:// URL.
 void parse_master_name(const boost::urls::url_view& url, const Messages& m, RedisConfig& config) {
     const std::string_view path = url.encoded_path();
-    const char* grammar = list_grammar(Topology::sentinel);
-    if (path.empty() || path == "/") {
-        m.fail(errc::invalid_url,
-               std::string("a redis+sentinel:// URL needs the master's name as its path: ") + grammar);
+    if (!path.empty() && path.front() != '/') {  // see parse_tcp_location: not shown, it may be a password
+        m.fail(errc::invalid_url, std::string("malformed redis+sentinel:// URL after the hosts; expected ") +
+                                      list_grammar(Topology::sentinel));
     }
-    if (path.front() != '/') {  // see parse_tcp_location: not shown, it may be a password
-        m.fail(errc::invalid_url, std::string("malformed redis+sentinel:// URL after the hosts; expected ") + grammar);
-    }
-    config.master_name = url.path().substr(1);
-    const std::string& name = config.master_name;
-    const bool printable = std::all_of(name.begin(), name.end(), [](unsigned char c) { return c > ' ' && c < 0x7f; });
-    if (name.empty() || name.size() > max_master_name_bytes || !printable || name.find('/') != std::string::npos) {
-        m.fail(errc::invalid_url, "bad master name " + m.quote(name) +
-                                      " in a redis+sentinel:// URL; expected 1 to 128 printable characters without "
-                                      "spaces or '/'");
-    }
+    config.master_name = path.empty() ? std::string() : url.path().substr(1);
+    check_master_name(m, config.master_name);
 }
 
 /// The URLs with a list of hosts: redis+sentinel:// (then a master's name as the path),
@@ -323,9 +171,7 @@ void parse_master_name(const boost::urls::url_view& url, const Messages& m, Redi
 /// placeholder host.
 RedisConfig parse_list_url(std::string_view text, const std::string& scheme, Topology topology) {
     const char* grammar = list_grammar(topology);
-    const char* what = topology == Topology::sentinel  ? "sentinel"
-                       : topology == Topology::cluster ? "cluster node"
-                                                       : "Redlock node";
+    const char* what = listed(topology);
     const std::size_t start = text.find("://");
     if (start == std::string_view::npos) {
         throw Error(errc::invalid_url, "keylock: malformed " + scheme + ":// URL; expected " + grammar);
@@ -355,9 +201,7 @@ RedisConfig parse_list_url(std::string_view text, const std::string& scheme, Top
     }
     const Messages m(scheme, url, ep.password);
     if (url.has_fragment()) m.fail(errc::invalid_url, "a " + scheme + ":// URL takes no fragment ('#...')");
-    if (hosts.empty()) {
-        m.fail(errc::invalid_url, "a " + scheme + ":// URL needs at least one " + what + ": " + grammar);
-    }
+    if (hosts.empty()) no_hosts(m, topology);
     std::vector<HostPort>& list = topology == Topology::sentinel ? config.sentinels : config.nodes;
     std::size_t from = 0;
     for (;;) {
@@ -365,9 +209,7 @@ RedisConfig parse_list_url(std::string_view text, const std::string& scheme, Top
         const std::string_view one = hosts.substr(from, comma - from);
         if (one.empty())
             m.fail(errc::invalid_url, "an empty " + std::string(what) + " address in a " + scheme + ":// URL (',,')");
-        if (list.size() == max_hosts) {
-            m.fail(errc::invalid_url, "more than " + std::to_string(max_hosts) + " hosts in a " + scheme + ":// URL");
-        }
+        check_room(m, list);
         const std::string host_url = "redis://" + std::string(one);  // outlives its url_view
         const auto host = boost::urls::parse_uri(host_url);
         if (!host || host->has_userinfo() || !host->encoded_path().empty()) {
@@ -378,12 +220,7 @@ RedisConfig parse_list_url(std::string_view text, const std::string& scheme, Top
         where.port = topology == Topology::sentinel ? default_sentinel_port : default_port;
         parse_tcp_location(*host, m, where);
         HostPort entry{where.host, where.port};
-        // A master listed twice would count twice toward the majority.
-        if (topology == Topology::redlock && std::find(list.begin(), list.end(), entry) != list.end()) {
-            m.fail(errc::invalid_url, "Redlock node " + m.quote(one) +
-                                          " is listed twice in a redlock:// URL; each "
-                                          "master counts once toward the majority");
-        }
+        check_listed_once(m, topology, list, entry, one);
         list.push_back(std::move(entry));
         if (comma == hosts.size()) break;
         from = comma + 1;
@@ -459,12 +296,7 @@ std::string to_url(const RedisConfig& config, Password password) {
 
     const bool sentinel = config.topology == Topology::sentinel;
     const bool listed = sentinel || config.topology == Topology::cluster || config.topology == Topology::redlock;
-    std::string url = sentinel                               ? "redis+sentinel://"
-                      : config.topology == Topology::cluster ? "redis+cluster://"
-                      : config.topology == Topology::redlock ? "redlock://"
-                      : unix_socket                          ? "unix://"
-                      : ep.tls                               ? "rediss://"
-                                                             : "redis://";
+    std::string url = scheme_of(config) + "://";
     if (!ep.user.empty() || !ep.password.empty()) {
         url += encode(ep.user);
         if (!ep.password.empty()) {
@@ -473,35 +305,22 @@ std::string to_url(const RedisConfig& config, Password password) {
         }
         url += '@';
     }
-    auto add_host = [&](const std::string& host, std::uint16_t port, std::uint16_t default_port) {
-        if (host.find(':') != std::string::npos) {  // IPv6
-            url += '[';
-            url += host;
-            url += ']';
-        } else {
-            url += encode(host);
-        }
-        if (port != default_port) {
-            url += ':';
-            url += std::to_string(port);
-        }
-    };
     if (sentinel) {
         for (std::size_t i = 0; i < config.sentinels.size(); ++i) {
             if (i > 0) url += ',';
-            add_host(config.sentinels[i].host, config.sentinels[i].port, default_sentinel_port);
+            url += url_host(config.sentinels[i].host, config.sentinels[i].port, default_sentinel_port);
         }
         url += '/';
         url += encode(config.master_name);
     } else if (listed) {
         for (std::size_t i = 0; i < config.nodes.size(); ++i) {
             if (i > 0) url += ',';
-            add_host(config.nodes[i].host, config.nodes[i].port, default_port);
+            url += url_host(config.nodes[i].host, config.nodes[i].port, default_port);
         }
     } else if (unix_socket) {
         url += encode_path(ep.unix_path);
     } else {
-        add_host(ep.host, ep.port, defaults.endpoint.port);
+        url += url_host(ep.host, ep.port, defaults.endpoint.port);
         if (ep.db != 0) {
             url += '/';
             url += std::to_string(ep.db);

@@ -61,12 +61,18 @@ struct RedisConfig {
 /// `invalid_option`) whose message names the part at fault and never contains the password.
 RedisConfig parse_redis_url(std::string_view text);
 
+/// Checks a configuration made in code by the rules of a URL (config_rules.hpp). Throws
+/// keylock::Error (`invalid_url` or `invalid_option`) with the message parse_redis_url gives for
+/// the same value in the URL of `config` (to_url), which never shows the password. What
+/// parse_redis_url returns passes.
+void check(const RedisConfig& config);
+
 enum class Password { redacted, included };
 
 /// The same configuration as a URL, with options at their defaults left out and the password,
 /// if any, written as "***": parse_redis_url(to_url(c)) equals `c` except that its password is
-/// "***". For logs and describe(). With Password::included (only to validate a configuration
-/// made in code by parsing it), parse_redis_url(to_url(c, included)) equals `c`.
+/// "***". For logs and describe(). With Password::included, parse_redis_url(to_url(c, included))
+/// equals `c` (the tests and the fuzzer check both round trips).
 std::string to_url(const RedisConfig& config, Password password = Password::redacted);
 
 }  // namespace keylock::redis
