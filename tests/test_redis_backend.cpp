@@ -1,16 +1,17 @@
 // SPDX-License-Identifier: BSL-1.0
-// The Redis backend through the public API, against a real redis-server: mutual exclusion
-// across threads, registries and forked processes, leases, lost locks, fencing tokens,
-// notifications, restarts, and failures as typed errors.
+// The Redis backend's own behaviour through the public API, against a real redis-server: its key
+// layout, leases and the watchdog, lost locks, fencing tokens across restarts, release
+// notifications, reconnection, Unix sockets and TLS, operator tools, and failures as typed
+// errors. The promises every backend keeps (exclusion across threads, registries and processes,
+// deadlines, cancellation, wake-up on release, stale guards, bad keys) are the conformance
+// suite's (tests/conformance/), which runs them against redis:// and the other topologies.
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -23,18 +24,14 @@
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
-#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/use_future.hpp>
 
 #include <keylock/keylock.hpp>
 
 #include "eventually.hpp"
 #include "fork.hpp"
 #include "redis_server.hpp"
-#include "thread_checks.hpp"
 
 using keylock::errc;
 using keylock::Guard;
@@ -103,91 +100,6 @@ TEST_CASE("a redis registry locks and releases with rising fencing tokens", "[re
     again.release();
     CHECK(server.command("EXISTS keylock:order-42") == ":0");
     CHECK(a.stats().entries == 0);
-}
-
-TEST_CASE("redis locks exclude each other across threads and registries", "[redis]") {
-    RedisServer server;
-    std::vector<KeyedLockRegistry> registries;
-    for (int i = 0; i < 3; ++i) registries.push_back(KeyedLockRegistry::from_url(url(server)));
-    constexpr int kThreads = 6, kRounds = 150, kKeys = 3;
-    long counters[kKeys] = {};  // plain: only the lock protects them
-    std::vector<std::uint64_t> tokens[kKeys];
-    ThreadChecks checks;
-    std::vector<std::thread> threads;
-    for (int t = 0; t < kThreads; ++t) {
-        threads.emplace_back([&, t] {
-            auto& r = registries[static_cast<std::size_t>(t) % registries.size()];
-            for (int i = 0; i < kRounds; ++i) {
-                const int k = (t + i) % kKeys;
-                Guard g = r.lock("counter-" + std::to_string(k));
-                const long seen = counters[k];
-                std::this_thread::yield();
-                counters[k] = seen + 1;
-                tokens[k].push_back(g.fencing_token());
-            }
-        });
-    }
-    for (auto& th : threads) th.join();
-    checks.report();
-    long total = 0;
-    for (int k = 0; k < kKeys; ++k) {
-        total += counters[k];
-        bool rising = true;
-        for (std::size_t i = 1; i < tokens[k].size(); ++i) rising = rising && tokens[k][i] > tokens[k][i - 1];
-        CHECK(rising);
-    }
-    CHECK(total == kThreads * kRounds);
-    // The last guards' releases may still be on the wire (a destructor does not wait).
-    for (auto& r : registries) CHECK(eventually([&] { return r.stats().entries == 0; }));
-}
-
-TEST_CASE("redis locks exclude each other across forked processes", "[redis]") {
-    RedisServer server;
-    auto* shared = static_cast<long*>(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-    REQUIRE(shared != MAP_FAILED);
-    shared[0] = 0;
-    constexpr int kProcesses = 4, kRounds = 200;
-    std::vector<pid_t> children;
-    for (int p = 0; p < kProcesses; ++p) {
-        children.push_back(spawn([&] {
-            auto r = KeyedLockRegistry::from_url(url(server));
-            std::uint64_t last = 0;
-            for (int i = 0; i < kRounds; ++i) {
-                Guard g = r.lock("shared-counter");
-                if (g.fencing_token() <= last) return 2;
-                last = g.fencing_token();
-                const long seen = shared[0];
-                if (i % 16 == 0) std::this_thread::sleep_for(100us);
-                shared[0] = seen + 1;
-            }
-            return 0;
-        }));
-    }
-    for (pid_t c : children) CHECK(wait_exit(c) == 0);
-    CHECK(shared[0] == kProcesses * kRounds);
-    ::munmap(shared, 4096);
-}
-
-TEST_CASE("a waiter is woken by the release, not by the end of the lease", "[redis]") {
-    RedisServer server;
-    auto a = KeyedLockRegistry::from_url(url(server, "lease=30s"));
-    auto b = KeyedLockRegistry::from_url(url(server, "lease=30s"));
-    Guard held = a.lock("k");
-    std::atomic<bool> got{false};
-    Clock::time_point got_at;
-    std::thread waiter([&] {
-        Guard g = b.lock("k");
-        got_at = Clock::now();
-        got = true;
-    });
-    std::this_thread::sleep_for(200ms);
-    CHECK_FALSE(got.load());
-    const auto released_at = Clock::now();
-    held.release();
-    waiter.join();
-    CHECK(got.load());
-    // With a 30 s lease, only the release notification can explain a wake-up this soon.
-    CHECK(got_at - released_at < 5s);
 }
 
 TEST_CASE("a crashed holder's lock frees itself when its lease ends", "[redis]") {
@@ -270,20 +182,6 @@ TEST_CASE("a holder paused past its lease loses the lock and its release deletes
     }
 }
 
-TEST_CASE("a stale guard's release reports not_owner and leaves the new owner's lock", "[redis]") {
-    RedisServer server;
-    auto a = KeyedLockRegistry::from_url(url(server));
-    auto b = KeyedLockRegistry::from_url(url(server));
-    Guard old = a.lock("stolen");
-    server.command("DEL keylock:stolen");  // e.g. an operator's forced release
-    Guard now = b.lock("stolen");
-    std::error_code ec;
-    old.release(ec);
-    CHECK(ec == errc::not_owner);
-    CHECK(server.command("EXISTS keylock:stolen") == ":1");
-    CHECK_FALSE(a.try_lock("stolen").has_value());
-}
-
 TEST_CASE("a redis restart mid-hold: the guard reports its loss and locking goes on", "[redis]") {
     RedisServer server;
     auto r = KeyedLockRegistry::from_url(url(server, "command_timeout=2s"));
@@ -324,43 +222,6 @@ TEST_CASE("redis bad input and unreachable servers are typed errors", "[redis]")
         CHECK(error_of([&] { (void)r.try_lock("k"); }) == errc::unavailable);
         CHECK(error_of([&] { (void)r.try_lock_for("k", 100ms); }) == errc::unavailable);
     }
-    SECTION("keys: empty, too long, binary") {
-        RedisServer server;
-        auto r = KeyedLockRegistry::from_url(url(server, "max_key_bytes=16"));
-        CHECK(error_of([&] { (void)r.lock(""); }) == errc::invalid_key);
-        CHECK(error_of([&] { (void)r.lock(std::string(17, 'k')); }) == errc::key_too_long);
-        const std::string binary("a\0b\r\n\xff", 6);
-        auto other = KeyedLockRegistry::from_url(url(server));
-        Guard g = r.lock(binary);
-        CHECK(g.key() == binary);
-        CHECK_FALSE(other.try_lock(binary).has_value());
-        CHECK(other.try_lock(std::string("a\0c\r\n\xff", 6)).has_value());
-    }
-}
-
-TEST_CASE("redis deadlines and cancellation leave nothing behind", "[redis]") {
-    RedisServer server;
-    auto a = KeyedLockRegistry::from_url(url(server));
-    auto b = KeyedLockRegistry::from_url(url(server));
-    Guard held = a.lock("busy");
-    const auto start = Clock::now();
-    CHECK_FALSE(b.try_lock_for("busy", 300ms).has_value());
-    const auto took = Clock::now() - start;
-    CHECK(took >= 300ms);
-    CHECK(took < 3s);
-    CHECK(b.stats().timeouts == 1);
-    std::stop_source stop;
-    std::thread canceller([&] {
-        std::this_thread::sleep_for(200ms);
-        stop.request_stop();
-    });
-    CHECK(error_of([&] { (void)b.lock("busy", stop.get_token()); }) == errc::cancelled);
-    canceller.join();
-    CHECK(b.stats().waiting == 0);
-    // An attempt may still be on the wire when the wait ends; its answer frees the entry.
-    CHECK(eventually([&] { return b.stats().entries == 0; }));
-    held.release();
-    CHECK(b.try_lock("busy").has_value());
 }
 
 TEST_CASE("ten thousand redis keys held at once, then nothing left but the counters", "[redis]") {
@@ -404,30 +265,6 @@ TEST_CASE("ten thousand async redis waiters on one io_context", "[redis]") {
     CHECK(granted == kWaiters);
     CHECK(rising);
     CHECK(eventually([&] { return r.stats().entries == 0; }));
-}
-
-TEST_CASE("an async redis wait can be cancelled and works with use_future", "[redis]") {
-    RedisServer server;
-    auto r = KeyedLockRegistry::from_url(url(server));
-    auto other = KeyedLockRegistry::from_url(url(server));
-    boost::asio::io_context io;
-    Guard held = other.lock("k");
-    boost::asio::cancellation_signal signal;
-    std::optional<boost::system::error_code> result;
-    r.async_lock("k", boost::asio::bind_cancellation_slot(
-                          signal.slot(),
-                          boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard) { result = ec; })));
-    CHECK(eventually([&] { return r.stats().waiting == 1; }));
-    boost::asio::post(io, [&] { signal.emit(boost::asio::cancellation_type::terminal); });
-    io.run();
-    REQUIRE(result.has_value());
-    CHECK(*result == boost::asio::error::operation_aborted);
-    CHECK(r.stats().waiting == 0);
-    held.release();
-    std::future<Guard> f = r.async_lock("k", boost::asio::use_future);
-    Guard g = f.get();
-    CHECK(g.owns_lock());
-    CHECK(g.fencing_token() > 0);
 }
 
 TEST_CASE("redis registries over a Unix socket and over TLS", "[redis][tls]") {

@@ -60,7 +60,13 @@ struct ClusterNode {
     /// What every node must agree on: id, port, role, master, link, slots.
     std::string canonical() const {
         std::string s = id + " " + std::to_string(port) + " " + flags + " " + master_id + " " + link;
-        for (auto [first, last] : slots) s += " " + std::to_string(first) + "-" + std::to_string(last);
+        for (auto [first, last] : slots) {
+            // Appended piece by piece: GCC 12 warns falsely (-Wrestrict) about `" " + std::string`.
+            s += ' ';
+            s += std::to_string(first);
+            s += '-';
+            s += std::to_string(last);
+        }
         return s;
     }
 };

@@ -97,7 +97,7 @@ void check_idle(std::vector<KeyedLockRegistry>& registries) {
 CONFORMANCE_PROMISE("one holder per key across threads and registries", every_backend) {
     Context c(backend);
     constexpr int kRegistries = 3, kThreads = 6, kKeys = 3;
-    const int rounds = 40 * kScale;
+    const int rounds = 75 * kScale;
     std::vector<KeyedLockRegistry> registries;
     for (int i = 0; i < kRegistries; ++i) registries.push_back(c.registry());
     std::vector<Slot> slots(kKeys);
@@ -179,7 +179,7 @@ CONFORMANCE_PROMISE("one holder per key across forked processes", shared_across_
     REQUIRE(mapping != MAP_FAILED);
     auto* shared = new (mapping) ProcessShared{};
     constexpr int kProcesses = 4;
-    const int rounds = 50 * kScale;
+    const int rounds = 100 * kScale;
     std::vector<pid_t> children;
     for (int p = 0; p < kProcesses; ++p) {
         // Each child makes its own registry: nothing of the parent's keylock state crosses the fork.
@@ -436,6 +436,9 @@ CONFORMANCE_PROMISE("bad keys are typed errors and binary keys are keys like any
                 CHECK(error_of([&] { (void)r.force_release(key); }) == expected);
             }
         }
+        // A refused key leaves nothing behind.
+        CHECK(eventually([&] { return r.stats().entries == 0; }));
+        CHECK(r.stats().waiting == 0);
         Guard g = r.lock(longest);
         CHECK(g.key() == longest);
         CHECK_FALSE(c.registry().try_lock(longest).has_value());

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: BSL-1.0
-// Conformance, part 2: waiting. Deadlines, cancellation (stop tokens and Asio), the standard
-// lock types and async_lock, with_lock and get_or_create, and a prompt wake-up on release.
+// Conformance, part 2: waiting. Deadlines, cancellation (stop tokens and Asio), the counters of
+// stats(), the standard lock types and async_lock (callbacks, futures, coroutines), with_lock and
+// get_or_create, and a prompt wake-up on release.
 // Every backend of backends.hpp runs each promise; see there for how to add one.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <concepts>
@@ -19,8 +21,14 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
 #include <keylock/keylock.hpp>
@@ -63,6 +71,14 @@ std::string numbered(const char* prefix, int i) {
     std::string s(prefix);
     s += std::to_string(i);
     return s;
+}
+
+/// Whether the tokens rise strictly, in the order given.
+bool strictly_rising(const std::vector<std::uint64_t>& tokens) {
+    for (std::size_t i = 1; i < tokens.size(); ++i) {
+        if (tokens[i] <= tokens[i - 1]) return false;
+    }
+    return true;
 }
 
 }  // namespace
@@ -131,6 +147,9 @@ CONFORMANCE_PROMISE("deadlines are honoured and timed-out waits leave nothing be
     CHECK(after.waiting == 0);
     CHECK(after.timeouts - before.timeouts == static_cast<std::uint64_t>(timeouts));
     CHECK(after.acquisitions == before.acquisitions);
+    // Nor any entry of theirs: only the holder's is left (in r's count when r is the holder's
+    // registry too).
+    CHECK(eventually([&] { return r.stats().entries == before.entries; }));
 
     // A waiter that gives up does not take the next waiter's wake-up with it: with the default
     // 30 s lease, a waiter that slept through the release would wait for half a minute.
@@ -152,6 +171,34 @@ CONFORMANCE_PROMISE("deadlines are honoured and timed-out waits leave nothing be
     CHECK(Clock::now() - released < 2s);
     CHECK(eventually([&] { return r.stats().entries == 0 && holder.stats().entries == 0; }));
     CHECK(r.stats().waiting == 0);
+}
+
+CONFORMANCE_PROMISE("stats count acquisitions and contended waits and timeouts", every_backend) {
+    Context c(backend);
+    auto r = c.registry();  // every call goes through r, so that its counters see them all
+    const keylock::Stats before = r.stats();
+    Guard held = r.lock("counted");                  // an acquisition that did not wait
+    CHECK_FALSE(r.try_lock("counted").has_value());  // a timeout
+    CHECK(r.try_lock("counted-other").has_value());  // another key: an acquisition, released
+    std::atomic<bool> got{false};
+    std::thread waiter([&] {
+        Guard g = r.lock("counted");  // an acquisition that waited
+        got = true;
+    });
+    CHECK(eventually([&] { return r.stats().waiting == 1; }));  // CHECK: the thread must be joined
+    std::this_thread::sleep_for(50ms);
+    CHECK_FALSE(got.load());  // it waits while the key is held
+    held.release();
+    waiter.join();
+    CHECK(got.load());
+    const keylock::Stats after = r.stats();
+    CHECK(after.acquisitions - before.acquisitions == 3);
+    CHECK(after.contended - before.contended == 1);
+    CHECK(after.timeouts - before.timeouts == 1);
+    CHECK(after.cancellations == before.cancellations);
+    CHECK(after.lost == before.lost);
+    CHECK(after.waiting == 0);
+    CHECK(eventually([&] { return r.stats().entries == 0; }));
 }
 
 CONFORMANCE_PROMISE("cancellation ends a wait at once and leaves nothing behind", every_backend) {
@@ -191,6 +238,7 @@ CONFORMANCE_PROMISE("cancellation ends a wait at once and leaves nothing behind"
         CHECK(timed([&] {
                   CHECK_FALSE(r.try_lock_until("cancel", Clock::now() + 30s, stop.get_token()).has_value());
               }) < 2s);
+        CHECK(timed([&] { CHECK_FALSE(r.try_lock_for("cancel", 30s, stop.get_token()).has_value()); }) < 2s);
     }
     // An async wait ended through the handler's cancellation slot completes with operation_aborted.
     {
@@ -211,12 +259,36 @@ CONFORMANCE_PROMISE("cancellation ends a wait at once and leaves nothing behind"
         CHECK_FALSE(owned);
         CHECK(r.stats().waiting == 0);
     }
-    CHECK(r.stats().cancellations - cancellations >= 3);
+    // A timeout written with Asio's awaitable operators: the wait that loses the race is cancelled.
+    {
+        using namespace asio::experimental::awaitable_operators;
+        asio::io_context io;
+        std::optional<std::size_t> winner;
+        asio::co_spawn(
+            io,
+            [&]() -> asio::awaitable<void> {
+                asio::steady_timer timer(co_await asio::this_coro::executor, 100ms);
+                auto outcome =
+                    co_await (r.async_lock("cancel", asio::use_awaitable) || timer.async_wait(asio::use_awaitable));
+                winner = outcome.index();
+            },
+            asio::detached);
+        io.run_for(10s);
+        REQUIRE(winner.has_value());
+        CHECK(*winner == 1);  // the timer's
+        CHECK(r.stats().waiting == 0);
+    }
+    // Each of those waits counted once: two stopped while waiting, two stopped before, two by Asio.
+    CHECK(r.stats().cancellations - cancellations == 6);
     // Nothing stays behind: the waiters' entries go, and the key goes to the next one who asks.
     CHECK(eventually([&] { return r.stats().entries == entries; }));
     held.release();
     auto third = c.registry();
     CHECK(third.try_lock_for("cancel", 5s).has_value());
+    // A stop token that is never stopped changes nothing.
+    std::stop_source never;
+    CHECK(r.lock("cancel", never.get_token()).owns_lock());
+    CHECK(third.try_lock_for("cancel", 5s, never.get_token()).has_value());
     CHECK(eventually([&] { return r.stats().entries == 0; }));
     CHECK(r.stats().waiting == 0);
 }
@@ -254,6 +326,13 @@ CONFORMANCE_PROMISE("obtain gives a TimedLockable KeyMutex for the standard lock
         std::scoped_lock both(a, b);  // std::lock over two keys
         CHECK_FALSE(other.try_lock("std-a").has_value());
         CHECK_FALSE(other.try_lock("std-b").has_value());
+        // Another handle of the key, of the same registry, on another thread: its tries fail.
+        bool got = true;
+        std::thread([&] {
+            KeyMutex again = r.obtain("std-a");
+            got = again.try_lock() || again.try_lock_for(20ms);
+        }).join();
+        CHECK_FALSE(got);
     }
     CHECK(other.try_lock_for("std-a", 5s).has_value());
     CHECK(other.try_lock_for("std-b", 5s).has_value());
@@ -262,6 +341,14 @@ CONFORMANCE_PROMISE("obtain gives a TimedLockable KeyMutex for the standard lock
         CHECK(lock.try_lock_for(5s));
         lock.unlock();
         CHECK(lock.try_lock_until(Clock::now() + 5s));
+    }
+    {
+        // Beside a standard mutex in one std::scoped_lock, with a token larger than the last.
+        std::timed_mutex tm;
+        std::scoped_lock mixed(a, tm);
+        CHECK_FALSE(other.try_lock("std-a").has_value());
+        CHECK(a.fencing_token() > last);
+        last = a.fencing_token();
     }
     {
         // Held elsewhere: the handle's timed tries fail, and std::unique_lock says so.
@@ -372,6 +459,30 @@ CONFORMANCE_PROMISE("async_lock and with_lock and get_or_create lock and release
         CHECK(g.owns_lock());
         CHECK(g.fencing_token() > held.fencing_token());
     }
+    // async_lock with use_awaitable: coroutines of one thread take turns on a key, each holding
+    // it across a suspension, with tokens rising in the order the locks were granted.
+    {
+        asio::io_context io;
+        constexpr int kCoroutines = 8, kRounds = 20;
+        int inside = 0, max_inside = 0, total = 0;
+        std::vector<std::uint64_t> tokens;
+        auto worker = [&]() -> asio::awaitable<void> {
+            for (int i = 0; i < kRounds; ++i) {
+                Guard g = co_await r.async_lock("awaited", asio::use_awaitable);
+                tokens.push_back(g.fencing_token());
+                max_inside = std::max(max_inside, ++inside);
+                asio::steady_timer pause(co_await asio::this_coro::executor, 1ms);
+                co_await pause.async_wait(asio::use_awaitable);  // suspended while holding
+                ++total;
+                --inside;
+            }
+        };
+        for (int i = 0; i < kCoroutines; ++i) asio::co_spawn(io, worker(), asio::detached);
+        io.run_for(60s);
+        CHECK(total == kCoroutines * kRounds);
+        CHECK(max_inside == 1);
+        CHECK(strictly_rising(tokens));
+    }
 
     // with_lock: the result passes through, the guard if asked for, and the lock is released
     // however the function ends.
@@ -390,7 +501,7 @@ CONFORMANCE_PROMISE("async_lock and with_lock and get_or_create lock and release
     CHECK(eventually([&] { return other.try_lock("with").has_value(); }));
 
     // get_or_create: many callers for few entities, through two registries: one create each.
-    constexpr int kThreads = 6, kIds = 3, kRounds = 6;
+    constexpr int kThreads = 16, kIds = 5, kRounds = 50;
     std::mutex store_mu;
     std::map<std::string, int> store;
     std::atomic<int> creates{0};
