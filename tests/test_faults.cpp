@@ -29,6 +29,7 @@
 #include "exclusion_checker.hpp"
 #include "load.hpp"
 #include "redis_server.hpp"
+#include "sanitized.hpp"
 #include "tcp_proxy.hpp"
 
 using keylock::errc;
@@ -47,13 +48,8 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Sanitizers keep freed memory aside (ASan's quarantine) or map shadow memory as they go, so a
-// resident size says nothing there; LeakSanitizer checks for leaks in the asan build instead.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kMeasuresMemory = false;
-#else
-constexpr bool kMeasuresMemory = true;
-#endif
+// Not under sanitizers (see sanitized.hpp); LeakSanitizer checks for leaks in the asan build.
+constexpr bool kMeasuresMemory = !keylock::test::kSanitized;
 
 
 }  // namespace

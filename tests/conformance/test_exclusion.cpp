@@ -30,6 +30,7 @@
 #include "backends.hpp"
 #include "tests/eventually.hpp"
 #include "tests/fork.hpp"
+#include "tests/sanitized.hpp"
 #include "tests/thread_checks.hpp"
 
 namespace asio = boost::asio;
@@ -47,11 +48,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr int kScale = 1;
-#else
-constexpr int kScale = 2;
-#endif
+constexpr int kScale = keylock::test::unless_sanitized(2, 1);
 
 /// prefix + i, built by appending (GCC 12 warns falsely about `"k" + std::to_string(i)`).
 std::string numbered(const char* prefix, int i) {
