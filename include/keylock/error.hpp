@@ -45,6 +45,7 @@ enum class errc {
 /// The "keylock" error category.
 KEYLOCK_API const std::error_category& error_category() noexcept;
 
+/// `e` as a std::error_code in error_category(), so that `ec == errc::timeout` compares.
 inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
 
 /// The exception thrown by synchronous calls. `code()` is in `error_category()` (or, for errors
@@ -52,10 +53,14 @@ inline std::error_code make_error_code(errc e) noexcept { return {static_cast<in
 /// failing operation and the part at fault.
 class KEYLOCK_API Error : public std::system_error {
 public:
+    /// An error whose message is "keylock: " and the code's own message.
     explicit Error(std::error_code ec) : std::system_error(ec), message_("keylock: " + ec.message()) {}
+    /// An error with the message `what` (which should start with "keylock: ").
     Error(std::error_code ec, const std::string& what) : std::system_error(ec), message_(what) {}
+    /// As above, for a keylock error code.
     Error(errc e, const std::string& what) : Error(make_error_code(e), what) {}
 
+    /// The message given at construction.
     const char* what() const noexcept override { return message_.what(); }
 
 private:
@@ -73,5 +78,7 @@ namespace keylock::detail {
                                           std::string_view why);
 }  // namespace keylock::detail
 
+/// @cond
 template <>
 struct std::is_error_code_enum<keylock::errc> : std::true_type {};
+/// @endcond

@@ -34,12 +34,15 @@ class AsyncLockOp;
 /// alive until its last guard, waiter and handle are gone.
 class Guard {
 public:
+    /// A guard that owns nothing.
     Guard() noexcept = default;
+    /// Takes over `other`'s lock (if any); `other` owns nothing afterwards.
     Guard(Guard&& other) noexcept
         : backend_(std::exchange(other.backend_, nullptr)),
           hold_(std::exchange(other.hold_, nullptr)),
           fence_(other.fence_),
           lost_signal_(std::move(other.lost_signal_)) {}
+    /// Releases this guard's lock (if any), then takes over `other`'s.
     Guard& operator=(Guard&& other) noexcept {
         if (this != &other) {
             reset();
@@ -56,6 +59,7 @@ public:
 
     /// Whether this guard holds a lock (it may still have been `lost()`).
     bool owns_lock() const noexcept { return hold_ != nullptr; }
+    /// `owns_lock()`.
     explicit operator bool() const noexcept { return owns_lock(); }
 
     /// The key held; empty once released. Valid while the guard holds the lock.

@@ -37,6 +37,7 @@ struct KEYLOCK_API LocalOptions {
 
     /// The `local://` URL that gives these options (defaults are left out).
     std::string to_url() const;
+    /// Member by member.
     friend bool operator==(const LocalOptions&, const LocalOptions&) = default;
 };
 

@@ -22,14 +22,16 @@ namespace keylock {
 /// `redlock_nodes` may be given.
 struct RedisOptions {
     std::string host = "127.0.0.1";  ///< TCP host name or address
-    std::uint16_t port = 6379;
-    std::string unix_socket;                          ///< a Unix socket path, instead of host and port
-    bool tls = false;                                 ///< TLS (as `rediss://`; TCP only)
-    std::string ca_file, cert_file, key_file;         ///< TLS: PEM files; empty = system CAs / no client certificate
-    bool verify = true;                               ///< TLS: verify the server's certificate and host name
-    std::string user;                                 ///< ACL user; empty = password-only AUTH
-    std::string password;                             ///< never shown by describe() or in messages
-    int db = 0;                                       ///< database number (SELECT), 0 by default
+    std::uint16_t port = 6379;       ///< TCP port
+    std::string unix_socket;         ///< a Unix socket path, instead of host and port
+    bool tls = false;                ///< TLS (as `rediss://`; TCP only)
+    std::string ca_file;             ///< TLS: the CA certificates (PEM) to verify the server with; empty = the system's
+    std::string cert_file;           ///< TLS: a client certificate (PEM); empty = none
+    std::string key_file;            ///< TLS: the client certificate's private key (PEM)
+    bool verify = true;              ///< TLS: verify the server's certificate and host name
+    std::string user;                ///< ACL user; empty = password-only AUTH
+    std::string password;            ///< never shown by describe() or in messages
+    int db = 0;                      ///< database number (SELECT), 0 by default
     std::chrono::milliseconds connect_timeout{5000};  ///< 10ms to 10m
     std::chrono::milliseconds command_timeout{5000};  ///< 10ms to 10m
     std::string prefix = "keylock:";                  ///< prepended to every lock key, 1 to 128 bytes

@@ -72,10 +72,12 @@ inline const std::stop_token& no_stop() noexcept {
 /// Destroying a locked handle releases the lock.
 class KeyMutex {
 public:
+    /// Takes over `other`'s key (and its lock, if held); `other` refers to nothing afterwards.
     KeyMutex(KeyMutex&& other) noexcept
         : backend_(std::exchange(other.backend_, nullptr)),
           pin_(std::exchange(other.pin_, nullptr)),
           held_(std::move(other.held_)) {}
+    /// Releases this handle's lock (if held) and key, then takes over `other`'s.
     KeyMutex& operator=(KeyMutex&& other) noexcept {
         if (this != &other) {
             reset();
@@ -93,10 +95,12 @@ public:
     void lock() { acquire(detail::Deadline::max()); }
     /// One attempt, no waiting.
     [[nodiscard]] bool try_lock() { return acquire(detail::Clock::now()); }
+    /// Waits up to `d` for the key; false if it is not ours by then.
     template <class Rep, class Period>
     [[nodiscard]] bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
         return acquire(detail::deadline_after(d));
     }
+    /// Waits until `tp` (of any clock) for the key; false if it is not ours by then.
     template <class C, class D>
     [[nodiscard]] bool try_lock_until(const std::chrono::time_point<C, D>& tp) {
         return acquire(detail::to_deadline(tp));
@@ -117,6 +121,7 @@ public:
     /// key); false when nothing is held, and always for `local://`.
     bool lost() const noexcept { return held_.lost(); }
 
+    /// The key of this handle; empty for a moved-from handle.
     std::string_view key() const noexcept { return pin_ ? backend_->key(pin_) : std::string_view{}; }
     /// The fencing token of the current hold (0 if never locked).
     std::uint64_t fencing_token() const noexcept { return held_.fencing_token(); }
