@@ -14,9 +14,22 @@ install(TARGETS ${_keylock_targets} EXPORT keylockTargets
     RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY include/keylock DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(FILES ${PROJECT_BINARY_DIR}/include/keylock/version.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/keylock)
-install(FILES LICENSE THIRD-PARTY-NOTICES.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
+install(FILES LICENSE THIRD-PARTY-NOTICES.md CHANGELOG.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
 if(TARGET keylock_cli)
     install(TARGETS keylock_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+    install(FILES man/keylock.1 DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
+    install(FILES docs/cli.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
+endif()
+
+# pkg-config: keylock.pc, and keylock-redis.pc with the Redis backend. Relocatable: their
+# prefix is found from where they are (${pcfiledir}), so `cmake --install --prefix` works.
+file(RELATIVE_PATH KEYLOCK_PC_TO_PREFIX "/prefix/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/prefix")
+string(REGEX REPLACE "/$" "" KEYLOCK_PC_TO_PREFIX "${KEYLOCK_PC_TO_PREFIX}")
+configure_file(cmake/keylock.pc.in "${PROJECT_BINARY_DIR}/keylock.pc" @ONLY)
+install(FILES "${PROJECT_BINARY_DIR}/keylock.pc" DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+if(KEYLOCK_BUILD_REDIS)
+    configure_file(cmake/keylock-redis.pc.in "${PROJECT_BINARY_DIR}/keylock-redis.pc" @ONLY)
+    install(FILES "${PROJECT_BINARY_DIR}/keylock-redis.pc" DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 endif()
 install(FILES backends/local/anchor.cpp
     DESTINATION ${CMAKE_INSTALL_DATADIR}/keylock

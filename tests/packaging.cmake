@@ -6,10 +6,13 @@
 # independently of the keylock_tests executable.
 #
 #   packaging.find_package      keylock built shared with -Wall -Wextra -Wpedantic as errors,
-#                               installed with `cmake --install --prefix`, consumed through
-#                               find_package(keylock CONFIG REQUIRED)
+#                               installed with `cmake --install --prefix` (SONAMEs checked),
+#                               consumed through find_package(keylock CONFIG REQUIRED
+#                               COMPONENTS local redis) and through pkg-config (keylock-redis.pc);
+#                               a missing and an unknown component fail with their reason
 #   packaging.find_package_static  the same with a static library (exercises the package's
-#                               find_dependency(Boost ... url) for the private Boost.URL link)
+#                               find_dependency(Boost ... url) for the private Boost.URL link,
+#                               and pkg-config --static)
 #   packaging.add_subdirectory  keylock (static) consumed through add_subdirectory
 #
 # The consumer itself compiles with -Wall -Wextra -Wpedantic -Werror with keylock's headers

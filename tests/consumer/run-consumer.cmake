@@ -183,6 +183,35 @@ if(MODE STREQUAL "find_package")
         endif()
     endforeach()
 
+    # pkg-config: the same consumer, compiled and linked by hand with keylock-redis.pc's flags
+    # (--static for the static libraries), then run.
+    find_program(pkg_config pkg-config REQUIRED)
+    file(GLOB_RECURSE pc_files "${prefix}/*/pkgconfig/keylock-redis.pc")
+    if(NOT pc_files)
+        fail("not installed: keylock-redis.pc")
+    endif()
+    get_filename_component(pc_dir "${pc_files}" DIRECTORY)
+    get_filename_component(lib_dir "${pc_dir}" DIRECTORY)
+    set(static_flag --static)
+    if(SHARED)
+        set(static_flag)
+    endif()
+    execute_process(COMMAND "${CMAKE_COMMAND}" -E env "PKG_CONFIG_PATH=${pc_dir}"
+                            "${pkg_config}" --cflags --libs ${static_flag} keylock-redis
+                    OUTPUT_VARIABLE pc_flags RESULT_VARIABLE rv OUTPUT_STRIP_TRAILING_WHITESPACE)
+    if(NOT rv EQUAL 0)
+        fail("pkg-config keylock-redis failed")
+    endif()
+    separate_arguments(pc_flags UNIX_COMMAND "${pc_flags}")
+    set(cxx "${CXX_COMPILER}")
+    if(NOT cxx)
+        set(cxx c++)
+    endif()
+    step("build consumer with pkg-config" "${cxx}" -std=c++20 -Wall -Wextra -Wpedantic -Werror
+        -DKEYLOCK_CONSUMER_REDIS "${CONSUMER_SOURCE_DIR}/main.cpp" -o "${WORK_DIR}/consumer-pkg-config" ${pc_flags})
+    step("run consumer built with pkg-config" "${CMAKE_COMMAND}" -E env "LD_LIBRARY_PATH=${lib_dir}"
+        "${WORK_DIR}/consumer-pkg-config")
+
     step("configure consumer" "${CMAKE_COMMAND}" -S "${CONSUMER_SOURCE_DIR}" -B "${consumer_build}"
         ${common_args}
         -DKEYLOCK_CONSUME=find_package
