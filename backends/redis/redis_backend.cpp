@@ -6,34 +6,30 @@
 #include "redis_backend.hpp"
 
 #include <openssl/rand.h>
-#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <future>
 #include <iterator>
 #include <mutex>
 #include <random>
-#include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
 #include <boost/algorithm/hex.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <keylock/error.hpp>
 #include <keylock/redis.hpp>
 
 #include "connection.hpp"
+#include "io_thread.hpp"
 #include "scripts.hpp"
 #include "servers.hpp"
 #include "slots.hpp"
 #include "src/futex.hpp"
 #include "src/tally.hpp"
+#include "watchdog.hpp"
 
 namespace keylock::redis {
 
@@ -73,15 +69,6 @@ private:
 };
 
 struct KeyState;
-
-/// A lock held through this backend, written on the I/O thread. Its lease's end (LeasedHold::
-/// valid_until) is that of the last confirmed renewal: past it the lock may be someone else's,
-/// so the hold counts as lost even before the watchdog says so.
-struct RedisHold final : detail::LeasedHold {
-    std::string key;
-    std::string token;
-    bool releasing = false;  // its release is under way (no guard refers to it)
-};
 
 struct RedisPin final : detail::Pin {
     std::string key;
@@ -137,8 +124,6 @@ public:
     explicit RedisBackend(const RedisConfig& config)
         : Backend(config.max_key_bytes, Loss::possible),
           config_(config),
-          work_(asio::make_work_guard(io_)),
-          watchdog_(io_),
           acquire_(config.topology == Topology::redlock ? scripts::acquire_plain : scripts::acquire),
           release_(config.topology == Topology::cluster ? scripts::release_sharded : scripts::release),
           extend_(scripts::extend),
@@ -146,23 +131,21 @@ public:
           inspect_(scripts::inspect),
           force_release_(config.topology == Topology::cluster ? scripts::force_release_sharded
                                                               : scripts::force_release),
-          bump_(scripts::bump) {
+          bump_(scripts::bump),
+          replication_(config) {
         lease_ms_ = std::to_string(config_.lease.count());
-        wait_replicas_ = std::to_string(config_.wait_replicas);
-        wait_ms_ = std::to_string(config_.wait_timeout.count());
         Servers::Events events;
         events.message = [this](const std::string& channel) { on_message(channel); };
         events.unsubscribed = [this](const std::string& channel) { on_unsubscribed(channel); };
         events.notifications_lost = [this] { on_notifications_lost(); };
-        servers_ = make_servers(io_, config_, std::move(events), {&acquire_, &release_, &bump_});
+        servers_ = make_servers(io_thread_.io(), config_, std::move(events), {&acquire_, &release_, &bump_});
         quorum_ = servers_->quorum();
         // A holder counts on its lease only minus the clock drift its servers may have.
         validity_ = config_.lease - servers_->clock_drift();
-        thread_ = std::thread([this] { run(); });
-#if defined(__linux__)
-        pthread_setname_np(thread_.native_handle(), "keylock-redis");  // for top, perf, gdb
-#endif
-        post([this] { arm_watchdog(); });
+        watchdog_ = std::make_unique<Watchdog>(io_thread_.io(), config_, *servers_, extend_, replication_, validity_,
+                                               [this](RedisHold* h) { mark_lost(h); });
+        io_thread_.start("keylock-redis", [this] { delete this; });
+        post([this] { watchdog_->start(); });
     }
 
     ~RedisBackend() override = default;
@@ -273,67 +256,32 @@ public:
         auto answer = live.get_future();
         post([this, &live] {
             closing_ = true;
-            bool in_use = !waiters_.empty();
-            for (RedisHold* h : holds_) in_use = in_use || !h->releasing;
+            watchdog_->stop_when_idle();
+            const bool in_use = !waiters_.empty() || watchdog_->guarded();
             live.set_value(!finished() && in_use);
         });
-        const bool in_use = answer.get();
-        bool detach = false;
-        {
-            std::unique_lock lk(close_mu_);
-            if (!in_use) {
-                close_cv_.wait_for(lk, config_.endpoint.command_timeout + std::chrono::seconds(1),
-                                   [this] { return stopped_; });
-            }
-            detach = detached_ = !stopped_;
-        }
-        if (!detach) {
-            thread_.join();
-            delete this;
-            return;
-        }
-        thread_.detach();
-        detach_done_.store(true, std::memory_order_release);
-        detach_done_.notify_one();
+        if (io_thread_.close(answer.get(), config_.endpoint.command_timeout + std::chrono::seconds(1))) delete this;
     }
 
 private:
     template <class F>
     void post(F&& f) {
-        asio::post(io_, std::forward<F>(f));
-    }
-
-    void run() {
-        io_.run();
-        // Stopped by finished(): after close(), with nothing left. If close() detached us, we
-        // are the last one to touch the backend (once close() is done with thread_).
-        bool detached = false;
-        {
-            std::lock_guard lk(close_mu_);
-            stopped_ = true;
-            detached = detached_;
-        }
-        close_cv_.notify_all();
-        if (detached) {
-            detach_done_.wait(false, std::memory_order_acquire);
-            delete this;
-        }
+        io_thread_.post(std::forward<F>(f));
     }
 
     /// After close(): true (and the loop is told to stop) once no hold and no wait is left.
     bool finished() {
-        if (!closing_ || !holds_.empty() || !waiters_.empty()) return false;
+        if (!closing_ || !watchdog_->empty() || !waiters_.empty()) return false;
         for (auto& [key, st] : keys_) {
             if (st->holder != nullptr || st->attempting) return false;
         }
-        work_.reset();
         servers_->close();
-        watchdog_.cancel();
+        watchdog_->cancel();
         for (auto& [key, st] : keys_) {
             if (st->retry) st->retry->cancel();
         }
         keys_.clear();
-        io_.stop();
+        io_thread_.stop();
         return true;
     }
 
@@ -343,7 +291,7 @@ private:
     /// looks again now (and subscribes again if it still has to wait).
     void on_notifications_lost() {
         for (auto& [key, st] : keys_) st->subscribed = false;
-        asio::post(io_, [this] {
+        post([this] {
             std::vector<std::string> waiting;
             for (auto& [key, st] : keys_) {
                 if (st->waiting_remote && !st->subscribed) waiting.push_back(key);
@@ -376,23 +324,6 @@ private:
         return quorum_ ? token : std::to_string(fence) + ":" + token;
     }
 
-    /// After a write on `conn`, waits for `wait_replicas` replicas to have it (WAIT), then calls
-    /// `then` with an empty string, or with why they have not.
-    void replicate(const std::shared_ptr<Connection>& conn, std::function<void(std::string)> then) {
-        if (config_.wait_replicas == 0) return then({});
-        if (!conn) return then("the connection it was written on is gone");
-        conn->send({"WAIT", wait_replicas_, wait_ms_},
-                   [this, then = std::move(then)](std::error_code ec, const Reply& r) {
-                       if (ec) return then("WAIT got no answer");
-                       if (r.type != Reply::Type::integer) return then("Redis answered WAIT with '" + r.str + "'");
-                       if (r.integer < config_.wait_replicas) {
-                           return then(std::to_string(r.integer) + " of " + wait_replicas_ +
-                                       " replicas acknowledged it within wait_timeout");
-                       }
-                       then({});
-                   });
-    }
-
     // ---- waiting ----------------------------------------------------------------------
 
     KeyState& state_of(const std::string& key) {
@@ -414,7 +345,7 @@ private:
         tally_.began();
         st.queue.push_back(w);
         if (w->deadline != Deadline::max()) {
-            w->timer = std::make_unique<asio::steady_timer>(io_, w->deadline);
+            w->timer = std::make_unique<asio::steady_timer>(io_thread_.io(), w->deadline);
             w->timer->async_wait([this, id = w->id](boost::system::error_code ec) {
                 if (!ec) deadline_passed(id);
             });
@@ -526,9 +457,9 @@ private:
     /// someone else: it is released, and the waiters fail with `unavailable`.
     void replicated_grant(KeyState& st, const std::shared_ptr<Connection>& conn, const std::string& token,
                           std::uint64_t fence, Clock::time_point sent) {
-        if (config_.wait_replicas == 0) return granted(st, token, fence, sent);
+        if (!replication_.waits()) return granted(st, token, fence, sent);
         st.attempting = true;  // still deciding: keeps the state, and other attempts out
-        replicate(conn, [this, key = st.key, token, fence, sent](const std::string& why) {
+        replication_.after(conn, [this, key = st.key, token, fence, sent](const std::string& why) {
             auto it = keys_.find(key);
             if (it == keys_.end()) return;  // cannot happen: attempting keeps the state
             KeyState& st = *it->second;
@@ -552,7 +483,7 @@ private:
         h->fence = fence;
         h->valid_until(sent + validity_);  // the lease began in Redis after `sent`, never before
         st.holder = h;
-        holds_.insert(h);
+        watchdog_->add(h);
         if (st.queue.empty()) {
             do_release(h, [](std::error_code) {});
             return;
@@ -610,7 +541,7 @@ private:
 
     /// The key's next attempt, `after` from now unless something wakes it earlier.
     void arm_retry(KeyState& st, std::chrono::milliseconds after) {
-        if (!st.retry) st.retry = std::make_unique<asio::steady_timer>(io_);
+        if (!st.retry) st.retry = std::make_unique<asio::steady_timer>(io_thread_.io());
         st.retry->expires_after(after);
         st.retry->async_wait([this, key = st.key](boost::system::error_code ec) {
             if (ec) return;
@@ -681,7 +612,7 @@ private:
         auto it = keys_.find(h->key);
         KeyState* st = it != keys_.end() ? it->second.get() : nullptr;
         auto forget = [this, h] {
-            holds_.erase(h);
+            watchdog_->remove(h);
             auto it = keys_.find(h->key);
             delete h;
             if (it == keys_.end()) return;
@@ -732,7 +663,7 @@ private:
                                reply(ec ? ec : make_error_code(r.is_error() ? errc::backend_error : errc::not_owner));
                                return;
                            }
-                           holds_.erase(h);
+                           watchdog_->remove(h);
                            auto it = keys_.find(h->key);
                            delete h;
                            KeyState& st = *it->second;
@@ -742,52 +673,6 @@ private:
                            settle(st);
                            reply({});
                        });
-    }
-
-    // ---- the watchdog -----------------------------------------------------------------
-
-    void arm_watchdog() {
-        watchdog_.expires_after(std::max<std::chrono::milliseconds>(config_.lease / 3, std::chrono::milliseconds(1)));
-        watchdog_.async_wait([this](boost::system::error_code ec) {
-            if (ec) return;
-            renew_all();
-            if (!closing_ || !holds_.empty()) arm_watchdog();
-        });
-    }
-
-    /// Renews every held lease, all in one pipelined batch; a lease that could not be renewed
-    /// before it ran out, or that turns out to be someone else's now, is lost.
-    void renew_all() {
-        const auto now = Clock::now();
-        for (RedisHold* h : holds_) {
-            if (h->releasing) continue;  // its guard is gone
-            if (h->lost()) {
-                mark_lost(h);
-                continue;
-            }
-            auto it = keys_.find(h->key);
-            if (it == keys_.end()) continue;
-            // The reply may come after this hold is gone and a new one lives at its address (a
-            // hand-over replaces the hold): it counts only for the same acquisition (token).
-            servers_->eval(Op::extend, extend_, {it->second->lock_key}, {h->token, lease_ms_},
-                           [this, h, token = h->token, now](std::error_code ec, const Reply& r,
-                                                            const std::shared_ptr<Connection>& conn) {
-                               if (!holds_.contains(h) || h->token != token || h->releasing || ec)
-                                   return;  // released meanwhile, or no answer
-                               if (r.type == Reply::Type::integer && r.integer == 1) {
-                                   // With wait_replicas, a renewal counts once the replicas have it: a failover
-                                   // must not bring back an older, shorter lease than the holder counts on.
-                                   replicate(conn, [this, h, token, now](const std::string& why) {
-                                       if (!why.empty() || !holds_.contains(h) || h->token != token || h->releasing)
-                                           return;
-                                       if (!h->lost()) h->valid_until(now + validity_);
-                                   });
-                               } else if (r.type == Reply::Type::integer ||
-                                          (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
-                                   mark_lost(h);  // gone, or someone else's now (perhaps not even a lock)
-                               }
-                           });
-        }
     }
 
     /// Runs a one-key script from a user thread and waits for its reply (operator calls).
@@ -811,19 +696,12 @@ private:
     }
 
     const RedisConfig config_;
-    std::string lease_ms_, wait_replicas_, wait_ms_;
-    asio::io_context io_;
-    asio::executor_work_guard<asio::io_context::executor_type> work_;
-    asio::steady_timer watchdog_;
-    std::thread thread_;
-    std::mutex close_mu_;
-    std::condition_variable close_cv_;
-    bool stopped_ = false;   // the loop has ended (close_mu_)
-    bool detached_ = false;  // close() left the thread to delete the backend (close_mu_)
-    std::atomic<bool> detach_done_{false};
+    std::string lease_ms_;
+    IoThread io_thread_;
     bool closing_ = false;
 
     const Script acquire_, release_, extend_, transfer_, inspect_, force_release_, bump_;
+    const Replication replication_;
 
     // I/O thread only.
     std::unique_ptr<Servers> servers_;
@@ -831,7 +709,7 @@ private:
     std::chrono::milliseconds validity_{};  // how long a hold counts on its lease after it was sent
     std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
-    std::unordered_set<RedisHold*> holds_;
+    std::unique_ptr<Watchdog> watchdog_;  // and the holds
     TokenSource tokens_;
     std::mt19937 rng_{std::random_device{}()};
     std::uniform_int_distribution<int> jitter_{0, 10};
