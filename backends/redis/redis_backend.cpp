@@ -1,38 +1,34 @@
 // SPDX-License-Identifier: BSL-1.0
-// The Redis backend. All of its state lives on one I/O thread per registry: user threads post
-// requests to it and wait (sync calls) or get a completion (async calls). That thread owns two
-// connections (commands, and a subscriber for release notifications), one entry per key in
-// use (its local queue of waiters, its local holder), the holds, and the watchdog timer.
+// The Redis backend: detail::Backend over the parts in this directory. All of its state lives
+// on one I/O thread per registry (io_thread.hpp): user threads post requests to it and wait
+// (sync calls) or get a completion (async calls). That thread owns the servers' connections
+// (servers.hpp), one entry per key in use (its state machine, key_lock.hpp, with the timers it
+// asks for), the waiters, and the holds with their watchdog (watchdog.hpp). Here: the wiring,
+// releases and hand-overs, operators' calls, make_backend and the URL schemes.
 #include "redis_backend.hpp"
-
-#include <openssl/rand.h>
-#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <future>
-#include <iterator>
 #include <mutex>
 #include <random>
-#include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
-#include <boost/algorithm/hex.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <keylock/error.hpp>
 
 #include "connection.hpp"
+#include "io_thread.hpp"
+#include "key_lock.hpp"
+#include "replies.hpp"
 #include "scripts.hpp"
 #include "servers.hpp"
 #include "slots.hpp"
 #include "src/futex.hpp"
 #include "src/tally.hpp"
+#include "token_source.hpp"
+#include "watchdog.hpp"
 
 namespace keylock::redis {
 
@@ -43,60 +39,23 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-/// Owner tokens, one per acquisition: 128 random bits as 32 hex digits. The bits come from
-/// OpenSSL's CSPRNG, 64 tokens per call. (Each backend has its own, used on its I/O thread; a
-/// forked child cannot use its parent's backend, so it never repeats the parent's tokens.)
-class TokenSource {
-public:
-    std::string next() {
-        if (used_ == kTokens) refill();
-        const unsigned char* bytes = bytes_ + used_++ * 16;
-        std::string out;
-        out.reserve(32);
-        boost::algorithm::hex_lower(bytes, bytes + 16, std::back_inserter(out));
-        return out;
-    }
-
-private:
-    void refill() {
-        if (RAND_bytes(bytes_, sizeof bytes_) != 1) {
-            // Never expected; fall back to the OS's generator rather than failing a lock.
-            std::random_device rd;
-            for (auto& b : bytes_) b = static_cast<unsigned char>(rd());
-        }
-        used_ = 0;
-    }
-    static constexpr int kTokens = 64;
-    unsigned char bytes_[kTokens * 16];
-    int used_ = kTokens;
-};
-
-struct KeyState;
-
-/// A lock held through this backend, written on the I/O thread. Its lease's end (LeasedHold::
-/// valid_until) is that of the last confirmed renewal: past it the lock may be someone else's,
-/// so the hold counts as lost even before the watchdog says so.
-struct RedisHold final : detail::LeasedHold {
-    std::string key;
-    std::string token;
-    bool releasing = false;  // its release is under way (no guard refers to it)
-};
-
 struct RedisPin final : detail::Pin {
     std::string key;
 };
 
+/// One key in use in this process: its state machine, and the timer of its next attempt.
+struct KeyEntry final : KeyLock {
+    using KeyLock::KeyLock;
+    std::unique_ptr<asio::steady_timer> retry;
+};
+
 /// A wait on the I/O thread: an async operation, or the registry's blocking wait over one.
-struct Waiter {
+struct Waiter final : QueuedWaiter {
     explicit Waiter(detail::AsyncWaiter* w) : op(w) {}
 
     detail::AsyncWaiter* op;
-    std::uint64_t id = 0;
-    Deadline deadline = Deadline::max();
-    std::string why;       // with an error: what went wrong, for the message (the server's words)
-    bool expired = false;  // the deadline passed while this waiter's attempt was in flight
-    bool waited = false;   // could not be granted at once (counts as contended)
-    KeyState* state = nullptr;
+    std::string why;  // with an error: what went wrong, for the message (the server's words)
+    KeyEntry* state = nullptr;
     std::unique_ptr<asio::steady_timer> timer;
 };
 
@@ -106,38 +65,11 @@ struct Answer {
     std::error_code ec;
 };
 
-/// One key in use in this process.
-struct KeyState {
-    std::string key;
-    std::string lock_key;   // <prefix><key>; also the channel its releases are published on
-    std::string fence_key;  // the fencing counter of lock_key's slot
-    std::deque<Waiter*> queue;
-    RedisHold* holder = nullptr;        // held by this process (until its release is confirmed)
-    bool attempting = false;            // an acquire is in flight
-    bool waiting_remote = false;        // held elsewhere: waiting for a notification or the retry timer
-    bool subscribed = false;            // SUBSCRIBE sent (confirmed or not)
-    bool look_again = false;            // a release, or our subscription, came while an attempt was in flight
-    int transfers = 0;                  // hand-overs within this process in a row
-    Clock::time_point first_failure{};  // of the current run of unavailable attempts
-    Clock::time_point backoff_until{};  // a quorum split between contenders: no retry before this
-    std::string failure;                // why the last of them failed (for the messages)
-    std::unique_ptr<asio::steady_timer> retry;
-};
-
-/// At most this many local hand-overs in a row before a real release, so that other processes
-/// waiting for the key get their turn.
-constexpr int kMaxTransfers = 16;
-
-/// How often a waiter looks again while release notifications cannot be had.
-constexpr std::chrono::milliseconds kPollWithoutNotifications{200};
-
-class RedisBackend final : public detail::Backend {
+class RedisBackend final : public detail::Backend, private KeyLock::Host {
 public:
     explicit RedisBackend(const RedisConfig& config)
         : Backend(config.max_key_bytes, Loss::possible),
           config_(config),
-          work_(asio::make_work_guard(io_)),
-          watchdog_(io_),
           acquire_(config.topology == Topology::redlock ? scripts::acquire_plain : scripts::acquire),
           release_(config.topology == Topology::cluster ? scripts::release_sharded : scripts::release),
           extend_(scripts::extend),
@@ -145,23 +77,22 @@ public:
           inspect_(scripts::inspect),
           force_release_(config.topology == Topology::cluster ? scripts::force_release_sharded
                                                               : scripts::force_release),
-          bump_(scripts::bump) {
+          bump_(scripts::bump),
+          replication_(config) {
         lease_ms_ = std::to_string(config_.lease.count());
-        wait_replicas_ = std::to_string(config_.wait_replicas);
-        wait_ms_ = std::to_string(config_.wait_timeout.count());
         Servers::Events events;
         events.message = [this](const std::string& channel) { on_message(channel); };
         events.unsubscribed = [this](const std::string& channel) { on_unsubscribed(channel); };
         events.notifications_lost = [this] { on_notifications_lost(); };
-        servers_ = make_servers(io_, config_, std::move(events), {&acquire_, &release_, &bump_});
-        quorum_ = servers_->quorum();
+        servers_ = make_servers(io_thread_.io(), config_, std::move(events), {&acquire_, &release_, &bump_});
+        rules_.quorum = servers_->quorum();
+        rules_.connect_timeout = config_.endpoint.connect_timeout;
         // A holder counts on its lease only minus the clock drift its servers may have.
         validity_ = config_.lease - servers_->clock_drift();
-        thread_ = std::thread([this] { run(); });
-#if defined(__linux__)
-        pthread_setname_np(thread_.native_handle(), "keylock-redis");  // for top, perf, gdb
-#endif
-        post([this] { arm_watchdog(); });
+        watchdog_ = std::make_unique<Watchdog>(io_thread_.io(), config_, *servers_, extend_, replication_, validity_,
+                                               [this](RedisHold* h) { mark_lost(h); });
+        io_thread_.start("keylock-redis", [this] { delete this; });
+        post([this] { watchdog_->start(); });
     }
 
     ~RedisBackend() override = default;
@@ -230,26 +161,7 @@ public:
     LockInfo inspect(std::string_view key, std::error_code& ec) override {
         const Reply r = call(Op::inspect, inspect_, config_.prefix + std::string(key), {}, ec);
         if (ec) return {};
-        if (r.type != Reply::Type::array || r.elements.empty()) {
-            ec = make_error_code(errc::backend_error);
-            return {};
-        }
-        LockInfo info;
-        if (r.elements[0].integer != 1 || r.elements.size() != 3) return info;
-        info.held = true;
-        // `<fencing token>:<owner token>`; anything else (someone else's value) has no token.
-        const std::string& value = r.elements[1].str;
-        if (const auto colon = value.find(':'); colon != std::string::npos && colon > 0 && colon <= 20) {
-            std::uint64_t fence = 0;
-            bool digits = true;
-            for (std::size_t i = 0; i < colon; ++i) {
-                digits = digits && value[i] >= '0' && value[i] <= '9';
-                fence = fence * 10 + static_cast<std::uint64_t>(value[i] - '0');
-            }
-            if (digits) info.fencing_token = fence;
-        }
-        info.ttl = std::chrono::milliseconds(r.elements[2].integer >= 0 ? r.elements[2].integer : -1);
-        return info;
+        return lock_info_of(r, ec);
     }
 
     bool force_release(std::string_view key, std::error_code& ec) override {
@@ -272,67 +184,32 @@ public:
         auto answer = live.get_future();
         post([this, &live] {
             closing_ = true;
-            bool in_use = !waiters_.empty();
-            for (RedisHold* h : holds_) in_use = in_use || !h->releasing;
+            watchdog_->stop_when_idle();
+            const bool in_use = !waiters_.empty() || watchdog_->guarded();
             live.set_value(!finished() && in_use);
         });
-        const bool in_use = answer.get();
-        bool detach = false;
-        {
-            std::unique_lock lk(close_mu_);
-            if (!in_use) {
-                close_cv_.wait_for(lk, config_.endpoint.command_timeout + std::chrono::seconds(1),
-                                   [this] { return stopped_; });
-            }
-            detach = detached_ = !stopped_;
-        }
-        if (!detach) {
-            thread_.join();
-            delete this;
-            return;
-        }
-        thread_.detach();
-        detach_done_.store(true, std::memory_order_release);
-        detach_done_.notify_one();
+        if (io_thread_.close(answer.get(), config_.endpoint.command_timeout + std::chrono::seconds(1))) delete this;
     }
 
 private:
     template <class F>
     void post(F&& f) {
-        asio::post(io_, std::forward<F>(f));
-    }
-
-    void run() {
-        io_.run();
-        // Stopped by finished(): after close(), with nothing left. If close() detached us, we
-        // are the last one to touch the backend (once close() is done with thread_).
-        bool detached = false;
-        {
-            std::lock_guard lk(close_mu_);
-            stopped_ = true;
-            detached = detached_;
-        }
-        close_cv_.notify_all();
-        if (detached) {
-            detach_done_.wait(false, std::memory_order_acquire);
-            delete this;
-        }
+        io_thread_.post(std::forward<F>(f));
     }
 
     /// After close(): true (and the loop is told to stop) once no hold and no wait is left.
     bool finished() {
-        if (!closing_ || !holds_.empty() || !waiters_.empty()) return false;
+        if (!closing_ || !watchdog_->empty() || !waiters_.empty()) return false;
         for (auto& [key, st] : keys_) {
-            if (st->holder != nullptr || st->attempting) return false;
+            if (st->busy()) return false;
         }
-        work_.reset();
         servers_->close();
-        watchdog_.cancel();
+        watchdog_->cancel();
         for (auto& [key, st] : keys_) {
             if (st->retry) st->retry->cancel();
         }
         keys_.clear();
-        io_.stop();
+        io_thread_.stop();
         return true;
     }
 
@@ -341,14 +218,14 @@ private:
     /// A subscriber connection broke: notifications may have been missed, so every waiting key
     /// looks again now (and subscribes again if it still has to wait).
     void on_notifications_lost() {
-        for (auto& [key, st] : keys_) st->subscribed = false;
-        asio::post(io_, [this] {
+        for (auto& [key, st] : keys_) st->notifications_lost();
+        post([this] {
             std::vector<std::string> waiting;
             for (auto& [key, st] : keys_) {
-                if (st->waiting_remote && !st->subscribed) waiting.push_back(key);
+                if (st->waiting_unsubscribed()) waiting.push_back(key);
             }
             for (const auto& key : waiting) {
-                if (auto it = keys_.find(key); it != keys_.end()) retry_now(*it->second);
+                if (KeyEntry* st = find(key)) st->retry_due();
             }
         });
     }
@@ -356,111 +233,156 @@ private:
     /// The server ended one subscription (a Cluster slot moved): the key looks again, and
     /// subscribes again where its slot is now if it still has to wait.
     void on_unsubscribed(const std::string& channel) {
-        if (KeyState* st = state_of_channel(channel)) {
-            st->subscribed = false;
-            wake(*st);
-        }
+        if (KeyEntry* st = state_of_channel(channel)) st->unsubscribed();
+    }
+
+    /// A release notification: the key may be free now.
+    void on_message(const std::string& channel) {
+        if (KeyEntry* st = state_of_channel(channel)) st->notified();
     }
 
     /// The state of the key whose releases are published on `channel`, if it is in use.
-    KeyState* state_of_channel(const std::string& channel) {
+    KeyEntry* state_of_channel(const std::string& channel) {
         if (channel.compare(0, config_.prefix.size(), config_.prefix) != 0) return nullptr;
-        auto it = keys_.find(channel.substr(config_.prefix.size()));
-        return it == keys_.end() ? nullptr : it->second.get();
+        return find(channel.substr(config_.prefix.size()));
     }
 
     /// The value of our lock: `<fencing token>:<owner token>`, or (a quorum, each node with its
     /// own counter) the owner token alone.
     std::string lock_value(std::uint64_t fence, const std::string& token) const {
-        return quorum_ ? token : std::to_string(fence) + ":" + token;
-    }
-
-    /// After a write on `conn`, waits for `wait_replicas` replicas to have it (WAIT), then calls
-    /// `then` with an empty string, or with why they have not.
-    void replicate(const std::shared_ptr<Connection>& conn, std::function<void(std::string)> then) {
-        if (config_.wait_replicas == 0) return then({});
-        if (!conn) return then("the connection it was written on is gone");
-        conn->send({"WAIT", wait_replicas_, wait_ms_},
-                   [this, then = std::move(then)](std::error_code ec, const Reply& r) {
-                       if (ec) return then("WAIT got no answer");
-                       if (r.type != Reply::Type::integer) return then("Redis answered WAIT with '" + r.str + "'");
-                       if (r.integer < config_.wait_replicas) {
-                           return then(std::to_string(r.integer) + " of " + wait_replicas_ +
-                                       " replicas acknowledged it within wait_timeout");
-                       }
-                       then({});
-                   });
+        return rules_.quorum ? token : std::to_string(fence) + ":" + token;
     }
 
     // ---- waiting ----------------------------------------------------------------------
 
-    KeyState& state_of(const std::string& key) {
+    KeyEntry* find(const std::string& key) {
+        auto it = keys_.find(key);
+        return it == keys_.end() ? nullptr : it->second.get();
+    }
+
+    KeyEntry& state_of(const std::string& key) {
         auto& slot = keys_[key];
         if (!slot) {
-            slot = std::make_unique<KeyState>();
-            slot->key = key;
-            slot->lock_key = config_.prefix + key;
-            slot->fence_key = "{" + std::string(slot_tag(key_slot(slot->lock_key))) + "}" + config_.prefix + "fence";
+            std::string lock_key = config_.prefix + key;
+            std::string fence_key = "{" + std::string(slot_tag(key_slot(lock_key))) + "}" + config_.prefix + "fence";
+            KeyLock::Host& host = *this;
+            slot = std::make_unique<KeyEntry>(host, rules_, key, std::move(lock_key), std::move(fence_key));
             entries_.store(keys_.size(), std::memory_order_relaxed);
         }
         return *slot;
     }
 
     void enqueue(Waiter* w, const std::string& key) {
-        KeyState& st = state_of(key);
+        KeyEntry& st = state_of(key);
         w->state = &st;
         waiters_[w->id] = w;
         tally_.began();
-        st.queue.push_back(w);
-        if (w->deadline != Deadline::max()) {
-            w->timer = std::make_unique<asio::steady_timer>(io_, w->deadline);
-            w->timer->async_wait([this, id = w->id](boost::system::error_code ec) {
-                if (!ec) deadline_passed(id);
-            });
-        }
-        if (st.holder != nullptr || st.attempting || st.waiting_remote || st.queue.size() > 1) w->waited = true;
-        pump(st);
+        st.enqueue(w);
     }
 
     void deadline_passed(std::uint64_t id) {
         auto it = waiters_.find(id);
         if (it == waiters_.end()) return;
-        Waiter* w = it->second;
-        KeyState& st = *w->state;
-        if (st.attempting && !st.queue.empty() && st.queue.front() == w) {
-            w->expired = true;  // its one attempt is in flight: let it finish
-            return;
-        }
-        // Out of time while Redis could not be reached: that is the reason, not a holder.
-        if (st.first_failure != Clock::time_point{})
-            return finish(w, make_error_code(errc::unavailable), {}, true, st.failure);
-        finish(w, make_error_code(errc::timeout), {});
-    }
-
-    /// Fails the waiters at the head whose deadline passed during the attempt with `code` (and
-    /// `why` for the message).
-    /// Returns false (and frees the key's state if it can) when nobody is left waiting.
-    bool drop_expired(KeyState& st, errc code = errc::timeout, const std::string& why = {}) {
-        while (!st.queue.empty() && st.queue.front()->expired)
-            finish(st.queue.front(), make_error_code(code), {}, false, why);
-        if (!st.queue.empty()) return true;
-        settle(st);
-        return false;
+        it->second->state->deadline_passed(it->second);
     }
 
     void cancel_waiter(std::uint64_t id, errc why) {
         auto it = waiters_.find(id);
         if (it == waiters_.end()) return;  // done already
-        finish(it->second, make_error_code(why), {});
+        it->second->state->cancel(it->second, why);
     }
 
-    /// Ends a wait: takes the waiter out of its queue and reports.
-    void finish(Waiter* w, std::error_code ec, Acquired a, bool then_settle = true, std::string why = {}) {
-        KeyState& st = *w->state;
-        w->why = std::move(why);
-        st.queue.erase(std::find(st.queue.begin(), st.queue.end(), w));
-        waiters_.erase(w->id);
+    /// Redis has given us the lock: with wait_replicas, only once that many replicas have it too
+    /// (WAIT on the connection it was written on). Unreplicated, a failover could give it to
+    /// someone else: it is released, and the waiters fail with `unavailable`.
+    void confirm(KeyEntry& st, const std::shared_ptr<Connection>& conn, const std::string& token, std::uint64_t fence,
+                 Clock::time_point sent) {
+        if (!replication_.waits()) return grant(st, token, fence, sent);
+        replication_.after(conn, [this, key = st.key(), token, fence, sent](const std::string& why) {
+            KeyEntry* st = find(key);
+            if (st == nullptr) return;  // cannot happen: a grant under way keeps its key
+            if (why.empty()) return grant(*st, token, fence, sent);
+            const std::string value = lock_value(fence, token);
+            servers_->eval(Op::release, release_, {st->lock_key()}, {value, st->lock_key()},
+                           [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
+            st->unconfirmed(why);
+        });
+    }
+
+    /// The lock is ours, with owner token `token` and fencing token `fence`: a new hold for the
+    /// key, which gives it to its first waiter or back at once.
+    void grant(KeyEntry& st, const std::string& token, std::uint64_t fence, Clock::time_point sent) {
+        auto* h = new RedisHold;
+        h->key = st.key();
+        h->token = lock_value(fence, token);  // the lock key's value (see scripts.hpp)
+        h->fence = fence;
+        h->valid_until(sent + validity_);  // the lease began in Redis after `sent`, never before
+        watchdog_->add(h);
+        st.granted(h, fence);
+    }
+
+    // ---- what the keys ask for (KeyLock::Host) ------------------------------------------
+
+    Clock::time_point now() override { return Clock::now(); }
+
+    std::chrono::milliseconds jitter() override { return std::chrono::milliseconds(jitter_(rng_)); }
+
+    void send_attempt(KeyLock& key) override {
+        const auto sent = Clock::now();
+        auto token = std::make_shared<std::string>(tokens_.next());
+        servers_->eval(Op::acquire, acquire_, {key.lock_key(), key.fence_key()}, {*token, lease_ms_},
+                       [this, key = key.key(), token, sent](std::error_code ec, const Reply& r,
+                                                            const std::shared_ptr<Connection>& conn) {
+                           KeyEntry* st = find(key);
+                           if (st == nullptr) return;  // cannot happen: an attempt keeps its key
+                           const AttemptOutcome outcome = acquire_outcome_of(ec, r);
+                           st->answered(outcome);
+                           if (outcome.kind == AttemptOutcome::Kind::granted)
+                               confirm(*st, conn, *token, outcome.fence, sent);
+                       });
+    }
+
+    void subscribe(KeyLock& key) override {
+        servers_->subscribe(key.lock_key(), [this, key = key.key()](std::error_code ec) {
+            if (KeyEntry* st = find(key)) st->subscribed(!ec);
+        });
+    }
+
+    void unsubscribe(KeyLock& key) override { servers_->unsubscribe(key.lock_key()); }
+
+    void arm_retry(KeyLock& key, Clock::time_point at) override {
+        auto& st = static_cast<KeyEntry&>(key);
+        if (!st.retry) st.retry = std::make_unique<asio::steady_timer>(io_thread_.io());
+        st.retry->expires_at(at);
+        st.retry->async_wait([this, key = st.key()](boost::system::error_code ec) {
+            if (ec) return;
+            if (KeyEntry* st = find(key)) st->retry_due();
+        });
+    }
+
+    void cancel_retry(KeyLock& key) override {
+        auto& st = static_cast<KeyEntry&>(key);
+        if (st.retry) st.retry->cancel();
+    }
+
+    void arm_deadline(QueuedWaiter* waiter) override {
+        auto* w = static_cast<Waiter*>(waiter);
+        w->timer = std::make_unique<asio::steady_timer>(io_thread_.io(), w->deadline);
+        w->timer->async_wait([this, id = w->id](boost::system::error_code ec) {
+            if (!ec) deadline_passed(id);
+        });
+    }
+
+    void cancel_deadline(QueuedWaiter* waiter) override {
+        auto* w = static_cast<Waiter*>(waiter);
         if (w->timer) w->timer->cancel();
+    }
+
+    /// Ends a wait, which has left its key's queue, and reports.
+    void complete(QueuedWaiter* waiter, std::error_code ec, Acquired a, std::string why) override {
+        auto* w = static_cast<Waiter*>(waiter);
+        w->why = std::move(why);
+        waiters_.erase(w->id);
         tally_.ended(ec, w->waited);
         {
             std::lock_guard lk(async_mu_);
@@ -468,207 +390,17 @@ private:
         }
         const std::unique_ptr<Waiter> done(w);
         w->op->complete(ec, a, w->why);  // a blocking caller may return right after this
-        if (then_settle) settle(st);
+    }
+
+    void give_back(detail::Hold* hold) override {
+        do_release(static_cast<RedisHold*>(hold), [](std::error_code) {});
     }
 
     /// Frees a key's state once nothing refers to it; stops the loop after close().
-    void settle(KeyState& st) {
-        if (st.queue.empty() && st.holder == nullptr && !st.attempting) {
-            if (st.retry) st.retry->cancel();
-            if (st.subscribed) servers_->unsubscribe(st.lock_key);
-            keys_.erase(st.key);
-            entries_.store(keys_.size(), std::memory_order_relaxed);
-        }
+    void free(KeyLock& key) override {
+        keys_.erase(key.key());
+        entries_.store(keys_.size(), std::memory_order_relaxed);
         if (closing_) finished();
-    }
-
-    /// Starts an attempt for the key if one is needed and none is under way.
-    void pump(KeyState& st) {
-        if (st.queue.empty() || st.holder != nullptr || st.attempting || st.waiting_remote) return;
-        attempt(st);
-    }
-
-    void attempt(KeyState& st) {
-        st.attempting = true;
-        st.waiting_remote = false;
-        st.look_again = false;
-        const auto sent = Clock::now();
-        auto token = std::make_shared<std::string>(tokens_.next());
-        servers_->eval(
-            Op::acquire, acquire_, {st.lock_key, st.fence_key}, {*token, lease_ms_},
-            [this, key = st.key, token, sent](std::error_code ec, const Reply& r,
-                                              const std::shared_ptr<Connection>& conn) {
-                auto it = keys_.find(key);
-                if (it == keys_.end()) return;  // cannot happen: an attempt keeps its state
-                KeyState& st = *it->second;
-                st.attempting = false;
-                if (ec) return unavailable(st, ec, r.str);
-                if (r.is_error()) {
-                    // A quorum's error already names its node and says 'answered'.
-                    return fail_all(st, make_error_code(errc::backend_error),
-                                    r.str.rfind("Redis at ", 0) == 0 ? r.str : "Redis answered '" + r.str + "'");
-                }
-                if (r.type != Reply::Type::array || r.elements.size() < 2 || r.elements.size() > 3) {
-                    return fail_all(st, make_error_code(errc::backend_error), "unexpected reply to the acquire script");
-                }
-                st.first_failure = {};
-                if (r.elements[0].integer == 1) {
-                    const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
-                    return replicated_grant(st, conn, *token, fence, sent);
-                }
-                held_elsewhere(st, r.elements[1].integer, r.elements.size() == 3);
-            });
-    }
-
-    /// Redis has given us the lock: with wait_replicas, only once that many replicas have it too
-    /// (WAIT on the connection it was written on). Unreplicated, a failover could give it to
-    /// someone else: it is released, and the waiters fail with `unavailable`.
-    void replicated_grant(KeyState& st, const std::shared_ptr<Connection>& conn, const std::string& token,
-                          std::uint64_t fence, Clock::time_point sent) {
-        if (config_.wait_replicas == 0) return granted(st, token, fence, sent);
-        st.attempting = true;  // still deciding: keeps the state, and other attempts out
-        replicate(conn, [this, key = st.key, token, fence, sent](const std::string& why) {
-            auto it = keys_.find(key);
-            if (it == keys_.end()) return;  // cannot happen: attempting keeps the state
-            KeyState& st = *it->second;
-            st.attempting = false;
-            if (why.empty()) return granted(st, token, fence, sent);
-            const std::string value = lock_value(fence, token);
-            servers_->eval(Op::release, release_, {st.lock_key}, {value, st.lock_key},
-                           [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
-            fail_all(st, make_error_code(errc::unavailable),
-                     "the lock was acquired on the master, but " + why +
-                         "; it was released, since a failover could hand it out again");
-        });
-    }
-
-    /// The lock is ours, with owner token `token` and fencing token `fence`: give it to the first
-    /// waiter still waiting, or give it back at once if none is.
-    void granted(KeyState& st, const std::string& token, std::uint64_t fence, Clock::time_point sent) {
-        auto* h = new RedisHold;
-        h->key = st.key;
-        h->token = lock_value(fence, token);  // the lock key's value (see scripts.hpp)
-        h->fence = fence;
-        h->valid_until(sent + validity_);  // the lease began in Redis after `sent`, never before
-        st.holder = h;
-        holds_.insert(h);
-        if (st.queue.empty()) {
-            do_release(h, [](std::error_code) {});
-            return;
-        }
-        finish(st.queue.front(), {}, {h, fence});
-    }
-
-    /// Someone else holds the key for `pttl` ms more: wait for its release notification (or,
-    /// if that is missed, for the lease to run out), after failing the waiters out of time.
-    /// With `back_off` (a quorum whose nodes contenders split between them), wait `pttl` ms
-    /// whatever is heard meanwhile.
-    void held_elsewhere(KeyState& st, long long pttl, bool back_off = false) {
-        if (!drop_expired(st)) return;
-        for (Waiter* w : st.queue) w->waited = true;
-        st.waiting_remote = true;
-        if (!st.subscribed) {
-            // Subscribe first, then try again once: a release between our attempt and the
-            // subscription would otherwise go unnoticed.
-            st.subscribed = true;
-            servers_->subscribe(st.lock_key, [this, key = st.key](std::error_code ec) {
-                auto it = keys_.find(key);
-                if (it == keys_.end()) return;
-                KeyState& st = *it->second;
-                if (ec) {
-                    // No notifications for now (the subscriber is down): look again soon
-                    // rather than at the end of the holder's lease.
-                    st.subscribed = false;
-                    if (st.waiting_remote && st.retry->expiry() > Clock::now() + kPollWithoutNotifications) {
-                        arm_retry(st, kPollWithoutNotifications + std::chrono::milliseconds(jitter_(rng_)));
-                    }
-                    return;
-                }
-                // An attempt in flight may have been sent before the subscription took effect:
-                // only one sent after it is sure to be followed by a notification.
-                wake(st);
-            });
-        }
-        if (back_off) {
-            // The release heard meanwhile was most likely a contender's giving up too.
-            st.look_again = false;
-            st.backoff_until = Clock::now() + std::chrono::milliseconds(pttl);
-            arm_retry(st, std::chrono::milliseconds(pttl));
-            return;
-        }
-        if (std::exchange(st.look_again, false)) {
-            arm_retry(st, std::chrono::milliseconds(0));  // see on_message and the SUBSCRIBE reply
-            return;
-        }
-        // Never wait longer than the holder's lease (a crashed holder's lock frees itself then),
-        // plus a little jitter so that waiters of several processes do not retry in step.
-        std::chrono::milliseconds wait =
-            pttl >= 0 ? std::chrono::milliseconds(pttl) : std::chrono::milliseconds(pttl == -2 ? 0 : 1000);
-        arm_retry(st, wait + std::chrono::milliseconds(jitter_(rng_)));
-    }
-
-    /// The key's next attempt, `after` from now unless something wakes it earlier.
-    void arm_retry(KeyState& st, std::chrono::milliseconds after) {
-        if (!st.retry) st.retry = std::make_unique<asio::steady_timer>(io_);
-        st.retry->expires_after(after);
-        st.retry->async_wait([this, key = st.key](boost::system::error_code ec) {
-            if (ec) return;
-            auto it = keys_.find(key);
-            if (it != keys_.end()) retry_now(*it->second);
-        });
-    }
-
-    void retry_now(KeyState& st) {
-        if (!st.waiting_remote) return;
-        st.waiting_remote = false;
-        if (st.retry) st.retry->cancel();
-        pump(st);
-    }
-
-    /// A release notification: the key may be free now.
-    void on_message(const std::string& channel) {
-        if (KeyState* st = state_of_channel(channel)) wake(*st);
-    }
-
-    /// The key may be free now (a release was heard, or our subscription took effect).
-    void wake(KeyState& st) {
-        // Notifications and replies come on different connections, and Redis writes its
-        // replies newest client first: a release may be heard of before the answer to our
-        // attempt, which ran before it and will say "held". Keep it for that answer.
-        if (st.attempting) {
-            st.look_again = true;
-            return;
-        }
-        if (!st.waiting_remote || Clock::now() < st.backoff_until) return;
-        if (quorum_) {
-            // A quorum: contenders that split the nodes between them release what they took
-            // and hear each other's releases; a random pause keeps them out of step.
-            arm_retry(st, std::chrono::milliseconds(jitter_(rng_)));
-            return;
-        }
-        retry_now(st);
-    }
-
-    /// The attempt could not reach Redis. Credentials or protocol errors fail the waiters at
-    /// once; a connection problem is retried with back-off for up to connect_timeout.
-    void unavailable(KeyState& st, std::error_code ec, const std::string& why) {
-        if (ec != errc::unavailable) return fail_all(st, ec, why);
-        const auto now = Clock::now();
-        if (st.first_failure == Clock::time_point{}) st.first_failure = now;
-        st.failure = why;
-        if (now - st.first_failure >= config_.endpoint.connect_timeout) return fail_all(st, ec, why);
-        if (!drop_expired(st, errc::unavailable, why)) return;  // e.g. a try_lock: its one attempt failed
-        st.waiting_remote = true;
-        arm_retry(st, std::chrono::milliseconds(50 + jitter_(rng_)));
-    }
-
-    /// Fails every waiter of the key, then frees the key's state if nothing else refers to it:
-    /// `st` may be gone when this returns.
-    void fail_all(KeyState& st, std::error_code ec, const std::string& why) {
-        st.first_failure = {};
-        std::vector<Waiter*> all(st.queue.begin(), st.queue.end());
-        for (Waiter* w : all) finish(w, ec, {}, false, why);
-        settle(st);
     }
 
     // ---- releasing ---------------------------------------------------------------------
@@ -677,28 +409,21 @@ private:
     /// bookkeeping, so that a caller woken by it sees the entry gone from stats().
     void do_release(RedisHold* h, std::function<void(std::error_code)> reply) {
         h->releasing = true;
-        auto it = keys_.find(h->key);
-        KeyState* st = it != keys_.end() ? it->second.get() : nullptr;
+        KeyEntry* st = find(h->key);
         auto forget = [this, h] {
-            holds_.erase(h);
-            auto it = keys_.find(h->key);
+            watchdog_->remove(h);
+            KeyEntry* st = find(h->key);
             delete h;
-            if (it == keys_.end()) return;
-            KeyState& st = *it->second;
-            st.holder = nullptr;
-            pump(st);
-            settle(st);
+            if (st != nullptr) st->released();
         };
         // Ours no more, as far as we know: the release still goes out (token-checked: it
         // deletes the lock only if it is ours after all), but the answer is not_owner.
         const bool lost = h->lost();
-        // A quorum never hands over in place: each node counts fencing tokens on its own.
-        if (!lost && !quorum_ && st != nullptr && !st->queue.empty() && st->transfers < kMaxTransfers) {
+        if (st != nullptr && st->release_by(lost) == KeyLock::Release::hand_over) {
             hand_over(*st, h, std::move(reply), forget);
             return;
         }
-        if (st != nullptr) st->transfers = 0;
-        const std::string channel = st != nullptr ? st->lock_key : config_.prefix + h->key;
+        const std::string channel = st != nullptr ? st->lock_key() : config_.prefix + h->key;
         servers_->eval(Op::release, release_, {channel}, {h->token, channel},
                        [this, h, reply = std::move(reply), forget, lost](std::error_code ec, const Reply& r,
                                                                          const std::shared_ptr<Connection>&) {
@@ -719,10 +444,10 @@ private:
     /// A waiter of this process is next: hands the lock over in one round trip (a new owner
     /// token and fencing token; never free in between).
     template <class Forget>
-    void hand_over(KeyState& st, RedisHold* h, std::function<void(std::error_code)> reply, Forget forget) {
+    void hand_over(KeyEntry& st, RedisHold* h, std::function<void(std::error_code)> reply, Forget forget) {
         const auto sent = Clock::now();
         auto token = std::make_shared<std::string>(tokens_.next());
-        servers_->eval(Op::transfer, transfer_, {st.lock_key, st.fence_key}, {h->token, *token, lease_ms_},
+        servers_->eval(Op::transfer, transfer_, {st.lock_key(), st.fence_key()}, {h->token, *token, lease_ms_},
                        [this, h, token, sent, reply = std::move(reply), forget](
                            std::error_code ec, const Reply& r, const std::shared_ptr<Connection>& conn) {
                            if (ec || r.type != Reply::Type::integer || r.integer == 0) {
@@ -731,62 +456,13 @@ private:
                                reply(ec ? ec : make_error_code(r.is_error() ? errc::backend_error : errc::not_owner));
                                return;
                            }
-                           holds_.erase(h);
-                           auto it = keys_.find(h->key);
+                           watchdog_->remove(h);
+                           KeyEntry& st = *find(h->key);  // the hold kept it
                            delete h;
-                           KeyState& st = *it->second;
-                           st.holder = nullptr;
-                           ++st.transfers;
-                           replicated_grant(st, conn, *token, static_cast<std::uint64_t>(r.integer), sent);
-                           settle(st);
+                           st.handed_over();
+                           confirm(st, conn, *token, static_cast<std::uint64_t>(r.integer), sent);
                            reply({});
                        });
-    }
-
-    // ---- the watchdog -----------------------------------------------------------------
-
-    void arm_watchdog() {
-        watchdog_.expires_after(std::max<std::chrono::milliseconds>(config_.lease / 3, std::chrono::milliseconds(1)));
-        watchdog_.async_wait([this](boost::system::error_code ec) {
-            if (ec) return;
-            renew_all();
-            if (!closing_ || !holds_.empty()) arm_watchdog();
-        });
-    }
-
-    /// Renews every held lease, all in one pipelined batch; a lease that could not be renewed
-    /// before it ran out, or that turns out to be someone else's now, is lost.
-    void renew_all() {
-        const auto now = Clock::now();
-        for (RedisHold* h : holds_) {
-            if (h->releasing) continue;  // its guard is gone
-            if (h->lost()) {
-                mark_lost(h);
-                continue;
-            }
-            auto it = keys_.find(h->key);
-            if (it == keys_.end()) continue;
-            // The reply may come after this hold is gone and a new one lives at its address (a
-            // hand-over replaces the hold): it counts only for the same acquisition (token).
-            servers_->eval(Op::extend, extend_, {it->second->lock_key}, {h->token, lease_ms_},
-                           [this, h, token = h->token, now](std::error_code ec, const Reply& r,
-                                                            const std::shared_ptr<Connection>& conn) {
-                               if (!holds_.contains(h) || h->token != token || h->releasing || ec)
-                                   return;  // released meanwhile, or no answer
-                               if (r.type == Reply::Type::integer && r.integer == 1) {
-                                   // With wait_replicas, a renewal counts once the replicas have it: a failover
-                                   // must not bring back an older, shorter lease than the holder counts on.
-                                   replicate(conn, [this, h, token, now](const std::string& why) {
-                                       if (!why.empty() || !holds_.contains(h) || h->token != token || h->releasing)
-                                           return;
-                                       if (!h->lost()) h->valid_until(now + validity_);
-                                   });
-                               } else if (r.type == Reply::Type::integer ||
-                                          (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
-                                   mark_lost(h);  // gone, or someone else's now (perhaps not even a lock)
-                               }
-                           });
-        }
     }
 
     /// Runs a one-key script from a user thread and waits for its reply (operator calls).
@@ -810,27 +486,20 @@ private:
     }
 
     const RedisConfig config_;
-    std::string lease_ms_, wait_replicas_, wait_ms_;
-    asio::io_context io_;
-    asio::executor_work_guard<asio::io_context::executor_type> work_;
-    asio::steady_timer watchdog_;
-    std::thread thread_;
-    std::mutex close_mu_;
-    std::condition_variable close_cv_;
-    bool stopped_ = false;   // the loop has ended (close_mu_)
-    bool detached_ = false;  // close() left the thread to delete the backend (close_mu_)
-    std::atomic<bool> detach_done_{false};
+    std::string lease_ms_;
+    IoThread io_thread_;
     bool closing_ = false;
 
     const Script acquire_, release_, extend_, transfer_, inspect_, force_release_, bump_;
+    const Replication replication_;
 
     // I/O thread only.
     std::unique_ptr<Servers> servers_;
-    bool quorum_ = false;                   // see Servers::quorum
+    KeyLock::Rules rules_;                  // quorum: see Servers::quorum
     std::chrono::milliseconds validity_{};  // how long a hold counts on its lease after it was sent
-    std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
+    std::unordered_map<std::string, std::unique_ptr<KeyEntry>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
-    std::unordered_set<RedisHold*> holds_;
+    std::unique_ptr<Watchdog> watchdog_;  // and the holds
     TokenSource tokens_;
     std::mt19937 rng_{std::random_device{}()};
     std::uniform_int_distribution<int> jitter_{0, 10};

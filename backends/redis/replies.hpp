@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: BSL-1.0
+// What the Redis backend's scripts answer (scripts.hpp), read into what the backend acts on.
+#pragma once
+
+#include <system_error>
+
+#include <keylock/options.hpp>
+
+#include "connection.hpp"
+#include "key_lock.hpp"
+
+namespace keylock::redis {
+
+/// The answer to the acquire script (`acquire` or `acquire_plain`), or its absence (`ec`; `r.str`
+/// then says why).
+AttemptOutcome acquire_outcome_of(std::error_code ec, const Reply& r);
+
+/// The answer to the inspect script: the lock and, when its value is ours in form
+/// (`<fencing token>:<owner token>`), its fencing token. `ec`: `backend_error` for an answer
+/// that is not the script's.
+LockInfo lock_info_of(const Reply& r, std::error_code& ec);
+
+}  // namespace keylock::redis

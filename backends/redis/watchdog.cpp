@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: BSL-1.0
+// The Redis backend's watchdog: lease renewals in one pipelined batch every lease/3.
+#include "watchdog.hpp"
+
+#include <algorithm>
+#include <memory>
+#include <utility>
+
+namespace keylock::redis {
+
+using Clock = std::chrono::steady_clock;
+
+Watchdog::Watchdog(boost::asio::io_context& io, const RedisConfig& config, Servers& servers, const Script& extend,
+                   const Replication& replication, std::chrono::milliseconds validity,
+                   std::function<void(RedisHold*)> lost)
+    : config_(config),
+      servers_(servers),
+      extend_(extend),
+      replication_(replication),
+      validity_(validity),
+      lease_ms_(std::to_string(config.lease.count())),
+      lost_(std::move(lost)),
+      timer_(io) {}
+
+void Watchdog::start() { arm(); }
+
+bool Watchdog::guarded() const noexcept {
+    return std::any_of(holds_.begin(), holds_.end(), [](const RedisHold* h) { return !h->releasing; });
+}
+
+void Watchdog::arm() {
+    timer_.expires_after(std::max<std::chrono::milliseconds>(config_.lease / 3, std::chrono::milliseconds(1)));
+    timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec) return;
+        renew_all();
+        if (!stopping_ || !holds_.empty()) arm();
+    });
+}
+
+void Watchdog::renew_all() {
+    const auto now = Clock::now();
+    for (RedisHold* h : holds_) {
+        if (h->releasing) continue;  // its guard is gone
+        if (h->lost()) {
+            lost_(h);
+            continue;
+        }
+        // The reply may come after this hold is gone and a new one lives at its address (a
+        // hand-over replaces the hold): it counts only for the same acquisition (token).
+        const std::string lock_key = config_.prefix + h->key;
+        servers_.eval(Op::extend, extend_, {lock_key}, {h->token, lease_ms_},
+                      [this, h, token = h->token, now](std::error_code ec, const Reply& r,
+                                                       const std::shared_ptr<Connection>& conn) {
+                          if (!holds_.contains(h) || h->token != token || h->releasing || ec)
+                              return;  // released meanwhile, or no answer
+                          if (r.type == Reply::Type::integer && r.integer == 1) {
+                              // With wait_replicas, a renewal counts once the replicas have it: a failover
+                              // must not bring back an older, shorter lease than the holder counts on.
+                              replication_.after(conn, [this, h, token, now](const std::string& why) {
+                                  if (!why.empty() || !holds_.contains(h) || h->token != token || h->releasing) return;
+                                  if (!h->lost()) h->valid_until(now + validity_);
+                              });
+                          } else if (r.type == Reply::Type::integer ||
+                                     (r.is_error() && r.str.find("WRONGTYPE") != std::string::npos)) {
+                              lost_(h);  // gone, or someone else's now (perhaps not even a lock)
+                          }
+                      });
+    }
+}
+
+}  // namespace keylock::redis
