@@ -28,7 +28,7 @@ void IoThread::run() {
     }
     cv_.notify_all();
     if (detached) {
-        detach_done_.wait(false, std::memory_order_acquire);
+        detach_done_.wait();
         const auto last = std::move(last_);  // it deletes the owner, and this with it
         last();
     }
@@ -46,8 +46,7 @@ bool IoThread::close(bool in_use, std::chrono::milliseconds wait) {
         return true;
     }
     thread_.detach();
-    detach_done_.store(true, std::memory_order_release);
-    detach_done_.notify_one();
+    detach_done_.set();  // the last touch of this: the thread may delete it from here on
     return false;
 }
 

@@ -3,7 +3,6 @@
 // ends when the backend is closed (joined at once, or detached to delete the backend later).
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -14,6 +13,8 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
+
+#include "src/futex.hpp"
 
 namespace keylock::redis {
 
@@ -59,7 +60,10 @@ private:
     std::condition_variable cv_;
     bool stopped_ = false;   // the loop has ended (mu_)
     bool detached_ = false;  // close() left the thread to call last_ (mu_)
-    std::atomic<bool> detach_done_{false};
+    // Set by close() once it is done with thread_. An Event, not an atomic's wait/notify: the
+    // thread may see it set, delete the owner and this with it, before notify_one() would
+    // return; Event::set() does not touch the memory after its store.
+    detail::Event detach_done_;
 };
 
 }  // namespace keylock::redis
