@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>  // std::_Hash_bytes: libstdc++'s seeded byte hash behind std::hash (not API)
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,12 +17,6 @@
 #include <boost/container_hash/hash.hpp>
 
 #include "backends/local/hash.hpp"
-
-namespace std {
-// libstdc++'s seeded byte hash (MurmurHash2-based) behind std::hash<std::string>: not API,
-// but what a program would get from the standard library with a seed.
-size_t _Hash_bytes(const void* ptr, size_t len, size_t seed);  // NOLINT(cert-dcl58-cpp): libstdc++'s own declaration
-}  // namespace std
 
 namespace {
 
