@@ -325,6 +325,33 @@ TEST_CASE("fault: a release heard of before the answer to the waiter's own attem
     CHECK(proxy.accepted() == 2);  // the waiter's two connections, in the order assumed above
 }
 
+TEST_CASE("fault: a grant whose answer comes after its lease is never handed out", "[faults][redis]") {
+    // The acquire runs in Redis at once, but its answer waits in the proxy longer than the lease
+    // (replies queued behind a slow command, a stalled link): by the time it arrives the lock may
+    // be someone else's. It must not come back as a guard that is lost from its first moment;
+    // the backend gives it back and takes the key again. (The lease is the shortest there is,
+    // 1 s, since the answer must outlast it.)
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    auto r = KeyedLockRegistry::from_url(url(proxy.port(), "lease=1s"));
+    Guard warm = r.lock("warm-up");  // connection 0 is up and the scripts are loaded
+    const std::uint64_t before = warm.fencing_token();
+    warm.release();
+    proxy.delay_replies(0, 1500ms);
+    std::thread fast_again([&] {
+        std::this_thread::sleep_for(300ms);  // the acquire has run; its answer is in the proxy
+        proxy.delay_replies(0, 0ms);
+    });
+    auto g = r.try_lock_for("late", 10s);
+    fast_again.join();
+    REQUIRE(g.has_value());
+    CHECK_FALSE(g->lost());
+    CHECK(g->fencing_token() >= before + 2);              // the late grant's token, then this one's
+    CHECK(server.command("PTTL keylock:late") != ":-2");  // held in Redis, by this guard
+    g->release();                                         // ours: no not_owner
+    CHECK(r.stats().lost == 0);
+}
+
 TEST_CASE("fault: the network stalls past the lease (half-open), then comes back", "[faults][redis]") {
     // What the user sees: requests in flight time out (command_timeout), new connections
     // cannot finish their handshake, so locks fail with unavailable after connect_timeout;

@@ -437,3 +437,36 @@ TEST_CASE("a redis grant the replicas do not confirm fails every waiter with una
     }
     CHECK(f.key == nullptr);
 }
+
+TEST_CASE("a redis grant whose answer came after its lease is never handed out: the key tries again at once",
+          "[redis][key_lock]") {
+    Fake f;
+    QueuedWaiter* a = f.waiter(milliseconds(5000));
+    f.key->enqueue(a);
+    REQUIRE(f.attempts == 1);
+    f.key->answered(Fake::granted(7));
+    f.time += milliseconds(1500);  // the answer was that late; the backend gave the grant back
+    f.key->granted_too_late();
+    CHECK(f.done.empty());   // not handed out
+    CHECK(f.attempts == 2);  // at once: no notification will come for a lock that was ours
+    CHECK_FALSE(f.retry_at.has_value());
+    f.grant(8);
+    REQUIRE(f.done.size() == 1);
+    CHECK(f.done[0].waiter == a);
+    CHECK_FALSE(f.done[0].ec);
+    CHECK(f.done[0].acquired.fence == 8);
+
+    // A waiter whose deadline passed while that attempt was in flight fails, and the key goes.
+    Fake g;
+    QueuedWaiter* b = g.waiter(milliseconds(100));
+    g.key->enqueue(b);
+    g.key->answered(Fake::granted(3));
+    g.time += milliseconds(1500);
+    g.key->deadline_passed(b);  // its one attempt is in flight: it waits for the answer
+    CHECK(g.done.empty());
+    g.key->granted_too_late();
+    REQUIRE(g.done.size() == 1);
+    CHECK(g.done[0].ec == errc::timeout);
+    CHECK(g.attempts == 1);
+    CHECK(g.key == nullptr);
+}

@@ -89,6 +89,12 @@ void KeyLock::granted(detail::Hold* hold, std::uint64_t fence) {
     finish(queue_.front(), {}, {hold, fence});
 }
 
+void KeyLock::granted_too_late() {
+    attempting_ = false;
+    if (!drop_expired()) return;
+    attempt();  // it was ours a moment ago: most likely free, and no notification will say so
+}
+
 void KeyLock::unconfirmed(const std::string& why) {
     attempting_ = false;
     fail_all(make_error_code(errc::unavailable), "the lock was acquired on the master, but " + why +

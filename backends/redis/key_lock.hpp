@@ -134,6 +134,10 @@ public:
     void granted(detail::Hold* hold, std::uint64_t fence);
     /// A grant the replicas did not confirm (`why`): the backend has released it already.
     void unconfirmed(const std::string& why);
+    /// A grant whose answer came after the lease it granted had run out: the lock may be
+    /// someone else's already, so it is never handed out. The backend has given it back
+    /// (token-checked); the key tries again at once, after failing the waiters out of time.
+    void granted_too_late();
 
     /// The answer to `Host::subscribe`.
     void subscribed(bool ok);

@@ -302,9 +302,7 @@ private:
             KeyEntry* st = find(key);
             if (st == nullptr) return;  // cannot happen: a grant under way keeps its key
             if (why.empty()) return grant(*st, token, fence, sent);
-            const std::string value = lock_value(fence, token);
-            servers_->eval(Op::release, release_, {st->lock_key()}, {value, st->lock_key()},
-                           [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
+            discard(*st, lock_value(fence, token));
             st->unconfirmed(why);
         });
     }
@@ -312,6 +310,12 @@ private:
     /// The lock is ours, with owner token `token` and fencing token `fence`: a new hold for the
     /// key, which gives it to its first waiter or back at once.
     void grant(KeyEntry& st, const std::string& token, std::uint64_t fence, Clock::time_point sent) {
+        if (Clock::now() >= sent + validity_) {
+            // The answer came after the lease it granted had run out (replies queued behind a
+            // slow command, a stalled connection): the lock may be someone else's by now.
+            discard(st, lock_value(fence, token));
+            return st.granted_too_late();
+        }
         auto* h = new RedisHold;
         h->key = st.key();
         h->token = lock_value(fence, token);  // the lock key's value (see scripts.hpp)
@@ -319,6 +323,13 @@ private:
         h->valid_until(sent + validity_);  // the lease began in Redis after `sent`, never before
         watchdog_->add(h);
         st.granted(h, fence);
+    }
+
+    /// Deletes a grant that is not handed out (`value`: its lock value), if it is still ours;
+    /// sent before any later attempt of this process on the key.
+    void discard(KeyEntry& st, const std::string& value) {
+        servers_->eval(Op::release, release_, {st.lock_key()}, {value, st.lock_key()},
+                       [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
     }
 
     // ---- what the keys ask for (KeyLock::Host) ------------------------------------------
