@@ -13,6 +13,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <keylock/keylock.hpp>
@@ -304,4 +305,32 @@ TEST_CASE("keylock --version prints the version of project() in CMakeLists.txt",
     CHECK(std::string(keylock::version().string) == KEYLOCK_VERSION_STRING);
     CHECK(keylock::version().major == KEYLOCK_VERSION_MAJOR);
     CHECK(KEYLOCK_VERSION == KEYLOCK_VERSION_MAJOR * 10000 + KEYLOCK_VERSION_MINOR * 100 + KEYLOCK_VERSION_PATCH);
+}
+
+TEST_CASE("keylock errors: one prefix, the cause kept, a bad --lease named as the flag", "[cli][redis]") {
+    // Nobody listens on port 1: every command fails with unavailable (69) and says why.
+    const std::string dead = "redis://127.0.0.1:1?connect_timeout=200ms";
+    for (const auto& [args, command, what] :
+         std::vector<std::tuple<std::vector<std::string>, std::string, std::string>>{
+             {{"exec", "--url", dead, "k", "--", "true"}, "keylock exec", "lock 'k'"},
+             {{"status", "--url", dead, "k"}, "keylock status", "inspect 'k'"},
+             {{"release", "--force", "--url", dead, "k"}, "keylock release", "force_release 'k'"},
+         }) {
+        auto [status, out] = run_cli(args);
+        INFO(out);
+        CHECK(status == 69);
+        std::string expected = command;  // no "keylock exec: keylock: "
+        expected += ": ";
+        expected += what;
+        CHECK_THAT(out, Catch::StartsWith(expected));
+        CHECK_THAT(out, Catch::Contains("cannot connect to Redis at 127.0.0.1:1"));
+    }
+    auto [status, out] = run_cli({"exec", "--url", dead, "--lease", "1ms", "k", "--", "true"});
+    INFO(out);
+    CHECK(status == 78);
+    CHECK_THAT(out, Catch::StartsWith("keylock exec: --lease 1ms: expected a duration from 1s to 24h"));
+    // A fault of the URL itself stays the URL's.
+    auto [status2, out2] = run_cli({"exec", "--url", dead + "&bogus=1", "--lease", "1ms", "k", "--", "true"});
+    CHECK(status2 == 78);
+    CHECK_THAT(out2, Catch::Contains("unknown option 'bogus'"));
 }

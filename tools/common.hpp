@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -61,6 +62,13 @@ inline std::vector<std::string> take_operands(boost::program_options::parsed_opt
     }
     parsed.options = std::move(named);
     return operands;
+}
+
+/// Prints `program: message` on stderr. A keylock error's message starts with "keylock: ",
+/// which the program's name already says: it is left out.
+inline void print_error(const char* program, std::string_view message) {
+    if (message.substr(0, 9) == "keylock: ") message.remove_prefix(9);
+    std::fprintf(stderr, "%s: %.*s\n", program, static_cast<int>(message.size()), message.data());
 }
 
 /// Reports a usage error as `COMMAND: PROBLEM` and a line pointing to `COMMAND --help`, and

@@ -501,7 +501,7 @@ std::variant<std::string, int> check_backend(const Settings& s) {
         registry.lock("keylock-demo-probe");
         return registry.describe();
     } catch (const Error& e) {
-        std::fprintf(stderr, "%s: %s\n", s.argv0, e.what());
+        keylock::tools::print_error(s.argv0, e.what());
         return keylock::tools::exit_status_of(e.code(), EXIT_FAILURE);
     }
 }
@@ -599,7 +599,7 @@ int demo_main(int argc, char** argv) {
     } catch (const po::error& e) {
         return keylock::tools::usage_error(argv0, "[OPTIONS]", e.what());
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "%s: %s\n", argv0, e.what());
+        keylock::tools::print_error(argv0, e.what());
         return EXIT_FAILURE;
     }
 }

@@ -147,6 +147,25 @@ std::string with_lease(const std::string& url, const std::string& lease) {
     return std::string(u.buffer());
 }
 
+/// The registry of `url` with `--lease` (if given) as its lease. A lease the backend refuses
+/// is reported as the flag, not as the URL option it became; faults of the URL itself stay the
+/// URL's.
+keylock::KeyedLockRegistry open_registry(const std::string& url, const std::string& lease) {
+    if (lease.empty()) return keylock::KeyedLockRegistry::from_url(url);
+    try {
+        return keylock::KeyedLockRegistry::from_url(with_lease(url, lease));
+    } catch (const keylock::Error& e) {
+        if (e.code() != keylock::errc::invalid_option) throw;
+        (void)keylock::KeyedLockRegistry::from_url(url);  // throws if the URL is at fault
+        // "… option 'lease' has value 'X'; expected …": keep what is expected.
+        const std::string_view what = e.what();
+        const auto expected = what.find("; expected ");
+        throw keylock::Error(e.code(),
+                             "keylock: --lease " + keylock::detail::shown(lease) + ": " +
+                                 std::string(expected == std::string_view::npos ? what : what.substr(expected + 2)));
+    }
+}
+
 std::chrono::milliseconds duration_of(const std::string& option, const std::string& text) {
     const auto d = keylock::detail::parse_duration(text);
     if (!d) {
@@ -303,7 +322,6 @@ int supervise(pid_t child, const keylock::Guard& guard, bool& lost) {
 int run_exec(int argc, char** argv) {
     ExecOptions o = parse_exec(argc, argv);
     require_shared_backend(o.common.url, "keylock exec");
-    const std::string url = o.lease.empty() ? o.common.url : with_lease(o.common.url, o.lease);
 
     // Block the signals we wait for before any thread exists (the registry starts one), so
     // that they stay pending for sigtimedwait instead of going to that thread.
@@ -311,7 +329,7 @@ int run_exec(int argc, char** argv) {
     ::signal(SIGCHLD, SIG_DFL);  // an inherited SIG_IGN would reap CMD before we see it
     ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
 
-    auto registry = keylock::KeyedLockRegistry::from_url(url);
+    auto registry = open_registry(o.common.url, o.lease);
     const pid_t self = ::getpid();
     registry.on_lost([self](std::string_view, std::uint64_t) { ::kill(self, SIGUSR1); });
 
@@ -464,10 +482,10 @@ int main(int argc, char** argv) {
         } catch (const po::error& e) {
             return usage_error(program.c_str(), c.synopsis, e.what());
         } catch (const keylock::Error& e) {
-            std::fprintf(stderr, "%s: %s\n", program.c_str(), e.what());
+            keylock::tools::print_error(program.c_str(), e.what());
             return status_of(e);
         } catch (const std::exception& e) {
-            std::fprintf(stderr, "%s: %s\n", program.c_str(), e.what());
+            keylock::tools::print_error(program.c_str(), e.what());
             return EXIT_FAILURE;
         }
     }

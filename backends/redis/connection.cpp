@@ -159,6 +159,7 @@ struct Connection::Impl {
     std::vector<std::pair<std::vector<std::string>, ReplyHandler>> early;  // sent before ready
     std::vector<asio::ip::tcp::endpoint> addresses;                        // of the host, tried in turn
     std::size_t handshake_left = 0;                                        // commands yet to answer
+    bool in_tls_handshake = false;  // what connect_timeout interrupts, for its message
 };
 
 Connection::Connection(asio::io_context& io, Endpoint endpoint)
@@ -249,7 +250,9 @@ void Connection::Connect::operator()(boost::system::error_code ec) {
         // TLS over it, for rediss://.
         if (ep.tls) {
             if (!set_up_tls()) return;
+            impl.in_tls_handshake = true;
             BOOST_ASIO_CORO_YIELD impl.tls->async_handshake(asio::ssl::stream_base::client, *this);
+            impl.in_tls_handshake = false;
             if (ec) return unavailable("TLS handshake with " + ep.where() + " failed: " + ec.message());
         }
 
@@ -296,8 +299,13 @@ void Connection::connect(std::function<void(std::error_code, std::string)> handl
     impl_->timer.expires_after(endpoint_.connect_timeout);
     impl_->timer.async_wait([this, self = shared_from_this()](boost::system::error_code ec) {
         if (ec || state_ != State::connecting) return;
+        // A TLS client on a plain Redis port hears nothing: Redis waits for the end of what it
+        // takes for an inline command.
         fail(make_error_code(errc::unavailable),
-             "no connection to Redis at " + endpoint_.where() + " within connect_timeout");
+             impl_->in_tls_handshake ? "no TLS handshake with " + endpoint_.where() +
+                                           " within connect_timeout (is that port TLS? a plain Redis port does "
+                                           "not answer a TLS client)"
+                                     : "no connection to Redis at " + endpoint_.where() + " within connect_timeout");
     });
     Connect{shared_from_this()}();
 }

@@ -160,14 +160,14 @@ public:
 
     LockInfo inspect(std::string_view key, std::error_code& ec) override {
         const Reply r = call(Op::inspect, inspect_, config_.prefix + std::string(key), {}, ec);
-        if (ec) return {};
+        if (ec) throw_with_reason(ec, key, "inspect", r);
         return lock_info_of(r, ec);
     }
 
     bool force_release(std::string_view key, std::error_code& ec) override {
         const std::string lock_key = config_.prefix + std::string(key);
         const Reply r = call(Op::force_release, force_release_, lock_key, lock_key, ec);
-        if (ec) return false;
+        if (ec) throw_with_reason(ec, key, "force_release", r);
         if (r.type != Reply::Type::integer) {
             ec = make_error_code(errc::backend_error);
             return false;
@@ -474,6 +474,15 @@ private:
                            confirm(st, conn, *token, static_cast<std::uint64_t>(r.integer), sent);
                            reply({});
                        });
+    }
+
+    /// An operator call failed with `ec`: throws it with the reason `r` gives (the connection's
+    /// failure, or the server's error reply), as a failed lock does.
+    [[noreturn]] static void throw_with_reason(std::error_code ec, std::string_view key, const char* what,
+                                               const Reply& r) {
+        std::string why = r.str;
+        if (ec == errc::backend_error && why.rfind("Redis at ", 0) != 0) why = "Redis answered '" + r.str + "'";
+        detail::throw_error(ec, key, what, why);
     }
 
     /// Runs a one-key script from a user thread and waits for its reply (operator calls).

@@ -179,7 +179,8 @@ public:
     virtual Stats snapshot() const = 0;
 
     /// For operators: the lock of `key` as the backend sees it now, and deleting it whoever
-    /// holds it (returns whether there was one). Backends that cannot: `errc::not_supported`.
+    /// holds it (returns whether there was one). Errors through `ec`, or thrown as
+    /// keylock::Error with the backend's reason. Backends that cannot: `errc::not_supported`.
     virtual LockInfo inspect(std::string_view key, std::error_code& ec) {
         (void)key;
         ec = make_error_code(errc::not_supported);
