@@ -110,8 +110,9 @@ void check_host_name(const Messages& m, const std::string& host);
 [[noreturn]] void unsupported_host(const Messages& m, std::string_view written);
 /// Not shown: with "@host" forgotten, a numeric password is the port.
 [[noreturn]] void bad_port(const Messages& m);
-/// The database of a redis:// or rediss:// URL, from its path (`path`: "/2").
-int path_db(const Messages& m, std::optional<std::size_t> db, std::string_view path);
+/// The database of a redis:// or rediss:// URL, from its path (`path`: "/2"; `value`: the
+/// number read from it, if it is one).
+int path_db(const Messages& m, std::optional<std::size_t> value, std::string_view path);
 void check_socket_path(const Messages& m, const std::string& path);
 
 // The URLs with a list of hosts.
