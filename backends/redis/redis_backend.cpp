@@ -54,7 +54,6 @@ struct Waiter final : QueuedWaiter {
     explicit Waiter(detail::AsyncWaiter* w) : op(w) {}
 
     detail::AsyncWaiter* op;
-    std::string why;  // with an error: what went wrong, for the message (the server's words)
     KeyEntry* state = nullptr;
     std::unique_ptr<asio::steady_timer> timer;
 };
@@ -310,7 +309,8 @@ private:
     /// The lock is ours, with owner token `token` and fencing token `fence`: a new hold for the
     /// key, which gives it to its first waiter or back at once.
     void grant(KeyEntry& st, const std::string& token, std::uint64_t fence, Clock::time_point sent) {
-        if (Clock::now() >= sent + validity_) {
+        const auto valid_until = sent + validity_;  // the lease began in Redis after `sent`, never before
+        if (Clock::now() >= valid_until) {
             // The answer came after the lease it granted had run out (replies queued behind a
             // slow command, a stalled connection): the lock may be someone else's by now.
             discard(st, lock_value(fence, token));
@@ -320,7 +320,7 @@ private:
         h->key = st.key();
         h->token = lock_value(fence, token);  // the lock key's value (see scripts.hpp)
         h->fence = fence;
-        h->valid_until(sent + validity_);  // the lease began in Redis after `sent`, never before
+        h->valid_until(valid_until);
         watchdog_->add(h);
         st.granted(h, fence);
     }
@@ -392,7 +392,6 @@ private:
     /// Ends a wait, which has left its key's queue, and reports.
     void complete(QueuedWaiter* waiter, std::error_code ec, Acquired a, std::string why) override {
         auto* w = static_cast<Waiter*>(waiter);
-        w->why = std::move(why);
         waiters_.erase(w->id);
         tally_.ended(ec, w->waited);
         {
@@ -400,7 +399,7 @@ private:
             async_ids_.erase(w->op);
         }
         const std::unique_ptr<Waiter> done(w);
-        w->op->complete(ec, a, w->why);  // a blocking caller may return right after this
+        w->op->complete(ec, a, why);  // a blocking caller may return right after this
     }
 
     void give_back(detail::Hold* hold) override {
@@ -480,9 +479,7 @@ private:
     /// failure, or the server's error reply), as a failed lock does.
     [[noreturn]] static void throw_with_reason(std::error_code ec, std::string_view key, const char* what,
                                                const Reply& r) {
-        std::string why = r.str;
-        if (ec == errc::backend_error && why.rfind("Redis at ", 0) != 0) why = "Redis answered '" + r.str + "'";
-        detail::throw_error(ec, key, what, why);
+        detail::throw_error(ec, key, what, ec == errc::backend_error ? error_reason(r) : r.str);
     }
 
     /// Runs a one-key script from a user thread and waits for its reply (operator calls).

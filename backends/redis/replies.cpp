@@ -10,6 +10,14 @@
 
 namespace keylock::redis {
 
+std::string error_reason(const Reply& r) {
+    if (r.str.rfind("Redis at ", 0) == 0) return r.str;
+    std::string why = "Redis answered '";
+    why += r.str;
+    why += '\'';
+    return why;
+}
+
 AttemptOutcome acquire_outcome_of(std::error_code ec, const Reply& r) {
     AttemptOutcome o;
     if (ec) {
@@ -21,8 +29,7 @@ AttemptOutcome acquire_outcome_of(std::error_code ec, const Reply& r) {
     o.kind = AttemptOutcome::Kind::failed;
     o.ec = make_error_code(errc::backend_error);
     if (r.is_error()) {
-        // A quorum's error already names its node and says 'answered'.
-        o.why = r.str.rfind("Redis at ", 0) == 0 ? r.str : "Redis answered '" + r.str + "'";
+        o.why = error_reason(r);
         return o;
     }
     if (r.type != Reply::Type::array || r.elements.size() < 2 || r.elements.size() > 3) {

@@ -2,6 +2,7 @@
 // What the Redis backend's scripts answer (scripts.hpp), read into what the backend acts on.
 #pragma once
 
+#include <string>
 #include <system_error>
 
 #include <keylock/options.hpp>
@@ -10,6 +11,10 @@
 #include "key_lock.hpp"
 
 namespace keylock::redis {
+
+/// The words of a server's error reply `r` for a message: as they are when they already name
+/// the node (a quorum's or a cluster's error), else "Redis answered '…'".
+std::string error_reason(const Reply& r);
 
 /// The answer to the acquire script (`acquire` or `acquire_plain`), or its absence (`ec`; `r.str`
 /// then says why).
