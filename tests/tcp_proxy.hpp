@@ -56,6 +56,9 @@ public:
         slow_ms_.store(d.count());
         slow_connection_.store(connection);
     }
+    /// The next reply that comes from the server on `connection` is not passed on: the
+    /// connection is closed instead (the request ran; its answer is lost).
+    void drop_next_reply(int connection) { drop_reply_of_.store(connection); }
     void stall() { stalled_.store(true); }
     void resume() {
         stalled_.store(false);
@@ -86,6 +89,10 @@ private:
             auto self = shared_from_this();
             from->async_read_some(boost::asio::buffer(buf), [this, self](boost::system::error_code ec, std::size_t n) {
                 if (ec) return close();
+                if (int expected = replies_of;
+                    replies_of >= 0 && proxy.drop_reply_of_.compare_exchange_strong(expected, -1)) {
+                    return close();
+                }
                 auto chunk = std::make_shared<std::string>(buf.data(), n);
                 auto d = std::chrono::milliseconds(proxy.delay_ms_.load());
                 if (replies_of >= 0 && replies_of == proxy.slow_connection_.load()) {
@@ -171,6 +178,7 @@ private:
     std::atomic<int> slow_connection_{-1};
     std::atomic<long> slow_ms_{0};
     std::atomic<int> accepted_{0};
+    std::atomic<int> drop_reply_of_{-1};
 };
 
 }  // namespace keylock::test

@@ -196,7 +196,7 @@ TEST_CASE("cluster: locks on 2000 keys over every master, tokens rising per key,
     }  // released by the guards' destructors
     CHECK(eventually([&] { return d.count_keys("keylock:*") == 0; }));
     // What stays are the fencing counters, one per slot used, next to the lock keys.
-    const long counters = d.count_keys("{*}keylock:fence");
+    const long counters = d.count_keys("keylock:fence:{*}");
     CHECK(counters > 0);
     CHECK(counters <= 16384);
     CHECK(d.count_keys("*") == counters);

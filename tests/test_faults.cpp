@@ -28,6 +28,7 @@
 #include "eventually.hpp"
 #include "exclusion_checker.hpp"
 #include "load.hpp"
+#include "redis_cli.hpp"
 #include "redis_server.hpp"
 #include "sanitized.hpp"
 #include "tcp_proxy.hpp"
@@ -350,6 +351,103 @@ TEST_CASE("fault: a grant whose answer comes after its lease is never handed out
     CHECK(server.command("PTTL keylock:late") != ":-2");  // held in Redis, by this guard
     g->release();                                         // ours: no not_owner
     CHECK(r.stats().lost == 0);
+}
+
+TEST_CASE("fault: an acquire whose answer is lost is taken by its retry, at the default lease", "[faults][redis]") {
+    // The acquire runs in Redis, then the connection breaks before its answer arrives (a reset,
+    // CLIENT KILL, command_timeout). The retry sends the same owner token, finds the lock taken
+    // under it and takes it: the key is not left to a holder nobody is, for the 30 s lease.
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    auto r = KeyedLockRegistry::from_url(url(proxy.port()));  // lease 30 s
+    r.lock("warm-up").release();                              // connection 0 is up, the scripts loaded
+    proxy.drop_next_reply(0);
+    const auto start = Clock::now();
+    auto g = r.try_lock_for("k", 10s);
+    const auto waited = Clock::now() - start;
+    REQUIRE(g.has_value());
+    CHECK(waited < 1s);
+    CHECK(proxy.accepted() == 2);  // the commands' connection, then its reconnection
+    // Held in Redis under this guard's fencing token (and the owner token of the lost attempt).
+    CHECK(keylock::test::call(server.port(), {"GET", "keylock:k"})
+              .str.starts_with(std::to_string(g->fencing_token()) + ":"));
+    g->release();  // the lock's value is this guard's: no not_owner
+    CHECK(server.command("EXISTS keylock:k") == ":0");
+    CHECK(r.stats().lost == 0);
+}
+TEST_CASE("fault: a try_lock whose answer is lost gives the lock back, at the default lease", "[faults][redis]") {
+    // The one attempt of a try_lock ran, but its answer was lost: the caller is told
+    // `unavailable`, and since no retry will come, the backend gives back what the attempt may
+    // have taken (matched by its owner token) rather than leave it for the 30 s lease.
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    auto r = KeyedLockRegistry::from_url(url(proxy.port()));
+    r.lock("warm-up").release();
+    proxy.drop_next_reply(0);
+    std::optional<Guard> g;
+    try {
+        g = r.try_lock("k");
+    } catch (const keylock::Error& e) {
+        CHECK(e.code() == errc::unavailable);
+    }
+    CHECK_FALSE(g.has_value());
+    CHECK(eventually([&] { return server.command("EXISTS keylock:k") == ":0"; }, 1s));
+    auto other = KeyedLockRegistry::from_url(url(server));
+    const auto start = Clock::now();
+    auto again = other.try_lock_for("k", 10s);
+    CHECK(again.has_value());
+    CHECK(Clock::now() - start < 1s);
+}
+
+TEST_CASE("fault: a hand-over whose answer is lost is taken by the next holder's attempt", "[faults][redis]") {
+    // A release hands the lock to a waiter of the same process (one script); its answer is
+    // lost. If the hand-over ran, the waiter's own attempt, with the owner token the hand-over
+    // used, takes the lock; if it did not (here: its NOSCRIPT answer was the one lost, so the
+    // script never ran), the old holder's lock is given back by its owner token. Either way no
+    // wait for the 30 s lease.
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    auto r = KeyedLockRegistry::from_url(url(proxy.port()));
+    const bool ran = GENERATE(true, false);
+    CAPTURE(ran);
+    if (ran) {
+        // One hand-over first, so that the script is loaded.
+        std::optional<Guard> a = r.lock("warm-up");
+        std::thread b([&] { (void)r.lock("warm-up"); });
+        REQUIRE(eventually([&] { return r.stats().waiting == 1; }, 5s));
+        a.reset();
+        b.join();
+    }
+    std::optional<Guard> first = r.lock("k");
+    std::optional<Guard> second;
+    std::thread waiter([&] { second = r.try_lock_for("k", 10s); });
+    REQUIRE(eventually([&] { return r.stats().waiting == 1; }, 5s));
+    proxy.drop_next_reply(0);
+    const auto start = Clock::now();
+    const std::uint64_t before = first->fencing_token();
+    first.reset();  // the hand-over goes out; its answer is dropped
+    waiter.join();
+    REQUIRE(second.has_value());
+    CHECK(Clock::now() - start < 1s);
+    CHECK(second->fencing_token() > before);
+    CHECK_FALSE(second->lost());
+    second->release();
+    CHECK(server.command("EXISTS keylock:k") == ":0");
+}
+
+TEST_CASE("fault: a release whose answer is lost is given back all the same, at the default lease", "[faults][redis]") {
+    // The release's answer is lost; the script may not have run (here it did not: the answer
+    // lost was its NOSCRIPT). The guard's release() reports `unavailable`, and the backend gives
+    // the lock back by its owner token once it has reconnected, not after the 30 s lease.
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    auto r = KeyedLockRegistry::from_url(url(proxy.port()));
+    Guard g = r.lock("k");
+    proxy.drop_next_reply(0);
+    std::error_code ec;
+    g.release(ec);
+    CHECK(ec == errc::unavailable);
+    CHECK(eventually([&] { return server.command("EXISTS keylock:k") == ":0"; }, 1s));
 }
 
 TEST_CASE("fault: the network stalls past the lease (half-open), then comes back", "[faults][redis]") {

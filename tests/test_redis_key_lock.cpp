@@ -38,7 +38,7 @@ public:
     };
 
     explicit Fake(KeyLock::Rules rules = {.quorum = false, .connect_timeout = milliseconds(5000)})
-        : rules_(rules), key(std::make_unique<KeyLock>(*this, rules_, "k", "keylock:k", "{x}keylock:fence")) {}
+        : rules_(rules), key(std::make_unique<KeyLock>(*this, rules_, "k", "keylock:k", "keylock:fence:{x}")) {}
 
     Clock::time_point now() override { return time; }
     milliseconds jitter() override { return jitter_ms; }
@@ -194,6 +194,23 @@ TEST_CASE("a redis waiter out of time while its attempt is in flight fails after
     CHECK(f.key == nullptr);
 }
 
+TEST_CASE("a redis waiter that has waited ends at its deadline, even with an attempt in flight", "[redis][key_lock]") {
+    Fake f;
+    QueuedWaiter* w = f.waiter(milliseconds(1000));
+    f.key->enqueue(w);
+    f.key->answered(Fake::held(5000));  // it waits now
+    f.key->notified();                  // a release: the key attempts again
+    REQUIRE(f.attempts == 2);
+    f.time = w->deadline;
+    f.key->deadline_passed(w);  // that attempt is on the wire: the wait ends all the same
+    REQUIRE(f.done.size() == 1);
+    CHECK(f.done[0].ec == errc::timeout);
+    REQUIRE(f.key != nullptr);  // the attempt keeps the key
+    f.key->answered(Fake::granted(9));
+    Hold* h = f.confirm(9);
+    CHECK(f.given_back == std::vector<Hold*>{h});  // nobody waits for it: given back at once
+}
+
 TEST_CASE("a redis release heard during an attempt makes the key look again", "[redis][key_lock]") {
     Fake f;
     f.key->enqueue(f.waiter());
@@ -223,7 +240,7 @@ TEST_CASE("a redis key held elsewhere subscribes, looks once more, then waits", 
 
     // Subscribed: a release between the first attempt and the subscription would be missed,
     // so one more attempt.
-    f.key->subscribed(true);
+    f.key->subscribed({});
     CHECK(f.attempts == 2);
     CHECK_FALSE(f.retry_at);
 
@@ -249,7 +266,7 @@ TEST_CASE("a redis key without notifications looks again every kPollWithoutNotif
     f.key->enqueue(f.waiter());
     f.key->answered(Fake::held(30000));
     REQUIRE(f.subscribes == 1);
-    f.key->subscribed(false);  // the subscriber is down
+    f.key->subscribed(make_error_code(errc::unavailable));  // the subscriber is down
     REQUIRE(f.retry_at);
     CHECK(*f.retry_at == f.time + kPollWithoutNotifications + f.jitter_ms);
 
@@ -258,7 +275,7 @@ TEST_CASE("a redis key without notifications looks again every kPollWithoutNotif
         CHECK(f.attempts == round);
         f.key->answered(Fake::held(30000));
         CHECK(f.subscribes == round);  // tries to subscribe again each time
-        f.key->subscribed(false);
+        f.key->subscribed(make_error_code(errc::unavailable));
         REQUIRE(f.retry_at);
         CHECK(*f.retry_at == f.time + kPollWithoutNotifications + f.jitter_ms);
     }
@@ -266,7 +283,7 @@ TEST_CASE("a redis key without notifications looks again every kPollWithoutNotif
     // A subscription lost while waiting: the key looks again at once.
     f.advance(kPollWithoutNotifications + f.jitter_ms);
     f.key->answered(Fake::held(30000));
-    f.key->subscribed(true);
+    f.key->subscribed({});
     f.key->answered(Fake::held(30000));
     const int before = f.attempts;
     f.key->notifications_lost();

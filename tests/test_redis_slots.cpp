@@ -98,7 +98,8 @@ TEST_CASE("slot_tag gives every slot a short tag that hashes to it", "[redis][sl
         REQUIRE(!tag.empty());
         REQUIRE(tag.find_first_not_of("0123456789abcdefghijklmnopqrstuvwxyz") == std::string_view::npos);
         REQUIRE(key_slot(tagged(tag)) == slot);
-        REQUIRE(key_slot(tagged(tag, ":fence")) == slot);  // as the lock script names its counter
+        REQUIRE(key_slot(tagged(tag, ":fence")) == slot);
+        REQUIRE(key_slot("keylock:fence:" + tagged(tag)) == slot);  // as the backend names its counter
         REQUIRE(tag.size() < per_length.size());
         longest = std::max(longest, tag.size());
         ++per_length[tag.size()];
@@ -164,7 +165,7 @@ TEST_CASE("key_slot agrees with CLUSTER KEYSLOT of a real server", "[redis][slot
 
     SECTION("slot tags") {
         for (unsigned slot = 0; slot < slot_count; slot += 97) {
-            const std::string key = tagged(slot_tag(static_cast<std::uint16_t>(slot)), ":fence");
+            const std::string key = "keylock:fence:" + tagged(slot_tag(static_cast<std::uint16_t>(slot)));
             CAPTURE(key);
             REQUIRE(server.command("CLUSTER KEYSLOT " + key) == expected_reply(key));
             REQUIRE(key_slot(key) == slot);

@@ -295,7 +295,7 @@ TEST_CASE("redlock: a token stays the largest when the node that issued it is no
     const int port0 = d.server(0).port();
     keylock::test::Reply fence_keys;
     REQUIRE(eventually([&] {
-        fence_keys = keylock::test::call(port0, {"KEYS", "*keylock:fence"});
+        fence_keys = keylock::test::call(port0, {"KEYS", "keylock:fence:*"});
         return fence_keys.elements.size() == 1;
     }));
     const std::string counter = fence_keys.elements[0].str;

@@ -275,7 +275,7 @@ public:
         const Reply in_slot = checked(from_port, {"CLUSTER", "GETKEYSINSLOT", s, std::to_string(count)});
         std::vector<std::string> half;
         for (const auto& k : in_slot.elements) {
-            if (k.str.ends_with("fence")) half.insert(half.begin(), k.str);
+            if (k.str.find("fence:{") != std::string::npos) half.insert(half.begin(), k.str);
             else half.push_back(k.str);
         }
         half.resize(std::min<std::size_t>(half.size(), count > 0 ? std::max<long long>(1, count / 2) : 0));

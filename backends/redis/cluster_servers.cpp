@@ -13,6 +13,7 @@
 #include <keylock/error.hpp>
 
 #include "node.hpp"
+#include "replies.hpp"
 #include "slots.hpp"
 #include "src/config.hpp"
 
@@ -237,7 +238,7 @@ private:
                 if (to != nullptr && redirects < kMaxRedirects) {
                     return ssubscribe(channel, to, std::move(done), redirects + 1);
                 }
-                return done(make_error_code(errc::backend_error));
+                return done(error_code_of(r));
             }
             done({});
         });

@@ -17,10 +17,14 @@ void KeyLock::enqueue(QueuedWaiter* w) {
 }
 
 void KeyLock::deadline_passed(QueuedWaiter* w) {
-    if (attempting_ && !queue_.empty() && queue_.front() == w) {
-        w->expired = true;  // its one attempt is in flight: let it finish
+    if (attempting_ && !queue_.empty() && queue_.front() == w && !w->waited) {
+        // Its first attempt is in flight (a try_lock's one attempt, or a deadline shorter than
+        // a round trip): that attempt decides, within command_timeout.
+        w->expired = true;
         return;
     }
+    // A waiter that has had its answer ("held") ends at its deadline, whatever is in flight:
+    // what the attempt wins goes to the next waiter, or back.
     // Out of time while Redis could not be reached: that is the reason, not a holder.
     if (first_failure_ != Clock::time_point{}) return finish(w, make_error_code(errc::unavailable), {}, true, failure_);
     finish(w, make_error_code(errc::timeout), {});
@@ -133,8 +137,13 @@ void KeyLock::held_elsewhere(long long pttl, bool back_off) {
     arm_retry(wait + host_.jitter());
 }
 
-void KeyLock::subscribed(bool ok) {
-    if (!ok) {
+void KeyLock::subscribed(std::error_code ec) {
+    if (ec == errc::auth_failed) {
+        subscribed_ = false;
+        return fail_all(ec, "this user may not subscribe to channel " + lock_key_ +
+                                " (waiters hear releases there; see the minimum ACL in docs/configuration.md)");
+    }
+    if (ec) {
         // No notifications for now (the subscriber is down): look again soon rather than at the
         // end of the holder's lease.
         subscribed_ = false;

@@ -139,8 +139,9 @@ public:
     /// (token-checked); the key tries again at once, after failing the waiters out of time.
     void granted_too_late();
 
-    /// The answer to `Host::subscribe`.
-    void subscribed(bool ok);
+    /// The answer to `Host::subscribe`: `unavailable` (no notifications for now: poll), or
+    /// `auth_failed` (an ACL refuses the channel: the waiters fail).
+    void subscribed(std::error_code ec);
     /// A release notification: the key may be free now.
     void notified() { wake(); }
     /// The server ended the subscription (a Cluster slot moved): look again, and subscribe

@@ -9,6 +9,7 @@
 #include <keylock/error.hpp>
 
 #include "node.hpp"
+#include "replies.hpp"
 
 namespace keylock::redis {
 
@@ -58,7 +59,7 @@ public:
         // round has passed: a frozen node must not hold the waiter up.
         struct Sub {
             int ok = 0, answered = 0;
-            bool reported = false;
+            bool reported = false, refused = false;
             std::function<void(std::error_code)> done;
             std::unique_ptr<asio::steady_timer> timer;
         };
@@ -70,7 +71,8 @@ public:
             }
             sub->reported = true;
             sub->timer->cancel();
-            sub->done(sub->ok > 0 ? std::error_code{} : make_error_code(errc::unavailable));
+            sub->done(sub->ok > 0 ? std::error_code{}
+                                  : make_error_code(sub->refused ? errc::auth_failed : errc::unavailable));
         };
         sub->timer = std::make_unique<asio::steady_timer>(io_, config_.node_timeout);
         sub->timer->async_wait([report](boost::system::error_code ec) {
@@ -80,6 +82,7 @@ public:
             n->subscriber()->send({"SUBSCRIBE", channel}, [sub, report](std::error_code ec, const Reply& r) {
                 ++sub->answered;
                 if (!ec && !r.is_error()) ++sub->ok;
+                if (!ec && error_code_of(r) == errc::auth_failed) sub->refused = true;
                 report(false);
             });
         }
@@ -109,6 +112,7 @@ private:
         std::vector<Reply> replies;  // inspect
         std::vector<bool> heard;     // by node
         bool decided = false;
+        bool given_up = false;  // acquire: released on every node whose answer is in, the rest on theirs
         Clock::time_point sent;
         std::vector<std::string> keys, args;
         EvalHandler handler;
@@ -170,7 +174,14 @@ private:
 
     void answer(const std::shared_ptr<Round>& round, std::size_t i, std::error_code ec, Reply r) {
         Round& rd = *round;
-        if (closed_ || rd.decided) return;
+        if (closed_) return;
+        if (rd.decided) {
+            // Given up before this node answered: release there now, after its acquire (also
+            // one re-sent as EVAL after NOSCRIPT), which a release sent earlier could overtake.
+            if (rd.given_up && !rd.heard[i]) release_on(rd, i);
+            rd.heard[i] = true;
+            return;
+        }
         rd.heard[i] = true;
         ++rd.answered;
         suspect_[i] = static_cast<bool>(ec);
@@ -290,12 +301,9 @@ private:
     /// connection, so also where its answer is still to come), and says why.
     void give_up(const std::shared_ptr<Round>& round, bool after_majority = false) {
         Round& r = *round;
-        const std::string& lock_key = r.keys.at(0);
-        const std::string& token = r.args.at(0);
-        const auto tail = script_args({lock_key}, {token, lock_key});
-        for (auto& n : nodes_) {
-            n->run(*scripts_.release, tail, false,
-                   [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
+        r.given_up = true;
+        for (std::size_t i = 0; i < nodes_.size(); ++i) {
+            if (r.heard[i]) release_on(r, i);  // the others on their answer (see answer)
         }
         if (after_majority) {
             return r.handler(make_error_code(errc::unavailable),
@@ -313,6 +321,13 @@ private:
             return r.handler({}, std::move(held), nullptr);
         }
         no_majority(r);
+    }
+
+    /// Releases what an acquire round may have taken on node `i` (token-checked).
+    void release_on(const Round& r, std::size_t i) {
+        const std::string& lock_key = r.keys.at(0);
+        nodes_[i]->run(*scripts_.release, script_args({lock_key}, {r.args.at(0), lock_key}), false,
+                       [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
     }
 
     /// The lock as a majority sees it: held if a majority hold the same value.

@@ -47,6 +47,12 @@ struct RedisPin final : detail::Pin {
 struct KeyEntry final : KeyLock {
     using KeyLock::KeyLock;
     std::unique_ptr<asio::steady_timer> retry;
+    /// The owner token of the key's next grant: every attempt sends it until a grant made with
+    /// it is handed out or given back, so that a retry finds an earlier attempt's grant whose
+    /// answer was lost (see scripts.hpp). Empty: a new one is drawn for the next attempt.
+    std::string token;
+    /// An attempt (or hand-over) with `token` went unanswered: the lock may be held under it.
+    bool unanswered = false;
 };
 
 /// A wait on the I/O thread: an async operation, or the registry's blocking wait over one.
@@ -57,6 +63,11 @@ struct Waiter final : QueuedWaiter {
     KeyEntry* state = nullptr;
     std::unique_ptr<asio::steady_timer> timer;
 };
+
+/// Keys of this form would name the fencing counters (`<prefix>fence:{<tag>}`, under the prefix
+/// like every key of ours): the backend refuses them with `invalid_key`.
+bool names_a_counter(std::string_view key) noexcept { return key.starts_with("fence:{") && key.ends_with('}'); }
+constexpr const char* kCounterKeys = "keys of the form 'fence:{...}' name the Redis backend's fencing counters";
 
 /// A reply a user thread waits for (a release's outcome, an operator's call).
 struct Answer {
@@ -69,8 +80,11 @@ public:
     explicit RedisBackend(const RedisConfig& config)
         : Backend(config.max_key_bytes, Loss::possible),
           config_(config),
-          acquire_(config.topology == Topology::redlock ? scripts::acquire_plain : scripts::acquire),
+          acquire_(config.topology == Topology::redlock   ? scripts::acquire_plain
+                   : config.topology == Topology::cluster ? scripts::acquire_sharded
+                                                          : scripts::acquire),
           release_(config.topology == Topology::cluster ? scripts::release_sharded : scripts::release),
+          abandon_(config.topology == Topology::cluster ? scripts::abandon_sharded : scripts::abandon),
           extend_(scripts::extend),
           transfer_(scripts::transfer),
           inspect_(scripts::inspect),
@@ -105,7 +119,11 @@ public:
             std::lock_guard lk(async_mu_);
             async_ids_[op] = w->id;
         }
-        post([this, w, k = std::string(key)] { enqueue(w, k); });
+        post([this, w, k = std::string(key)] {
+            if (!names_a_counter(k)) return enqueue(w, k);
+            tally_.began();
+            complete(w, make_error_code(errc::invalid_key), {}, kCounterKeys);
+        });
     }
 
     void cancel(detail::AsyncWaiter* op) noexcept override {
@@ -158,12 +176,16 @@ public:
     std::string describe() const override { return to_url(config_); }
 
     LockInfo inspect(std::string_view key, std::error_code& ec) override {
+        if (names_a_counter(key)) detail::throw_error(make_error_code(errc::invalid_key), key, "inspect", kCounterKeys);
         const Reply r = call(Op::inspect, inspect_, config_.prefix + std::string(key), {}, ec);
         if (ec) throw_with_reason(ec, key, "inspect", r);
         return lock_info_of(r, ec);
     }
 
     bool force_release(std::string_view key, std::error_code& ec) override {
+        if (names_a_counter(key)) {
+            detail::throw_error(make_error_code(errc::invalid_key), key, "force_release", kCounterKeys);
+        }
         const std::string lock_key = config_.prefix + std::string(key);
         const Reply r = call(Op::force_release, force_release_, lock_key, lock_key, ec);
         if (ec) throw_with_reason(ec, key, "force_release", r);
@@ -263,7 +285,13 @@ private:
         auto& slot = keys_[key];
         if (!slot) {
             std::string lock_key = config_.prefix + key;
-            std::string fence_key = "{" + std::string(slot_tag(key_slot(lock_key))) + "}" + config_.prefix + "fence";
+            // Under the prefix, like every key and channel of ours (see scripts.hpp); the tag
+            // puts it in the lock key's slot (the prefix has no hash tag of its own, or a whole
+            // one, which then decides the slot of both: see config_rules.cpp).
+            std::string fence_key = config_.prefix;
+            fence_key += "fence:{";
+            fence_key += slot_tag(key_slot(lock_key));
+            fence_key += '}';
             KeyLock::Host& host = *this;
             slot = std::make_unique<KeyEntry>(host, rules_, key, std::move(lock_key), std::move(fence_key));
             entries_.store(keys_.size(), std::memory_order_relaxed);
@@ -316,6 +344,8 @@ private:
             discard(st, lock_value(fence, token));
             return st.granted_too_late();
         }
+        st.token.clear();  // handed out: the key's next grant gets a new owner token
+        st.unanswered = false;
         auto* h = new RedisHold;
         h->key = st.key();
         h->token = lock_value(fence, token);  // the lock key's value (see scripts.hpp)
@@ -328,6 +358,8 @@ private:
     /// Deletes a grant that is not handed out (`value`: its lock value), if it is still ours;
     /// sent before any later attempt of this process on the key.
     void discard(KeyEntry& st, const std::string& value) {
+        st.token.clear();
+        st.unanswered = false;
         servers_->eval(Op::release, release_, {st.lock_key()}, {value, st.lock_key()},
                        [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
     }
@@ -340,13 +372,22 @@ private:
 
     void send_attempt(KeyLock& key) override {
         const auto sent = Clock::now();
-        auto token = std::make_shared<std::string>(tokens_.next());
+        auto& st = static_cast<KeyEntry&>(key);
+        if (st.token.empty()) st.token = tokens_.next();
+        auto token = std::make_shared<std::string>(st.token);
         servers_->eval(Op::acquire, acquire_, {key.lock_key(), key.fence_key()}, {*token, lease_ms_},
                        [this, key = key.key(), token, sent](std::error_code ec, const Reply& r,
                                                             const std::shared_ptr<Connection>& conn) {
                            KeyEntry* st = find(key);
-                           if (st == nullptr) return;  // cannot happen: an attempt keeps its key
-                           const AttemptOutcome outcome = acquire_outcome_of(ec, r);
+                           if (st == nullptr) return;      // cannot happen: an attempt keeps its key
+                           if (ec) st->unanswered = true;  // perhaps it ran: the retry will tell
+                           AttemptOutcome outcome = acquire_outcome_of(ec, r);
+                           if (outcome.ec == errc::auth_failed && r.str.find("keylock:") == std::string::npos) {
+                               // Redis's own NOPERM does not say which key or channel.
+                               outcome.why += " (the lock needs key " + st->lock_key() + ", its fencing counter " +
+                                              st->fence_key() + " and channel " + st->lock_key() +
+                                              ": see the minimum ACL in docs/configuration.md)";
+                           }
                            st->answered(outcome);
                            if (outcome.kind == AttemptOutcome::Kind::granted)
                                confirm(*st, conn, *token, outcome.fence, sent);
@@ -355,7 +396,7 @@ private:
 
     void subscribe(KeyLock& key) override {
         servers_->subscribe(key.lock_key(), [this, key = key.key()](std::error_code ec) {
-            if (KeyEntry* st = find(key)) st->subscribed(!ec);
+            if (KeyEntry* st = find(key)) st->subscribed(ec);
         });
     }
 
@@ -408,9 +449,34 @@ private:
 
     /// Frees a key's state once nothing refers to it; stops the loop after close().
     void free(KeyLock& key) override {
+        auto& st = static_cast<KeyEntry&>(key);
+        if (st.unanswered) abandon(st.lock_key(), st.token, Clock::now() + config_.endpoint.connect_timeout);
         keys_.erase(key.key());
         entries_.store(keys_.size(), std::memory_order_relaxed);
         if (closing_) finished();
+    }
+
+    /// No attempt will retry with owner token `token`, whose last attempt went unanswered:
+    /// deletes the lock of `lock_key` if it was taken under that token. Its connection broke
+    /// just now, most likely: tried again every 50 ms until `until`.
+    void abandon(const std::string& lock_key, const std::string& token, Clock::time_point until) {
+        servers_->eval(
+            Op::release, abandon_, {lock_key}, {token, lock_key},
+            [this, lock_key, token, until](std::error_code ec, const Reply&, const std::shared_ptr<Connection>&) {
+                if (ec != errc::unavailable || closing_ || Clock::now() >= until) return;
+                auto timer = std::make_shared<asio::steady_timer>(io_thread_.io(), std::chrono::milliseconds(50));
+                timer->async_wait([this, timer, lock_key, token, until](boost::system::error_code e) {
+                    if (!e && !closing_) abandon(lock_key, token, until);
+                });
+            });
+    }
+
+    /// The same for a lock value of ours (`<fencing token>:<owner token>`, or an owner token
+    /// alone) whose release or hand-over went unanswered, and may not have run.
+    void abandon_value(const std::string& lock_key, const std::string& value) {
+        const auto colon = value.rfind(':');
+        abandon(lock_key, colon == std::string::npos ? value : value.substr(colon + 1),
+                Clock::now() + config_.endpoint.connect_timeout);
     }
 
     // ---- releasing ---------------------------------------------------------------------
@@ -435,13 +501,14 @@ private:
         }
         const std::string channel = st != nullptr ? st->lock_key() : config_.prefix + h->key;
         servers_->eval(Op::release, release_, {channel}, {h->token, channel},
-                       [this, h, reply = std::move(reply), forget, lost](std::error_code ec, const Reply& r,
-                                                                         const std::shared_ptr<Connection>&) {
+                       [this, h, channel, reply = std::move(reply), forget, lost](std::error_code ec, const Reply& r,
+                                                                                  const std::shared_ptr<Connection>&) {
                            std::error_code result;
+                           if (ec) abandon_value(channel, h->token);  // it may not have run: again
                            if (!lost && ec) {
-                               result = ec;  // the lease will free it
+                               result = ec;
                            } else if (!lost && r.is_error()) {
-                               result = make_error_code(errc::backend_error);
+                               result = error_code_of(r);
                            } else if (lost || r.integer != 1) {
                                result = make_error_code(errc::not_owner);
                                mark_lost(h, Found::at_release);  // found only now, perhaps: the key deleted or taken
@@ -456,14 +523,23 @@ private:
     template <class Forget>
     void hand_over(KeyEntry& st, RedisHold* h, std::function<void(std::error_code)> reply, Forget forget) {
         const auto sent = Clock::now();
-        auto token = std::make_shared<std::string>(tokens_.next());
+        // The next waiter's owner token: if the answer is lost, its own attempt finds the lock
+        // handed over to it and takes it.
+        if (st.token.empty()) st.token = tokens_.next();
+        auto token = std::make_shared<std::string>(st.token);
         servers_->eval(Op::transfer, transfer_, {st.lock_key(), st.fence_key()}, {h->token, *token, lease_ms_},
                        [this, h, token, sent, reply = std::move(reply), forget](
                            std::error_code ec, const Reply& r, const std::shared_ptr<Connection>& conn) {
+                           if (ec) {
+                               // Perhaps it ran (the lock is the next waiter's, whose attempt
+                               // takes it: same owner token), perhaps not (it is still ours):
+                               find(h->key)->unanswered = true;  // the hold keeps its key
+                               abandon_value(find(h->key)->lock_key(), h->token);
+                           }
                            if (ec || r.type != Reply::Type::integer || r.integer == 0) {
                                if (!ec && !r.is_error()) mark_lost(h, Found::at_release);
                                forget();
-                               reply(ec ? ec : make_error_code(r.is_error() ? errc::backend_error : errc::not_owner));
+                               reply(ec ? ec : r.is_error() ? error_code_of(r) : make_error_code(errc::not_owner));
                                return;
                            }
                            watchdog_->remove(h);
@@ -479,7 +555,7 @@ private:
     /// failure, or the server's error reply), as a failed lock does.
     [[noreturn]] static void throw_with_reason(std::error_code ec, std::string_view key, const char* what,
                                                const Reply& r) {
-        detail::throw_error(ec, key, what, ec == errc::backend_error ? error_reason(r) : r.str);
+        detail::throw_error(ec, key, what, r.is_error() ? error_reason(r) : r.str);
     }
 
     /// Runs a one-key script from a user thread and waits for its reply (operator calls).
@@ -491,7 +567,7 @@ private:
             if (!arg.empty()) args.push_back(arg);
             servers_->eval(op, script, {lock_key}, std::move(args),
                            [&](std::error_code e, Reply r, const std::shared_ptr<Connection>&) {
-                               if (!e && r.is_error()) e = make_error_code(errc::backend_error);
+                               if (!e && r.is_error()) e = error_code_of(r);
                                reply = std::move(r);
                                answer.ec = e;
                                answer.done.set();
@@ -507,7 +583,7 @@ private:
     IoThread io_thread_;
     bool closing_ = false;
 
-    const Script acquire_, release_, extend_, transfer_, inspect_, force_release_, bump_;
+    const Script acquire_, release_, abandon_, extend_, transfer_, inspect_, force_release_, bump_;
     const Replication replication_;
 
     // I/O thread only.

@@ -18,6 +18,13 @@ std::string error_reason(const Reply& r) {
     return why;
 }
 
+std::error_code error_code_of(const Reply& r) {
+    // NOPERM: an ACL refuses a command, key or channel (the scripts name which); a quorum's or
+    // a cluster's error names the node first (see error_reason).
+    const bool refused = r.str.starts_with("NOPERM") || r.str.find("answered 'NOPERM") != std::string::npos;
+    return make_error_code(refused ? errc::auth_failed : errc::backend_error);
+}
+
 AttemptOutcome acquire_outcome_of(std::error_code ec, const Reply& r) {
     AttemptOutcome o;
     if (ec) {
@@ -29,6 +36,7 @@ AttemptOutcome acquire_outcome_of(std::error_code ec, const Reply& r) {
     o.kind = AttemptOutcome::Kind::failed;
     o.ec = make_error_code(errc::backend_error);
     if (r.is_error()) {
+        o.ec = error_code_of(r);
         o.why = error_reason(r);
         return o;
     }

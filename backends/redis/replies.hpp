@@ -16,6 +16,10 @@ namespace keylock::redis {
 /// the node (a quorum's or a cluster's error), else "Redis answered '…'".
 std::string error_reason(const Reply& r);
 
+/// The error a server's error reply `r` stands for: `auth_failed` for a refusal by an ACL
+/// (NOPERM), else `backend_error`.
+std::error_code error_code_of(const Reply& r);
+
 /// The answer to the acquire script (`acquire` or `acquire_plain`), or its absence (`ec`; `r.str`
 /// then says why).
 AttemptOutcome acquire_outcome_of(std::error_code ec, const Reply& r);

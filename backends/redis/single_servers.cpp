@@ -5,6 +5,7 @@
 #include <keylock/error.hpp>
 
 #include "node.hpp"
+#include "replies.hpp"
 #include "sentinel.hpp"
 
 namespace keylock::redis {
@@ -52,7 +53,7 @@ public:
 
     void subscribe(const std::string& channel, std::function<void(std::error_code)> done) override {
         node_.subscriber()->send({"SUBSCRIBE", channel}, [done = std::move(done)](std::error_code ec, const Reply& r) {
-            done(ec ? ec : r.is_error() ? make_error_code(errc::backend_error) : std::error_code{});
+            done(ec ? ec : r.is_error() ? error_code_of(r) : std::error_code{});
         });
     }
 
