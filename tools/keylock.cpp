@@ -197,22 +197,47 @@ void require_shared_backend(const std::string& url, const char* command) {
                      "KEYLOCK_URL)"};
 }
 
-/// Sets the URL's `lease` option to `lease` (a duration as the user wrote it).
-std::string with_lease(const std::string& url, const std::string& lease) {
-    auto parsed = boost::urls::parse_uri(url);
-    if (!parsed) return url;  // from_url reports it
+/// `url` with its `lease` option set to `lease` (a duration as the user wrote it), or nullopt
+/// if Boost.URL cannot read it. The URLs of several hosts (redis+sentinel://, redis+cluster://,
+/// redlock://) list them with commas, which no URL authority has: the authority is set aside
+/// while the query is edited, as the Redis backend reads them (redis_config.cpp).
+std::optional<std::string> with_lease(const std::string& url, const std::string& lease) {
+    const std::string placeholder = "hosts.invalid";
+    const std::size_t start = url.find("://");
+    std::size_t authority = 0, end = 0;  // the authority's place in `url`: none without "//"
+    std::string text = url;
+    if (start != std::string::npos) {
+        authority = start + 3;
+        end = std::min(url.find_first_of("/?#", authority), url.size());
+        text = url.substr(0, authority) + placeholder + url.substr(end);
+    }
+    auto parsed = boost::urls::parse_uri(text);
+    if (!parsed) return std::nullopt;
     boost::urls::url u = *parsed;
     u.params().set("lease", lease);
-    return std::string(u.buffer());
+    std::string edited(u.buffer());
+    if (start == std::string::npos) return edited;
+    if (edited.compare(0, authority, url, 0, authority) != 0 ||
+        edited.compare(authority, placeholder.size(), placeholder) != 0) {
+        return std::nullopt;  // Boost.URL rewrote the scheme or authority: not ours to guess
+    }
+    return url.substr(0, end) + edited.substr(authority + placeholder.size());
 }
 
 /// The registry of `url` with `--lease` (if given) as its lease. A lease the backend refuses
 /// is reported as the flag, not as the URL option it became; faults of the URL itself stay the
-/// URL's.
+/// URL's; a URL the lease cannot be set in is an error, not a lease ignored.
 keylock::KeyedLockRegistry open_registry(const std::string& url, const std::string& lease) {
     if (lease.empty()) return keylock::KeyedLockRegistry::from_url(url);
+    const std::optional<std::string> leased = with_lease(url, lease);
+    if (!leased) {
+        (void)keylock::KeyedLockRegistry::from_url(url);  // throws if the URL is at fault
+        throw keylock::Error(errc::invalid_url, "keylock: --lease " + keylock::detail::shown(lease) +
+                                                    ": cannot set the URL's lease option; put lease=" +
+                                                    keylock::detail::shown(lease) + " in the URL instead");
+    }
     try {
-        return keylock::KeyedLockRegistry::from_url(with_lease(url, lease));
+        return keylock::KeyedLockRegistry::from_url(*leased);
     } catch (const keylock::Error& e) {
         if (e.code() != keylock::errc::invalid_option) throw;
         (void)keylock::KeyedLockRegistry::from_url(url);  // throws if the URL is at fault
