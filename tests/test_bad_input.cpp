@@ -537,6 +537,41 @@ TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-
                    way.expects("does not speak the Redis protocol"));
         }
     }
+    SECTION("a password the server does not expect, or echoes: refused AUTH in our words, never its own") {
+        // A Redis without requirepass names the refused AUTH in its reply; a server that echoes
+        // its input (the fake one echoes everything it was sent, in an error to every command)
+        // would show the password and user. Every topology that AUTHs is refused the same way.
+        RedisServer no_password;
+        FakeServer echo(FakeServer::Echo{});
+        const std::string user = "user-of-the-table";
+        for (const int port : {no_password.port(), static_cast<int>(echo.port())}) {
+            const std::string at = "@127.0.0.1:" + std::to_string(port);
+            for (const std::string& u :
+                 {"redis://:" + password + at + "/?" + quick, "redis://" + user + ":" + password + at + "/?" + quick,
+                  "redlock://" + user + ":" + password + at + "?" + quick + "&node_timeout=100ms",
+                  "redis+cluster://:" + password + at + "?" + quick}) {
+                INFO(u);
+                auto registry = KeyedLockRegistry::from_url(u);
+                for (const Way& way : ways_to_lock()) {
+                    INFO(way.name);
+                    const Outcome out = run([&] { way.lock(registry, "k"); });
+                    expect(out, errc::auth_failed, way.expects("refused AUTH ("));
+                    CHECK_THAT(out.message, !Catch::Contains(user));
+                }
+                const Outcome inspected = run([&] { (void)registry.inspect("k"); });
+                expect(inspected, errc::auth_failed, "refused AUTH (");
+                CHECK_THAT(inspected.message, !Catch::Contains(user));
+            }
+        }
+        // A server that takes AUTH and echoes all it was sent, AUTH's password too, in SELECT's
+        // error: the server's words are shown without the password and user.
+        FakeServer echo_after_auth(FakeServer::Echo{true});
+        auto registry = KeyedLockRegistry::from_url("redis://" + user + ":" + password + "@127.0.0.1:" +
+                                                    std::to_string(echo_after_auth.port()) + "/2?" + quick);
+        const Outcome out = run([&] { (void)registry.lock("k"); });
+        expect(out, errc::backend_error, "refused SELECT: ERR you sent:");
+        CHECK_THAT(out.message, Catch::Contains("AUTH") && Catch::Contains("***") && !Catch::Contains(user));
+    }
     SECTION("a server that accepts and never answers") {
         FakeServer silent;
         auto registry = KeyedLockRegistry::from_url(url(silent.port(), quick));

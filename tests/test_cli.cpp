@@ -21,11 +21,13 @@
 #include "cli_run.hpp"
 #include "eventually.hpp"
 #include "redis_server.hpp"
+#include "topology.hpp"
 
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
 using keylock::test::Cli;
 using keylock::test::RedisServer;
+using keylock::test::RedlockDeployment;
 using keylock::test::run_cli;
 using keylock::test::url;
 using keylock::test::eventually;
@@ -165,6 +167,30 @@ TEST_CASE("keylock exec gives the command its fencing token and the lock while i
     const long ttl = std::stol(seen[0].substr(seen[0].find("ttl_ms=") + 7));
     CHECK(ttl > 3000);  // --lease 5s
     CHECK(ttl <= 5000);
+}
+
+TEST_CASE("keylock exec --lease applies to URLs of several hosts too", "[cli][redis]") {
+    // redlock://H1:P1,H2:P2,H3:P3: commas in the authority, which URL parsers do not read as
+    // hosts (Boost.URL takes "127.0.0.1:P1,…" for one host and a port, and refuses
+    // "[::1]:P1,[::1]:P2"). The lease the command sees must be --lease's, not the URL's (60 s)
+    // nor the default (30 s).
+    RedlockDeployment nodes(3, {"--bind", "127.0.0.1", "::1"});
+    std::string v6 = "redlock://";
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+        if (i > 0) v6 += ',';
+        v6 += "[::1]:" + std::to_string(nodes.server(i).port());
+    }
+    for (const std::string& u : {nodes.url(), nodes.url("lease=60s&connect_timeout=2s"), v6, v6 + "?lease=60s"}) {
+        INFO(u);
+        const std::string status = std::string(KEYLOCK_CLI_PATH) + " status --url '" + u + "' k";
+        auto [code, out] = run_cli({"exec", "--url", u, "--lease", "7s", "k", "--", "sh", "-c", status});
+        INFO(out);
+        REQUIRE(code == 0);
+        REQUIRE_THAT(out, Catch::StartsWith("held token="));
+        const long ttl = std::stol(out.substr(out.find("ttl_ms=") + 7));
+        CHECK(ttl <= 7000);
+        CHECK(ttl > 5000);
+    }
 }
 
 TEST_CASE("keylock exec renews the lease while the command runs longer than it", "[cli][redis]") {

@@ -197,6 +197,58 @@ TEST_CASE("AUTH with a password or an ACL user, SELECT of a database", "[redis]"
     }
 }
 
+TEST_CASE("a server's reply to the handshake never brings the password or user into a message", "[redis]") {
+    const std::string password = "Pw-4e1b-never-in-a-message";
+    const std::string user = "user-9c2d-never-in-a-message";
+    boost::asio::io_context io;
+    const auto check = [&](const Outcome& out, const std::string& refused) {
+        INFO(out.message);
+        CHECK((out.ec == errc::auth_failed || out.ec == errc::backend_error));
+        CHECK_THAT(out.message, Catch::Contains(refused));
+        CHECK_THAT(out.message, !Catch::Contains(password) && !Catch::Contains(user));
+    };
+    SECTION("a Redis without requirepass refuses AUTH: our words, not its own") {
+        RedisServer server;
+        Endpoint e = tcp(server);
+        e.password = password;
+        Outcome out;
+        auto c = connected(io, e, out);
+        check(out, "Redis at " + e.where() + " refused AUTH (");
+        CHECK(out.ec == errc::auth_failed);
+        CHECK_THAT(out.message, Catch::Contains("no password set"));
+        e.user = user;  // an ACL user it does not have: WRONGPASS
+        Outcome with_user;
+        auto c2 = connected(io, e, with_user);
+        check(with_user, "refused AUTH (WRONGPASS");
+    }
+    SECTION("a server that echoes every command in its error: AUTH's reply is not shown") {
+        FakeServer echo(FakeServer::Echo{});
+        Endpoint e;
+        e.host = "127.0.0.1";
+        e.port = echo.port();
+        e.user = user;
+        e.password = password;
+        Outcome out;
+        auto c = connected(io, e, out);
+        check(out, "Redis at " + e.where() + " refused AUTH (");
+        CHECK(out.ec == errc::auth_failed);
+    }
+    SECTION("... and one that takes AUTH and echoes all it was sent in SELECT's error: scrubbed") {
+        FakeServer echo(FakeServer::Echo{true});
+        Endpoint e;
+        e.host = "127.0.0.1";
+        e.port = echo.port();
+        e.user = user;
+        e.password = password;
+        e.db = 2;
+        Outcome out;
+        auto c = connected(io, e, out);
+        check(out, "refused SELECT: ERR you sent:");
+        CHECK(out.ec == errc::backend_error);
+        CHECK_THAT(out.message, Catch::Contains("AUTH") && Catch::Contains("***"));  // the echo, scrubbed
+    }
+}
+
 TEST_CASE("connection failures are typed errors within connect_timeout", "[redis]") {
     boost::asio::io_context io;
     SECTION("nobody listens") {

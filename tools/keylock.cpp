@@ -2,19 +2,22 @@
 // keylock — the command-line tool: a flock(1) that works across machines, operator commands,
 // and the get-or-create demo. See docs/cli.md.
 //
-//   keylock exec [--url URL] [--timeout D | --no-wait] [--lease D] KEY -- CMD [ARG...]
-//   keylock status [--url URL] KEY
-//   keylock release --force [--url URL] KEY
+//   keylock exec [--url URL | --url-file PATH] [--timeout D | --no-wait] [--lease D] [--pass-url]
+//                KEY -- CMD [ARG...]
+//   keylock status [--url URL | --url-file PATH] KEY
+//   keylock release --force [--url URL | --url-file PATH] KEY
 //   keylock demo [...]
 //
 // Exit statuses follow sysexits.h: 64 usage, 69 backend unavailable, 75 lock not acquired (or
 // lost while CMD ran), 78 bad configuration; `exec` otherwise exits with CMD's own status.
 // Options are read with Boost.Program_options (docs/design.md says why).
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -68,22 +71,27 @@ const char* const usage_main = "usage: keylock COMMAND [OPTIONS]\n"
                                "  release  delete a key's lock whoever holds it (--force; for operators)\n"
                                "  demo     the get-or-create race, without and with keylock, in N processes\n"
                                "\n"
-                               "`keylock COMMAND --help` describes each. The backend is --url URL, else $KEYLOCK_URL,\n"
-                               "else local:// (which exec, status and release refuse: its locks live in one process).\n"
+                               "`keylock COMMAND --help` describes each. The backend is --url URL or the first line\n"
+                               "of --url-file PATH (which keeps a password out of ps), else $KEYLOCK_URL, else\n"
+                               "local:// (which exec, status and release refuse: its locks live in one process).\n"
                                "`keylock --version` prints the version; docs/cli.md has the whole manual.\n";
 
 const char* const usage_exec =
-    "usage: keylock exec [--url URL] [--timeout D | --no-wait] [--lease D] KEY -- CMD [ARG...]\n"
+    "usage: keylock exec [--url URL | --url-file PATH] [--timeout D | --no-wait] [--lease D]\n"
+    "                    [--pass-url] KEY -- CMD [ARG...]\n"
     "\n"
     "Runs CMD while holding the lock of KEY, renewing its lease while CMD runs. CMD sees the\n"
-    "lock's fencing token in KEYLOCK_FENCING_TOKEN. The lock is released when CMD ends.\n"
-    "Options may also follow KEY. Everything after -- is CMD's, even words that look like\n"
-    "options; without --, CMD begins at the first word after KEY that is not an option.\n"
+    "lock's fencing token in KEYLOCK_FENCING_TOKEN, and not KEYLOCK_URL (unless --pass-url).\n"
+    "The lock is released when CMD ends. Options may also follow KEY. Everything after -- is\n"
+    "CMD's, even words that look like options; without --, CMD begins at the first word after\n"
+    "KEY that is not an option.\n"
     "\n"
-    "  --url URL      the backend (default: $KEYLOCK_URL), e.g. redis://host:6379\n"
-    "  --timeout D    give up if the lock is not ours within D (e.g. 500ms, 30s, 2m)\n"
-    "  --no-wait      give up at once if someone else holds the lock\n"
-    "  --lease D      the lease (overrides the URL's lease option; default 30s)\n"
+    "  --url URL        the backend (default: $KEYLOCK_URL), e.g. redis://host:6379\n"
+    "  --url-file PATH  the backend is the first line of PATH (a password stays out of ps)\n"
+    "  --timeout D      give up if the lock is not ours within D (e.g. 500ms, 30s, 2m)\n"
+    "  --no-wait        give up at once if someone else holds the lock\n"
+    "  --lease D        the lease (overrides the URL's lease option; default 30s)\n"
+    "  --pass-url       leave KEYLOCK_URL in CMD's environment (removed by default)\n"
     "\n"
     "SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to keylock are passed on to CMD. If the lease is\n"
     "lost while CMD runs (the lock may be someone else's now), CMD gets SIGTERM and keylock\n"
@@ -94,29 +102,80 @@ const char* const usage_exec =
     "cannot be run / was not found.\n";
 
 const char* const usage_status =
-    "usage: keylock status [--url URL] KEY\n"
+    "usage: keylock status [--url URL | --url-file PATH] KEY\n"
     "\n"
     "Prints one line: `free`, or `held token=N ttl_ms=N` (the holder's fencing token and the\n"
     "lease it has left; token=0 if the value was not written by keylock or the backend is\n"
     "redlock://, ttl_ms=-1 if the lock has no lease).\n"
     "\n"
+    "  --url URL        the backend (default: $KEYLOCK_URL), e.g. redis://host:6379\n"
+    "  --url-file PATH  the backend is the first line of PATH (a password stays out of ps)\n"
+    "\n"
     "exit status: 0; 64 usage error; 69 backend unreachable; 78 bad URL.\n";
 
 const char* const usage_release =
-    "usage: keylock release --force [--url URL] KEY\n"
+    "usage: keylock release --force [--url URL | --url-file PATH] KEY\n"
     "\n"
     "Deletes the lock of KEY whoever holds it, and wakes its waiters. The holder is not told\n"
     "until its next lease renewal (then its guard is lost): use this only for a holder you know\n"
     "is dead and whose lease is too long to wait out. Prints `released` or `free` (nothing to\n"
     "release).\n"
     "\n"
+    "  --force          required: says it is meant\n"
+    "  --url URL        the backend (default: $KEYLOCK_URL), e.g. redis://host:6379\n"
+    "  --url-file PATH  the backend is the first line of PATH (a password stays out of ps)\n"
+    "\n"
     "exit status: 0; 64 usage error; 69 backend unreachable; 78 bad URL.\n";
 
 /// Options common to the lock commands.
 struct Common {
     std::string url;
+    std::string url_file;  // --url-file: where `url` was read from
     std::string key;
 };
+
+/// Adds --url and --url-file, which the lock commands share, to `desc`.
+void add_url_options(po::options_description& desc, Common& c) {
+    desc.add_options()("url", po::value(&c.url))("url-file", po::value(&c.url_file));
+}
+
+/// The first line of the file at `path`, without the blanks around it.
+std::string read_url_file(const std::string& path) {
+    const auto problem = [&](const std::string& why) {
+        return UsageError{"--url-file " + keylock::detail::shown(path) + ": " + why};
+    };
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw problem(std::strerror(errno));
+    std::string text;
+    char buf[4096];
+    // Up to the first newline (a pipe, e.g. `--url-file <(command)`, need not end).
+    while (text.find('\n') == std::string::npos && text.size() < 64 * 1024) {
+        const ssize_t n = ::read(fd, buf, sizeof buf);
+        if (n == 0) break;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            const int error = errno;
+            ::close(fd);
+            throw problem(std::strerror(error));
+        }
+        text.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    text.erase(std::min(text.find('\n'), text.size()));
+    const char* const blanks = " \t\r\v\f";
+    text.erase(0, std::min(text.find_first_not_of(blanks), text.size()));
+    text.erase(text.find_last_not_of(blanks) + 1);  // npos + 1 == 0: all blank
+    if (text.empty()) throw problem("no URL in its first line");
+    return text;
+}
+
+/// Settles the URL once the options are stored: --url, or --url-file's, else $KEYLOCK_URL (the
+/// default already in c.url).
+void settle_url(const po::variables_map& vm, Common& c) {
+    if (vm.count("url-file") == 0) return;
+    if (vm.count("url") != 0) throw UsageError{"--url and --url-file exclude each other"};
+    c.url = read_url_file(c.url_file);
+}
 
 /// The exit status for a keylock error (see common.hpp); anything else is the backend's.
 int status_of(const keylock::Error& e) { return keylock::tools::exit_status_of(e.code(), EX_UNAVAILABLE); }
@@ -138,22 +197,47 @@ void require_shared_backend(const std::string& url, const char* command) {
                      "KEYLOCK_URL)"};
 }
 
-/// Sets the URL's `lease` option to `lease` (a duration as the user wrote it).
-std::string with_lease(const std::string& url, const std::string& lease) {
-    auto parsed = boost::urls::parse_uri(url);
-    if (!parsed) return url;  // from_url reports it
+/// `url` with its `lease` option set to `lease` (a duration as the user wrote it), or nullopt
+/// if Boost.URL cannot read it. The URLs of several hosts (redis+sentinel://, redis+cluster://,
+/// redlock://) list them with commas, which no URL authority has: the authority is set aside
+/// while the query is edited, as the Redis backend reads them (redis_config.cpp).
+std::optional<std::string> with_lease(const std::string& url, const std::string& lease) {
+    const std::string placeholder = "hosts.invalid";
+    const std::size_t start = url.find("://");
+    std::size_t authority = 0, end = 0;  // the authority's place in `url`: none without "//"
+    std::string text = url;
+    if (start != std::string::npos) {
+        authority = start + 3;
+        end = std::min(url.find_first_of("/?#", authority), url.size());
+        text = url.substr(0, authority) + placeholder + url.substr(end);
+    }
+    auto parsed = boost::urls::parse_uri(text);
+    if (!parsed) return std::nullopt;
     boost::urls::url u = *parsed;
     u.params().set("lease", lease);
-    return std::string(u.buffer());
+    std::string edited(u.buffer());
+    if (start == std::string::npos) return edited;
+    if (edited.compare(0, authority, url, 0, authority) != 0 ||
+        edited.compare(authority, placeholder.size(), placeholder) != 0) {
+        return std::nullopt;  // Boost.URL rewrote the scheme or authority: not ours to guess
+    }
+    return url.substr(0, end) + edited.substr(authority + placeholder.size());
 }
 
 /// The registry of `url` with `--lease` (if given) as its lease. A lease the backend refuses
 /// is reported as the flag, not as the URL option it became; faults of the URL itself stay the
-/// URL's.
+/// URL's; a URL the lease cannot be set in is an error, not a lease ignored.
 keylock::KeyedLockRegistry open_registry(const std::string& url, const std::string& lease) {
     if (lease.empty()) return keylock::KeyedLockRegistry::from_url(url);
+    const std::optional<std::string> leased = with_lease(url, lease);
+    if (!leased) {
+        (void)keylock::KeyedLockRegistry::from_url(url);  // throws if the URL is at fault
+        throw keylock::Error(errc::invalid_url, "keylock: --lease " + keylock::detail::shown(lease) +
+                                                    ": cannot set the URL's lease option; put lease=" +
+                                                    keylock::detail::shown(lease) + " in the URL instead");
+    }
     try {
-        return keylock::KeyedLockRegistry::from_url(with_lease(url, lease));
+        return keylock::KeyedLockRegistry::from_url(*leased);
     } catch (const keylock::Error& e) {
         if (e.code() != keylock::errc::invalid_option) throw;
         (void)keylock::KeyedLockRegistry::from_url(url);  // throws if the URL is at fault
@@ -182,6 +266,7 @@ struct ExecOptions {
     std::optional<std::chrono::milliseconds> timeout;  // nullopt: wait as long as it takes
     bool no_wait = false;
     std::string lease;
+    bool pass_url = false;  // KEYLOCK_URL stays in CMD's environment
     std::vector<std::string> command;
 };
 
@@ -217,8 +302,9 @@ ExecOptions parse_exec(int argc, char** argv) {
     bool help = false;
     // --help prints usage_exec, the text docs/cli.md describes, so the options carry no text.
     po::options_description desc;
-    desc.add_options()("url", po::value(&o.common.url))("timeout", po::value(&timeout))(
-        "no-wait", po::bool_switch(&o.no_wait))("lease", po::value(&o.lease))("help,h", po::bool_switch(&help));
+    add_url_options(desc, o.common);
+    desc.add_options()("timeout", po::value(&timeout))("no-wait", po::bool_switch(&o.no_wait))(
+        "lease", po::value(&o.lease))("pass-url", po::bool_switch(&o.pass_url))("help,h", po::bool_switch(&help));
 
     // Options, KEY, more options, then CMD: after `--`, or from the first operand after KEY.
     po::parsed_options parsed = parse_until_operand({argv + 1, argv + argc}, desc);
@@ -241,6 +327,7 @@ ExecOptions parse_exec(int argc, char** argv) {
     if (vm.count("timeout") != 0) o.timeout = duration_of("--timeout", timeout);
     if (vm.count("lease") != 0) (void)duration_of("--lease", o.lease);
     if (o.no_wait && o.timeout) throw UsageError{"--timeout and --no-wait exclude each other"};
+    settle_url(vm, o.common);
     return o;
 }
 
@@ -257,11 +344,14 @@ sigset_t waited_signals() {
     return set;
 }
 
-/// `KEY=VALUE` strings of the environment, with KEYLOCK_FENCING_TOKEN set.
-std::vector<std::string> child_environment(std::uint64_t fence) {
+/// `KEY=VALUE` strings of the environment, with KEYLOCK_FENCING_TOKEN set and KEYLOCK_URL (which
+/// may hold a password) removed unless `pass_url`.
+std::vector<std::string> child_environment(std::uint64_t fence, bool pass_url) {
     std::vector<std::string> env;
     for (char** e = environ; *e != nullptr; ++e) {
-        if (std::strncmp(*e, "KEYLOCK_FENCING_TOKEN=", 22) != 0) env.emplace_back(*e);
+        if (std::strncmp(*e, "KEYLOCK_FENCING_TOKEN=", 22) == 0) continue;
+        if (!pass_url && std::strncmp(*e, "KEYLOCK_URL=", 12) == 0) continue;
+        env.emplace_back(*e);
     }
     env.push_back("KEYLOCK_FENCING_TOKEN=" + std::to_string(fence));
     return env;
@@ -274,7 +364,7 @@ pid_t spawn(const ExecOptions& o, std::uint64_t fence, int& error) {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    std::vector<std::string> env = child_environment(fence);
+    std::vector<std::string> env = child_environment(fence, o.pass_url);
     std::vector<char*> envp;
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);
@@ -393,10 +483,11 @@ int run_exec(int argc, char** argv) {
 // ---- status and release --------------------------------------------------------------------
 
 Common parse_key_command(int argc, char** argv, bool* force) {
-    Common c{default_url(), {}};
+    Common c{default_url(), {}, {}};
     bool help = false;
     po::options_description desc;  // --help prints the command's usage text: no text here
-    desc.add_options()("url", po::value(&c.url))("help,h", po::bool_switch(&help));
+    add_url_options(desc, c);
+    desc.add_options()("help,h", po::bool_switch(&help));
     if (force != nullptr) desc.add_options()("force", po::bool_switch(force));
     po::parsed_options parsed = po::command_line_parser(argc, argv).options(desc).style(option_style).run();
     const std::vector<std::string> keys = take_operands(parsed);
@@ -407,6 +498,7 @@ Common parse_key_command(int argc, char** argv, bool* force) {
     if (keys.empty()) throw UsageError{"KEY is missing"};
     if (keys.size() > 1) throw UsageError{"one KEY only (got '" + keylock::detail::shown(keys[1]) + "' too)"};
     c.key = keys.front();
+    settle_url(vm, c);
     return c;
 }
 
@@ -466,8 +558,8 @@ int main(int argc, char** argv) {
     };
     static const Command commands[] = {
         {"exec", "[OPTIONS] KEY -- CMD [ARG...]", usage_exec, run_exec},
-        {"status", "[--url URL] KEY", usage_status, run_status},
-        {"release", "--force [--url URL] KEY", usage_release, run_release},
+        {"status", "[--url URL | --url-file PATH] KEY", usage_status, run_status},
+        {"release", "--force [--url URL | --url-file PATH] KEY", usage_release, run_release},
     };
     for (const Command& c : commands) {
         if (command != c.name) continue;

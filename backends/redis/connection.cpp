@@ -347,18 +347,54 @@ void Connection::handshake() {
     start_write();
 }
 
+namespace {
+
+/// Replaces every occurrence of `secret` in `text` with "***".
+void scrub(std::string& text, const std::string& secret) {
+    if (secret.empty()) return;
+    for (std::size_t at = text.find(secret); at != std::string::npos; at = text.find(secret, at + 3)) {
+        text.replace(at, secret.size(), "***");
+    }
+}
+
+/// Why AUTH was refused, in words of ours: the server's reply is never shown, since a server may
+/// repeat the password in it (Redis without requirepass names the command it refused; an old
+/// server or one that is not Redis may echo its arguments). Its error code alone is recognized.
+std::string auth_refusal(const std::string& reply) {
+    if (reply.starts_with("WRONGPASS")) return "WRONGPASS: wrong user or password";
+    if (reply.find("without any password configured") != std::string::npos ||
+        reply.find("no password is set") != std::string::npos) {
+        return "the server has no password set for that user: leave the password out of the URL";
+    }
+    return "wrong user or password, or no password is set on the server";
+}
+
+}  // namespace
+
 void Connection::handshake_answered(const std::string& verb, const Reply& r) {
+    // The server's words in a message, without the user or password: a server may echo what it
+    // was sent (e.g. all of the pipelined handshake) in any of its errors.
+    const auto words = [this](std::string text) {
+        scrub(text, endpoint_.password);
+        scrub(text, endpoint_.user);
+        return text;
+    };
     if (r.is_error()) {
-        const bool auth = verb == "AUTH" || r.str.starts_with("NOAUTH") || r.str.starts_with("WRONGPASS") ||
-                          r.str.starts_with("NOPERM");
+        if (verb == "AUTH") {
+            fail(make_error_code(errc::auth_failed),
+                 "Redis at " + endpoint_.where() + " refused AUTH (" + auth_refusal(r.str) + ")");
+            return;
+        }
+        const bool auth = r.str.starts_with("NOAUTH") || r.str.starts_with("WRONGPASS") || r.str.starts_with("NOPERM");
         fail(make_error_code(auth ? errc::auth_failed : errc::backend_error),
-             "Redis at " + endpoint_.where() + " refused " + verb + ": " + r.str);
+             "Redis at " + endpoint_.where() + " refused " + verb + ": " + words(r.str));
         return;
     }
     if (verb == "ROLE" && (r.type != Reply::Type::array || r.elements.empty() || r.elements[0].str != "master")) {
         // E.g. an old master that has come back as a replica: the owner asks the sentinels again.
         fail(make_error_code(errc::unavailable), "Redis at " + endpoint_.where() + " is not a master (ROLE says '" +
-                                                     (r.elements.empty() ? std::string() : r.elements[0].str) + "')");
+                                                     words(r.elements.empty() ? std::string() : r.elements[0].str) +
+                                                     "')");
         return;
     }
     if (--impl_->handshake_left > 0) return;
