@@ -435,12 +435,12 @@ TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-
          [&](RedisServer& s) {
              return "redis://nobody:" + password + "@127.0.0.1:" + std::to_string(s.port()) + "/?" + quick;
          }},
-        {"NOPERM: an ACL user that may not run scripts", errc::backend_error, "NOPERM",
+        {"NOPERM: an ACL user that may not run scripts", errc::auth_failed, "NOPERM",
          [&](RedisServer& s) {
              s.command("ACL SETUSER scriptless on >" + password + " ~* +@all -evalsha -eval");
              return "redis://scriptless:" + password + "@127.0.0.1:" + std::to_string(s.port()) + "/?" + quick;
          }},
-        {"NOPERM: an ACL user that may not touch keylock's keys", errc::backend_error, "NOPERM",
+        {"NOPERM: an ACL user that may not touch keylock's keys", errc::auth_failed, "NOPERM",
          [&](RedisServer& s) {
              s.command("ACL SETUSER keyless on >" + password + " ~other:* +@all");
              return "redis://keyless:" + password + "@127.0.0.1:" + std::to_string(s.port()) + "/?" + quick;

@@ -14,9 +14,11 @@
 
 #include <keylock/keylock.hpp>
 
+#include "backends/redis/scripts.hpp"
 #include "eventually.hpp"
 #include "exclusion_checker.hpp"
 #include "load.hpp"
+#include "tcp_proxy.hpp"
 #include "topology.hpp"
 
 using keylock::errc;
@@ -109,6 +111,31 @@ TEST_CASE("redlock: a lock is on every node while held, tokens rise across regis
         return true;
     }));
     CHECK(r2.try_lock("many-0").has_value());
+}
+
+TEST_CASE("redlock: a give-up release never overtakes its node's acquire, re-sent after NOSCRIPT",
+          "[topology][redlock]") {
+    // Two nodes hold the key for someone else, so the round gives up as soon as they answer. The
+    // third node's answers come late (through a proxy) and the first is NOSCRIPT: its script
+    // cache was flushed and only the release script loaded again. The acquire is re-sent there
+    // as EVAL; a release sent when the round gave up would have run before it, and left the
+    // lock on that node for the whole lease.
+    RedlockDeployment d(3);
+    keylock::test::TcpProxy proxy(d.server(2).port());
+    const auto at = [](int port) { return "127.0.0.1:" + std::to_string(port); };
+    auto r = KeyedLockRegistry::from_url("redlock://" + at(d.server(0).port()) + "," + at(d.server(1).port()) + "," +
+                                         at(proxy.port()));
+    r.lock("warm-up").release();  // connections up, scripts loaded
+    for (std::size_t i : {0u, 1u}) {
+        REQUIRE(keylock::test::call(d.server(i).port(), {"SET", "keylock:k", "someone", "PX", "30000"}).text() == "OK");
+    }
+    const int third = d.server(2).port();
+    REQUIRE(keylock::test::call(third, {"SCRIPT", "FLUSH"}).text() == "OK");
+    REQUIRE_FALSE(keylock::test::call(third, {"SCRIPT", "LOAD", keylock::redis::scripts::release}).is_error());
+    proxy.delay_replies(0, 300ms);  // the third node's command connection
+    CHECK_FALSE(r.try_lock("k").has_value());
+    std::this_thread::sleep_for(1500ms);  // the late answers, the EVAL, and what follows it
+    CHECK_FALSE(d.exists_on(2, "keylock:k"));
 }
 
 TEST_CASE("redlock: operators see a lock a majority holds, and can force its release", "[topology][redlock]") {

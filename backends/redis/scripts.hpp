@@ -7,10 +7,11 @@
 // (`<prefix>fence:{<tag>}`, same slot: see slots.hpp). Every key and channel lives under the
 // prefix, so an ACL limited to `~<prefix>*` and `&<prefix>*` allows all of them.
 //
-// Every script decides before it writes: it checks the key's type and the user's permission
-// for each write it may make (`redis.acl_check_cmd`, Redis 7) first, and publishes before it
-// deletes, so an error (a wrong type, a command or channel the user may not use) leaves
-// nothing half done.
+// Every script decides before it writes, so that an error (a key of another type, a command or
+// channel the user may not use) leaves nothing half done: a key of another type is read as
+// nobody's lock; acquire checks the user's right to publish the release and to set the lock
+// (`redis.acl_check_cmd`, Redis 7) before its first write; the others publish before they
+// delete. (Redis itself checks the user's right to the keys a script is given before it runs.)
 #pragma once
 
 #include <string>
@@ -19,8 +20,8 @@
 namespace keylock::redis::scripts {
 
 // `denied(command, key or channel, ...)`: nil if the user may run the command on it, else a
-// NOPERM error reply naming both. Scripts call it for every write they may make before they
-// make the first one. Servers before Redis 7 have no redis.acl_check_cmd: there it is nil.
+// NOPERM error reply naming both. Servers before Redis 7 have no redis.acl_check_cmd: there it
+// is nil.
 inline constexpr const char* denied = R"lua(
 local function denied(...)
   if redis.acl_check_cmd == nil or redis.acl_check_cmd(...) then
@@ -98,8 +99,7 @@ end
 // release's publication included, so that it is found before a lock is taken).
 inline std::string acquire_with(const char* ours, const char* value) {
     return std::string(denied) + next_fence + ours + R"lua(
-local refused = denied('$PUBLISH', KEYS[1], '') or denied('INCR', KEYS[2]) or
-  denied('SET', KEYS[2], '0') or denied('SET', KEYS[1], '0', 'PX', '1') or denied('PEXPIRE', KEYS[1], '1')
+local refused = denied('$PUBLISH', KEYS[1], '') or denied('SET', KEYS[1], '0', 'PX', '1')
 if refused then
   return refused
 end
@@ -142,11 +142,11 @@ end
 return 1
 )lua";
 
-// `holds(value)`: whether the lock key holds `value` (a string key: a key of another type is
-// nobody's lock, not an error).
+// `holds(value)`: whether the lock key holds `value` (a key of another type is nobody's lock,
+// not an error: redis.pcall returns GET's WRONGTYPE error as a table).
 inline constexpr const char* holds = R"lua(
 local function holds(value)
-  return redis.call('TYPE', KEYS[1]).ok == 'string' and redis.call('GET', KEYS[1]) == value
+  return redis.pcall('GET', KEYS[1]) == value
 end
 )lua";
 
@@ -154,11 +154,7 @@ end
 // waiters on. Deletes the lock only if the value is ours. Returns 1 if it was, else 0.
 // Publishes before it deletes: no client runs between the two, and a refused PUBLISH then
 // leaves the lock as it was.
-inline const std::string release_script = std::string(denied) + holds + R"lua(
-local refused = denied('$PUBLISH', ARGV[2], '') or denied('DEL', KEYS[1])
-if refused then
-  return refused
-end
+inline const std::string release_script = std::string(holds) + R"lua(
 if holds(ARGV[1]) then
   redis.call('$PUBLISH', ARGV[2], '')
   redis.call('DEL', KEYS[1])
@@ -173,16 +169,9 @@ inline const std::string release_sharded = publishing(release_script, "SPUBLISH"
 // attempt's answer never came and that no attempt will retry: deletes the lock if its value
 // was made for that token (`<fencing token>:<token>`, or the token alone). Returns 1 if it
 // was, else 0.
-inline const std::string abandon_script = std::string(denied) + ours_fenced + R"lua(
-local refused = denied('$PUBLISH', ARGV[2], '') or denied('DEL', KEYS[1])
-if refused then
-  return refused
-end
-if redis.call('TYPE', KEYS[1]).ok ~= 'string' then
-  return 0
-end
-local value = redis.call('GET', KEYS[1])
-if value == ARGV[1] or ours(value) then
+inline const std::string abandon_script = std::string(ours_fenced) + R"lua(
+local value = redis.pcall('GET', KEYS[1])
+if type(value) == 'string' and (value == ARGV[1] or ours(value)) then
   redis.call('$PUBLISH', ARGV[2], '')
   redis.call('DEL', KEYS[1])
   return 1
@@ -206,11 +195,7 @@ return 0
 // hold to another waiter of this process in one round trip: a new fencing token and owner
 // token, never free in between. Returns the new fencing token (the value is then `<it>:<new
 // owner token>`), or 0 if the lock was not ours any more.
-inline const std::string transfer = std::string(denied) + next_fence + holds + R"lua(
-local refused = denied('INCR', KEYS[2]) or denied('SET', KEYS[2], '0') or denied('SET', KEYS[1], '0', 'PX', '1')
-if refused then
-  return refused
-end
+inline const std::string transfer = std::string(next_fence) + holds + R"lua(
 if not holds(ARGV[1]) then
   return 0
 end
@@ -230,11 +215,7 @@ return {1, value, redis.call('PTTL', KEYS[1])}
 
 // For operators. Deletes the lock whoever holds it and wakes its waiters (ARGV[1] the channel).
 // Returns 1 if there was a lock, else 0.
-inline const std::string force_release_script = std::string(denied) + R"lua(
-local refused = denied('$PUBLISH', ARGV[1], '') or denied('DEL', KEYS[1])
-if refused then
-  return refused
-end
+inline constexpr std::string_view force_release_script = R"lua(
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('$PUBLISH', ARGV[1], '')
   redis.call('DEL', KEYS[1])
