@@ -145,6 +145,17 @@ inline void around(Load& load, long before, const std::function<void()>& fault, 
     CHECK(eventually([&] { return load.holds() >= at + after; }, std::chrono::seconds(20)));
 }
 
+/// Every key of the load is held again within `within` from now: no key is left to a lock
+/// nobody owns (which, at the default 30 s lease, would keep it for up to 30 s).
+inline void every_key_again(const Load& load, std::chrono::milliseconds within) {
+    std::vector<long> before;
+    for (int i = 0; i < load.keys(); ++i) before.push_back(load.holds_of(i));
+    for (int i = 0; i < load.keys(); ++i) {
+        INFO("key " << load.key(i));
+        CHECK(eventually([&] { return load.holds_of(i) > before[static_cast<std::size_t>(i)]; }, within));
+    }
+}
+
 inline void check_exclusion(const ExclusionChecker& checker) {
     const auto problems = checker.check();
     for (const auto& p : problems) FAIL_CHECK(p);

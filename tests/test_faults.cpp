@@ -41,6 +41,7 @@ using keylock::test::ExclusionChecker;
 using keylock::test::Load;
 using keylock::test::around;
 using keylock::test::check_exclusion;
+using keylock::test::every_key_again;
 using keylock::test::RedisServer;
 using keylock::test::TcpProxy;
 using keylock::test::url;
@@ -119,9 +120,13 @@ TEST_CASE("fault: our connections killed (CLIENT KILL) while locks are held and 
     // What the user sees: nothing but a short delay. Commands in flight fail with unavailable
     // inside the backend, which reconnects and retries; a lease renewed within lease/3 is
     // never at risk.
+    // At the default lease too: a killed connection's lost answers must not leave a key to a
+    // lock nobody owns (every key is held again within 5 s, far under the 30 s lease).
+    const std::string query = GENERATE(std::string("lease=3s"), std::string());
+    CAPTURE(query);
     RedisServer server;
     ExclusionChecker checker;
-    Load load(server, checker, "lease=3s");
+    Load load(server, checker, query);
     around(
         load, 100,
         [&] {
@@ -132,6 +137,7 @@ TEST_CASE("fault: our connections killed (CLIENT KILL) while locks are held and 
             }
         },
         100);
+    every_key_again(load, 5s);
     load.finish();
     check_exclusion(checker);
     CHECK(checker.lost() == 0);
@@ -179,11 +185,16 @@ TEST_CASE("fault: Redis stalls (DEBUG SLEEP) past command_timeout", "[faults][re
     // What the user sees: requests in flight fail inside the backend (unavailable), which
     // reconnects and retries until connect_timeout; a stall shorter than that is a delay, and
     // a hold whose lease ran out during it is lost.
+    // At the default lease too: the replies queued behind the stall are lost with their
+    // connections; the keys they granted go to their retries, not to a 30 s wait.
+    const std::string lease = GENERATE(std::string("lease=1s&"), std::string());
+    CAPTURE(lease);
     RedisServer server({"--enable-debug-command", "local"});
     ExclusionChecker checker;
-    Load load(server, checker, "lease=1s&command_timeout=200ms&connect_timeout=5s");
+    Load load(server, checker, lease + "command_timeout=200ms&connect_timeout=5s");
     around(
         load, 100, [&] { server.command("DEBUG SLEEP 1.5"); }, 100);
+    every_key_again(load, 5s);
     load.finish();
     check_exclusion(checker);
     CHECK(load.errors_other_than({errc::not_owner, errc::unavailable}) == 0);
@@ -473,10 +484,12 @@ TEST_CASE("fault: the network stalls past the lease (half-open), then comes back
 }
 
 TEST_CASE("fault: every connection cut at once, again and again", "[faults][redis]") {
+    const std::string query = GENERATE(std::string("lease=3s"), std::string());  // and the default 30 s
+    CAPTURE(query);
     RedisServer server;
     TcpProxy proxy(server.port());
     ExclusionChecker checker;
-    Load load(proxy.port(), checker, "lease=3s");
+    Load load(proxy.port(), checker, query);
     around(
         load, 50,
         [&] {
@@ -486,6 +499,7 @@ TEST_CASE("fault: every connection cut at once, again and again", "[faults][redi
             }
         },
         50);
+    every_key_again(load, 5s);
     load.finish();
     check_exclusion(checker);
     CHECK(checker.lost() == 0);
