@@ -151,11 +151,14 @@ TEST_CASE("fault: Redis killed and restarted empty while locks are held and awai
     // renewal (lost(), releases report not_owner, or unavailable while Redis is down); waiters
     // get the keys once Redis is back; fencing tokens go on rising (new counters start from the
     // server's clock).
+    const std::string lease = GENERATE(std::string("lease=2s&"), std::string());  // and the default 30 s
+    CAPTURE(lease);
     RedisServer server;
     ExclusionChecker checker;
-    Load load(server, checker, "lease=2s&connect_timeout=3s");
+    Load load(server, checker, lease + "connect_timeout=3s");
     around(
         load, 100, [&] { server.restart(); }, 100);
+    every_key_again(load, 5s);
     load.finish();
     check_exclusion(checker);
     CHECK(load.errors_other_than({errc::not_owner, errc::unavailable}) == 0);
