@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 
@@ -546,10 +547,15 @@ TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-
         const std::string user = "user-of-the-table";
         for (const int port : {no_password.port(), static_cast<int>(echo.port())}) {
             const std::string at = "@127.0.0.1:" + std::to_string(port);
-            for (const std::string& u :
-                 {"redis://:" + password + at + "/?" + quick, "redis://" + user + ":" + password + at + "/?" + quick,
-                  "redlock://" + user + ":" + password + at + "?" + quick + "&node_timeout=100ms",
-                  "redis+cluster://:" + password + at + "?" + quick}) {
+            const std::string with_user = std::string(user).append(":").append(password);
+            std::vector<std::string> urls;
+            for (const auto& [scheme, userinfo, path] :
+                 {std::tuple{"redis://", ":" + password, "/?"}, std::tuple{"redis://", with_user, "/?"},
+                  std::tuple{"redlock://", with_user, "?node_timeout=100ms&"},
+                  std::tuple{"redis+cluster://", ":" + password, "?"}}) {
+                urls.push_back(std::string(scheme).append(userinfo).append(at).append(path).append(quick));
+            }
+            for (const std::string& u : urls) {
                 INFO(u);
                 auto registry = KeyedLockRegistry::from_url(u);
                 for (const Way& way : ways_to_lock()) {

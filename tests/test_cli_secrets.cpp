@@ -51,7 +51,7 @@ TEST_CASE("keylock status: a server that refuses or echoes the password does not
     RedisServer no_password;  // refuses AUTH, naming it
     FakeServer echo(FakeServer::Echo{});
     for (const int port : {no_password.port(), static_cast<int>(echo.port())}) {
-        for (const std::string& userinfo : {":" + password, user + ":" + password}) {
+        for (const std::string& userinfo : {":" + password, std::string(user).append(":").append(password)}) {
             const std::string url = with_password(port, userinfo);
             INFO(url);
             auto [status, out] = run_cli({"status", "--url", url, "k"});
@@ -98,7 +98,7 @@ TEST_CASE("keylock --url-file: the URL from a file's first line, for every comma
             auto [status, out] = run_cli(args);
             INFO(out);
             CHECK(status == 64);
-            CHECK_THAT(out, Catch::Contains("--url-file " + path + ": " + why));
+            CHECK_THAT(out, Catch::Contains(std::string("--url-file ").append(path).append(": ").append(why)));
         }
     }
     for (const std::vector<std::string>& args :
