@@ -10,6 +10,10 @@
 //   ping        raw round trips/s of PING over one blocking hiredis connection (the baseline)
 //   seq         one thread, lock + release of distinct keys, one after the other
 //   t64         64 threads on distinct keys through one registry
+//   ceiling     the server's own ceiling for the same scripts: keylock's acquire and release
+//               scripts alone, pipelined x16 on 64 connections from one thread, each release
+//               given its acquire's fencing token (redis-benchmark cannot feed one reply into a
+//               later command, so its releases would only find absent keys)
 //   node        node-redlock (npm redlock + ioredis, bench/node-redlock) with 64 concurrent loops
 //               on distinct keys, in a Node process against the same server (not with --quick;
 //               needs node and npm, and the npm registry for its first `npm install`)
@@ -33,6 +37,7 @@
 
 #include <keylock/keylock.hpp>
 
+#include "backends/redis/scripts.hpp"
 #include "redis_server.hpp"
 
 namespace {
@@ -97,6 +102,75 @@ double pair_rate(KeyedLockRegistry& r, int threads, int ms, int round) {
     long total = 0;
     for (long c : counts) total += c;
     return static_cast<double>(total) / secs;
+}
+
+/// The server's ceiling for keylock's own scripts, in acquire + release pairs per second: 64
+/// connections, each with 16 acquires of distinct keys in flight, then their 16 releases (each
+/// with its acquire's value, so it really deletes and publishes), from one thread.
+double ceiling_rate(int port, int ms) {
+    constexpr int kConnections = 64, kDepth = 16;
+    const std::string token = "0123456789abcdef0123456789abcdef";
+    std::vector<redisContext*> cs;
+    for (int i = 0; i < kConnections; ++i) cs.push_back(redisConnect("127.0.0.1", port));
+    auto load = [&](const std::string& script) {
+        auto* reply = static_cast<redisReply*>(redisCommand(cs[0], "SCRIPT LOAD %b", script.data(), script.size()));
+        std::string sha = reply != nullptr && reply->type == REDIS_REPLY_STRING ? reply->str : "";
+        freeReplyObject(reply);
+        return sha;
+    };
+    const std::string acquire = load(keylock::redis::scripts::acquire);
+    const std::string release = load(keylock::redis::scripts::release);
+    const std::string lease = "30000", counter = "keylock:fence:{ceiling}";
+    // Sends what was appended on every connection, then reads `kDepth` replies from each.
+    auto round_trip = [&](const auto& on_reply) {
+        for (redisContext* c : cs) {
+            for (int done = 0; done == 0;) {
+                if (redisBufferWrite(c, &done) != REDIS_OK) return false;
+            }
+        }
+        for (std::size_t i = 0; i < cs.size(); ++i) {
+            for (int d = 0; d < kDepth; ++d) {
+                void* reply = nullptr;
+                if (redisGetReply(cs[i], &reply) != REDIS_OK) return false;
+                on_reply(i, d, static_cast<redisReply*>(reply));
+                freeReplyObject(reply);
+            }
+        }
+        return true;
+    };
+    std::vector<std::string> keys(kConnections * kDepth), values(keys.size());
+    long pairs = 0;
+    const auto start = Clock::now(), end = start + std::chrono::milliseconds(ms);
+    for (long batch = 0; Clock::now() < end; ++batch) {
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            keys[i] =
+                std::string("keylock:ceiling-").append(std::to_string(batch)).append("-").append(std::to_string(i));
+            redisAppendCommand(cs[i / kDepth], "EVALSHA %s 2 %b %b %b %b", acquire.c_str(), keys[i].data(),
+                               keys[i].size(), counter.data(), counter.size(), token.data(), token.size(), lease.data(),
+                               lease.size());
+        }
+        const bool acquired = round_trip([&](std::size_t c, int d, redisReply* r) {
+            const bool won =
+                r != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->integer == 1;
+            values[c * kDepth + static_cast<std::size_t>(d)] =
+                won ? std::to_string(r->element[1]->integer).append(":").append(token) : std::string();
+        });
+        for (std::size_t i = 0; acquired && i < keys.size(); ++i) {
+            redisAppendCommand(cs[i / kDepth], "EVALSHA %s 1 %b %b %b", release.c_str(), keys[i].data(), keys[i].size(),
+                               values[i].data(), values[i].size(), keys[i].data(), keys[i].size());
+        }
+        long released = 0;
+        if (!acquired || !round_trip([&](std::size_t, int, redisReply* r) {
+                released += r != nullptr && r->type == REDIS_REPLY_INTEGER && r->integer == 1 ? 1 : 0;
+            })) {
+            std::fprintf(stderr, "bench: the ceiling's scripts failed\n");
+            std::exit(1);
+        }
+        pairs += released;
+    }
+    const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    for (redisContext* c : cs) redisFree(c);
+    return static_cast<double>(pairs) / secs;
 }
 
 #ifndef KEYLOCK_NODE_REDLOCK_DIR
@@ -221,13 +295,16 @@ int main(int argc, char** argv) {
     auto r = KeyedLockRegistry::from_url(url);
 
     const std::string node_missing = o.quick ? "not run with --quick" : prepare_node_redlock();
-    std::vector<double> ping, seq, t64, seq_ratio, node, node_ratio;
+    std::vector<double> ping, seq, t64, seq_ratio, node, node_ratio, ceiling, ceiling_ratio;
     for (int round = 0; round < o.rounds; ++round) {
         const double p = ping_rate(server.port(), o.ms);
         const double s = pair_rate(r, 1, o.ms, round);
         const double t = pair_rate(r, 64, o.ms, round);
         const double n = node_missing.empty() ? node_redlock_rate(server.port(), o.ms) : 0;
+        const double c = ceiling_rate(server.port(), o.ms);
         ping.push_back(p);
+        ceiling.push_back(c);
+        ceiling_ratio.push_back(t / c);
         seq.push_back(s);
         t64.push_back(t);
         seq_ratio.push_back(s / p);
@@ -236,8 +313,9 @@ int main(int argc, char** argv) {
             node_ratio.push_back(t / n);
         }
         std::fprintf(stderr,
-                     "round %d/%d: ping %.0f/s, seq %.0f pairs/s, 64 threads %.0f pairs/s, node-redlock %.0f pairs/s\n",
-                     round + 1, o.rounds, p, s, t, n);
+                     "round %d/%d: ping %.0f/s, seq %.0f pairs/s, 64 threads %.0f pairs/s, node-redlock %.0f pairs/s, "
+                     "ceiling %.0f pairs/s\n",
+                     round + 1, o.rounds, p, s, t, n, c);
     }
 
     // Commands per acquisition: 8 threads contending one key.
@@ -279,6 +357,11 @@ int main(int argc, char** argv) {
         std::printf("| 64 threads / node-redlock | not measured: %s | >= 2x | |\n",
                     node_missing.empty() ? "node-redlock failed" : node_missing.c_str());
     }
+    const double cr = median(ceiling_ratio);
+    std::printf("| server ceiling: the acquire and release scripts alone, x16 pipelined on 64 connections, pairs/s | "
+                "%.0f | | |\n",
+                median(ceiling));
+    std::printf("| 64 threads / server ceiling | %.2fx | >= 0.5x | %s |\n", cr, cr >= 0.5 ? "PASS" : "FAIL");
     const double p50 = percentile(lat, 0.50) / 1000.0, p99 = percentile(lat, 0.99) / 1000.0;
     std::printf("| hand-off between processes, p50 | %.2f ms | <= 1 ms | %s |\n", p50, p50 <= 1.0 ? "PASS" : "FAIL");
     std::printf("| hand-off between processes, p99 | %.2f ms | <= 5 ms | %s |\n", p99, p99 <= 5.0 ? "PASS" : "FAIL");
