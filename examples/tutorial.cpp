@@ -25,9 +25,11 @@ struct Client {
     int number = 0;
 };
 
-/// Stands in for a database table of clients.
+/// Stands in for a database table of clients. Rows inserted in a transaction (begin()) are seen
+/// by others only once it commits.
 struct Clients {
-    std::map<std::string, Client> rows;
+    std::map<std::string, Client> rows, uncommitted;
+    bool in_transaction = false;
     int inserts = 0;
 
     std::optional<Client> find(const std::string& id) const {
@@ -36,7 +38,12 @@ struct Clients {
     }
     Client insert(const std::string& id) {
         ++inserts;
-        return rows[id] = Client{id, inserts};
+        return (in_transaction ? uncommitted : rows)[id] = Client{id, inserts};
+    }
+    void begin() { in_transaction = true; }
+    void commit() {
+        rows.merge(uncommitted);
+        in_transaction = false;
     }
 };
 
@@ -88,6 +95,14 @@ int main() {
     CHECK(registry.get_or_create("client-42", [&] { return db.find("client-42"); },
                                  [&] { return db.insert("client-42"); }).number == client.number);
     CHECK(db.inserts == 1);  // found the second time: not created again
+
+    // [snippet transaction]
+    Client paid = registry.get_or_create("client-7",
+        [&] { return db.find("client-7"); },
+        [&] { db.begin(); return db.insert("client-7"); },  // a transaction, under the lock
+        [&] { db.commit(); });   // committed before the lock is released: the next caller finds it
+    // [/snippet transaction]
+    CHECK(db.find("client-7").has_value() && db.find("client-7")->number == paid.number);
 
     {
         keylock::Guard held = registry.lock("client-42");

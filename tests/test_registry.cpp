@@ -3,10 +3,14 @@
 // guards release exactly once, deadlines reach the backend as intended, errors map to the API.
 #include <catch2/catch.hpp>
 
+#include <memory>
 #include <mutex>
+#include <optional>
+#include <stdexcept>
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -220,6 +224,93 @@ TEST_CASE("get_or_create finds first, locks, finds again, creates once", "[regis
     CHECK(f.registry.get_or_create("k", find, create) == 7);
     CHECK(calls == std::vector<std::string>{"find"});
     CHECK(f.fake->deadlines.size() == 1);  // found without locking
+}
+
+namespace {
+struct Client {
+    int id = 0;
+};
+/// Whether get_or_create accepts this `find` (with a `create` of the matching result).
+template <class Find, class Create>
+concept GetOrCreatable = requires(KeyedLockRegistry& r, Find find, Create create) {
+    r.get_or_create("k", find, create);
+};
+}  // namespace
+
+// A `find` of the wrong kind, or a `create` whose result does not fit, is refused at compile
+// time by a named concept (detail::FindResult, detail::CreatesFor), not deep inside the body.
+static_assert(GetOrCreatable<std::optional<int> (*)(), int (*)()>);
+static_assert(GetOrCreatable<Client* (*)(), Client* (*)()>);
+static_assert(GetOrCreatable<std::shared_ptr<Client> (*)(), std::shared_ptr<Client> (*)(Guard&)>);
+static_assert(GetOrCreatable<std::unique_ptr<Client> (*)(), std::unique_ptr<Client> (*)()>);
+static_assert(!GetOrCreatable<int (*)(), int (*)()>);                    // neither optional nor pointer
+static_assert(!GetOrCreatable<bool (*)(), bool (*)()>);                  // a bool says nothing of what was found
+static_assert(!GetOrCreatable<std::optional<int> (*)(), Client (*)()>);  // create makes the wrong thing
+static_assert(!GetOrCreatable<std::optional<int>& (*)(), int (*)()>);    // a reference to the caller's state
+
+TEST_CASE("get_or_create takes a pointer or an optional from find, and gives create the guard", "[registry]") {
+    Fixture f;
+    Client stored{3};
+    Client* where = nullptr;
+    // A raw pointer: nullptr is "not found"; the result is the pointer.
+    Client* got = f.registry.get_or_create(
+        "k", [&] { return where; },
+        [&](Guard& g) {
+            CHECK(g.owns_lock());
+            CHECK(g.key() == "k");
+            CHECK(f.fake->releases == 0);  // create runs under the lock
+            where = &stored;
+            return where;
+        });
+    CHECK(got == &stored);
+    CHECK(f.fake->releases == 1);
+    CHECK(f.registry.get_or_create(
+              "k", [&] { return where; }, []() -> Client* { return nullptr; }) == &stored);
+    CHECK(f.fake->releases == 1);  // found without the lock
+    // Smart pointers.
+    std::shared_ptr<Client> shared;
+    auto made = f.registry.get_or_create(
+        "s", [&] { return shared; }, [&] { return shared = std::make_shared<Client>(Client{5}); });
+    static_assert(std::is_same_v<decltype(made), std::shared_ptr<Client>>);
+    CHECK(made->id == 5);
+    auto owned = f.registry.get_or_create(
+        "u", [] { return std::unique_ptr<Client>(); }, [] { return std::make_unique<Client>(Client{6}); });
+    CHECK(owned->id == 6);
+}
+
+TEST_CASE("get_or_create with a commit: the commit runs after create, before the key is released", "[registry]") {
+    Fixture f;
+    std::vector<std::string> calls;
+    std::optional<int> stored;
+    auto find = [&] {
+        calls.emplace_back("find");
+        return stored;
+    };
+    auto create = [&] {
+        calls.emplace_back("create");
+        return 7;
+    };
+    auto commit = [&](int& created, Guard& g) {
+        calls.emplace_back("commit");
+        CHECK(g.owns_lock());
+        CHECK(f.fake->releases == 0);  // still locked: the next caller will find the row
+        stored = created;
+    };
+    CHECK(f.registry.get_or_create("k", find, create, commit) == 7);
+    CHECK(calls == std::vector<std::string>{"find", "find", "create", "commit"});
+    CHECK(f.fake->releases == 1);
+    calls.clear();
+    CHECK(f.registry.get_or_create("k", find, create, commit) == 7);
+    CHECK(calls == std::vector<std::string>{"find"});  // found: nothing to create or commit
+    // A commit that fails: the exception leaves, the lock is released on the way.
+    stored.reset();
+    CHECK_THROWS_AS(f.registry.get_or_create("k", find, create, [](int&) { throw std::runtime_error("rollback"); }),
+                    std::runtime_error);
+    CHECK(f.fake->releases == 2);
+    // A commit that takes nothing.
+    int commits = 0;
+    CHECK(f.registry.get_or_create("k", find, create, [&] { ++commits; }) == 7);
+    CHECK(commits == 1);
 }
 
 TEST_CASE("obtain pins the key until the handle goes", "[registry]") {

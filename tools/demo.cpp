@@ -16,6 +16,13 @@
 // client id around "find again, then create", so each client is created once; but a local://
 // lock lives inside one process, so with several processes only a shared backend (redis://)
 // prevents the duplicates. The demo counts them and says which of these it has just shown.
+//
+// --transaction shows the commit trap: each create runs in an explicit transaction (BEGIN
+// IMMEDIATE; INSERT), and the rest of the request (a welcome e-mail) follows before COMMIT, as
+// a framework's request-wide transaction does. Committed after get_or_create() has released the
+// lock ('after'), the row is invisible to the next request for the client, which gets the lock,
+// finds nothing and creates it again; committed by get_or_create()'s `commit`, under the lock
+// ('inside'), it is there. `--transaction` alone runs both, one after the other.
 
 #include "demo.hpp"
 #include "common.hpp"
@@ -60,6 +67,16 @@ using Clock = std::chrono::steady_clock;
 // provider would. Long enough that, without a lock, concurrent requests for one client reliably
 // all miss the lookup before the first INSERT commits.
 constexpr auto provider_call = 2ms;
+
+// What a request does after it has its client (with --transaction: before it commits).
+constexpr auto rest_of_request = 2ms;
+
+// When a --transaction run commits a create's transaction.
+enum class Commit {
+    none,    // no explicit transaction: each statement commits itself
+    after,   // after get_or_create() has returned (and released the lock): the trap
+    inside,  // by get_or_create()'s `commit`, while the key is still locked
+};
 
 // ---------------------------------------------------------------------------------------------
 // A thin SQLite layer: every return code is checked; any failure throws with sqlite3_errmsg.
@@ -163,6 +180,10 @@ public:
         select_.reset();
         return found;
     }
+
+    // An explicit transaction, holding SQLite's write lock until commit() (others queue up).
+    void begin() { db_.exec("BEGIN IMMEDIATE"); }
+    void commit() { db_.exec("COMMIT"); }
 
     Client create(const std::string& client_id) {
         std::this_thread::sleep_for(provider_call);  // e.g. create the customer at the provider
@@ -275,7 +296,9 @@ struct Settings {
     int threads = 16;
     int clients = 4;
     int requests = 400;
-    std::string db_path;  // empty: a temporary file
+    std::string db_path;           // empty: a temporary file
+    std::string transaction;       // --transaction: "after", "inside", "both"; empty: none
+    Commit commit = Commit::none;  // this round's (from `transaction`)
     const char* argv0 = "keylock demo";
 };
 
@@ -293,6 +316,33 @@ struct Worker {
         if (!shared.failed.exchange(true)) std::fprintf(stderr, "%s: %s\n", s.argv0, what);
     }
 
+    // One request with an explicit transaction around its create, committed as s.commit says.
+    Client serve_in_transaction(ClientRepository& repo, const std::string& id) {
+        bool open = false;  // a transaction this request began and has not committed yet
+        auto find = [&] { return repo.find(id); };
+        auto create = [&] {
+            repo.begin();
+            open = true;
+            return repo.create(id);
+        };
+        auto commit = [&] {
+            repo.commit();
+            open = false;
+        };
+        Client client;
+        if (registry == nullptr) {  // no lock: find, then create
+            if (auto found = find()) return *found;
+            client = create();
+        } else if (s.commit == Commit::inside) {
+            client = registry->get_or_create(id, find, create, commit);
+        } else {
+            client = registry->get_or_create(id, find, create);  // the lock is released here
+        }
+        if (open || s.commit == Commit::inside) std::this_thread::sleep_for(rest_of_request);
+        if (open) commit();  // the trap: after the lock, when the next request may have looked
+        return client;
+    }
+
     void serve(int thread) noexcept {
         try {
             ClientRepository repo(s.db_path);
@@ -307,7 +357,9 @@ struct Worker {
             while (!shared.failed.load() && shared.next_request.fetch_add(1) < s.requests) {
                 const std::string id = "client-" + std::to_string(pick(rng));
                 std::optional<Client> client;
-                if (registry != nullptr) {
+                if (s.commit != Commit::none) {
+                    client = serve_in_transaction(repo, id);
+                } else if (registry != nullptr) {
                     // Find without the lock; if not found, lock the client id, find again, and
                     // create only if still not found.
                     client = registry->get_or_create(
@@ -429,7 +481,7 @@ struct UsageError {
 void print_usage(std::FILE* out, const char* argv0) {
     std::fprintf(out,
                  "usage: %s [--backend URL|none] [--processes N] [--threads N] [--clients N]\n"
-                 "          [--requests N] [--db PATH]\n"
+                 "          [--requests N] [--db PATH] [--transaction[=after|inside]]\n"
                  "Get-or-create from several processes and threads against one SQLite table with\n"
                  "no UNIQUE constraint, with or without keylock; counts the duplicate clients.\n"
                  "  --backend URL  local://, redis://HOST:PORT, ... or 'none' for no lock\n"
@@ -440,6 +492,9 @@ void print_usage(std::FILE* out, const char* argv0) {
                  "  --requests N   requests in all processes together, 1..100000000 (default 400)\n"
                  "  --db PATH      SQLite file; its table 'clients' is dropped and recreated\n"
                  "                 (default: a temporary file, deleted afterwards)\n"
+                 "  --transaction[=WHEN]  create in an explicit transaction, committed 'after'\n"
+                 "                 get_or_create() released the lock (the commit trap) or\n"
+                 "                 'inside' it, by get_or_create()'s commit; alone: both runs\n"
                  "Exit status: 0 done; 1 duplicates despite a lock, or a failure; 64 usage error;\n"
                  "69 backend unreachable; 78 bad backend URL.\n",
                  argv0);
@@ -471,8 +526,13 @@ Settings parse_args(int argc, char** argv, const char* argv0) {
     po::options_description desc;  // print_usage has the text
     desc.add_options()("backend", text("--backend", s.backend))("db", text("--db", s.db_path))(
         "processes", number("--processes", s.processes, 64))("threads", number("--threads", s.threads, 1024))(
-        "clients", number("--clients", s.clients, 1'000'000))(
-        "requests", number("--requests", s.requests, 100'000'000))("help,h", "");
+        "clients", number("--clients", s.clients, 1'000'000))("requests",
+                                                              number("--requests", s.requests, 100'000'000))(
+        "transaction", po::value(&s.transaction)->implicit_value("both")->notifier([](const std::string& when) {
+            if (when != "after" && when != "inside" && when != "both") {
+                throw UsageError{"--transaction wants 'after' or 'inside' (or nothing: both), not '" + when + "'"};
+            }
+        }))("help,h", "");
     po::parsed_options parsed =
         po::command_line_parser(argc, argv).options(desc).style(keylock::tools::option_style).run();
     const std::vector<std::string> operands = keylock::tools::take_operands(parsed);
@@ -506,6 +566,75 @@ std::variant<std::string, int> check_backend(const Settings& s) {
     }
 }
 
+struct RoundResult {
+    int status = 0;
+    long long duplicates = 0;
+};
+
+// One run of every worker against a fresh table; prints the counts and what they show.
+RoundResult round(const Settings& s, bool none, bool per_process) {
+    SharedMapping mapping;
+    SharedState& shared = *mapping;
+    Workers workers(shared);  // after `mapping`: stops and reaps the workers before it goes
+    workers.start(s);
+    // Start when every thread has its connection, unless a worker failed or died first (a
+    // process that crashed never counts its threads: reap() keeps this from waiting forever).
+    const int all_threads = s.processes * s.threads;
+    while (shared.ready.load() < all_threads && !shared.failed.load() && !workers.reap(false)) {
+        std::this_thread::sleep_for(100us);
+    }
+    const auto start = Clock::now();
+    shared.go = true;
+    if (workers.reap(false)) shared.failed = true;  // one died before go: stop the others for it
+    workers.reap(true);
+    const auto elapsed = Clock::now() - start;
+    if (const int failed = workers.failures(s.argv0); failed > 0 || shared.failed.load()) {
+        std::fprintf(stderr, "%s: %d of %d worker %s failed\n", s.argv0, failed, s.processes,
+                     plural(s.processes, "process", "processes"));
+        return {EXIT_FAILURE};
+    }
+
+    const Count count = count_clients(s.db_path);
+    const long long duplicates = count.rows - count.distinct;
+    const auto us = std::max<long long>(1, std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count());
+    std::printf("rows: %lld\ndistinct: %lld\nduplicates: %lld\n", static_cast<long long>(count.rows),
+                static_cast<long long>(count.distinct), duplicates);
+    std::printf("throughput: %.0f requests/s (%lld ms)\n\n", s.requests * 1e6 / static_cast<double>(us), us / 1000);
+
+    if (duplicates > 0 && none) {
+        std::printf("Without a lock, requests for the same client both found nothing and both "
+                    "created it: %lld duplicate clients. keylock's get_or_create() prevents this "
+                    "(try --backend %s).\n",
+                    duplicates, s.processes > 1 ? "redis://HOST:PORT" : "local://");
+    } else if (duplicates > 0 && per_process) {
+        std::printf("local:// locks exist only inside one process: each of the %d processes had "
+                    "its own registry, so requests for the same client in different processes "
+                    "did not exclude each other, and each process created them: %lld duplicate "
+                    "clients. Processes need a shared backend, such as redis://.\n",
+                    s.processes, duplicates);
+    } else if (duplicates > 0 && s.commit == Commit::after) {
+        std::printf("Committed after the lock was released, a new client was not yet visible to "
+                    "the next request for it, which took the lock, found nothing and created it "
+                    "again: %lld duplicate clients. The lock was kept; the commit came too late. "
+                    "Commit inside the lock (--transaction=inside).\n",
+                    duplicates);
+    } else if (duplicates > 0) {
+        std::printf("FAILED: %lld duplicate clients despite keylock\n", duplicates);
+        return {EXIT_FAILURE, duplicates};
+    } else if (none || per_process) {
+        std::printf("Every client was created exactly once, but this run was lucky: nothing "
+                    "prevented duplicates (%s).\n",
+                    none ? "there was no lock" : "local:// locks do not reach across processes");
+    } else if (s.commit == Commit::after) {
+        std::printf("Every client was created exactly once, but this run was lucky: the commit "
+                    "after the lock leaves a window for duplicates.\n");
+    } else {
+        std::printf("keylock: every client was created exactly once.\n");
+    }
+    std::printf("\n");
+    return {0, duplicates};
+}
+
 // Runs the demo once the options are known. Throws for failures other than the backend's.
 int run(Settings& s) {
     const bool none = s.backend == "none";
@@ -531,54 +660,28 @@ int run(Settings& s) {
     std::printf("each create waits %lld ms first, like a call to a payment provider\n\n",
                 static_cast<long long>(provider_call.count()));
 
-    SharedMapping mapping;
-    SharedState& shared = *mapping;
-    Workers workers(shared);  // after `mapping`: stops and reaps the workers before it goes
-    workers.start(s);
-    // Start when every thread has its connection, unless a worker failed or died first (a
-    // process that crashed never counts its threads: reap() keeps this from waiting forever).
-    const int all_threads = s.processes * s.threads;
-    while (shared.ready.load() < all_threads && !shared.failed.load() && !workers.reap(false)) {
-        std::this_thread::sleep_for(100us);
+    if (s.transaction.empty()) return round(s, none, per_process).status;
+    std::printf("each create is a transaction (BEGIN IMMEDIATE; INSERT), committed after the rest of\n"
+                "the request (%lld ms more)\n\n",
+                static_cast<long long>(rest_of_request.count()));
+    RoundResult after, inside;
+    if (s.transaction != "inside") {
+        std::printf("-- commit after get_or_create() has released the lock --\n");
+        s.commit = Commit::after;
+        after = round(s, none, per_process);
+        if (after.status != 0) return after.status;
     }
-    const auto start = Clock::now();
-    shared.go = true;
-    if (workers.reap(false)) shared.failed = true;  // one died before go: stop the others for it
-    workers.reap(true);
-    const auto elapsed = Clock::now() - start;
-    if (const int failed = workers.failures(s.argv0); failed > 0 || shared.failed.load()) {
-        std::fprintf(stderr, "%s: %d of %d worker %s failed\n", s.argv0, failed, s.processes,
-                     plural(s.processes, "process", "processes"));
-        return EXIT_FAILURE;
+    if (s.transaction != "after") {
+        if (s.transaction == "both") create_fresh_table(s.db_path);
+        std::printf("-- commit inside the lock: get_or_create(key, find, create, commit) --\n");
+        s.commit = Commit::inside;
+        inside = round(s, none, per_process);
+        if (inside.status != 0) return inside.status;
     }
-
-    const Count count = count_clients(s.db_path);
-    const long long duplicates = count.rows - count.distinct;
-    const auto us = std::max<long long>(1, std::chrono::duration_cast<std::chrono::microseconds>(elapsed).count());
-    std::printf("rows: %lld\ndistinct: %lld\nduplicates: %lld\n", static_cast<long long>(count.rows),
-                static_cast<long long>(count.distinct), duplicates);
-    std::printf("throughput: %.0f requests/s (%lld ms)\n\n", s.requests * 1e6 / static_cast<double>(us), us / 1000);
-
-    if (duplicates > 0 && none) {
-        std::printf("Without a lock, requests for the same client both found nothing and both "
-                    "created it: %lld duplicate clients. keylock's get_or_create() prevents this "
-                    "(try --backend %s).\n",
-                    duplicates, s.processes > 1 ? "redis://HOST:PORT" : "local://");
-    } else if (duplicates > 0 && per_process) {
-        std::printf("local:// locks exist only inside one process: each of the %d processes had "
-                    "its own registry, so requests for the same client in different processes "
-                    "did not exclude each other, and each process created them: %lld duplicate "
-                    "clients. Processes need a shared backend, such as redis://.\n",
-                    s.processes, duplicates);
-    } else if (duplicates > 0) {
-        std::printf("FAILED: %lld duplicate clients despite keylock\n", duplicates);
-        return EXIT_FAILURE;
-    } else if (none || per_process) {
-        std::printf("Every client was created exactly once, but this run was lucky: nothing "
-                    "prevented duplicates (%s).\n",
-                    none ? "there was no lock" : "local:// locks do not reach across processes");
-    } else {
-        std::printf("keylock: every client was created exactly once.\n");
+    if (s.transaction == "both" && !none && !per_process) {
+        std::printf("The commit trap: %lld duplicates with the commit after the lock, %lld with the commit inside "
+                    "it. Commit before the lock is released.\n",
+                    after.duplicates, inside.duplicates);
     }
     return 0;
 }

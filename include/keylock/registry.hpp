@@ -36,6 +36,51 @@ Deadline deadline_after(std::chrono::duration<Rep, Period> d) {
     return now + std::chrono::ceil<Clock::duration>(d);
 }
 
+template <class T>
+struct is_optional : std::false_type {};
+template <class T>
+struct is_optional<std::optional<T>> : std::true_type {};
+
+/// What get_or_create's `find()` may return: `std::optional<T>`, or a nullable pointer (raw or
+/// smart) that tests as false when nothing was found.
+template <class R>
+concept FindResult = !std::is_reference_v<R> && std::is_move_constructible_v<R> &&
+                     (is_optional<R>::value || (std::is_constructible_v<bool, const R&> && requires(const R& r) {
+                          *r;
+                          R(nullptr);
+                      }));
+
+/// get_or_create's result for a `find()` returning R: T for std::optional<T>, else R itself.
+template <class R>
+struct found {
+    using type = R;
+};
+template <class T>
+struct found<std::optional<T>> {
+    using type = T;
+};
+template <class R>
+using found_t = typename found<R>::type;
+
+template <class R>
+found_t<R> take_found(R found) {
+    if constexpr (is_optional<R>::value) {
+        return found_t<R>(std::move(*found));
+    } else {
+        return found;
+    }
+}
+
+/// `create` for a result T: called with the Guard or with nothing, returning something
+/// convertible to T.
+template <class F, class T>
+concept CreatesFor = (std::is_invocable_v<F&, Guard&> && std::is_convertible_v<std::invoke_result_t<F&, Guard&>, T>) ||
+                     (std::is_invocable_v<F&> && std::is_convertible_v<std::invoke_result_t<F&>, T>);
+
+/// `commit` for a created T: called with (T&, Guard&), (T&) or nothing.
+template <class F, class T>
+concept CommitsFor = std::is_invocable_v<F&, T&, Guard&> || std::is_invocable_v<F&, T&> || std::is_invocable_v<F&>;
+
 template <class C, class D>
 Deadline to_deadline(const std::chrono::time_point<C, D>& tp) {
     if constexpr (std::is_same_v<C, Clock>) {
@@ -224,19 +269,60 @@ public:
         }
     }
 
-    /// Get-or-create without duplicates: `find()` (returning std::optional<T>) is tried first
-    /// without the lock; if it finds nothing, the key is locked, `find()` is tried again, and
-    /// only if it still finds nothing is `create()` (returning something convertible to T)
-    /// called. Concurrent callers for one key thus create at most once, provided every writer
-    /// of that entity goes through the same key.
+    /// Get-or-create without duplicates: `find()` is tried first without the lock; if it finds
+    /// nothing, the key is locked, `find()` is tried again, and only if it still finds nothing
+    /// is `create` called, under the lock. Concurrent callers for one key thus create at most
+    /// once, provided every writer of that entity goes through the same key.
+    ///
+    /// `find()` returns `std::optional<T>` (the result is then a T) or a nullable pointer (`T*`,
+    /// `std::shared_ptr<T>`, `std::unique_ptr<T>`: the result is that pointer type). `create`
+    /// returns something convertible to the result; it is called with the Guard if it accepts
+    /// one (`[](keylock::Guard& g) {…}`), so it can pass `g.fencing_token()` to the store and
+    /// check `g.lost()` before it commits.
+    ///
+    /// The commit trap: the lock protects only what is *visible to others* before it is
+    /// released. A database transaction that commits the new row after the lock is released
+    /// lets the next caller find nothing and create it again. Commit inside `create`, or pass
+    /// `commit` (next overload), which runs after `create` while the key is still locked.
     template <class Find, class Create>
-    auto get_or_create(std::string_view key, Find&& find, Create&& create) {
-        using Found = std::remove_cvref_t<std::invoke_result_t<Find&>>;
-        using T = typename Found::value_type;
-        if (Found found = std::invoke(find)) return T(std::move(*found));
+    requires detail::FindResult<std::invoke_result_t<Find&>> &&
+        detail::CreatesFor<Create, detail::found_t<std::invoke_result_t<Find&>>>
+            detail::found_t<std::invoke_result_t<Find&>> get_or_create(std::string_view key, Find&& find,
+                                                                       Create&& create) {
+        return get_or_create(key, std::forward<Find>(find), std::forward<Create>(create), [] {});
+    }
+
+    /// As above, then `commit` (called with the created value, or with the value and the Guard,
+    /// or with nothing: whichever it accepts) while the key is still locked: the caller's
+    /// transaction commits before any other caller can look again. A value found needs no
+    /// commit: `commit` runs only after `create`. An exception from `create` or `commit` leaves
+    /// the function (the lock released on the way out) with nothing returned.
+    template <class Find, class Create, class Commit>
+    requires detail::FindResult<std::invoke_result_t<Find&>> &&
+        detail::CreatesFor<Create, detail::found_t<std::invoke_result_t<Find&>>> &&
+        detail::CommitsFor<Commit, detail::found_t<std::invoke_result_t<Find&>>>
+            detail::found_t<std::invoke_result_t<Find&>> get_or_create(std::string_view key, Find&& find,
+                                                                       Create&& create, Commit&& commit) {
+        using Found = std::invoke_result_t<Find&>;
+        using Result = detail::found_t<Found>;
+        if (Found found = std::invoke(find)) return detail::take_found(std::move(found));
         Guard guard = lock(key);
-        if (Found found = std::invoke(find)) return T(std::move(*found));
-        return T(std::invoke(std::forward<Create>(create)));
+        if (Found found = std::invoke(find)) return detail::take_found(std::move(found));
+        Result created = [&]() -> Result {
+            if constexpr (std::is_invocable_v<Create&, Guard&>) {
+                return std::invoke(create, guard);
+            } else {
+                return std::invoke(create);
+            }
+        }();
+        if constexpr (std::is_invocable_v<Commit&, Result&, Guard&>) {
+            std::invoke(commit, created, guard);
+        } else if constexpr (std::is_invocable_v<Commit&, Result&>) {
+            std::invoke(commit, created);
+        } else {
+            std::invoke(commit);
+        }
+        return created;
     }
 
     /// A TimedLockable handle for `key` (see KeyMutex). Throws keylock::Error for a bad key.
