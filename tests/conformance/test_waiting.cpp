@@ -512,20 +512,33 @@ CONFORMANCE_PROMISE("async_lock and with_lock and get_or_create lock and release
             KeyedLockRegistry& registry = t % 2 == 0 ? r : other;
             for (int i = 0; i < kRounds; ++i) {
                 const std::string id = numbered("entity-", (t + i) % kIds);
-                const int value = registry.get_or_create(
-                    id,
-                    [&]() -> std::optional<int> {
-                        std::lock_guard lock(store_mu);
-                        const auto it = store.find(id);
-                        return it == store.end() ? std::nullopt : std::optional<int>(it->second);
-                    },
-                    [&] {
-                        creates.fetch_add(1);
-                        std::this_thread::sleep_for(5ms);  // the gap in which a duplicate would be made
-                        std::lock_guard lock(store_mu);
-                        store[id] = t;
-                        return t;
-                    });
+                auto find = [&]() -> std::optional<int> {
+                    std::lock_guard lock(store_mu);
+                    const auto it = store.find(id);
+                    return it == store.end() ? std::nullopt : std::optional<int>(it->second);
+                };
+                // Half the callers store in create, the others only in the commit (after a gap):
+                // either way the value is stored before the lock is released.
+                const int value = t % 4 < 2 ? registry.get_or_create(id, find,
+                                                                     [&] {
+                                                                         creates.fetch_add(1);
+                                                                         std::this_thread::sleep_for(5ms);  // the gap
+                                                                         std::lock_guard lock(store_mu);
+                                                                         store[id] = t;
+                                                                         return t;
+                                                                     })
+                                            : registry.get_or_create(
+                                                  id, find,
+                                                  [&](Guard& g) {
+                                                      THREAD_CHECK(checks, g.owns_lock() && g.key() == id);
+                                                      creates.fetch_add(1);
+                                                      return t;
+                                                  },
+                                                  [&](int& created) {
+                                                      std::this_thread::sleep_for(5ms);  // the gap before a commit
+                                                      std::lock_guard lock(store_mu);
+                                                      store[id] = created;
+                                                  });
                 std::lock_guard lock(store_mu);
                 THREAD_CHECK(checks, store.at(id) == value);
             }
