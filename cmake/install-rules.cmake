@@ -4,7 +4,7 @@ include(CMakePackageConfigHelpers)
 
 set(KEYLOCK_CMAKE_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/keylock")
 
-set(_keylock_targets keylock)
+set(_keylock_targets keylock keylock_testing)
 if(KEYLOCK_BUILD_REDIS)
     list(APPEND _keylock_targets keylock_redis)
 endif()

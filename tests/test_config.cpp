@@ -103,7 +103,8 @@ TEST_CASE("messages are one sentence, without repetition", "[config]") {
         KeyedLockRegistry::from_url("memcached://h");
         FAIL("no error");
     } catch (const keylock::Error& e) {
-        CHECK(std::string(e.what()) == "keylock: unknown URL scheme 'memcached' (this program supports: local)");
+        CHECK(std::string(e.what()) ==
+              "keylock: unknown URL scheme 'memcached' (this program supports: local, sim)");  // links keylock::testing
     }
     CHECK(std::string(keylock::Error(keylock::make_error_code(errc::timeout)).what()) ==
           "keylock: lock not acquired before the deadline");

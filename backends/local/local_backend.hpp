@@ -7,11 +7,13 @@
 #include <memory>
 
 #include <keylock/detail/backend.hpp>
+#include <keylock/export.hpp>
 #include <keylock/local.hpp>
 
 namespace keylock::local {
 
-/// Makes a local backend; throws keylock::Error (`invalid_option`) for bad options.
-std::shared_ptr<detail::Backend> make_backend(const LocalOptions& options);
+/// Makes a local backend; throws keylock::Error (`invalid_option`) for bad options. Exported
+/// for keylock::testing, whose simulated store is a local backend (not part of the API).
+KEYLOCK_API std::shared_ptr<detail::Backend> make_backend(const LocalOptions& options);
 
 }  // namespace keylock::local

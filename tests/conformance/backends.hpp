@@ -32,11 +32,15 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <keylock/keylock.hpp>
+#include <keylock/testing.hpp>
 
 #include "tests/redis_server.hpp"
 #include "tests/topology.hpp"
@@ -69,6 +73,15 @@ inline std::string redis_query(std::string_view ns, std::string_view query) {
 
 inline std::string local_url(std::string_view /*ns*/, std::string_view query) { return "local://" + query_part(query); }
 
+// sim://: a Simulation per test, named after its ns, alive for the rest of the test process.
+inline std::string sim_url(std::string_view ns, std::string_view query) {
+    static std::mutex mu;
+    static std::vector<std::unique_ptr<testing::Simulation>> live;
+    std::lock_guard lk(mu);
+    live.push_back(std::make_unique<testing::Simulation>(testing::SimulationOptions{"conformance-" + std::string(ns)}));
+    return live.back()->url() + query_part(query);
+}
+
 // The deployments: started on first use, shared by every test of the process, stopped at exit.
 // Start them from the test's own thread (Context does): a server dies with the thread that
 // started it (PR_SET_PDEATHSIG).
@@ -97,6 +110,7 @@ inline std::string redlock_url(std::string_view ns, std::string_view query) {
 inline constexpr Backend backends[] = {
     // scheme            url           scope            operator_tools
     {"local",            local_url,    Scope::registry, false},
+    {"sim",              sim_url,      Scope::registry, false},
     {"redis",            redis_url,    Scope::server,   true},
     {"redis+sentinel",   sentinel_url, Scope::server,   true},
     {"redis+cluster",    cluster_url,  Scope::server,   true},

@@ -4,6 +4,7 @@
 // templates instantiated below (timed waits, with_lock, get_or_create, KeyMutex, async_lock)
 // must compile warning-free. Exit code 0 on success.
 #include <keylock/keylock.hpp>
+#include <keylock/testing.hpp>
 
 #include <chrono>
 #include <cstdio>
@@ -36,6 +37,13 @@ int main() {
     CHECK(std::string(keylock::version().string) == KEYLOCK_VERSION_STRING);
     CHECK(keylock::version().minor == KEYLOCK_VERSION_MINOR);
     try {
+        {
+            // keylock::testing: a simulated store whose lease the test ends.
+            keylock::testing::Simulation sim;
+            auto simulated = keylock::KeyedLockRegistry::from_url(sim.url());
+            keylock::Guard held = simulated.lock("k");
+            CHECK(sim.lose("k") && held.lost());
+        }
         auto registry = keylock::KeyedLockRegistry::from_url("local://");
 
         std::uint64_t first = 0;

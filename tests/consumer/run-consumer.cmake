@@ -164,7 +164,7 @@ if(MODE STREQUAL "find_package")
         fail("keylockConfig.cmake does not say whether it has redis as expected")
     endif()
     file(WRITE "${probe}/without-redis/keylockConfig.cmake" "${edited}")
-    foreach(case IN ITEMS "nosuch|${package_dir}|keylock has no component 'nosuch' \\(it has: local, redis\\)"
+    foreach(case IN ITEMS "nosuch|${package_dir}|keylock has no component 'nosuch' \\(it has: local, testing, redis\\)"
                           "redis|${probe}/without-redis|built without its component 'redis'.*-DKEYLOCK_BUILD_REDIS=ON")
         string(REPLACE "|" ";" case "${case}")
         list(GET case 0 component)

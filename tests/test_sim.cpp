@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: BSL-1.0
+// keylock::testing::Simulation (sim://): each scripted fault does what keylock/testing.hpp says,
+// with the signals a leased backend gives (lost(), on_lost, the guard's slot, not_owner). The
+// promises every backend keeps are the conformance suite's, which runs on sim:// too.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <keylock/keylock.hpp>
+#include <keylock/testing.hpp>
+
+#include "eventually.hpp"
+
+using keylock::errc;
+using keylock::Guard;
+using keylock::KeyedLockRegistry;
+using keylock::test::eventually;
+using keylock::testing::Simulation;
+using keylock::testing::SimulationOptions;
+using namespace std::chrono_literals;
+
+namespace {
+
+template <class F>
+std::error_code error_of(F&& f) {
+    try {
+        f();
+    } catch (const keylock::Error& e) {
+        return e.code();
+    }
+    return {};
+}
+
+}  // namespace
+
+TEST_CASE("sim: registries of one simulation exclude each other, sim://NAME reaches it", "[sim]") {
+    Simulation sim(SimulationOptions{"sim-exclusion"});
+    CHECK(sim.url() == "sim://sim-exclusion");
+    auto a = sim.registry();
+    auto b = KeyedLockRegistry::from_url(sim.url());
+    CHECK(b.describe() == "sim://sim-exclusion");
+    {
+        Guard g = a.lock("k");
+        CHECK(sim.held() == 1);
+        CHECK_FALSE(b.try_lock("k").has_value());
+        CHECK(b.try_lock("other").has_value());
+    }
+    CHECK(b.try_lock("k").has_value());
+    // Exact counts across threads of two registries.
+    int inside = 0, most = 0, total = 0;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+        threads.emplace_back([&, t] {
+            auto& r = t % 2 == 0 ? a : b;
+            for (int i = 0; i < 200; ++i) {
+                Guard g = r.lock("counted");
+                most = std::max(most, ++inside);
+                ++total;
+                --inside;
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    CHECK(most == 1);
+    CHECK(total == 1600);
+    CHECK(sim.held() == 0);
+}
+
+TEST_CASE("sim: lose() ends a holder's lease with every signal, and frees the key", "[sim]") {
+    Simulation sim(SimulationOptions{"sim-lose"});
+    auto holder = sim.registry();
+    auto other = sim.registry();
+    std::vector<std::pair<std::string, std::uint64_t>> told;
+    holder.on_lost([&](std::string_view key, std::uint64_t token) { told.emplace_back(key, token); });
+    Guard g = holder.lock("k");
+    const std::uint64_t token = g.fencing_token();
+    CHECK_FALSE(g.lost());
+    CHECK_FALSE(sim.lose("nobody-holds-this"));
+    CHECK(sim.lose("k"));
+    CHECK(g.lost());
+    REQUIRE(told.size() == 1);
+    CHECK(told[0].first == "k");
+    CHECK(told[0].second == token);
+    auto next = other.try_lock("k");  // free for others at once
+    REQUIRE(next.has_value());
+    CHECK(next->fencing_token() > token);
+    CHECK(error_of([&] { g.release(); }) == errc::not_owner);
+    CHECK(holder.stats().lost == 1);
+    CHECK(sim.lose("k"));  // the new holder's lease can be ended too
+    CHECK(next->lost());
+}
+
+TEST_CASE("sim: lose() cancels async work bound to the guard's slot", "[sim]") {
+    Simulation sim(SimulationOptions{"sim-slot"});
+    auto registry = sim.registry();
+    boost::asio::io_context io;
+    Guard g = registry.lock("k");
+    boost::asio::steady_timer work(io, 1h);
+    std::optional<boost::system::error_code> ended;
+    work.async_wait(boost::asio::bind_cancellation_slot(g.cancellation_slot(io.get_executor()),
+                                                        [&](boost::system::error_code ec) { ended = ec; }));
+    CHECK(sim.lose("k"));
+    io.run_for(5s);
+    REQUIRE(ended.has_value());
+    CHECK(*ended == boost::asio::error::operation_aborted);
+}
+
+TEST_CASE("sim: fail_next() makes the next acquisitions fail or time out, then the store answers", "[sim]") {
+    Simulation sim(SimulationOptions{"sim-fail"});
+    auto r = sim.registry();
+    sim.fail_next("k", errc::unavailable, 2);
+    CHECK(error_of([&] { (void)r.lock("k"); }) == errc::unavailable);
+    CHECK(error_of([&] { (void)r.try_lock("k"); }) == errc::unavailable);
+    CHECK(r.try_lock("k").has_value());
+
+    sim.fail_next("k", errc::timeout);
+    CHECK_FALSE(r.try_lock_for("k", 10s).has_value());  // at once, as a wait that ran out
+    CHECK(r.stats().timeouts == 1);
+    sim.fail_next("k", errc::timeout);
+    CHECK(error_of([&] { (void)r.lock("k"); }) == errc::timeout);
+
+    sim.fail_next("", errc::backend_error);  // any key
+    CHECK(error_of([&] { (void)r.lock("whatever"); }) == errc::backend_error);
+    CHECK(r.try_lock("whatever").has_value());
+
+    // Async waits complete with the fault.
+    sim.fail_next("k", errc::auth_failed);
+    auto f = r.async_lock("k", boost::asio::use_future);
+    try {
+        (void)f.get();
+        FAIL("no error");
+    } catch (const boost::system::system_error& e) {
+        CHECK(e.code() == keylock::make_error_code(errc::auth_failed));
+    }
+}
+
+TEST_CASE("sim: a store that is down fails acquisitions, and loses holds a lease later on the clock", "[sim]") {
+    Simulation sim(SimulationOptions{"sim-down", 30s});
+    auto holder = sim.registry();
+    auto other = sim.registry();
+    Guard kept = holder.lock("kept");
+    Guard released = holder.lock("released");
+    sim.set_down(true);
+    CHECK(error_of([&] { (void)other.lock("free"); }) == errc::unavailable);
+    CHECK(error_of([&] { (void)other.try_lock_for("free", 1s); }) == errc::unavailable);
+    // A release that cannot reach the store: reported, and the key stays held for a lease.
+    CHECK(error_of([&] { released.release(); }) == errc::unavailable);
+    sim.advance(29s);
+    CHECK_FALSE(kept.lost());  // within its lease: still ours
+    sim.set_down(false);
+    CHECK_FALSE(other.try_lock("released").has_value());
+    CHECK(sim.now() == 29s);
+    sim.set_down(true);
+    sim.advance(1s);  // the release's lease is over; `kept` was renewed before the store went down again
+    CHECK_FALSE(kept.lost());
+    sim.advance(29s);
+    CHECK(kept.lost());  // a lease without renewal
+    sim.set_down(false);
+    CHECK(other.try_lock("released").has_value());
+    CHECK(other.try_lock("kept").has_value());
+    CHECK(error_of([&] { kept.release(); }) == errc::not_owner);
+}
+
+TEST_CASE("sim: delayed grants reach callers late, and a deadline that comes first gives the grant back", "[sim]") {
+    Simulation sim(SimulationOptions{"sim-delay"});
+    auto r = sim.registry();
+    sim.delay_grants(1s);  // long, so that the bounds below hold on a loaded machine
+    const auto start = std::chrono::steady_clock::now();
+    CHECK_FALSE(r.try_lock_for("k", 50ms).has_value());
+    const auto waited = std::chrono::steady_clock::now() - start;
+    CHECK(waited >= 50ms);
+    CHECK(waited < 800ms);
+    CHECK(sim.held() == 0);  // given back
+    {
+        Guard g = r.lock("k");
+        CHECK(std::chrono::steady_clock::now() - start >= 1s);
+    }
+    // An async wait cancelled during the delay ends at once, its grant given back.
+    boost::asio::io_context io;
+    boost::asio::cancellation_signal cancel;
+    std::optional<boost::system::error_code> ended;
+    r.async_lock("k", boost::asio::bind_cancellation_slot(
+                          cancel.slot(),
+                          boost::asio::bind_executor(io, [&](boost::system::error_code ec, Guard) { ended = ec; })));
+    boost::asio::steady_timer later(io, 50ms);
+    later.async_wait([&](boost::system::error_code) { cancel.emit(boost::asio::cancellation_type::terminal); });
+    const auto cancelled_at = std::chrono::steady_clock::now();
+    io.run_for(5s);
+    REQUIRE(ended.has_value());
+    CHECK(*ended == boost::asio::error::operation_aborted);
+    CHECK(std::chrono::steady_clock::now() - cancelled_at < 800ms);  // not the 1 s delay
+    CHECK(sim.held() == 0);
+    sim.delay_grants(0ms);
+    CHECK(eventually([&] { return r.try_lock("k").has_value(); }));
+}
+
+TEST_CASE("sim: bad options, unknown simulations, and registries that outlive their simulation", "[sim]") {
+    CHECK(error_of([] { Simulation s(SimulationOptions{""}); }) == errc::invalid_option);
+    CHECK(error_of([] { Simulation s(SimulationOptions{"a/b"}); }) == errc::invalid_option);
+    CHECK(error_of([] { Simulation s(SimulationOptions{"x", 0ms}); }) == errc::invalid_option);
+    CHECK(error_of([] { (void)KeyedLockRegistry::from_url("sim://nobody-made-this"); }) == errc::unavailable);
+    CHECK(error_of([] { (void)KeyedLockRegistry::from_url("sim://"); }) == errc::invalid_url);
+    std::optional<KeyedLockRegistry> r;
+    std::optional<Guard> g;
+    {
+        Simulation sim(SimulationOptions{"sim-lifetime", 30s, 8});
+        CHECK(error_of([] { Simulation twin(SimulationOptions{"sim-lifetime"}); }) == errc::invalid_option);
+        CHECK(error_of([&] { (void)KeyedLockRegistry::from_url(sim.url() + "?max_key_bytes=9"); }) ==
+              errc::invalid_option);
+        CHECK(error_of([&] { (void)KeyedLockRegistry::from_url(sim.url() + "?lease=1s"); }) == errc::unknown_option);
+        auto small = KeyedLockRegistry::from_url(sim.url() + "?max_key_bytes=2");
+        CHECK(error_of([&] { (void)small.lock("abc"); }) == errc::key_too_long);
+        r.emplace(sim.registry());
+        g.emplace(r->lock("k"));
+    }
+    // The simulation is gone (its name is free again); its registries and guards still work.
+    CHECK(error_of([] { (void)KeyedLockRegistry::from_url("sim://sim-lifetime"); }) == errc::unavailable);
+    CHECK_FALSE(r->try_lock("k").has_value());
+    g->release();
+    CHECK(r->try_lock("k").has_value());
+    Simulation again(SimulationOptions{"sim-lifetime"});
+    r.reset();
+    g.reset();
+}
