@@ -27,6 +27,8 @@ file(RELATIVE_PATH KEYLOCK_PC_TO_PREFIX "/prefix/${CMAKE_INSTALL_LIBDIR}/pkgconf
 string(REGEX REPLACE "/$" "" KEYLOCK_PC_TO_PREFIX "${KEYLOCK_PC_TO_PREFIX}")
 configure_file(cmake/keylock.pc.in "${PROJECT_BINARY_DIR}/keylock.pc" @ONLY)
 install(FILES "${PROJECT_BINARY_DIR}/keylock.pc" DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+configure_file(cmake/keylock-testing.pc.in "${PROJECT_BINARY_DIR}/keylock-testing.pc" @ONLY)
+install(FILES "${PROJECT_BINARY_DIR}/keylock-testing.pc" DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 if(KEYLOCK_BUILD_REDIS)
     configure_file(cmake/keylock-redis.pc.in "${PROJECT_BINARY_DIR}/keylock-redis.pc" @ONLY)
     install(FILES "${PROJECT_BINARY_DIR}/keylock-redis.pc" DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

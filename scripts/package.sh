@@ -23,8 +23,8 @@ fail() { echo "package: $*" >&2; exit 1; }
 contents=$(dpkg-deb --contents "$deb")
 for path in ./usr/bin/keylock ./usr/include/keylock/keylock.hpp ./usr/include/keylock/version.hpp \
             ./usr/share/man/man1/keylock.1 ./usr/share/doc/keylock/LICENSE \
-            /pkgconfig/keylock.pc /pkgconfig/keylock-redis.pc /cmake/keylock/keylockConfig.cmake \
-            /libkeylock.so.0.1 /libkeylock_redis.so.0.1; do
+            /pkgconfig/keylock.pc /pkgconfig/keylock-redis.pc /pkgconfig/keylock-testing.pc /cmake/keylock/keylockConfig.cmake \
+            /libkeylock.so.0.1 /libkeylock_redis.so.0.1 /libkeylock_testing.so.0.1 ./usr/include/keylock/testing.hpp; do
     grep -q -- "$path" <<<"$contents" || fail "$deb lacks $path"
 done
 depends=$(dpkg-deb --field "$deb" Depends)
@@ -53,7 +53,7 @@ cmake --build "$work/cmake" -j2 >/dev/null
 # pkg-config, likewise.
 # shellcheck disable=SC2046
 g++ -std=c++20 -Wall -Wextra -Wpedantic -Werror -DKEYLOCK_CONSUMER_REDIS tests/consumer/main.cpp \
-    -o "$work/pkg-config" $(pkg-config --cflags --libs keylock-redis)
+    -o "$work/pkg-config" $(pkg-config --cflags --libs keylock-redis keylock-testing)
 "$work/pkg-config"
 
 apt-get purge -y -qq keylock >/dev/null

@@ -183,7 +183,8 @@ if(MODE STREQUAL "find_package")
         endif()
     endforeach()
 
-    # pkg-config: the same consumer, compiled and linked by hand with keylock-redis.pc's flags
+    # pkg-config: the same consumer, compiled and linked by hand with keylock-redis.pc's and
+    # keylock-testing.pc's flags
     # (--static for the static libraries), then run.
     find_program(pkg_config pkg-config REQUIRED)
     file(GLOB_RECURSE pc_files "${prefix}/*/pkgconfig/keylock-redis.pc")
@@ -197,10 +198,10 @@ if(MODE STREQUAL "find_package")
         set(static_flag)
     endif()
     execute_process(COMMAND "${CMAKE_COMMAND}" -E env "PKG_CONFIG_PATH=${pc_dir}"
-                            "${pkg_config}" --cflags --libs ${static_flag} keylock-redis
+                            "${pkg_config}" --cflags --libs ${static_flag} keylock-redis keylock-testing
                     OUTPUT_VARIABLE pc_flags RESULT_VARIABLE rv OUTPUT_STRIP_TRAILING_WHITESPACE)
     if(NOT rv EQUAL 0)
-        fail("pkg-config keylock-redis failed")
+        fail("pkg-config keylock-redis keylock-testing failed")
     endif()
     separate_arguments(pc_flags UNIX_COMMAND "${pc_flags}")
     set(cxx "${CXX_COMPILER}")
