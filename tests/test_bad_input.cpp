@@ -11,6 +11,7 @@
 #include <functional>
 #include <future>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +22,7 @@
 
 #include "eventually.hpp"
 #include "fake_server.hpp"
+#include "redis_cli.hpp"
 #include "redis_server.hpp"
 
 using keylock::errc;
@@ -597,5 +599,43 @@ TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-
     SECTION("a host name that does not resolve") {
         auto registry = KeyedLockRegistry::from_url("redis://u:" + password + "@no-such-host.invalid/?" + quick);
         expect(run([&] { (void)registry.lock("k"); }), errc::unavailable, "no-such-host.invalid", 5s);
+    }
+}
+
+TEST_CASE("a URL with a user and no password AUTHs as that user (empty password), never as default",
+          "[redis][bad-input][auth]") {
+    RedisServer server;
+    REQUIRE(server.command("ACL SETUSER alice on nopass ~* &* +@all") == "+OK");
+    REQUIRE(server.command("ACL SETUSER bob on >bob-pw-9Kq ~* &* +@all") == "+OK");
+    const std::string at = "@127.0.0.1:" + std::to_string(server.port()) + "?connect_timeout=1s";
+
+    SECTION("a user whose password is empty (nopass): every connection is that user's") {
+        auto r = KeyedLockRegistry::from_url("redis://alice" + at);
+        Guard g = r.lock("k");
+        CHECK(r.describe() == "redis://alice" + at);
+        // CLIENT LIST, but for the connection of redis-cli that asks (the default user's).
+        int ours = 0;
+        std::istringstream clients(keylock::test::cli(server.port(), "CLIENT LIST"));
+        for (std::string line; std::getline(clients, line);) {
+            if (line.find("cmd=client|list") != std::string::npos) continue;
+            INFO(line);
+            CHECK(line.find(" user=alice ") != std::string::npos);
+            ++ours;
+        }
+        CHECK(ours >= 1);
+    }
+    SECTION("a user with a password: refused (WRONGPASS), not connected as default") {
+        auto r = KeyedLockRegistry::from_url("redis://bob" + at);
+        const auto start = Clock::now();
+        std::string message;
+        try {
+            (void)r.lock("k");
+            FAIL("locked as another user than bob");
+        } catch (const keylock::Error& e) {
+            message = e.what();
+            CHECK(e.code() == errc::auth_failed);
+        }
+        CHECK_THAT(message, Catch::Contains("refused AUTH (WRONGPASS") && !Catch::Contains("bob"));
+        CHECK(Clock::now() - start < 3s);
     }
 }

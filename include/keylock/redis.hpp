@@ -29,7 +29,7 @@ struct RedisOptions {
     std::string cert_file;           ///< TLS: a client certificate (PEM); empty = none
     std::string key_file;            ///< TLS: the client certificate's private key (PEM)
     bool verify = true;              ///< TLS: verify the server's certificate and host name
-    std::string user;                ///< ACL user; empty = password-only AUTH
+    std::string user;                ///< ACL user (AUTHs as it even without a password); empty: password-only AUTH
     std::string password;            ///< never shown by describe() or in messages
     int db = 0;                      ///< database number (SELECT), 0 by default
     std::chrono::milliseconds connect_timeout{5000};  ///< 10ms to 10m
