@@ -155,7 +155,7 @@ const std::vector<BadUrl> bad_urls = {
     {"sentinel: an empty address in the list", "redis+sentinel://h1,,h2/m", errc::invalid_url, "empty sentinel"},
     {"sentinel: a bad port", "redis+sentinel://h1:0/m", errc::invalid_url, "bad port"},
     {"sentinel: a master name with '/'", "redis+sentinel://h1/m/2", errc::invalid_url, "bad master name"},
-    {"sentinel: a TLS option", "redis+sentinel://h1/m?verify=false", errc::invalid_option, "TLS through sentinels"},
+    {"sentinel: a TLS option", "redis+sentinel://h1/m?verify=false", errc::invalid_option, "needs rediss+sentinel://"},
     {"redis: wait_replicas past 64", "redis://h?wait_replicas=65", errc::invalid_option, "'wait_replicas'"},
     {"redis: wait_timeout 0", "redis://h?wait_timeout=0", errc::invalid_option, "'wait_timeout'"},
     {"redis: wait_timeout not shorter than command_timeout", "redis://h?wait_replicas=1&wait_timeout=5s",
@@ -331,12 +331,17 @@ TEST_CASE("bad input: option values out of range in code are invalid_option", "[
              o.master_name = "m";
          }),
          "a sentinel needs a host and a port"},
-        {"sentinel: with tls", redis([](auto& o) {
+        {"sentinel: with a unix_socket", redis([](auto& o) {
              o.sentinels = {{"h", 26379}};
              o.master_name = "m";
-             o.tls = true;
+             o.unix_socket = "/r.sock";
          }),
-         "plain TCP"},
+         "no unix_socket"},
+        {"redlock: with a sentinel password", redis([](auto& o) {
+             o.redlock_nodes = {{"h", 6379}};
+             o.sentinel_password = "x";
+         }),
+         "is for redis+sentinel://"},
     };
     for (const Row& row : rows) {
         INFO(row.what);

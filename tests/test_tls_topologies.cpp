@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: BSL-1.0
+// TLS on every topology, against real servers on loopback that share one throwaway CA (made once
+// per test binary, shared_certificates()): rediss+sentinel:// (a TLS master and replica, TLS
+// sentinels that want a password of their own), rediss+cluster:// (tls-cluster, one seed node
+// listed: the others are learnt from CLUSTER SLOTS and reached over TLS too) and
+// rediss+redlock:// (three TLS masters). Each deployment is started once per TEST_CASE; each
+// counts exactly under its locks, and refuses a CA that did not sign its servers with the TLS
+// error, quickly.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <keylock/keylock.hpp>
+#include <keylock/redis.hpp>
+
+#include "load.hpp"
+#include "redis_server.hpp"
+#include "topology.hpp"
+
+using keylock::errc;
+using keylock::Guard;
+using keylock::KeyedLockRegistry;
+using keylock::test::error_of;
+using keylock::test::RedisServer;
+using keylock::test::shared_certificates;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+RedisServer::Tls shared_tls() {
+    RedisServer::Tls tls;
+    tls.certificates = shared_certificates();
+    return tls;
+}
+
+std::string ca_file() { return shared_certificates() + "/tls/ca.crt"; }
+std::string other_ca_file() { return shared_certificates() + "/tls/other-ca.crt"; }
+
+/// Threads of two registries on `url` each add 1 to a plain (unsynchronized) counter per key, a
+/// number of times, under the key's lock; the counters must come out exact, and each key's fencing
+/// tokens increase. `keys` spread the work (over a cluster's masters).
+void exact_count(const std::string& url, const std::vector<std::string>& keys) {
+    constexpr int threads = 4;
+    constexpr int rounds = 15;
+    std::vector<long> counters(keys.size(), 0);
+    std::vector<std::uint64_t> last_token(keys.size(), 0);
+    std::vector<KeyedLockRegistry> registries = {KeyedLockRegistry::from_url(url), KeyedLockRegistry::from_url(url)};
+    std::atomic<int> out_of_order{0};
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t] {
+            KeyedLockRegistry& r = registries[static_cast<std::size_t>(t % 2)];
+            for (int i = 0; i < rounds; ++i) {
+                for (std::size_t k = 0; k < keys.size(); ++k) {
+                    Guard g = r.lock(keys[k]);
+                    if (g.fencing_token() <= last_token[k]) ++out_of_order;
+                    last_token[k] = g.fencing_token();
+                    const long seen = counters[k];
+                    std::this_thread::yield();  // widen the window a missing exclusion would fall into
+                    counters[k] = seen + 1;
+                }
+            }
+        });
+    }
+    for (auto& w : workers) w.join();
+    for (std::size_t k = 0; k < keys.size(); ++k) {
+        INFO("key " << keys[k]);
+        CHECK(counters[k] == threads * rounds);
+    }
+    CHECK(out_of_order == 0);
+}
+
+/// A registry on `url` trusting a CA that did not sign the servers: lock() fails at once with
+/// the TLS error, not after a timeout and not as a bare "no connection".
+void refused_for_its_ca(const std::string& url) {
+    auto r = KeyedLockRegistry::from_url(url);
+    const auto start = Clock::now();
+    const auto [code, message] = error_of([&] { (void)r.lock("k"); });
+    INFO(message);
+    CHECK(code == errc::unavailable);
+    CHECK_THAT(message, Catch::Contains("TLS handshake with 127.0.0.1:") &&
+                            Catch::Contains("certificate verify failed") && !Catch::Contains("within connect_timeout"));
+    CHECK(Clock::now() - start < 5s);
+}
+
+}  // namespace
+
+TEST_CASE("rediss+sentinel: TLS to the sentinels and the master, the sentinels with a password of their own",
+          "[topology][sentinel][tls]") {
+    const std::string sentinel_password = "Sentinel-pw-7Qx";
+    keylock::test::SentinelDeployment d(1, 2, shared_tls(), sentinel_password);
+    const std::string quick = "connect_timeout=2s&lease=5s&ca_file=" + ca_file();
+    const std::string u = d.tls_url(quick + "&sentinel_password=" + sentinel_password);
+
+    SECTION("exact counts; describe() hides the sentinels' password") {
+        auto r = KeyedLockRegistry::from_url(u);
+        CHECK_THAT(r.describe(), Catch::StartsWith("rediss+sentinel://127.0.0.1:") &&
+                                     Catch::Contains("sentinel_password=***") && !Catch::Contains(sentinel_password));
+        exact_count(u, {"counted"});
+        Guard g = r.lock("held");
+        CHECK(d.master().command("EXISTS keylock:held") == ":1");  // the master the sentinels name
+
+        keylock::RedisOptions o;  // the same in code
+        o.sentinels = {{"127.0.0.1", static_cast<std::uint16_t>(d.sentinel(1).tls_port())}};
+        o.master_name = "mymaster";
+        o.tls = true;
+        o.ca_file = ca_file();
+        o.sentinel_password = sentinel_password;
+        auto in_code = keylock::redis_registry(o);
+        CHECK_FALSE(in_code.try_lock("held").has_value());
+        CHECK(in_code.try_lock("other").has_value());
+        CHECK_THAT(in_code.describe(), !Catch::Contains(sentinel_password));
+    }
+    SECTION("a wrong or missing sentinel password is auth_failed, naming each sentinel, showing no secret") {
+        for (const std::string& wrong : {d.tls_url(quick + "&sentinel_password=Wrong-pw-3Zk"), d.tls_url(quick)}) {
+            INFO(wrong);
+            auto r = KeyedLockRegistry::from_url(wrong);
+            const auto start = Clock::now();
+            const auto [code, message] = error_of([&] { (void)r.lock("k"); });
+            INFO(message);
+            CHECK(code == errc::auth_failed);
+            CHECK_THAT(message, Catch::Contains("sentinel 127.0.0.1:" + std::to_string(d.sentinel(0).tls_port())) &&
+                                    Catch::Contains("sentinel 127.0.0.1:" + std::to_string(d.sentinel(1).tls_port())));
+            CHECK_THAT(message, !Catch::Contains("Wrong-pw-3Zk") && !Catch::Contains(sentinel_password));
+            CHECK(Clock::now() - start < 5s);
+        }
+    }
+    SECTION("a CA that did not sign the sentinels is refused with the TLS error") {
+        std::string wrong = u;
+        wrong.replace(wrong.find(ca_file()), ca_file().size(), other_ca_file());
+        refused_for_its_ca(wrong);
+    }
+}
+
+TEST_CASE("rediss+cluster: every node over TLS, those learnt from CLUSTER SLOTS too", "[topology][cluster][tls]") {
+    keylock::test::ClusterDeployment d(3, 0, {}, 2000ms, shared_tls());
+    // One seed: the other masters are learnt from CLUSTER SLOTS, and named by their TLS ports.
+    const std::string seed = "rediss+cluster://127.0.0.1:" + std::to_string(d.node(0).tls_port());
+    const std::string quick = "connect_timeout=2s&lease=5s&ca_file=";
+
+    SECTION("exact counts on keys of every master") {
+        std::vector<std::string> keys;
+        for (int i = 0; i < 9; ++i) keys.push_back("counted-" + std::to_string(i));
+        std::set<int> masters;
+        for (const auto& k : keys) masters.insert(d.node_port_for_key("keylock:" + k));
+        REQUIRE(masters.size() == 3);
+        exact_count(seed + "?" + quick + ca_file(), keys);
+        CHECK(d.tls_url().starts_with("rediss+cluster://"));
+        for (int port : masters) CHECK(keylock::test::ClusterDeployment::count_keys_on(port, "keylock:fence:*") > 0);
+    }
+    SECTION("a CA that did not sign the nodes is refused with the TLS error") {
+        refused_for_its_ca(seed + "?" + quick + other_ca_file());
+    }
+}
+
+TEST_CASE("rediss+redlock: every node of the quorum over TLS", "[topology][redlock][tls]") {
+    keylock::test::RedlockDeployment d(3, {}, shared_tls());
+    const std::string quick = "connect_timeout=2s&lease=5s&ca_file=";
+
+    SECTION("exact counts; every node holds the lock") {
+        exact_count(d.tls_url(quick + ca_file()), {"counted"});
+        auto r = KeyedLockRegistry::from_url(d.tls_url(quick + ca_file()));
+        Guard g = r.lock("held");
+        CHECK(d.holding("keylock:held") == 3);
+        CHECK(r.describe().starts_with("rediss+redlock://"));
+    }
+    SECTION("a CA that did not sign the nodes is refused with the TLS error") {
+        refused_for_its_ca(d.tls_url(quick + other_ca_file()));
+    }
+}
