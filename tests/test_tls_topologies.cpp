@@ -174,4 +174,31 @@ TEST_CASE("rediss+redlock: every node of the quorum over TLS", "[topology][redlo
     SECTION("a CA that did not sign the nodes is refused with the TLS error") {
         refused_for_its_ca(d.tls_url(quick + other_ca_file()));
     }
+    SECTION("nodes named by host name: each certificate is checked for its name") {
+        std::string u = "rediss+redlock://";
+        for (std::size_t i = 0; i < d.size(); ++i) {
+            u += (i > 0 ? ",localhost:" : "localhost:") + std::to_string(d.server(i).tls_port());
+        }
+        exact_count(u + "?" + quick + ca_file(), {"by-name"});
+    }
+}
+
+TEST_CASE("rediss+redlock: a node whose certificate is for another host name is refused", "[topology][redlock][tls]") {
+    // Signed by the trusted CA, for "wrong.example" only: the chain is good, the name is not.
+    RedisServer::Tls tls = shared_tls();
+    tls.server_cert = RedisServer::Tls::ServerCert::wrong_name;
+    keylock::test::RedlockDeployment d(1, {}, tls);
+    for (const std::string host : {"127.0.0.1", "localhost"}) {
+        const std::string u = "rediss+redlock://" + host + ":" + std::to_string(d.server(0).tls_port()) +
+                              "?connect_timeout=2s&lease=5s&ca_file=" + ca_file();
+        auto r = KeyedLockRegistry::from_url(u);
+        const auto [code, message] = error_of([&] { (void)r.lock("k"); });
+        INFO(message);
+        CHECK(code == errc::unavailable);
+        CHECK_THAT(message,
+                   Catch::Contains("TLS handshake with " + host + ":") && Catch::Contains("certificate verify failed"));
+        // With verify=false (tests only), the same node is used.
+        auto unverified = KeyedLockRegistry::from_url(u + "&verify=false");
+        CHECK(unverified.try_lock("k").has_value());
+    }
 }
