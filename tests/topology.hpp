@@ -671,14 +671,17 @@ public:
 
     RedisServer& master() { return *master_; }
     RedisServer& sentinel(std::size_t i) { return *sentinels_.at(i); }
-    /// The server on `port` (master or replica), or nullptr.
+    /// The server on `port`, plain or TLS (master or replica), or nullptr.
     RedisServer* server_on(int port) {
-        if (master_->port() == port) return master_.get();
+        auto on = [port](const RedisServer& s) { return s.port() == port || (s.tls() && s.tls_port() == port); };
+        if (on(*master_)) return master_.get();
         for (auto& r : replicas_) {
-            if (r->port() == port) return r.get();
+            if (on(*r)) return r.get();
         }
         return nullptr;
     }
+    /// Asks the first sentinel to fail over (SENTINEL FAILOVER) and returns its answer.
+    std::string ask_failover() const { return cli(sentinels_[0]->port(), auth() + "SENTINEL FAILOVER mymaster"); }
 
     /// Waits until the sentinels name a master other than the one on `old_port`, and it says
     /// it is a master. (Plain deployments: with TLS, the sentinels name TLS ports.)
