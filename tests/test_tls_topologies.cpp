@@ -121,6 +121,23 @@ TEST_CASE("rediss+sentinel: TLS to the sentinels and the master, the sentinels w
         CHECK(in_code.try_lock("other").has_value());
         CHECK_THAT(in_code.describe(), !Catch::Contains(sentinel_password));
     }
+    {  // an ACL user of the sentinels: sentinel_user and sentinel_password
+        for (std::size_t i = 0; i < 2; ++i) {
+            REQUIRE(keylock::test::cli(d.sentinel(i).port(), "-a " + sentinel_password +
+                                                                 " --no-auth-warning ACL SETUSER watcher on "
+                                                                 "'>Watcher-pw-5Tb' +@all") == "OK\n");
+        }
+        auto r =
+            KeyedLockRegistry::from_url(d.tls_url(quick + "&sentinel_user=watcher&sentinel_password=Watcher-pw-5Tb"));
+        CHECK(r.try_lock("as-watcher").has_value());
+        CHECK_THAT(r.describe(), Catch::Contains("sentinel_user=watcher&sentinel_password=***"));
+        auto wrong =
+            KeyedLockRegistry::from_url(d.tls_url(quick + "&sentinel_user=nobody&sentinel_password=Watcher-pw-5Tb"));
+        const auto [code, message] = error_of([&] { (void)wrong.lock("k"); });
+        CHECK(code == errc::auth_failed);
+        CHECK_THAT(message, Catch::Contains("refused AUTH (WRONGPASS") && !Catch::Contains("Watcher-pw-5Tb") &&
+                                !Catch::Contains("nobody"));
+    }
     {  // a failover: +switch-master heard over TLS from an authenticated sentinel, the new master reached over TLS
         auto r = KeyedLockRegistry::from_url(u);
         { Guard before = r.lock("before"); }
