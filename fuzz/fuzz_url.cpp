@@ -130,7 +130,8 @@ void check_redis_round_trip(std::string_view url, const RedisConfig& c, Secrets 
     }
     RedisConfig expected = c;
     if (!expected.endpoint.password.empty()) expected.endpoint.password = "***";
-    if (!(again == expected)) violated("parse_redis_url(to_url(c)) != c with the password \"***\"", url, redacted);
+    if (!expected.sentinel_password.empty()) expected.sentinel_password = "***";
+    if (!(again == expected)) violated("parse_redis_url(to_url(c)) != c with the passwords \"***\"", url, redacted);
     if (!c.endpoint.password.empty() && !contains(redacted, ":***@")) {
         violated("to_url(c) does not write the password as ***", url, redacted);
     }
@@ -138,6 +139,7 @@ void check_redis_round_trip(std::string_view url, const RedisConfig& c, Secrets 
     // same text), the password is not in the URL.
     RedisConfig without = c;
     without.endpoint.password.clear();
+    without.sentinel_password.clear();
     if (!planted.in(to_url(without, Password::included)) && planted.in(redacted)) {
         violated("to_url(c) shows the password", url, redacted);
     }
@@ -186,8 +188,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // The same text behind a planted password, where the input cannot be mistaken for one.
     if (contains(input, "@") || contains(input, "Pw") || contains(input, "SECRET")) return 0;
     // The first byte picks the scheme, so that each input tries one (and the fuzzer can steer).
-    static constexpr std::string_view schemes[] = {"redis://",          "rediss://",        "unix://",
-                                                   "redis+sentinel://", "redis+cluster://", "redlock://"};
+    static constexpr std::string_view schemes[] = {"redis://",           "rediss://",         "unix://",
+                                                   "redis+sentinel://",  "redis+cluster://",  "redlock://",
+                                                   "rediss+sentinel://", "rediss+cluster://", "rediss+redlock://"};
     const std::string_view prefix = schemes[size == 0 ? 0 : data[0] % std::size(schemes)];
     for (const Secrets planted :
          {Secrets{planted_password, planted_password}, Secrets{planted_password, planted_encoded},

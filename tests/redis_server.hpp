@@ -4,8 +4,10 @@
 // gets SIGKILL with its parent). No persistence unless a test asks for it.
 //
 // Opt-in TLS (RedisServer(RedisServer::Tls{})): the fixture makes throwaway certificates with the
-// openssl command-line tool in the server's directory and adds a TLS port next to the plain one
-// (which stays, so tests reach both and the readiness check needs no TLS client).
+// openssl command-line tool in the server's directory (or takes those of a deployment, made once
+// per test binary: shared_certificates()) and adds a TLS port next to the plain one (which stays,
+// so tests reach both and the readiness check needs no TLS client). A TLS server replicates, and
+// a TLS sentinel or cluster node talks to its peers, over TLS, presenting the client certificate.
 //
 // Opt-in Redis Cluster mode (RedisServer(RedisServer::Cluster{})): a node with `--cluster-enabled
 // yes`, its nodes.conf in its directory (kept across restart(), so a restarted node rejoins its
@@ -56,6 +58,9 @@ public:
         enum class ServerCert { localhost, wrong_name };
         ClientAuth client_auth = ClientAuth::optional;
         ServerCert server_cert = ServerCert::localhost;
+        /// A directory with the certificates in "tls/" (shared_certificates()): one CA for every
+        /// server of a deployment. Empty: the server makes its own.
+        std::string certificates = {};
     };
 
     /// A sentinel instead of a server (`redis-server sentinel.conf --sentinel`), watching one master.
@@ -75,8 +80,18 @@ public:
         std::chrono::milliseconds node_timeout{2000};
     };
 
-    /// Starts a sentinel (port() is its port; command() talks to it).
-    explicit RedisServer(Sentinel sentinel) : sentinel_(std::move(sentinel)) { init(); }
+    /// Starts a sentinel (port() is its port; command() talks to it); `extra` as below.
+    explicit RedisServer(Sentinel sentinel, std::vector<std::string> extra = {})
+        : extra_(std::move(extra)), sentinel_(std::move(sentinel)) {
+        init();
+    }
+    /// Starts a sentinel that also listens with TLS on tls_port() and reaches the servers it
+    /// watches (and the other sentinels) over TLS (`tls-replication yes`): give it the master's
+    /// TLS port as Sentinel::master_port. `extra` as below.
+    RedisServer(Sentinel sentinel, Tls tls, std::vector<std::string> extra = {})
+        : extra_(std::move(extra)), tls_(std::move(tls)), sentinel_(std::move(sentinel)) {
+        init();
+    }
 
     /// Starts a server; `extra` are more `redis-server` arguments (e.g. {"--appendonly", "yes"}).
     explicit RedisServer(std::vector<std::string> extra = {}) : extra_(std::move(extra)) { init(); }
@@ -85,6 +100,12 @@ public:
     /// Starts a Redis Cluster node (in no cluster yet); `extra` as above.
     explicit RedisServer(Cluster cluster, std::vector<std::string> extra = {})
         : extra_(std::move(extra)), cluster_(cluster) {
+        init();
+    }
+    /// Starts a Redis Cluster node whose clients and cluster bus are TLS (`tls-cluster yes`);
+    /// CLUSTER SLOTS and MOVED name the nodes' TLS ports to TLS clients.
+    RedisServer(Cluster cluster, Tls tls, std::vector<std::string> extra = {})
+        : extra_(std::move(extra)), tls_(std::move(tls)), cluster_(cluster) {
         init();
     }
     RedisServer(const RedisServer&) = delete;
@@ -125,6 +146,9 @@ public:
     /// A client certificate signed by other_ca_file(): the server must refuse it.
     std::string other_client_cert_file() const { return tls_file("other-client.crt"); }
     std::string other_client_key_file() const { return tls_file("other-client.key"); }
+    /// Makes every certificate above in `dir`/tls, as a TLS server does in its own dir(); for
+    /// shared_certificates().
+    static void make_certificates_in(const std::string& dir) { make_certificates(dir); }
 
     /// Stops the server (SIGTERM, then SIGKILL after 5 s) and reaps it.
     void stop() noexcept {
@@ -188,7 +212,7 @@ private:
         if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp: " + std::string(std::strerror(errno)));
         dir_ = tmpl;
         try {
-            if (tls_) make_certificates();
+            if (tls_ && tls_->certificates.empty()) make_certificates(dir_);
             start();
         } catch (...) {
             stop();
@@ -200,14 +224,14 @@ private:
 
     std::string tls_file(const char* name) const {
         if (!tls_) throw std::logic_error("RedisServer: TLS files exist only with RedisServer::Tls");
-        return dir_ + "/tls/" + name;
+        return (tls_->certificates.empty() ? dir_ : tls_->certificates) + "/tls/" + name;
     }
 
     /// Runs `openssl args...` (no shell, so no quoting: paths are single arguments) with stdin
     /// from /dev/null (it must never wait for a prompt) and its output in a log file; throws
     /// with that output unless it exits with 0.
-    void openssl(std::vector<std::string> args) const {
-        const std::string log_path = dir_ + "/tls/openssl.log";
+    static void openssl(const std::string& dir, std::vector<std::string> args) {
+        const std::string log_path = dir + "/tls/openssl.log";
         args.insert(args.begin(), "openssl");
         std::vector<char*> argv;
         for (auto& a : args) argv.push_back(a.data());
@@ -249,42 +273,42 @@ private:
     }
 
     /// A CA: a key and a self-signed certificate, `<name>.key` and `<name>.crt`.
-    void make_ca(const std::string& name, const std::string& subject) const {
-        const std::string base = dir_ + "/tls/" + name;
-        openssl({"req", "-x509", "-config", dir_ + "/tls/openssl.cnf", "-extensions", "ca", "-newkey", "ec", "-pkeyopt",
-                 "ec_paramgen_curve:P-256", "-nodes", "-keyout", base + ".key", "-out", base + ".crt", "-days", "7",
-                 "-subj", subject});
+    static void make_ca(const std::string& dir, const std::string& name, const std::string& subject) {
+        const std::string base = dir + "/tls/" + name;
+        openssl(dir, {"req", "-x509", "-config", dir + "/tls/openssl.cnf", "-extensions", "ca", "-newkey", "ec",
+                      "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", base + ".key", "-out", base + ".crt",
+                      "-days", "7", "-subj", subject});
     }
 
     /// A key and a certificate signed by the CA `ca`, with the extensions of config section
     /// `extensions`, in one run (`req -CA`, OpenSSL 3.0+: each run costs ~40 ms of start-up);
     /// serials only need to differ among one CA's certificates.
-    void make_leaf(const std::string& name, const std::string& ca, const std::string& subject,
-                   const std::string& extensions, int serial) const {
-        const std::string dir = dir_ + "/tls/";
+    static void make_leaf(const std::string& top, const std::string& name, const std::string& ca,
+                          const std::string& subject, const std::string& extensions, int serial) {
+        const std::string dir = top + "/tls/";
         const std::string base = dir + name;
-        openssl({"req",         "-x509",
-                 "-config",     dir + "openssl.cnf",
-                 "-extensions", extensions,
-                 "-CA",         dir + ca + ".crt",
-                 "-CAkey",      dir + ca + ".key",
-                 "-set_serial", std::to_string(serial),
-                 "-newkey",     "ec",
-                 "-pkeyopt",    "ec_paramgen_curve:P-256",
-                 "-nodes",      "-keyout",
-                 base + ".key", "-out",
-                 base + ".crt", "-days",
-                 "7",           "-subj",
-                 subject});
+        openssl(top, {"req",         "-x509",
+                      "-config",     dir + "openssl.cnf",
+                      "-extensions", extensions,
+                      "-CA",         dir + ca + ".crt",
+                      "-CAkey",      dir + ca + ".key",
+                      "-set_serial", std::to_string(serial),
+                      "-newkey",     "ec",
+                      "-pkeyopt",    "ec_paramgen_curve:P-256",
+                      "-nodes",      "-keyout",
+                      base + ".key", "-out",
+                      base + ".crt", "-days",
+                      "7",           "-subj",
+                      subject});
     }
 
     /// Every certificate a TLS test needs, made once per fixture (restart() reuses them). Our
     /// own config file, so that the system's openssl.cnf (or $OPENSSL_CONF) cannot change what
     /// is made.
-    void make_certificates() const {
-        std::filesystem::create_directory(dir_ + "/tls");
+    static void make_certificates(const std::string& dir) {
+        std::filesystem::create_directory(dir + "/tls");
         {
-            std::ofstream cnf(dir_ + "/tls/openssl.cnf");
+            std::ofstream cnf(dir + "/tls/openssl.cnf");
             cnf << "[req]\n"
                    "distinguished_name = dn\n"
                    "prompt = no\n"
@@ -307,14 +331,14 @@ private:
                    "basicConstraints = critical, CA:FALSE\n"
                    "keyUsage = critical, digitalSignature\n"
                    "extendedKeyUsage = clientAuth\n";
-            if (!cnf.flush()) throw std::runtime_error("cannot write " + dir_ + "/tls/openssl.cnf");
+            if (!cnf.flush()) throw std::runtime_error("cannot write " + dir + "/tls/openssl.cnf");
         }
-        make_ca("ca", "/CN=keylock test CA");
-        make_ca("other-ca", "/CN=keylock unrelated test CA");
-        make_leaf("server", "ca", "/CN=localhost", "server", 1);
-        make_leaf("wrong-name", "ca", "/CN=wrong.example", "wrong_name", 2);
-        make_leaf("client", "ca", "/CN=keylock test client", "client", 3);
-        make_leaf("other-client", "other-ca", "/CN=keylock unrelated test client", "client", 1);
+        make_ca(dir, "ca", "/CN=keylock test CA");
+        make_ca(dir, "other-ca", "/CN=keylock unrelated test CA");
+        make_leaf(dir, "server", "ca", "/CN=localhost", "server", 1);
+        make_leaf(dir, "wrong-name", "ca", "/CN=wrong.example", "wrong_name", 2);
+        make_leaf(dir, "client", "ca", "/CN=keylock test client", "client", 3);
+        make_leaf(dir, "other-client", "other-ca", "/CN=keylock unrelated test client", "client", 1);
     }
 
     static int connect_tcp(int port) noexcept {
@@ -382,6 +406,7 @@ private:
                 "--unixsocket", socket_,     "--unixsocketperm",  "700",    "--dir",
                 dir_,           "--logfile", dir_ + "/redis.log", "--save", "",
                 "--appendonly", "no",        "--daemonize",       "no"};
+            const std::size_t common = args.size();  // what a sentinel does not take: the TLS arguments follow
             if (tls_) {
                 const bool wrong_name = tls_->server_cert == Tls::ServerCert::wrong_name;
                 const bool required = tls_->client_auth == Tls::ClientAuth::required;
@@ -389,6 +414,11 @@ private:
                                          wrong_name ? wrong_name_cert_file() : server_cert_file(), "--tls-key-file",
                                          wrong_name ? wrong_name_key_file() : server_key_file(), "--tls-ca-cert-file",
                                          ca_file(), "--tls-auth-clients", required ? "yes" : "optional"});
+                // Its own connections (a replica's to its master, the cluster bus) over TLS, with
+                // the client certificate (the server's is for serverAuth only).
+                args.insert(args.end(), {"--tls-replication", "yes", "--tls-client-cert-file", client_cert_file(),
+                                         "--tls-client-key-file", client_key_file()});
+                if (cluster_) args.insert(args.end(), {"--tls-cluster", "yes"});
             }
             if (cluster_) {
                 // A bus port taken meanwhile makes the server exit: retried like the port.
@@ -410,6 +440,8 @@ private:
                         out << "sentinel auth-pass " << c.master_name << " " << c.auth_pass << "\n";
                     if (!out.flush()) throw std::runtime_error("cannot write " + conf);
                 }
+                std::vector<std::string> tls_args;  // as above, without the Unix socket and cluster
+                tls_args.assign(args.begin() + static_cast<std::ptrdiff_t>(common), args.end());
                 args = {"redis-server",
                         conf,
                         "--sentinel",
@@ -423,6 +455,7 @@ private:
                         dir_ + "/redis.log",
                         "--daemonize",
                         "no"};
+                args.insert(args.end(), tls_args.begin(), tls_args.end());
             }
             args.insert(args.end(), extra_.begin(), extra_.end());
             std::vector<char*> argv;
@@ -476,6 +509,28 @@ private:
     int cluster_port_ = 0;
     pid_t pid_ = -1;
 };
+
+/// Certificates made once per test binary (in a directory removed at exit), for deployments of
+/// TLS servers that share one CA: pass shared_certificates() as RedisServer::Tls::certificates.
+inline const std::string& shared_certificates() {
+    struct Dir {
+        std::string path;
+        Dir() {
+            char tmpl[] = "/tmp/keylock-certs-XXXXXX";
+            if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp: " + std::string(std::strerror(errno)));
+            path = tmpl;
+            RedisServer::make_certificates_in(path);
+        }
+        Dir(const Dir&) = delete;
+        Dir& operator=(const Dir&) = delete;
+        ~Dir() {
+            std::error_code ignored;
+            std::filesystem::remove_all(path, ignored);
+        }
+    };
+    static const Dir dir;
+    return dir.path;
+}
 
 /// The registry URL of a server listening on loopback `port`, with `query` as its options
 /// (e.g. "lease=1s&connect_timeout=300ms").

@@ -11,6 +11,7 @@
 #include <functional>
 #include <future>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -22,6 +23,7 @@
 
 #include "eventually.hpp"
 #include "fake_server.hpp"
+#include "redis_cli.hpp"
 #include "redis_server.hpp"
 
 using keylock::errc;
@@ -154,7 +156,7 @@ const std::vector<BadUrl> bad_urls = {
     {"sentinel: an empty address in the list", "redis+sentinel://h1,,h2/m", errc::invalid_url, "empty sentinel"},
     {"sentinel: a bad port", "redis+sentinel://h1:0/m", errc::invalid_url, "bad port"},
     {"sentinel: a master name with '/'", "redis+sentinel://h1/m/2", errc::invalid_url, "bad master name"},
-    {"sentinel: a TLS option", "redis+sentinel://h1/m?verify=false", errc::invalid_option, "TLS through sentinels"},
+    {"sentinel: a TLS option", "redis+sentinel://h1/m?verify=false", errc::invalid_option, "needs rediss+sentinel://"},
     {"redis: wait_replicas past 64", "redis://h?wait_replicas=65", errc::invalid_option, "'wait_replicas'"},
     {"redis: wait_timeout 0", "redis://h?wait_timeout=0", errc::invalid_option, "'wait_timeout'"},
     {"redis: wait_timeout not shorter than command_timeout", "redis://h?wait_replicas=1&wait_timeout=5s",
@@ -330,12 +332,17 @@ TEST_CASE("bad input: option values out of range in code are invalid_option", "[
              o.master_name = "m";
          }),
          "a sentinel needs a host and a port"},
-        {"sentinel: with tls", redis([](auto& o) {
+        {"sentinel: with a unix_socket", redis([](auto& o) {
              o.sentinels = {{"h", 26379}};
              o.master_name = "m";
-             o.tls = true;
+             o.unix_socket = "/r.sock";
          }),
-         "plain TCP"},
+         "no unix_socket"},
+        {"redlock: with a sentinel password", redis([](auto& o) {
+             o.redlock_nodes = {{"h", 6379}};
+             o.sentinel_password = "x";
+         }),
+         "is for redis+sentinel://"},
     };
     for (const Row& row : rows) {
         INFO(row.what);
@@ -603,5 +610,43 @@ TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-
     SECTION("a host name that does not resolve") {
         auto registry = KeyedLockRegistry::from_url("redis://u:" + password + "@no-such-host.invalid/?" + quick);
         expect(run([&] { (void)registry.lock("k"); }), errc::unavailable, "no-such-host.invalid", 5s);
+    }
+}
+
+TEST_CASE("a URL with a user and no password AUTHs as that user (empty password), never as default",
+          "[redis][bad-input][auth]") {
+    RedisServer server;
+    REQUIRE(server.command("ACL SETUSER alice on nopass ~* &* +@all") == "+OK");
+    REQUIRE(server.command("ACL SETUSER bob on >bob-pw-9Kq ~* &* +@all") == "+OK");
+    const std::string at = "@127.0.0.1:" + std::to_string(server.port()) + "?connect_timeout=1s";
+
+    SECTION("a user whose password is empty (nopass): every connection is that user's") {
+        auto r = KeyedLockRegistry::from_url("redis://alice" + at);
+        Guard g = r.lock("k");
+        CHECK(r.describe() == "redis://alice" + at);
+        // CLIENT LIST, but for the connection of redis-cli that asks (the default user's).
+        int ours = 0;
+        std::istringstream clients(keylock::test::cli(server.port(), "CLIENT LIST"));
+        for (std::string line; std::getline(clients, line);) {
+            if (line.find("cmd=client|list") != std::string::npos) continue;
+            INFO(line);
+            CHECK(line.find(" user=alice ") != std::string::npos);
+            ++ours;
+        }
+        CHECK(ours >= 1);
+    }
+    SECTION("a user with a password: refused (WRONGPASS), not connected as default") {
+        auto r = KeyedLockRegistry::from_url("redis://bob" + at);
+        const auto start = Clock::now();
+        std::string message;
+        try {
+            (void)r.lock("k");
+            FAIL("locked as another user than bob");
+        } catch (const keylock::Error& e) {
+            message = e.what();
+            CHECK(e.code() == errc::auth_failed);
+        }
+        CHECK_THAT(message, Catch::Contains("refused AUTH (WRONGPASS") && !Catch::Contains("bob"));
+        CHECK(Clock::now() - start < 3s);
     }
 }

@@ -34,7 +34,8 @@ auto fields(const RedisConfig& c) {
     return std::make_tuple(static_cast<int>(c.topology), e.host, e.port, e.unix_path, e.tls, e.ca_file, e.cert_file,
                            e.key_file, e.verify, e.user, e.password, e.db, e.connect_timeout.count(),
                            e.command_timeout.count(), c.prefix, c.lease.count(), c.max_key_bytes, sentinels,
-                           c.master_name, nodes, c.node_timeout.count(), c.wait_replicas, c.wait_timeout.count());
+                           c.master_name, nodes, c.node_timeout.count(), c.wait_replicas, c.wait_timeout.count(),
+                           c.sentinel_user, c.sentinel_password);
 }
 
 /// Runs parse_redis_url(url), expecting keylock::Error with `code` whose message starts with
@@ -62,6 +63,7 @@ void check_round_trip(const RedisConfig& c) {
     CHECK(url.find(password) == std::string::npos);
     RedisConfig expected = c;
     if (!expected.endpoint.password.empty()) expected.endpoint.password = "***";
+    if (!expected.sentinel_password.empty()) expected.sentinel_password = "***";
     CHECK(fields(parse_redis_url(url)) == fields(expected));
 }
 
@@ -263,7 +265,7 @@ TEST_CASE("malformed URLs and bad hosts and ports and paths are invalid_url nami
 TEST_CASE("unknown options are unknown_option listing the known ones", "[redis][config]") {
     const std::string known =
         "(known: prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, wait_replicas, wait_timeout, "
-        "ca_file, cert_file, key_file, verify, node_timeout)";
+        "ca_file, cert_file, key_file, verify, node_timeout, sentinel_user, sentinel_password)";
     expect_error("redis://u:S3cr3t-pw@h?lease=1s&leese=2s", errc::unknown_option, "unknown option 'leese'");
     expect_error("redis://u:S3cr3t-pw@h?Lease=1s", errc::unknown_option, known);  // names are case-sensitive
     expect_error("redis://h?password=S3cr3t-pw", errc::unknown_option, "go before the host");
@@ -490,7 +492,9 @@ TEST_CASE("check() holds a configuration made in code to the rules of its URL, i
     bad.endpoint.tls = true;  // to_url writes unix://, without it
     CHECK(outcome([&] { keylock::redis::check(bad); }).first == errc::invalid_option);
     bad = listing(Topology::cluster);
-    bad.endpoint.tls = true;
+    bad.endpoint.tls = true;  // rediss+cluster://
+    CHECK_NOTHROW(keylock::redis::check(bad));
+    bad.sentinel_user = "watcher";
     CHECK(outcome([&] { keylock::redis::check(bad); }).first == errc::invalid_option);
     bad = tcp;
     bad.endpoint.host = "fe80::1%eth0";  // the URL, "redis://[fe80::1%eth0]", does not parse at all
@@ -558,7 +562,8 @@ TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis]
             }() +
             "/m",
         errc::invalid_url, "more than 16 hosts");
-    expect_error("redis+sentinel://h1/m?ca_file=/ca.pem", errc::invalid_option, "TLS through sentinels");
+    expect_error("redis+sentinel://h1/m?ca_file=/ca.pem", errc::invalid_option,
+                 "option 'ca_file' needs rediss+sentinel:// (TLS); this is a redis+sentinel:// URL");
     expect_error("redis+sentinel://h1/m?db=x", errc::invalid_option, "option 'db' has value 'x'");
     expect_error("redis://h?wait_replicas=65", errc::invalid_option, "'wait_replicas' has value '65'");
     expect_error("redis://h?wait_replicas=-1", errc::invalid_option, "'wait_replicas' has value '-1'");
@@ -568,6 +573,47 @@ TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis]
                  "'wait_timeout' (5s) must be shorter than command_timeout (5s)");
     CHECK(parse_redis_url("redis://h?wait_replicas=1&wait_timeout=5s&command_timeout=6s").wait_timeout == 5s);
     CHECK(parse_redis_url("redis://h?wait_timeout=5s").wait_timeout == 5s);  // no WAIT: no conflict
+}
+
+TEST_CASE("rediss+sentinel, rediss+cluster and rediss+redlock: TLS to every server; the sentinels' credentials",
+          "[redis][config][tls]") {
+    using keylock::redis::Topology;
+    const RedisConfig s =
+        parse_redis_url("rediss+sentinel://alice:S3cr3t-pw@s1,s2:26380/mymaster?ca_file=/ca.pem&sentinel_user=watcher"
+                        "&sentinel_password=Sent-pw-2&verify=false");
+    CHECK(s.topology == Topology::sentinel);
+    CHECK(s.endpoint.tls);
+    CHECK(s.endpoint.ca_file == "/ca.pem");
+    CHECK_FALSE(s.endpoint.verify);
+    CHECK(s.endpoint.user == "alice");  // the master's
+    CHECK(s.sentinel_user == "watcher");
+    CHECK(s.sentinel_password == "Sent-pw-2");
+    CHECK(to_url(s) == "rediss+sentinel://alice:***@s1,s2:26380/mymaster?ca_file=/ca.pem&verify=false"
+                       "&sentinel_user=watcher&sentinel_password=***");
+    check_round_trip(s);
+    CHECK(parse_redis_url(to_url(s, keylock::redis::Password::included)) == s);
+
+    const RedisConfig c = parse_redis_url("rediss+cluster://n1:7000,n2:7001?cert_file=/c.pem&key_file=/k.pem");
+    CHECK(c.topology == Topology::cluster);
+    CHECK(c.endpoint.tls);
+    CHECK(to_url(c) == "rediss+cluster://n1:7000,n2:7001?cert_file=/c.pem&key_file=/k.pem");
+    check_round_trip(c);
+    const RedisConfig r = parse_redis_url("RediSS+Redlock://h1,h2,h3?db=1");
+    CHECK(r.topology == Topology::redlock);
+    CHECK(r.endpoint.tls);
+    CHECK(to_url(r) == "rediss+redlock://h1,h2,h3?db=1");
+    check_round_trip(r);
+    CHECK_FALSE(parse_redis_url("redlock://h1").endpoint.tls);
+
+    // The sentinels' password is hidden as the master's is; the options are the sentinels' alone.
+    expect_error("rediss+sentinel://h1/m?sentinel_password=S3cr3t-pw&prefix=S3cr3t-pw%7B", errc::invalid_option,
+                 "option 'prefix' has value (not shown)");
+    expect_error("redis+cluster://h1?sentinel_password=S3cr3t-pw", errc::invalid_option,
+                 "option 'sentinel_password' is for redis+sentinel:// and rediss+sentinel:// URLs");
+    expect_error("rediss://h1?sentinel_user=u", errc::invalid_option, "option 'sentinel_user' is for");
+    expect_error("rediss+sentinel://h1/m?sentinel_password=Other-pw&sentinel_password=S3cr3t-pw", errc::invalid_option,
+                 "option 'sentinel_password' is given twice");
+    expect_error("rediss+redlock://h1?wait_replicas=1", errc::invalid_option, "not for redlock:// URLs");
 }
 
 TEST_CASE("redis+cluster and redlock URLs list their nodes", "[redis][config][cluster][redlock]") {
@@ -600,7 +646,8 @@ TEST_CASE("redis+cluster and redlock URLs list their nodes", "[redis][config][cl
     expect_error("redis+cluster://h1/0", errc::invalid_url, "takes no path (Redis Cluster has database 0 only)");
     expect_error("redis+cluster://h1?db=1", errc::invalid_option, "Redis Cluster has database 0 only");
     expect_error("redis+cluster://h1?node_timeout=10ms", errc::invalid_option, "is for redlock:// URLs");
-    expect_error("redis+cluster://h1?ca_file=/ca.pem", errc::invalid_option, "TLS is not supported with redis+cluster");
+    expect_error("redis+cluster://h1?ca_file=/ca.pem", errc::invalid_option, "needs rediss+cluster:// (TLS)");
+    expect_error("redlock://h1?verify=false", errc::invalid_option, "needs rediss+redlock:// (TLS)");
     expect_error("redis+cluster://h1:0", errc::invalid_url, "bad port");
     expect_error("redlock://u:S3cr3t-pw@h1,h2,h1", errc::invalid_url, "is listed twice");
     expect_error("redlock://h1:6379,h1", errc::invalid_url, "is listed twice");  // the same port, defaulted

@@ -21,6 +21,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -108,13 +109,14 @@ inline std::vector<ClusterNode> parse_cluster_nodes(const std::string& text) {
 
 /// A Redis Cluster on loopback: `masters` masters with `replicas_per_master` replicas each.
 /// `scheme://127.0.0.1:P1,…,127.0.0.1:Pn<path>[?query]`: a URL listing servers on loopback.
+/// With `tls`, the servers' TLS ports.
 inline std::string loopback_url(const std::string& scheme, const std::vector<std::unique_ptr<RedisServer>>& servers,
-                                const std::string& path, const std::string& query) {
+                                const std::string& path, const std::string& query, bool tls = false) {
     std::string u = scheme + "://";
     for (std::size_t i = 0; i < servers.size(); ++i) {
         if (i > 0) u += ',';
         u += "127.0.0.1:";
-        u += std::to_string(servers[i]->port());
+        u += std::to_string(tls ? servers[i]->tls_port() : servers[i]->port());
     }
     u += path;
     if (!query.empty()) u += '?';
@@ -133,9 +135,12 @@ public:
     };
 
     /// Starts masters * (1 + replicas_per_master) nodes (each with `extra` as more redis-server
-    /// arguments), joins them and returns once the cluster is ok and every replica in sync.
+    /// arguments), joins them and returns once the cluster is ok and every replica in sync. With
+    /// `tls`, every node also has a TLS port and the cluster bus is TLS (`tls-cluster yes`); the
+    /// harness keeps using the plain ports, to which Redis names the nodes' plain ports.
     explicit ClusterDeployment(int masters = 3, int replicas_per_master = 1, std::vector<std::string> extra = {},
-                               std::chrono::milliseconds node_timeout = std::chrono::milliseconds(2000)) {
+                               std::chrono::milliseconds node_timeout = std::chrono::milliseconds(2000),
+                               const std::optional<RedisServer::Tls>& tls = std::nullopt) {
         if (masters < 1 || replicas_per_master < 0) throw std::invalid_argument("ClusterDeployment: bad sizes");
         // Replicas sync at once (not after the default 5 s of diskless-sync delay).
         std::vector<std::string> args = {"--repl-diskless-sync-delay", "0"};
@@ -143,7 +148,10 @@ public:
         RedisServer::Cluster cluster;
         cluster.node_timeout = node_timeout;
         const int n = masters * (1 + replicas_per_master);
-        for (int i = 0; i < n; ++i) nodes_.push_back(std::make_unique<RedisServer>(cluster, args));
+        for (int i = 0; i < n; ++i) {
+            nodes_.push_back(tls ? std::make_unique<RedisServer>(cluster, *tls, args)
+                                 : std::make_unique<RedisServer>(cluster, args));
+        }
 
         if (masters >= 3) {
             std::string command = "redis-cli --cluster create";
@@ -166,6 +174,10 @@ public:
 
     /// redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…[?query], every node a seed.
     std::string url(const std::string& query = "") const { return loopback_url("redis+cluster", nodes_, "", query); }
+    /// rediss+cluster://127.0.0.1:T1,…[?query], the nodes' TLS ports (TLS deployments only).
+    std::string tls_url(const std::string& query = "") const {
+        return loopback_url("rediss+cluster", nodes_, "", query, true);
+    }
 
     std::size_t size() const noexcept { return nodes_.size(); }
     RedisServer& node(std::size_t i) { return *nodes_.at(i); }
@@ -535,12 +547,20 @@ private:
 /// restart).
 class RedlockDeployment {
 public:
-    explicit RedlockDeployment(int n = 5, const std::vector<std::string>& extra = {}) {
-        for (int i = 0; i < n; ++i) servers_.push_back(std::make_unique<RedisServer>(extra));
+    /// With `tls`, each server also listens with TLS.
+    explicit RedlockDeployment(int n = 5, const std::vector<std::string>& extra = {},
+                               const std::optional<RedisServer::Tls>& tls = std::nullopt) {
+        for (int i = 0; i < n; ++i) {
+            servers_.push_back(tls ? std::make_unique<RedisServer>(*tls, extra) : std::make_unique<RedisServer>(extra));
+        }
     }
 
     /// redlock://127.0.0.1:P1,…,127.0.0.1:Pn[?query]
     std::string url(const std::string& query = "") const { return loopback_url("redlock", servers_, "", query); }
+    /// rediss+redlock://127.0.0.1:T1,…[?query], the servers' TLS ports (TLS deployments only).
+    std::string tls_url(const std::string& query = "") const {
+        return loopback_url("rediss+redlock", servers_, "", query, true);
+    }
     std::size_t size() const noexcept { return servers_.size(); }
     RedisServer& server(std::size_t i) { return *servers_.at(i); }
 
@@ -572,21 +592,35 @@ private:
 /// `sentinels` sentinels watching it as "mymaster" (quorum: a majority of the sentinels). The
 /// constructor returns once the replicas are in sync and every sentinel knows the replicas and
 /// the other sentinels.
+///
+/// With `tls`, every server and sentinel also listens with TLS, the replicas replicate and the
+/// sentinels watch over TLS, and the sentinels name the servers' TLS ports; with
+/// `sentinel_password`, the sentinels want it from their clients (`requirepass`).
 class SentinelDeployment {
 public:
-    explicit SentinelDeployment(int replicas = 2, int sentinels = 3) {
+    explicit SentinelDeployment(int replicas = 2, int sentinels = 3,
+                                const std::optional<RedisServer::Tls>& tls = std::nullopt,
+                                std::string sentinel_password = {})
+        : sentinel_password_(std::move(sentinel_password)) {
         if (replicas < 0 || sentinels < 1) throw std::invalid_argument("SentinelDeployment: bad sizes");
+        auto server = [&](std::vector<std::string> args) {
+            return tls ? std::make_unique<RedisServer>(*tls, std::move(args))
+                       : std::make_unique<RedisServer>(std::move(args));
+        };
         // Replicas sync at once (not after the default 5 s of diskless-sync delay).
-        master_ = std::make_unique<RedisServer>(std::vector<std::string>{"--repl-diskless-sync-delay", "0"});
+        master_ = server({"--repl-diskless-sync-delay", "0"});
+        const int master_port = tls ? master_->tls_port() : master_->port();
         for (int i = 0; i < replicas; ++i) {
-            replicas_.push_back(std::make_unique<RedisServer>(
-                std::vector<std::string>{"--replicaof", "127.0.0.1", std::to_string(master_->port())}));
+            replicas_.push_back(server({"--replicaof", "127.0.0.1", std::to_string(master_port)}));
         }
+        std::vector<std::string> sentinel_args;
+        if (!sentinel_password_.empty()) sentinel_args = {"--requirepass", sentinel_password_};
         for (int i = 0; i < sentinels; ++i) {
             RedisServer::Sentinel s;
-            s.master_port = master_->port();
+            s.master_port = master_port;
             s.quorum = sentinels / 2 + 1;
-            sentinels_.push_back(std::make_unique<RedisServer>(s));
+            sentinels_.push_back(tls ? std::make_unique<RedisServer>(s, *tls, sentinel_args)
+                                     : std::make_unique<RedisServer>(s, sentinel_args));
         }
         const bool ready = eventually(
             [&] {
@@ -597,7 +631,7 @@ public:
                     if (replication.find("state=online", at) != replication.find("state=", at)) return false;
                 }
                 for (auto& s : sentinels_) {
-                    const std::string m = cli(s->port(), "SENTINEL MASTER mymaster");
+                    const std::string m = cli(s->port(), auth() + "SENTINEL MASTER mymaster");
                     if (field(m, "num-slaves") != std::to_string(replicas) ||
                         field(m, "num-other-sentinels") != std::to_string(sentinels - 1)) {
                         return false;
@@ -621,10 +655,14 @@ public:
     std::string url(const std::string& query = "") const {
         return loopback_url("redis+sentinel", sentinels_, "/mymaster", query);
     }
+    /// rediss+sentinel://127.0.0.1:T1,…/mymaster[?query], the sentinels' TLS ports (TLS deployments only).
+    std::string tls_url(const std::string& query = "") const {
+        return loopback_url("rediss+sentinel", sentinels_, "/mymaster", query, true);
+    }
 
     /// The port the sentinels name as the master's now.
     int master_port() const {
-        const std::string m = cli(sentinels_[0]->port(), "SENTINEL get-master-addr-by-name mymaster");
+        const std::string m = cli(sentinels_[0]->port(), auth() + "SENTINEL get-master-addr-by-name mymaster");
         std::istringstream in(m);
         std::string host, port;
         in >> host >> port;
@@ -633,17 +671,20 @@ public:
 
     RedisServer& master() { return *master_; }
     RedisServer& sentinel(std::size_t i) { return *sentinels_.at(i); }
-    /// The server on `port` (master or replica), or nullptr.
+    /// The server on `port`, plain or TLS (master or replica), or nullptr.
     RedisServer* server_on(int port) {
-        if (master_->port() == port) return master_.get();
+        auto on = [port](const RedisServer& s) { return s.port() == port || (s.tls() && s.tls_port() == port); };
+        if (on(*master_)) return master_.get();
         for (auto& r : replicas_) {
-            if (r->port() == port) return r.get();
+            if (on(*r)) return r.get();
         }
         return nullptr;
     }
+    /// Asks the first sentinel to fail over (SENTINEL FAILOVER) and returns its answer.
+    std::string ask_failover() const { return cli(sentinels_[0]->port(), auth() + "SENTINEL FAILOVER mymaster"); }
 
     /// Waits until the sentinels name a master other than the one on `old_port`, and it says
-    /// it is a master.
+    /// it is a master. (Plain deployments: with TLS, the sentinels name TLS ports.)
     bool failed_over_from(int old_port, std::chrono::seconds limit = std::chrono::seconds(30)) {
         return eventually(
             [&] {
@@ -655,6 +696,12 @@ public:
     }
 
 private:
+    /// redis-cli's arguments to give the sentinels their password, if they want one.
+    std::string auth() const {
+        return sentinel_password_.empty() ? std::string() : "-a " + sentinel_password_ + " --no-auth-warning ";
+    }
+
+    std::string sentinel_password_;
     std::unique_ptr<RedisServer> master_;
     std::vector<std::unique_ptr<RedisServer>> replicas_;
     std::vector<std::unique_ptr<RedisServer>> sentinels_;

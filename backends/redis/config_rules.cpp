@@ -135,14 +135,21 @@ void check_prefix(const Messages& m, const std::string& prefix) {
                                      ":// URL (its commands wait up to command_timeout)");
 }
 
+[[noreturn]] void sentinel_option_not_sentinel(const Messages& m, std::string_view name) {
+    m.fail(errc::invalid_option, "option '" + std::string(name) +
+                                     "' is for redis+sentinel:// and rediss+sentinel:// URLs; this is a " + m.scheme() +
+                                     ":// URL");
+}
+
 [[noreturn]] void needs_tls(const Messages& m, std::string_view name) {
     const std::string& scheme = m.scheme();
-    m.fail(errc::invalid_option,
-           "option '" + std::string(name) + "' needs rediss:// " +
-               (scheme == "unix"             ? "(TLS over a Unix socket is not supported)"
-                : scheme == "redis"          ? "(TLS); this is a redis:// URL"
-                : scheme == "redis+sentinel" ? "(TLS through sentinels is not supported)"
-                                             : "(TLS is not supported with " + scheme + ":// yet)"));
+    std::string with_tls = scheme == "redis"              ? "rediss"
+                           : scheme == "redlock"          ? "rediss+redlock"
+                           : scheme.starts_with("redis+") ? "rediss+" + scheme.substr(6)
+                                                          : "rediss";
+    m.fail(errc::invalid_option, "option '" + std::string(name) + "' needs " + with_tls + ":// " +
+                                     (scheme == "unix" ? "(TLS over a Unix socket is not supported)"
+                                                       : "(TLS); this is a " + scheme + ":// URL"));
 }
 
 void check_together(const Messages& m, const RedisConfig& config) {
@@ -176,10 +183,11 @@ void check_together(const Messages& m, const RedisConfig& config) {
 }
 
 std::string scheme_of(const RedisConfig& config) {
+    const bool tls = config.endpoint.tls;
     switch (config.topology) {
-        case Topology::sentinel: return "redis+sentinel";
-        case Topology::cluster: return "redis+cluster";
-        case Topology::redlock: return "redlock";
+        case Topology::sentinel: return tls ? "rediss+sentinel" : "redis+sentinel";
+        case Topology::cluster: return tls ? "rediss+cluster" : "redis+cluster";
+        case Topology::redlock: return tls ? "rediss+redlock" : "redlock";
         case Topology::standalone: break;
     }
     return !config.endpoint.unix_path.empty() ? "unix" : config.endpoint.tls ? "rediss" : "redis";
@@ -230,13 +238,11 @@ void check(const RedisConfig& config) {
     using std::chrono::milliseconds;
     const RedisConfig defaults;
     const Endpoint& ep = config.endpoint;
-    const Messages m(scheme_of(config), ep.password);
+    const Messages m(scheme_of(config), ep.password, config.sentinel_password);
     const bool standalone = config.topology == Topology::standalone;
     const bool unix_socket = standalone && !ep.unix_path.empty();
     // What the URL of `config` (to_url) would say, in its order: where, then the options.
-    if (ep.tls && (unix_socket || !standalone)) {
-        m.fail(errc::invalid_option, "TLS is not supported with a " + m.scheme() + ":// URL (only rediss:// has it)");
-    }
+    if (ep.tls && unix_socket) m.fail(errc::invalid_option, "TLS over a Unix socket is not supported");
     if (unix_socket) {
         check_socket_path(m, ep.unix_path);
     } else if (standalone) {
@@ -280,6 +286,10 @@ void check(const RedisConfig& config) {
         if (!ep.cert_file.empty()) needs_tls(m, "cert_file");
         if (!ep.key_file.empty()) needs_tls(m, "key_file");
         if (!ep.verify) needs_tls(m, "verify");
+    }
+    if (config.topology != Topology::sentinel) {
+        if (!config.sentinel_user.empty()) sentinel_option_not_sentinel(m, "sentinel_user");
+        if (!config.sentinel_password.empty()) sentinel_option_not_sentinel(m, "sentinel_password");
     }
     if (config.topology == Topology::redlock) {
         check_duration("node_timeout", config.node_timeout, rules::node_timeout);

@@ -53,18 +53,26 @@ constexpr Bounds<std::size_t> db{0, max_db, "a whole number from 0 to 2147483647
 /// part is shown at all.
 class Messages {
 public:
-    Messages(std::string scheme, const boost::urls::url_view& url, std::string password)
-        : Messages(std::move(scheme), std::move(password)) {
+    /// `sentinel_password`: a second secret (the sentinels'), hidden as the password is.
+    Messages(std::string scheme, const boost::urls::url_view& url, std::string password,
+             std::string sentinel_password = {})
+        : Messages(std::move(scheme), std::move(password), std::move(sentinel_password)) {
         auto has_at = [](std::string_view part) { return part.find('@') != std::string_view::npos; };
         misplaced_at_ = has_at(url.encoded_path()) || has_at(url.encoded_query()) || has_at(url.encoded_fragment());
     }
-    Messages(std::string scheme, std::string password) : scheme_(std::move(scheme)), password_(std::move(password)) {}
+    Messages(std::string scheme, std::string password, std::string sentinel_password = {})
+        : scheme_(std::move(scheme)),
+          password_(std::move(password)),
+          sentinel_password_(std::move(sentinel_password)) {}
 
     const std::string& scheme() const noexcept { return scheme_; }
 
     /// "'value'" (shortened, escaped), or "(not shown)" when it might hold the password.
     std::string quote(std::string_view value) const {
-        if (misplaced_at_ || (!password_.empty() && value.find(password_) != std::string_view::npos)) {
+        auto holds = [value](const std::string& secret) {
+            return !secret.empty() && value.find(secret) != std::string_view::npos;
+        };
+        if (misplaced_at_ || holds(password_) || holds(sentinel_password_)) {
             return "(not shown)";
         }
         std::string out = "'";  // appended, not "'" + ...: GCC 12 warns falsely (-Wrestrict) on that
@@ -90,6 +98,7 @@ public:
 private:
     std::string scheme_;
     std::string password_;
+    std::string sentinel_password_;
     bool misplaced_at_ = false;
 };
 
@@ -133,6 +142,8 @@ void check_master_name(const Messages& m, const std::string& name);
 void check_prefix(const Messages& m, const std::string& prefix);
 [[noreturn]] void db_in_cluster(const Messages& m);
 [[noreturn]] void node_timeout_not_redlock(const Messages& m);
+/// Option `name` (sentinel_user, sentinel_password) without sentinels.
+[[noreturn]] void sentinel_option_not_sentinel(const Messages& m, std::string_view name);
 /// Option `name` (ca_file, cert_file, key_file, verify) without TLS.
 [[noreturn]] void needs_tls(const Messages& m, std::string_view name);
 /// The rules between options, once all are known.

@@ -323,7 +323,9 @@ void Connection::handshake() {
     }
     start_read();
     std::vector<std::vector<std::string>> commands;
-    if (!endpoint_.password.empty()) {
+    // A user without a password still AUTHs (with an empty password): a user named in the URL
+    // must never be silently replaced by `default`.
+    if (!endpoint_.password.empty() || !endpoint_.user.empty()) {
         if (endpoint_.user.empty()) {
             commands.push_back({"AUTH", endpoint_.password});
         } else {

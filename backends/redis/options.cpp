@@ -34,11 +34,11 @@ redis::RedisConfig to_config(const RedisOptions& o) {
     const bool listed = sentinel || cluster || redlock;
     if (int(sentinel) + int(cluster) + int(redlock) > 1)
         bad("give at most one of sentinels, cluster_nodes and redlock_nodes");
-    if (listed && (o.tls || !o.unix_socket.empty())) {
+    if (listed && !o.unix_socket.empty()) {
         bad(std::string(sentinel  ? "sentinels"
                         : cluster ? "cluster nodes"
                                   : "Redlock nodes") +
-            " are reached over plain TCP: no tls, no unix_socket");
+            " are reached over TCP (with tls, over TLS): no unix_socket");
     }
     if (!sentinel && !o.master_name.empty()) bad("master_name is for sentinels; set sentinels too");
     if (!o.unix_socket.empty() && o.unix_socket.front() != '/') bad("unix_socket must be an absolute path");
@@ -80,6 +80,8 @@ redis::RedisConfig to_config(const RedisOptions& o) {
                      .command_timeout = o.command_timeout},
         .sentinels = host_ports(o.sentinels),
         .master_name = o.master_name,
+        .sentinel_user = o.sentinel_user,
+        .sentinel_password = o.sentinel_password,
         .nodes = host_ports(cluster ? o.cluster_nodes : o.redlock_nodes),
         .node_timeout = o.node_timeout,
         .wait_replicas = o.wait_replicas,

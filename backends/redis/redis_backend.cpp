@@ -382,8 +382,10 @@ private:
                            if (st == nullptr) return;      // cannot happen: an attempt keeps its key
                            if (ec) st->unanswered = true;  // perhaps it ran: the retry will tell
                            AttemptOutcome outcome = acquire_outcome_of(ec, r);
-                           if (outcome.ec == errc::auth_failed && r.str.find("keylock:") == std::string::npos) {
-                               // Redis's own NOPERM does not say which key or channel.
+                           if (outcome.ec == errc::auth_failed && r.str.find("NOPERM") != std::string::npos &&
+                               r.str.find("keylock:") == std::string::npos) {
+                               // Redis's own NOPERM does not say which key or channel. (Not for a
+                               // refused AUTH, of a server or of the sentinels: no ACL is at fault.)
                                outcome.why += " (the lock needs key " + st->lock_key() + ", its fencing counter " +
                                               st->fence_key() + " and channel " + st->lock_key() +
                                               ": see the minimum ACL in docs/configuration.md)";
@@ -625,5 +627,8 @@ const bool keylock_redis_registered = keylock::detail::register_scheme("redis", 
                                       keylock::detail::register_scheme("unix", keylock::redis::from_url) &&
                                       keylock::detail::register_scheme("redis+sentinel", keylock::redis::from_url) &&
                                       keylock::detail::register_scheme("redis+cluster", keylock::redis::from_url) &&
-                                      keylock::detail::register_scheme("redlock", keylock::redis::from_url);
+                                      keylock::detail::register_scheme("redlock", keylock::redis::from_url) &&
+                                      keylock::detail::register_scheme("rediss+sentinel", keylock::redis::from_url) &&
+                                      keylock::detail::register_scheme("rediss+cluster", keylock::redis::from_url) &&
+                                      keylock::detail::register_scheme("rediss+redlock", keylock::redis::from_url);
 }

@@ -32,7 +32,7 @@ using std::chrono::milliseconds;
 
 constexpr const char* known_options =
     "prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, wait_replicas, wait_timeout, ca_file, "
-    "cert_file, key_file, verify, node_timeout";
+    "cert_file, key_file, verify, node_timeout, sentinel_user, sentinel_password";
 
 /// Percent-encodes every byte but RFC 3986's unreserved characters (and, for paths, '/' and
 /// ':'), with Boost.URL.
@@ -40,6 +40,15 @@ std::string encode(std::string_view text) { return boost::urls::encode(text, boo
 std::string encode_path(std::string_view text) {
     static constexpr auto path_chars = boost::urls::unreserved_chars + boost::urls::grammar::lut_chars("/:");
     return boost::urls::encode(text, path_chars);
+}
+
+/// The value of option `name` as written (percent-decoded), or empty: the sentinels' password,
+/// which messages must hide before the options are read.
+std::string option_value(const boost::urls::url_view& url, std::string_view name) {
+    for (const auto& param : url.params(boost::urls::encoding_opts(false, false, false))) {
+        if (param.key == name) return param.value;
+    }
+    return {};
 }
 
 milliseconds duration(const Messages& m, std::string_view name, std::string_view value,
@@ -125,7 +134,7 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
             config.node_timeout = duration(m, name, value, rules::node_timeout);
         } else if (name == "db") {
             if (config.topology == Topology::cluster) db_in_cluster(m);
-            if (scheme != "unix" && scheme != "redis+sentinel" && scheme != "redlock") {
+            if (config.topology == Topology::standalone && scheme != "unix") {
                 std::string what = "option 'db' is for unix:// URLs; a " + scheme;
                 what += ":// URL has the database in its path (";
                 what += scheme;
@@ -144,6 +153,9 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
                 std::string& file = name == "ca_file" ? ep.ca_file : name == "cert_file" ? ep.cert_file : ep.key_file;
                 file = value;
             }
+        } else if (name == "sentinel_user" || name == "sentinel_password") {
+            if (config.topology != Topology::sentinel) sentinel_option_not_sentinel(m, name);
+            (name == "sentinel_user" ? config.sentinel_user : config.sentinel_password) = value;
         } else {
             const bool credentials = name == "user" || name == "username" || name == "password";
             m.fail(errc::unknown_option,
@@ -158,15 +170,16 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
 void parse_master_name(const boost::urls::url_view& url, const Messages& m, RedisConfig& config) {
     const std::string_view path = url.encoded_path();
     if (!path.empty() && path.front() != '/') {  // see parse_tcp_location: not shown, it may be a password
-        m.fail(errc::invalid_url, std::string("malformed redis+sentinel:// URL after the hosts; expected ") +
-                                      list_grammar(Topology::sentinel));
+        m.fail(errc::invalid_url,
+               "malformed " + m.scheme() + ":// URL after the hosts; expected " + list_grammar(Topology::sentinel));
     }
     config.master_name = path.empty() ? std::string() : url.path().substr(1);
     check_master_name(m, config.master_name);
 }
 
 /// The URLs with a list of hosts: redis+sentinel:// (then a master's name as the path),
-/// redis+cluster:// and redlock:// (no path). Boost.URL takes one host: the list is cut out of
+/// redis+cluster:// and redlock:// (no path), and their TLS forms rediss+sentinel://,
+/// rediss+cluster:// and rediss+redlock://. Boost.URL takes one host: the list is cut out of
 /// the authority, each entry parsed on its own, and the rest parsed as a URL with one
 /// placeholder host.
 RedisConfig parse_list_url(std::string_view text, const std::string& scheme, Topology topology) {
@@ -195,11 +208,12 @@ RedisConfig parse_list_url(std::string_view text, const std::string& scheme, Top
     Endpoint& ep = config.endpoint;
     ep.host.clear();
     ep.port = 0;
+    ep.tls = scheme.starts_with("rediss+");
     if (url.has_userinfo()) {
         ep.user = url.user();
         if (url.has_password()) ep.password = url.password();
     }
-    const Messages m(scheme, url, ep.password);
+    const Messages m(scheme, url, ep.password, option_value(url, "sentinel_password"));
     if (url.has_fragment()) m.fail(errc::invalid_url, "a " + scheme + ":// URL takes no fragment ('#...')");
     if (hosts.empty()) no_hosts(m, topology);
     std::vector<HostPort>& list = topology == Topology::sentinel ? config.sentinels : config.nodes;
@@ -250,13 +264,16 @@ std::optional<std::uint16_t> parse_port(std::string_view text) {
 
 RedisConfig parse_redis_url(std::string_view text) {
     const std::string scheme = detail::url_scheme(text);
-    if (scheme == "redis+sentinel") return parse_list_url(text, scheme, Topology::sentinel);
-    if (scheme == "redis+cluster") return parse_list_url(text, scheme, Topology::cluster);
-    if (scheme == "redlock") return parse_list_url(text, scheme, Topology::redlock);
+    if (scheme == "redis+sentinel" || scheme == "rediss+sentinel") {
+        return parse_list_url(text, scheme, Topology::sentinel);
+    }
+    if (scheme == "redis+cluster" || scheme == "rediss+cluster") return parse_list_url(text, scheme, Topology::cluster);
+    if (scheme == "redlock" || scheme == "rediss+redlock") return parse_list_url(text, scheme, Topology::redlock);
     if (scheme != "redis" && scheme != "rediss" && scheme != "unix") {
-        throw Error(errc::invalid_url,
-                    "keylock: not a Redis URL: scheme '" + shown(scheme) +
-                        "' (expected redis://, rediss://, unix://, redis+sentinel://, redis+cluster:// or redlock://)");
+        throw Error(errc::invalid_url, "keylock: not a Redis URL: scheme '" + shown(scheme) +
+                                           "' (expected redis://, rediss://, unix://, redis+sentinel://, "
+                                           "redis+cluster://, redlock://, or with TLS rediss+sentinel://, "
+                                           "rediss+cluster://, rediss+redlock://)");
     }
     const auto parsed = boost::urls::parse_uri(text);
     if (!parsed) {
@@ -278,7 +295,7 @@ RedisConfig parse_redis_url(std::string_view text) {
         ep.user = url.user();
         if (url.has_password()) ep.password = url.password();
     }
-    const Messages m(scheme, url, ep.password);
+    const Messages m(scheme, url, ep.password, option_value(url, "sentinel_password"));
     if (url.has_fragment()) m.fail(errc::invalid_url, "a " + scheme + ":// URL takes no fragment ('#...')");
     if (scheme == "unix") {
         parse_unix_location(url, m, ep);
@@ -352,6 +369,15 @@ std::string to_url(const RedisConfig& config, Password password) {
     if (!ep.key_file.empty()) add("key_file", ep.key_file);
     if (ep.verify != defaults.endpoint.verify) add("verify", ep.verify ? "true" : "false");
     if (config.node_timeout != defaults.node_timeout) add("node_timeout", detail::format_duration(config.node_timeout));
+    if (!config.sentinel_user.empty()) add("sentinel_user", config.sentinel_user);
+    if (!config.sentinel_password.empty()) {
+        if (password == Password::redacted) {
+            add("sentinel_password", "");
+            url += "***";  // as the password before the host: not percent-encoded
+        } else {
+            add("sentinel_password", config.sentinel_password);
+        }
+    }
     return url;
 }
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 // The configuration of the Redis backend, read from a `redis://`, `rediss://`, `unix://`,
-// `redis+sentinel://`, `redis+cluster://` or `redlock://` URL (the grammar, options and bounds
-// are in docs/configuration.md).
+// `redis+sentinel://`, `redis+cluster://` or `redlock://` URL, or the TLS form of the last three
+// (`rediss+sentinel://`, `rediss+cluster://`, `rediss+redlock://`); the grammar, options and
+// bounds are in docs/configuration.md.
 #pragma once
 
 #include <chrono>
@@ -30,19 +31,23 @@ std::optional<std::uint16_t> parse_port(std::string_view text);
 /// How the servers are laid out; each has its URL scheme.
 enum class Topology {
     standalone,  ///< redis://, rediss://, unix://: one server
-    sentinel,    ///< redis+sentinel://: the master that sentinels name, followed across failovers
-    cluster,     ///< redis+cluster://: a Redis Cluster, each key on the master of its slot
-    redlock,     ///< redlock://: independent masters; a lock is held when a majority grants it
+    sentinel,    ///< redis+sentinel://, rediss+sentinel://: the master that sentinels name, followed across failovers
+    cluster,     ///< redis+cluster://, rediss+cluster://: a Redis Cluster, each key on the master of its slot
+    redlock,     ///< redlock://, rediss+redlock://: independent masters; a lock is held when a majority grants it
 };
 
 struct RedisConfig {
     Topology topology = Topology::standalone;
     /// Where and how to connect. With sentinels, its host and port are the master's as the
     /// sentinels name it (empty until then), and the rest applies to the master. For a cluster
-    /// or a quorum, all but the host and port (unused) applies to every node.
+    /// or a quorum, all but the host and port (unused) applies to every node. Its TLS settings
+    /// (tls, ca_file, cert_file, key_file, verify) apply to every server, the sentinels too.
     Endpoint endpoint;
     std::vector<HostPort> sentinels;  ///< redis+sentinel://: the sentinels to ask, in order
     std::string master_name;          ///< redis+sentinel://: the master's name in the sentinels
+    /// redis+sentinel://: the sentinels' own credentials (the endpoint's are the master's); an
+    /// empty user with a password AUTHs as `default`. The password is never printed.
+    std::string sentinel_user, sentinel_password;
     /// redis+cluster://: nodes to learn the slot map from (any one will do); redlock://: the
     /// masters of the quorum, each listed once.
     std::vector<HostPort> nodes;
@@ -69,10 +74,10 @@ void check(const RedisConfig& config);
 
 enum class Password { redacted, included };
 
-/// The same configuration as a URL, with options at their defaults left out and the password,
-/// if any, written as "***": parse_redis_url(to_url(c)) equals `c` except that its password is
-/// "***". For logs and describe(). With Password::included, parse_redis_url(to_url(c, included))
-/// equals `c` (the tests and the fuzzer check both round trips).
+/// The same configuration as a URL, with options at their defaults left out and the passwords
+/// (the endpoint's and sentinel_password), if any, written as "***": parse_redis_url(to_url(c))
+/// equals `c` except that its passwords are "***". For logs and describe(). With Password::included,
+/// parse_redis_url(to_url(c, included)) equals `c` (the tests and the fuzzer check both round trips).
 std::string to_url(const RedisConfig& config, Password password = Password::redacted);
 
 }  // namespace keylock::redis

@@ -28,6 +28,7 @@ struct SentinelLocator::Lookup {
     Located done;
     std::size_t tried = 0;
     std::string reasons;
+    bool refused_auth = false;  // a sentinel refused our credentials: the lookup fails with auth_failed
     std::shared_ptr<Connection> connection;
 };
 
@@ -35,9 +36,19 @@ SentinelLocator::SentinelLocator(boost::asio::io_context& io, RedisConfig config
     : io_(io), config_(std::move(config)), rewatch_(io) {}
 
 Endpoint SentinelLocator::sentinel_endpoint(std::size_t index) const {
+    const Endpoint& master = config_.endpoint;
     Endpoint e;
     e.host = config_.sentinels[index].host;
     e.port = config_.sentinels[index].port;
+    // The master's TLS settings (each sentinel verified for its own host name), the sentinels'
+    // own credentials.
+    e.tls = master.tls;
+    e.ca_file = master.ca_file;
+    e.cert_file = master.cert_file;
+    e.key_file = master.key_file;
+    e.verify = master.verify;
+    e.user = config_.sentinel_user;
+    e.password = config_.sentinel_password;
     const auto share = config_.endpoint.connect_timeout / static_cast<int>(config_.sentinels.size());
     e.connect_timeout = std::max<std::chrono::milliseconds>(share, std::chrono::milliseconds(10));
     e.command_timeout = std::min(config_.endpoint.command_timeout, e.connect_timeout);
@@ -56,7 +67,7 @@ void SentinelLocator::ask(const std::shared_ptr<Lookup>& lookup) {
     if (closed_) return;
     const std::size_t n = config_.sentinels.size();
     if (lookup->tried == n) {
-        lookup->done(make_error_code(errc::unavailable),
+        lookup->done(make_error_code(lookup->refused_auth ? errc::auth_failed : errc::unavailable),
                      "no sentinel gave the address of master '" + config_.master_name + "' (" + lookup->reasons + ")",
                      {});
         return;
@@ -75,9 +86,11 @@ void SentinelLocator::ask(const std::shared_ptr<Lookup>& lookup) {
     lookup->connection->connect([this, lookup, failed, index](std::error_code ec, const std::string& message) {
         if (closed_) return;
         if (ec) {
-            // "keylock: cannot connect to Redis at …": the part after the endpoint says why.
-            const auto colon = message.rfind(": ");
-            failed(colon == std::string::npos ? message : message.substr(colon + 2));
+            // "keylock: cannot connect to Redis at …: why", "keylock: TLS handshake with … failed:
+            // why", "keylock: Redis at … refused AUTH (why)": the whole sentence, without "keylock: ".
+            if (ec == errc::auth_failed) lookup->refused_auth = true;
+            constexpr std::string_view ours = "keylock: ";
+            failed(message.starts_with(ours) ? message.substr(ours.size()) : message);
             return;
         }
         lookup->connection->send({"SENTINEL", "get-master-addr-by-name", config_.master_name},

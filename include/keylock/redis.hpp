@@ -17,19 +17,20 @@
 namespace keylock {
 
 /// The options of a Redis registry: the same as those of a `redis://`, `rediss://`, `unix://`,
-/// `redis+sentinel://`, `redis+cluster://` or `redlock://` URL, with the same defaults and bounds
+/// `redis+sentinel://`, `redis+cluster://` or `redlock://` URL (with `tls`: `rediss+sentinel://`,
+/// `rediss+cluster://`, `rediss+redlock://`), with the same defaults and bounds
 /// (docs/configuration.md lists them). At most one of `sentinels`, `cluster_nodes` and
 /// `redlock_nodes` may be given.
 struct RedisOptions {
     std::string host = "127.0.0.1";  ///< TCP host name or address
     std::uint16_t port = 6379;       ///< TCP port
     std::string unix_socket;         ///< a Unix socket path, instead of host and port
-    bool tls = false;                ///< TLS (as `rediss://`; TCP only)
+    bool tls = false;                ///< TLS to every server, sentinels and nodes too (as `rediss://`; TCP only)
     std::string ca_file;             ///< TLS: the CA certificates (PEM) to verify the server with; empty = the system's
     std::string cert_file;           ///< TLS: a client certificate (PEM); empty = none
     std::string key_file;            ///< TLS: the client certificate's private key (PEM)
     bool verify = true;              ///< TLS: verify the server's certificate and host name
-    std::string user;                ///< ACL user; empty = password-only AUTH
+    std::string user;                ///< ACL user (AUTHs as it even without a password); empty: password-only AUTH
     std::string password;            ///< never shown by describe() or in messages
     int db = 0;                      ///< database number (SELECT), 0 by default
     std::chrono::milliseconds connect_timeout{5000};  ///< 10ms to 10m
@@ -41,6 +42,9 @@ struct RedisOptions {
     /// address; `host`, `port` and `unix_socket` are then not used. Empty: no Sentinel.
     std::vector<std::pair<std::string, std::uint16_t>> sentinels;
     std::string master_name;  ///< Sentinel: the master's name in the sentinels
+    /// Sentinel: the sentinels' own ACL user and password (`user` and `password` are the
+    /// master's); both empty: the sentinels are reached without AUTH. Never shown.
+    std::string sentinel_user, sentinel_password;
     /// Redis Cluster: nodes (host, port) to learn the slot map from, any one of which will do;
     /// `host`, `port`, `unix_socket` and `db` are then not used. Empty: no Cluster.
     std::vector<std::pair<std::string, std::uint16_t>> cluster_nodes;
