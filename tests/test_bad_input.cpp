@@ -7,7 +7,10 @@
 // to find: the asan+ubsan build runs this file too.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <future>
 #include <optional>
@@ -22,10 +25,12 @@
 #include "eventually.hpp"
 #include "fake_server.hpp"
 #include "redis_server.hpp"
+#include "sanitized.hpp"
 
 using keylock::errc;
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
+using keylock::test::eventually;
 using keylock::test::FakeServer;
 using keylock::test::RedisServer;
 using keylock::test::url;
@@ -547,9 +552,23 @@ TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-
         for (const int port : {no_password.port(), static_cast<int>(echo.port())}) {
             const std::string at = "@127.0.0.1:" + std::to_string(port);
             for (const std::string& u :
-                 {"redis://:" + password + at + "/?" + quick, "redis://" + user + ":" + password + at + "/?" + quick,
-                  "redlock://" + user + ":" + password + at + "?" + quick + "&node_timeout=100ms",
-                  "redis+cluster://:" + password + at + "?" + quick}) {
+                 {std::string("redis://:").append(password).append(at).append("/?").append(quick),
+                  std::string("redis://")
+                      .append(user)
+                      .append(":")
+                      .append(password)
+                      .append(at)
+                      .append("/?")
+                      .append(quick),
+                  std::string("redlock://")
+                      .append(user)
+                      .append(":")
+                      .append(password)
+                      .append(at)
+                      .append("?")
+                      .append(quick)
+                      .append("&node_timeout=100ms"),
+                  std::string("redis+cluster://:").append(password).append(at).append("?").append(quick)}) {
                 INFO(u);
                 auto registry = KeyedLockRegistry::from_url(u);
                 for (const Way& way : ways_to_lock()) {
@@ -597,5 +616,81 @@ TEST_CASE("bad input: servers that answer with errors, or are not Redis", "[bad-
     SECTION("a host name that does not resolve") {
         auto registry = KeyedLockRegistry::from_url("redis://u:" + password + "@no-such-host.invalid/?" + quick);
         expect(run([&] { (void)registry.lock("k"); }), errc::unavailable, "no-such-host.invalid", 5s);
+    }
+}
+
+namespace {
+
+/// This process's resident size in bytes (0 if /proc says nothing).
+long resident_bytes() {
+    long size = 0, resident = 0;
+    if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
+        if (std::fscanf(f, "%ld %ld", &size, &resident) != 2) resident = 0;
+        std::fclose(f);
+    }
+    return resident * ::sysconf(_SC_PAGESIZE);
+}
+
+}  // namespace
+
+TEST_CASE("a reply that never ends is refused at its bound, on the command connection and the subscriber",
+          "[redis][bad-input]") {
+    // A server (or something in its place) that answers with a bulk string, an array or a line
+    // without end: hiredis would buffer all of it. keylock refuses the reply as soon as it breaks
+    // max_reply_bytes or the bound on elements (backends/redis/reply_bound.hpp), closes the
+    // connection (protocol_error) and goes on as after any broken connection.
+    using Endless = FakeServer::Endless;
+    struct Row {
+        const char* what;
+        std::string header;
+        std::string query;
+        std::string says;
+    };
+    const std::vector<Row> rows = {
+        {"a bulk string of 1 TiB", "$1099511627776\r\n", "",
+         "a bulk string of 1099511627776 bytes, more than max_reply_bytes (67108864)"},
+        {"an array of 2^31 - 1 elements", "*2147483647\r\n", "", "more than 1048576 array elements in one reply"},
+        {"a line without end, in an array", "*1\r\n+", "&max_reply_bytes=1048576",
+         "a reply of more than max_reply_bytes (1048576 bytes)"},
+    };
+    const std::string quick = "connect_timeout=1s&command_timeout=1s";
+    const long before = resident_bytes();
+    for (const Row& row : rows) {
+        INFO(row.what);
+        {
+            // The handshake's PING is answered so: the connection is refused at once.
+            FakeServer server(Endless{row.header, ""});
+            auto registry = KeyedLockRegistry::from_url(url(server.port(), quick + row.query));
+            expect(run([&] { (void)registry.lock("k"); }), errc::protocol_error, row.says, 2s);
+            CHECK(eventually([&] { return server.endless_ended_by_client() >= 1; }, 2s));
+        }
+        {
+            // The acquire script's answer: the connection breaks (as a reset would), the attempt is
+            // retried on a new one until connect_timeout, then fails `unavailable` saying why.
+            FakeServer server(Endless{row.header, "EVALSHA"});
+            auto registry = KeyedLockRegistry::from_url(url(server.port(), quick + row.query));
+            expect(run([&] { (void)registry.lock("k"); }), errc::unavailable, row.says, 3s);
+            CHECK(server.endless_begun() >= 2);
+            if (!row.query.empty()) CHECK(server.endless_most_bytes() > std::size_t{1} << 20);  // read up to the bound
+            CHECK(eventually([&] { return server.endless_ended_by_client() == server.endless_begun(); }, 2s));
+        }
+        {
+            // The subscriber's: the key is held elsewhere (so says the fake acquire script), the
+            // waiter subscribes, its subscriber is refused and made again; it polls meanwhile,
+            // and its deadline ends the wait as usual.
+            FakeServer server(Endless{row.header, "SUBSCRIBE"});
+            auto registry = KeyedLockRegistry::from_url(url(server.port(), quick + row.query));
+            std::optional<Guard> got;
+            const Outcome out = run([&] { got = registry.try_lock_for("k", 1500ms); });
+            CHECK_FALSE(out.threw);
+            CHECK_FALSE(got.has_value());
+            CHECK(out.took < 3s);
+            CHECK(server.endless_begun() >= 1);
+            CHECK(eventually([&] { return server.endless_ended_by_client() == server.endless_begun(); }, 2s));
+        }
+    }
+    if (!keylock::test::kSanitized) {
+        // Dozens of endless answers, one of them over 1 MiB long each time: none was held.
+        CHECK(resident_bytes() - before < 32L << 20);
     }
 }

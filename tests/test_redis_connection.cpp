@@ -21,6 +21,7 @@
 
 #include "backends/redis/connection.hpp"
 #include "fake_server.hpp"
+#include "redis_cli.hpp"
 #include "redis_server.hpp"
 
 using keylock::errc;
@@ -376,7 +377,7 @@ TEST_CASE("an array of more than 2^20 elements is a protocol error, not a 16 GiB
     CHECK(*result == errc::unavailable);
     REQUIRE(broke.has_value());
     CHECK(broke->first == errc::protocol_error);
-    CHECK_THAT(broke->second, Catch::Contains("an array of more than 1048576 elements"));
+    CHECK_THAT(broke->second, Catch::Contains("more than 1048576 array elements in one reply"));
     CHECK_FALSE(c->connected());
 }
 
@@ -627,4 +628,63 @@ TEST_CASE("AUTH over TLS with a password that no message shows", "[redis][tls]")
         CHECK_THAT(out.message, !Catch::Contains("wrong-tls-Pa55word"));
         CHECK_THAT(out.message, !Catch::Contains("tls-s3cret-pw"));
     }
+}
+
+namespace {
+
+/// How many PINGs the server has run (INFO commandstats).
+long pings_run(const RedisServer& server) {
+    const std::string info = keylock::test::call(server.port(), {"INFO", "commandstats"}).str;
+    const auto at = info.find("cmdstat_ping:calls=");
+    return at == std::string::npos ? 0 : std::stol(info.substr(at + 19));
+}
+
+}  // namespace
+
+TEST_CASE("an idle connection PINGs every health_check, a subscriber too, and stays up", "[redis]") {
+    // The health check must not break what it checks: a subscriber's PING is answered
+    // "*2 pong ''" in RESP2 (not "+PONG"), and a PING answered is a connection alive.
+    RedisServer server;
+    boost::asio::io_context io;
+    Endpoint e = tcp(server);
+    e.health_check = 100ms;
+    Outcome cmd_out, sub_out;
+    auto cmd = connected(io, e, cmd_out);
+    auto sub = connected(io, e, sub_out);
+    REQUIRE_FALSE(cmd_out.ec);
+    REQUIRE_FALSE(sub_out.ec);
+    int broke = 0;
+    cmd->on_failure([&](std::error_code, const std::string&) { ++broke; });
+    sub->on_failure([&](std::error_code, const std::string&) { ++broke; });
+    std::vector<std::string> pushed;
+    sub->on_push([&](const Reply& r) { pushed.push_back(r.elements.at(2).str); });
+    const Reply subscribed = call(io, *sub, {"SUBSCRIBE", "ch"});
+    REQUIRE(subscribed.elements.size() == 3);
+    CHECK(subscribed.elements[0].str == "subscribe");
+    const long before = pings_run(server);
+    run_until(
+        io, [] { return false; }, 1000ms);  // idle for 1 s: ~10 PINGs on each
+    const long pings = pings_run(server) - before;
+    CHECK(pings >= 12);
+    CHECK(pings <= 24);
+    CHECK(broke == 0);
+    CHECK(cmd->connected());
+    CHECK(sub->connected());
+    // Both still work: the subscriber hears its channel, the command connection answers.
+    CHECK(server.command("PUBLISH ch news") == ":1");
+    REQUIRE(run_until(
+        io, [&] { return !pushed.empty(); }, 2s));
+    CHECK(pushed == std::vector<std::string>{"news"});
+    CHECK(call(io, *cmd, {"ECHO", "x"}).str == "x");
+    // health_check 0: no PING.
+    e.health_check = 0ms;
+    Outcome quiet_out;
+    auto quiet = connected(io, e, quiet_out);
+    cmd->close();
+    sub->close();
+    const long quiet_before = pings_run(server);
+    run_until(
+        io, [] { return false; }, 500ms);
+    CHECK(pings_run(server) == quiet_before);
+    CHECK(quiet->connected());
 }
