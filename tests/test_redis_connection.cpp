@@ -10,7 +10,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -687,4 +690,43 @@ TEST_CASE("an idle connection PINGs every health_check, a subscriber too, and st
         io, [] { return false; }, 500ms);
     CHECK(pings_run(server) == quiet_before);
     CHECK(quiet->connected());
+}
+
+TEST_CASE("a TCP connection has keepalive on, its first probe within 10 s", "[redis]") {
+    // The second line of defence behind the health check. /proc/net/tcp shows, for a socket with
+    // nothing to send, timer 2 (keepalive) and when it fires, in clock ticks; without keepalive,
+    // no timer at all.
+    RedisServer server;
+    boost::asio::io_context io;
+    Outcome out;
+    auto c = connected(io, tcp(server), out);
+    REQUIRE_FALSE(out.ec);
+    // Our end's port, as Redis sees it.
+    const std::string info = call(io, *c, {"CLIENT", "INFO"}).str;
+    const auto addr = info.find("addr=127.0.0.1:");
+    REQUIRE(addr != std::string::npos);
+    const int port = std::stoi(info.substr(addr + 15));
+    // "…:PORT" in hex, for our end and the server's.
+    const auto hex_port = [](int p) {
+        char text[8];
+        std::snprintf(text, sizeof text, ":%04X", p);
+        return std::string(text);
+    };
+    const std::string local = hex_port(port), remote = hex_port(server.port());
+    std::ifstream tcp_table("/proc/net/tcp");
+    REQUIRE(tcp_table.good());
+    std::string line, timer;
+    while (std::getline(tcp_table, line)) {
+        std::istringstream fields(line);
+        std::string sl, local_address, remote_address, state, queues;
+        fields >> sl >> local_address >> remote_address >> state >> queues >> timer;
+        if (local_address.ends_with(local) && remote_address.ends_with(remote)) break;
+        timer.clear();
+    }
+    INFO("timer of our socket in /proc/net/tcp: " << timer);
+    REQUIRE(timer.size() == 11);  // "02:000003E8"
+    CHECK(timer.substr(0, 2) == "02");
+    const long ticks = std::stol(timer.substr(3), nullptr, 16);
+    CHECK(ticks <= 10 * ::sysconf(_SC_CLK_TCK));
+    CHECK(ticks > 5 * ::sysconf(_SC_CLK_TCK));
 }

@@ -12,11 +12,11 @@
 //   - the elements announced by all of its arrays exceed max_elements;
 //   - its arrays nest deeper than max_depth;
 //   - a type byte is not one of RESP2's ('+', '-', ':', '$', '*': keylock never asks for RESP3),
-//     or an array announces a negative length other than -1 (hiredis 0.14 would make an array
-//     of (size_t)-N elements of it).
-// Lengths are read as hiredis 0.14 reads them: an optional sign, digits up to the first '\r'
-// (anything else: -1, a nil); a line ends at "\r\n"; a bulk string's body is followed by two
-// bytes, whatever they are.
+//     or an array announces a negative length other than -1 (hiredis refuses that too).
+// Lengths are read leniently (an optional sign, digits up to the first '\r'; anything else is
+// taken for -1, a nil): hiredis (0.14.1 as Debian ships it, and 1.x) refuses every length that
+// is not a plain decimal number, so whatever it accepts is framed here as it frames it. A line
+// ends at "\r\n"; a bulk string's body is followed by two bytes, whatever they are.
 #pragma once
 
 #include <cstddef>
