@@ -23,6 +23,7 @@
 #include <keylock/error.hpp>
 
 #include "backends/redis/connection.hpp"
+#include "backends/redis/reply_bound.hpp"
 #include "fake_server.hpp"
 #include "redis_cli.hpp"
 #include "redis_server.hpp"
@@ -729,4 +730,58 @@ TEST_CASE("a TCP connection has keepalive on, its first probe within 10 s", "[re
     const long ticks = std::stol(timer.substr(3), nullptr, 16);
     CHECK(ticks <= 10 * ::sysconf(_SC_CLK_TCK));
     CHECK(ticks > 5 * ::sysconf(_SC_CLK_TCK));
+}
+
+TEST_CASE("ReplyBound refuses a reply where it breaks a bound, and only then", "[redis][fuzz]") {
+    using keylock::redis::ReplyBound;
+    // How many bytes of `bytes` pass, fed in one piece and byte by byte (the same either way).
+    const auto passed = [](std::uint64_t max_bytes, std::uint64_t max_elements, const std::string& bytes,
+                           std::string* why = nullptr) {
+        ReplyBound whole(max_bytes, max_elements), bytewise(max_bytes, max_elements);
+        const std::size_t n = whole.scan(bytes.data(), bytes.size());
+        std::size_t m = 0;
+        while (m < bytes.size() && bytewise.scan(bytes.data() + m, 1) == 1) ++m;
+        CHECK(n == m);
+        CHECK(whole.broken() == bytewise.broken());
+        if (why != nullptr) *why = whole.broken();
+        return n;
+    };
+    const std::string bulk100 = "$100\r\n" + std::string(100, 'x') + "\r\n";  // 108 bytes
+    CHECK(passed(108, 10, bulk100) == 108);                                   // exactly the bound
+    std::string why;
+    CHECK(passed(107, 10, bulk100, &why) == 5);  // refused at the end of its header ('\n')
+    CHECK(why == "a reply of more than max_reply_bytes (107 bytes)");
+    CHECK(passed(99, 10, bulk100, &why) == 5);
+    CHECK(why == "a bulk string of 100 bytes, more than max_reply_bytes (99)");
+    // The bound is per reply: many replies of the bound's size pass.
+    std::string many;
+    for (int i = 0; i < 100; ++i) many += bulk100;
+    CHECK(passed(108, 10, many) == many.size());
+    // A line without end: refused at the byte past the bound.
+    CHECK(passed(64, 10, "+" + std::string(1000, 'y'), &why) == 64);
+    CHECK(why == "a reply of more than max_reply_bytes (64 bytes)");
+    // Elements count over all the arrays of a reply; 3 bytes each are announced.
+    CHECK(passed(1000, 4, "*2\r\n*2\r\n:1\r\n:2\r\n:3\r\n") == 20);
+    CHECK(passed(1000, 4, "*2\r\n*3\r\n:1\r\n", &why) == 7);
+    CHECK(why == "more than 4 array elements in one reply");
+    CHECK(passed(1000, 1000, "*400\r\n", &why) == 5);  // 400 x 3 bytes announced
+    CHECK(why == "a reply of more than max_reply_bytes (1000 bytes)");
+    // Nil and empty values, negative lengths.
+    CHECK(passed(1000, 10, "$-1\r\n*-1\r\n*0\r\n$0\r\n\r\n") == 20);
+    CHECK(passed(1000, 10, "*-2\r\n", &why) == 4);
+    CHECK(why == "an array of negative length");
+    // Nesting: 16 arrays deep pass, 17 do not.
+    std::string deep;
+    for (int i = 0; i < 16; ++i) deep += "*1\r\n";
+    CHECK(passed(1000, 100, deep + ":1\r\n") == deep.size() + 4);
+    CHECK(passed(1000, 100, deep + "*1\r\n", &why) == deep.size() + 3);
+    CHECK(why == "arrays nested more than 16 deep");
+    // Not RESP2.
+    CHECK(passed(1000, 10, "+OK\r\nHTTP/1.1", &why) == 5);
+    CHECK(why == "got 'H' as a reply type byte");
+    CHECK(passed(1000, 10, "_\r\n", &why) == 0);  // RESP3's null
+    // Once refused, nothing more passes.
+    ReplyBound refused(10, 10);
+    CHECK(refused.scan("+0123456789012", 14) == 10);
+    CHECK(refused.scan("+OK\r\n", 5) == 0);
 }
