@@ -6,7 +6,8 @@
 //   stall()    nothing is passed on any more, and connections stay open (a half-open peer, a
 //              partition without resets); resume() passes on what was held, and goes on
 //   cut()      every connection is closed at once (new ones are still accepted)
-//   blackhole() every connection open now stays open but passes nothing on any more, either way,
+//   blackhole(n) connection n (0 = the first accepted; none given: every connection open now)
+//              stays open but passes nothing on any more, either way,
 //              for good (no reset, no FIN: a NAT that forgot the flow, a host that vanished);
 //              what comes in is read and dropped. Connections accepted later work as usual.
 //   delay_replies(n, d)  what the server sends on connection n (0 = the first accepted) waits d
@@ -77,10 +78,13 @@ public:
         });
         done.get_future().wait();
     }
-    void blackhole() {
+    /// `connection`: only that one (0 = the first accepted); -1: all.
+    void blackhole(int connection = -1) {
         std::promise<void> done;
-        boost::asio::post(io_, [this, &done] {
-            for (const auto& link : links_) link->blackholed = true;
+        boost::asio::post(io_, [this, &done, connection] {
+            for (const auto& link : links_) {
+                if (connection < 0 || link->number == connection) link->blackholed = true;
+            }
             done.set_value();
         });
         done.get_future().wait();
@@ -93,8 +97,8 @@ private:
 
     /// One direction of one connection: reads from `from`, writes to `to`, in order.
     struct Pipe : std::enable_shared_from_this<Pipe> {
-        Pipe(TcpProxy& p, std::shared_ptr<tcp::socket> f, std::shared_ptr<tcp::socket> t, int replies_of = -1)
-            : proxy(p), from(std::move(f)), to(std::move(t)), replies_of(replies_of) {}
+        Pipe(TcpProxy& p, std::shared_ptr<tcp::socket> f, std::shared_ptr<tcp::socket> t, int number, bool replies)
+            : proxy(p), from(std::move(f)), to(std::move(t)), replies_of(replies ? number : -1), number(number) {}
         void start() { read(); }
         void read() {
             auto self = shared_from_this();
@@ -150,6 +154,7 @@ private:
         TcpProxy& proxy;
         std::shared_ptr<tcp::socket> from, to;
         int replies_of;  // server to client: the connection's number; client to server: -1
+        int number;      // the connection's
         std::array<char, 16384> buf{};
         std::deque<std::shared_ptr<std::string>> held;
         bool blackholed = false;  // io thread only
@@ -171,7 +176,8 @@ private:
                 boost::system::error_code ignored;
                 c->set_option(tcp::no_delay(true), ignored);
                 s->set_option(tcp::no_delay(true), ignored);
-                auto up = std::make_shared<Pipe>(*this, c, s), down = std::make_shared<Pipe>(*this, s, c, number);
+                auto up = std::make_shared<Pipe>(*this, c, s, number, false),
+                     down = std::make_shared<Pipe>(*this, s, c, number, true);
                 links_.insert(up);
                 links_.insert(down);
                 up->start();

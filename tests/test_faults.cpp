@@ -499,6 +499,39 @@ TEST_CASE("fault: the waiter's links go silently dead (blackholed), at the defau
     got->release();
 }
 
+TEST_CASE("fault: the waiter's subscriber alone goes silently dead (blackholed), at the default lease",
+          "[faults][redis]") {
+    // As above, with the command connection alive: the waiter's last attempt said "held" (for 30
+    // s more), and only the health check of its subscriber can tell it that it hears nothing.
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    auto holders = KeyedLockRegistry::from_url(url(server));  // lease 30 s
+    std::optional<Guard> held = holders.lock("k");
+    auto waiters = KeyedLockRegistry::from_url(url(proxy.port(), "health_check=1s&command_timeout=1s"));
+    std::optional<Guard> got;
+    Clock::time_point got_at{};
+    std::thread waiter([&] {
+        got = waiters.try_lock_for("k", 12s);
+        got_at = Clock::now();
+    });
+    REQUIRE(eventually([&] { return server.command("PUBSUB CHANNELS keylock:k") == "*1"; }, 10s));
+    std::this_thread::sleep_for(200ms);
+    REQUIRE(proxy.accepted() == 2);
+    proxy.blackhole(1);  // connection 0: the waiter's commands; 1: its subscriber
+    std::this_thread::sleep_for(300ms);
+    const auto released = Clock::now();
+    held.reset();
+    waiter.join();
+    REQUIRE(got.has_value());
+    const auto after_release = std::chrono::duration_cast<std::chrono::milliseconds>(got_at - released).count();
+    CAPTURE(after_release);
+    CHECK(got_at - released < 1s + 1s + 1500ms);
+    // The key came with the look that follows the subscriber's loss (its release was published
+    // before that), over the command connection, which was kept.
+    CHECK(proxy.accepted() == 2);
+    got->release();
+}
+
 TEST_CASE("fault: the network stalls past the lease (half-open), then comes back", "[faults][redis]") {
     // What the user sees: requests in flight time out (command_timeout), new connections
     // cannot finish their handshake, so locks fail with unavailable after connect_timeout;
