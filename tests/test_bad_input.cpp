@@ -666,7 +666,7 @@ TEST_CASE("a reply that never ends is refused at its bound, on the command conne
             // The handshake's PING is answered so: the connection is refused at once.
             FakeServer server(Endless{row.header, ""});
             auto registry = KeyedLockRegistry::from_url(url(server.port(), quick + row.query));
-            expect(run([&] { (void)registry.lock("k"); }), errc::protocol_error, row.says, 2s);
+            expect(run([&] { (void)registry.lock("k"); }), errc::protocol_error, row.says, 5s);
             CHECK(eventually([&] { return server.endless_ended_by_client() >= 1; }, 2s));
         }
         {
@@ -674,7 +674,7 @@ TEST_CASE("a reply that never ends is refused at its bound, on the command conne
             // retried on a new one until connect_timeout, then fails `unavailable` saying why.
             FakeServer server(Endless{row.header, "EVALSHA"});
             auto registry = KeyedLockRegistry::from_url(url(server.port(), quick + row.query));
-            expect(run([&] { (void)registry.lock("k"); }), errc::unavailable, row.says, 3s);
+            expect(run([&] { (void)registry.lock("k"); }), errc::unavailable, row.says, 5s);
             CHECK(server.endless_begun() >= 2);
             if (!row.query.empty()) CHECK(server.endless_most_bytes() > std::size_t{1} << 20);  // read up to the bound
             CHECK(eventually([&] { return server.endless_ended_by_client() == server.endless_begun(); }, 2s));
@@ -689,7 +689,7 @@ TEST_CASE("a reply that never ends is refused at its bound, on the command conne
             const Outcome out = run([&] { got = registry.try_lock_for("k", 1500ms); });
             CHECK_FALSE(out.threw);
             CHECK_FALSE(got.has_value());
-            CHECK(out.took < 3s);
+            CHECK(out.took < 5s);  // its 1.5 s, and slack for a loaded machine
             CHECK(server.endless_begun() >= 1);
             CHECK(eventually([&] { return server.endless_ended_by_client() == server.endless_begun(); }, 2s));
         }
