@@ -31,6 +31,7 @@
 //           answers them rather than going to on_push). Bits 0-3, chunking: 0 writes the payload
 //           at once; n > 0 in chunks of 1 to 2^((n - 1) % 9) bytes, their sizes drawn from a
 //           generator seeded with bytes 2 and 3, at most 64 chunks (the last takes the rest).
+//   byte 3: bit 7, max_reply_bytes 256 (else the default, 64 MiB).
 // E.g. `printf '\x00\x01\x00\x00+OK\r\n'`: one command, answered "+OK" in one write.
 //
 // What must hold (a violation abort()s; libFuzzer reports it with the input that did it): the
@@ -45,7 +46,10 @@
 // with the right code, and no message shows the password; the server receives the handshake and
 // then the commands, byte for byte; and once closed and its handlers drained, nothing holds the
 // connection any more. As in connection.cpp, an array of more than 2^20 elements is a protocol
-// error (hiredis would allocate its element pointers at once: 16 GiB for "*2147483647").
+// error (hiredis would allocate its element pointers at once: 16 GiB for "*2147483647"), and so
+// is a reply that breaks the other bounds of backends/redis/reply_bound.hpp (max_reply_bytes,
+// nesting, RESP2's type bytes): the model runs ReplyBound over the payload in one piece, the
+// connection over each read as it comes, so the bound must not depend on where reads end.
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -200,6 +204,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     ep.master_only = s.role;
     ep.connect_timeout = std::chrono::minutes(10);  // no timer fires while an input runs
     ep.command_timeout = std::chrono::minutes(10);
+    ep.health_check = std::chrono::minutes(10);
+    ep.max_reply_bytes = s.max_reply_bytes;
 
     // What the harness saw.
     const std::size_t total = s.commands + (s.follow_up ? 1 : 0);
@@ -285,7 +291,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     // The model, over the payload in one piece.
     Model model(s);
-    model.run(parse_all(s.payload));
+    model.run(parse_all(s.payload, s.max_reply_bytes));
 
     // Every handler ran once, in order, as the model says.
     for (std::size_t id = 0; id < total; ++id) {

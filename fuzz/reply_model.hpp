@@ -23,6 +23,7 @@
 #include <keylock/error.hpp>
 
 #include "backends/redis/connection.hpp"
+#include "backends/redis/reply_bound.hpp"
 
 namespace keylock_fuzz {
 
@@ -104,8 +105,8 @@ inline std::string describe(const Reply& r) {
     return s + "(" + (r.type == Reply::Type::integer ? std::to_string(r.integer) : r.str.substr(0, 40)) + ")";
 }
 
-/// The payload parsed in one piece: its complete replies, and whether bytes that are not RESP
-/// follow them.
+/// The payload parsed in one piece: its complete replies, and whether bytes that are not RESP, or
+/// a reply that breaks the bounds of reply_bound.hpp (max_reply_bytes = `max_bytes`), follow them.
 struct Parsed {
     std::vector<Reply> replies;
     bool protocol_error = false;
@@ -122,8 +123,15 @@ inline void* create_array(const redisReadTask* task, Count elements) {
     return hiredis_functions.createArray(task, elements);
 }
 
-inline Parsed parse_all(std::string_view bytes) {
+inline Parsed parse_all(std::string_view bytes, std::uint64_t max_bytes = std::uint64_t{1} << 62) {
     Parsed out;
+    // The bounds, over the payload in one piece (the connection checks each read as it comes):
+    // the replies before the one that breaks them are parsed, then it is a protocol error.
+    keylock::redis::ReplyBound bound(max_bytes, max_array_elements);
+    const std::size_t within = bound.scan(bytes.data(), bytes.size());
+    const bool refused = within < bytes.size();
+    require(refused == !bound.broken().empty(), "ReplyBound: scan() and broken() disagree");
+    bytes = bytes.substr(0, within);
     static redisReplyObjectFunctions functions = [] {
         redisReader* r = redisReaderCreate();
         if (r == nullptr) violated("harness: redisReaderCreate failed");
@@ -147,6 +155,7 @@ inline Parsed parse_all(std::string_view bytes) {
         freeReplyObject(raw);
     }
     redisReaderFree(reader);
+    if (refused) out.protocol_error = true;
     return out;
 }
 
@@ -175,6 +184,7 @@ struct Scenario {
     std::size_t close_at;   // >= 8: none
     unsigned sunsubscribe;  // bit i: command i is a SUNSUBSCRIBE (else an EVALSHA)
     bool push_fails, follow_up;
+    std::uint64_t max_reply_bytes;    // the endpoint's
     std::vector<std::size_t> chunks;  // sizes, summing to the payload's
     std::string_view payload;
 
@@ -194,6 +204,7 @@ struct Scenario {
         s.close_at = (c >> 3) & 7;
         s.push_fails = (c & 0x40) != 0;
         s.follow_up = (c & 0x80) != 0;
+        s.max_reply_bytes = (data[3] & 0x80) != 0 ? 256 : std::uint64_t{64} << 20;
         s.payload = std::string_view(reinterpret_cast<const char*>(data) + 4, size - 4);
         std::size_t left = s.payload.size();
         s.sunsubscribe = data[2] >> 4;

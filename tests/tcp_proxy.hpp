@@ -6,6 +6,10 @@
 //   stall()    nothing is passed on any more, and connections stay open (a half-open peer, a
 //              partition without resets); resume() passes on what was held, and goes on
 //   cut()      every connection is closed at once (new ones are still accepted)
+//   blackhole(n) connection n (0 = the first accepted; none given: every connection open now)
+//              stays open but passes nothing on any more, either way,
+//              for good (no reset, no FIN: a NAT that forgot the flow, a host that vanished);
+//              what comes in is read and dropped. Connections accepted later work as usual.
 //   delay_replies(n, d)  what the server sends on connection n (0 = the first accepted) waits d
 //              more: one connection slowed, the others not (e.g. commands but not notifications)
 //
@@ -74,6 +78,17 @@ public:
         });
         done.get_future().wait();
     }
+    /// `connection`: only that one (0 = the first accepted); -1: all.
+    void blackhole(int connection = -1) {
+        std::promise<void> done;
+        boost::asio::post(io_, [this, &done, connection] {
+            for (const auto& link : links_) {
+                if (connection < 0 || link->number == connection) link->blackholed = true;
+            }
+            done.set_value();
+        });
+        done.get_future().wait();
+    }
     /// Connections accepted so far.
     int accepted() const { return accepted_.load(); }
 
@@ -82,12 +97,16 @@ private:
 
     /// One direction of one connection: reads from `from`, writes to `to`, in order.
     struct Pipe : std::enable_shared_from_this<Pipe> {
-        Pipe(TcpProxy& p, std::shared_ptr<tcp::socket> f, std::shared_ptr<tcp::socket> t, int replies_of = -1)
-            : proxy(p), from(std::move(f)), to(std::move(t)), replies_of(replies_of) {}
+        Pipe(TcpProxy& p, std::shared_ptr<tcp::socket> f, std::shared_ptr<tcp::socket> t, int number, bool replies)
+            : proxy(p), from(std::move(f)), to(std::move(t)), replies_of(replies ? number : -1), number(number) {}
         void start() { read(); }
         void read() {
             auto self = shared_from_this();
             from->async_read_some(boost::asio::buffer(buf), [this, self](boost::system::error_code ec, std::size_t n) {
+                if (blackholed) {
+                    if (!ec) read();  // dropped; an end or error is not passed on either
+                    return;
+                }
                 if (ec) return close();
                 if (int expected = replies_of;
                     replies_of >= 0 && proxy.drop_reply_of_.compare_exchange_strong(expected, -1)) {
@@ -105,6 +124,7 @@ private:
         }
         /// Passes a chunk on (or holds it while stalled), then reads the next.
         void pass(const std::shared_ptr<std::string>& chunk) {
+            if (blackholed) return read();
             if (proxy.stalled_.load()) {
                 held.push_back(chunk);
                 return;  // no more reads until resumed: the sender's window fills, as on a dead link
@@ -120,7 +140,7 @@ private:
                                      });
         }
         void flush_held() {
-            if (held.empty()) return;
+            if (held.empty() || blackholed) return;
             auto all = std::make_shared<std::string>();
             for (auto& c : held) *all += *c;
             held.clear();
@@ -134,8 +154,10 @@ private:
         TcpProxy& proxy;
         std::shared_ptr<tcp::socket> from, to;
         int replies_of;  // server to client: the connection's number; client to server: -1
+        int number;      // the connection's
         std::array<char, 16384> buf{};
         std::deque<std::shared_ptr<std::string>> held;
+        bool blackholed = false;  // io thread only
     };
 
     void accept() {
@@ -154,7 +176,8 @@ private:
                 boost::system::error_code ignored;
                 c->set_option(tcp::no_delay(true), ignored);
                 s->set_option(tcp::no_delay(true), ignored);
-                auto up = std::make_shared<Pipe>(*this, c, s), down = std::make_shared<Pipe>(*this, s, c, number);
+                auto up = std::make_shared<Pipe>(*this, c, s, number, false),
+                     down = std::make_shared<Pipe>(*this, s, c, number, true);
                 links_.insert(up);
                 links_.insert(down);
                 up->start();

@@ -7,7 +7,10 @@
 // to find: the asan+ubsan build runs this file too.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <future>
 #include <optional>
@@ -25,10 +28,12 @@
 #include "fake_server.hpp"
 #include "redis_cli.hpp"
 #include "redis_server.hpp"
+#include "sanitized.hpp"
 
 using keylock::errc;
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
+using keylock::test::eventually;
 using keylock::test::FakeServer;
 using keylock::test::RedisServer;
 using keylock::test::url;
@@ -174,6 +179,9 @@ const std::vector<BadUrl> bad_urls = {
     {"redis: a lease over 24 h", "redis://u" + pw + "h?lease=25h", errc::invalid_option, "'25h'"},
     {"redis: connect_timeout under 10 ms", "redis://h?connect_timeout=9ms", errc::invalid_option, "'9ms'"},
     {"redis: command_timeout over 10 min", "redis://h?command_timeout=601s", errc::invalid_option, "'601s'"},
+    {"redis: health_check under 10 ms (not 0)", "redis://h?health_check=9ms", errc::invalid_option, "'9ms'"},
+    {"redis: max_reply_bytes under 1 KiB", "redis://h?max_reply_bytes=1023", errc::invalid_option, "'1023'"},
+    {"redis: max_reply_bytes over 4 GiB", "redis://h?max_reply_bytes=4294967297", errc::invalid_option, "'4294967297'"},
     {"redis: max_key_bytes 0", "redis://h?max_key_bytes=0", errc::invalid_option, "'max_key_bytes' has value '0'"},
     {"redis: max_key_bytes past 64 KiB", "redis://h?max_key_bytes=65537", errc::invalid_option, "'65537'"},
     {"redis: an empty prefix", "redis://h?prefix=", errc::invalid_option, "'prefix' has value ''"},
@@ -277,6 +285,8 @@ TEST_CASE("bad input: option values out of range in code are invalid_option", "[
         {"redis: a lease over 24 h", redis([](auto& o) { o.lease = 25h; }), "lease"},
         {"redis: connect_timeout 0", redis([](auto& o) { o.connect_timeout = 0ms; }), "connect_timeout"},
         {"redis: a negative command_timeout", redis([](auto& o) { o.command_timeout = -1ms; }), "command_timeout"},
+        {"redis: a negative health_check", redis([](auto& o) { o.health_check = -1ms; }), "health_check"},
+        {"redis: max_reply_bytes 1023", redis([](auto& o) { o.max_reply_bytes = 1023; }), "max_reply_bytes"},
         {"redis: max_key_bytes past 64 KiB", redis([](auto& o) { o.max_key_bytes = 65537; }), "max_key_bytes"},
         {"redis: an empty prefix", redis([](auto& o) { o.prefix.clear(); }), "prefix"},
         {"redis: a negative database", redis([](auto& o) { o.db = -1; }), "db is -1"},
@@ -648,5 +658,81 @@ TEST_CASE("a URL with a user and no password AUTHs as that user (empty password)
         }
         CHECK_THAT(message, Catch::Contains("refused AUTH (WRONGPASS") && !Catch::Contains("bob"));
         CHECK(Clock::now() - start < 3s);
+    }
+}
+
+namespace {
+
+/// This process's resident size in bytes (0 if /proc says nothing).
+long resident_bytes() {
+    long size = 0, resident = 0;
+    if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
+        if (std::fscanf(f, "%ld %ld", &size, &resident) != 2) resident = 0;
+        std::fclose(f);
+    }
+    return resident * ::sysconf(_SC_PAGESIZE);
+}
+
+}  // namespace
+
+TEST_CASE("a reply that never ends is refused at its bound, on the command connection and the subscriber",
+          "[redis][bad-input]") {
+    // A server (or something in its place) that answers with a bulk string, an array or a line
+    // without end: hiredis would buffer all of it. keylock refuses the reply as soon as it breaks
+    // max_reply_bytes or the bound on elements (backends/redis/reply_bound.hpp), closes the
+    // connection (protocol_error) and goes on as after any broken connection.
+    using Endless = FakeServer::Endless;
+    struct Row {
+        const char* what;
+        std::string header;
+        std::string query;
+        std::string says;
+    };
+    const std::vector<Row> rows = {
+        {"a bulk string of 1 TiB", "$1099511627776\r\n", "",
+         "a bulk string of 1099511627776 bytes, more than max_reply_bytes (67108864)"},
+        {"an array of 2^31 - 1 elements", "*2147483647\r\n", "", "more than 1048576 array elements in one reply"},
+        {"a line without end, in an array", "*1\r\n+", "&max_reply_bytes=1048576",
+         "a reply of more than max_reply_bytes (1048576 bytes)"},
+    };
+    const std::string quick = "connect_timeout=1s&command_timeout=1s";
+    const long before = resident_bytes();
+    for (const Row& row : rows) {
+        INFO(row.what);
+        {
+            // The handshake's PING is answered so: the connection is refused at once.
+            FakeServer server(Endless{row.header, ""});
+            auto registry = KeyedLockRegistry::from_url(url(server.port(), quick + row.query));
+            expect(run([&] { (void)registry.lock("k"); }), errc::protocol_error, row.says, 5s);
+            CHECK(eventually([&] { return server.endless_ended_by_client() >= 1; }, 2s));
+        }
+        {
+            // The acquire script's answer: the connection breaks (as a reset would), the attempt is
+            // retried on a new one until connect_timeout, then fails `unavailable` saying why.
+            FakeServer server(Endless{row.header, "EVALSHA"});
+            auto registry = KeyedLockRegistry::from_url(url(server.port(), quick + row.query));
+            expect(run([&] { (void)registry.lock("k"); }), errc::unavailable, row.says, 5s);
+            CHECK(server.endless_begun() >= 2);
+            if (!row.query.empty()) CHECK(server.endless_most_bytes() > std::size_t{1} << 20);  // read up to the bound
+            CHECK(eventually([&] { return server.endless_ended_by_client() == server.endless_begun(); }, 2s));
+        }
+        {
+            // The subscriber's: the key is held elsewhere (so says the fake acquire script), the
+            // waiter subscribes, its subscriber is refused and made again; it polls meanwhile,
+            // and its deadline ends the wait as usual.
+            FakeServer server(Endless{row.header, "SUBSCRIBE"});
+            auto registry = KeyedLockRegistry::from_url(url(server.port(), quick + row.query));
+            std::optional<Guard> got;
+            const Outcome out = run([&] { got = registry.try_lock_for("k", 1500ms); });
+            CHECK_FALSE(out.threw);
+            CHECK_FALSE(got.has_value());
+            CHECK(out.took < 5s);  // its 1.5 s, and slack for a loaded machine
+            CHECK(server.endless_begun() >= 1);
+            CHECK(eventually([&] { return server.endless_ended_by_client() == server.endless_begun(); }, 2s));
+        }
+    }
+    if (!keylock::test::kSanitized) {
+        // Dozens of endless answers, one of them over 1 MiB long each time: none was held.
+        CHECK(resident_bytes() - before < 32L << 20);
     }
 }

@@ -464,6 +464,74 @@ TEST_CASE("fault: a release whose answer is lost is given back all the same, at 
     CHECK(eventually([&] { return server.command("EXISTS keylock:k") == ":0"; }, 1s));
 }
 
+TEST_CASE("fault: the waiter's links go silently dead (blackholed), at the default lease", "[faults][redis]") {
+    // A NAT or load balancer that forgets an idle flow, or a host that vanished, sends no reset:
+    // the waiter's subscriber would never hear the release, and the waiter would sleep until the
+    // end of the holder's 30 s lease. The health check (health_check=1s here) PINGs a connection
+    // that has heard nothing for 1 s; with no answer within command_timeout (1 s) it is dropped
+    // and made again, the subscriber resubscribes, and the waiter looks again at once. The bound,
+    // docs/semantics.md: health_check + command_timeout, and then a reconnection.
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    auto holders = KeyedLockRegistry::from_url(url(server));  // lease 30 s
+    std::optional<Guard> held = holders.lock("k");
+    auto waiters = KeyedLockRegistry::from_url(url(proxy.port(), "health_check=1s&command_timeout=1s"));
+    std::optional<Guard> got;
+    Clock::time_point got_at{};
+    std::thread waiter([&] {
+        got = waiters.try_lock_for("k", 12s);
+        got_at = Clock::now();
+    });
+    // The waiter is subscribed (its subscriber is counted by Redis) and has attempted again since.
+    REQUIRE(eventually([&] { return server.command("PUBSUB CHANNELS keylock:k") == "*1"; }, 10s));
+    std::this_thread::sleep_for(200ms);
+    REQUIRE(proxy.accepted() == 2);  // the waiter's command connection and its subscriber
+    proxy.blackhole();
+    std::this_thread::sleep_for(300ms);
+    const auto released = Clock::now();
+    held.reset();  // published to a subscriber whose link is dead
+    waiter.join();
+    REQUIRE(got.has_value());
+    const auto after_release = std::chrono::duration_cast<std::chrono::milliseconds>(got_at - released).count();
+    CAPTURE(after_release);
+    CHECK(got_at - released < 1s + 1s + 1500ms);  // health_check + command_timeout + margin
+    CHECK(proxy.accepted() >= 3);                 // made again through the proxy
+    got->release();
+}
+
+TEST_CASE("fault: the waiter's subscriber alone goes silently dead (blackholed), at the default lease",
+          "[faults][redis]") {
+    // As above, with the command connection alive: the waiter's last attempt said "held" (for 30
+    // s more), and only the health check of its subscriber can tell it that it hears nothing.
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    auto holders = KeyedLockRegistry::from_url(url(server));  // lease 30 s
+    std::optional<Guard> held = holders.lock("k");
+    auto waiters = KeyedLockRegistry::from_url(url(proxy.port(), "health_check=1s&command_timeout=1s"));
+    std::optional<Guard> got;
+    Clock::time_point got_at{};
+    std::thread waiter([&] {
+        got = waiters.try_lock_for("k", 12s);
+        got_at = Clock::now();
+    });
+    REQUIRE(eventually([&] { return server.command("PUBSUB CHANNELS keylock:k") == "*1"; }, 10s));
+    std::this_thread::sleep_for(200ms);
+    REQUIRE(proxy.accepted() == 2);
+    proxy.blackhole(1);  // connection 0: the waiter's commands; 1: its subscriber
+    std::this_thread::sleep_for(300ms);
+    const auto released = Clock::now();
+    held.reset();
+    waiter.join();
+    REQUIRE(got.has_value());
+    const auto after_release = std::chrono::duration_cast<std::chrono::milliseconds>(got_at - released).count();
+    CAPTURE(after_release);
+    CHECK(got_at - released < 1s + 1s + 1500ms);
+    // The key came with the look that follows the subscriber's loss (its release was published
+    // before that), over the command connection, which was kept.
+    CHECK(proxy.accepted() == 2);
+    got->release();
+}
+
 TEST_CASE("fault: the network stalls past the lease (half-open), then comes back", "[faults][redis]") {
     // What the user sees: requests in flight time out (command_timeout), new connections
     // cannot finish their handshake, so locks fail with unavailable after connect_timeout;

@@ -33,9 +33,9 @@ auto fields(const RedisConfig& c) {
     for (const auto& n : c.nodes) nodes += n.host + ":" + std::to_string(n.port) + ",";
     return std::make_tuple(static_cast<int>(c.topology), e.host, e.port, e.unix_path, e.tls, e.ca_file, e.cert_file,
                            e.key_file, e.verify, e.user, e.password, e.db, e.connect_timeout.count(),
-                           e.command_timeout.count(), c.prefix, c.lease.count(), c.max_key_bytes, sentinels,
-                           c.master_name, nodes, c.node_timeout.count(), c.wait_replicas, c.wait_timeout.count(),
-                           c.sentinel_user, c.sentinel_password);
+                           e.command_timeout.count(), e.health_check.count(), e.max_reply_bytes, c.prefix,
+                           c.lease.count(), c.max_key_bytes, sentinels, c.master_name, nodes, c.node_timeout.count(),
+                           c.wait_replicas, c.wait_timeout.count(), c.sentinel_user, c.sentinel_password);
 }
 
 /// Runs parse_redis_url(url), expecting keylock::Error with `code` whose message starts with
@@ -265,7 +265,7 @@ TEST_CASE("malformed URLs and bad hosts and ports and paths are invalid_url nami
 TEST_CASE("unknown options are unknown_option listing the known ones", "[redis][config]") {
     const std::string known =
         "(known: prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, wait_replicas, wait_timeout, "
-        "ca_file, cert_file, key_file, verify, node_timeout, sentinel_user, sentinel_password)";
+        "ca_file, cert_file, key_file, verify, node_timeout, sentinel_user, sentinel_password, health_check, max_reply_bytes)";
     expect_error("redis://u:S3cr3t-pw@h?lease=1s&leese=2s", errc::unknown_option, "unknown option 'leese'");
     expect_error("redis://u:S3cr3t-pw@h?Lease=1s", errc::unknown_option, known);  // names are case-sensitive
     expect_error("redis://h?password=S3cr3t-pw", errc::unknown_option, "go before the host");
@@ -512,6 +512,39 @@ TEST_CASE("check() holds a configuration made in code to the rules of its URL, i
         const RedisConfig c = parse_redis_url(url);
         CHECK_NOTHROW(keylock::redis::check(c));
     }
+}
+
+TEST_CASE("health_check and max_reply_bytes: defaults, bounds, round trip", "[redis][config]") {
+    const RedisConfig defaults = parse_redis_url("redis://h");
+    CHECK(defaults.endpoint.health_check == 5s);
+    CHECK(defaults.endpoint.max_reply_bytes == 64u << 20);
+    const RedisConfig c = parse_redis_url("redis://h?health_check=1500ms&max_reply_bytes=1024");
+    CHECK(c.endpoint.health_check == 1500ms);
+    CHECK(c.endpoint.max_reply_bytes == 1024);
+    CHECK(to_url(c) == "redis://h?health_check=1500ms&max_reply_bytes=1024");
+    check_round_trip(c);
+    const RedisConfig off = parse_redis_url("redis://h?health_check=0&max_reply_bytes=4294967296");
+    CHECK(off.endpoint.health_check == 0ms);
+    CHECK(off.endpoint.max_reply_bytes == std::uint64_t{4} << 30);
+    check_round_trip(off);
+    CHECK(parse_redis_url("redis://h?health_check=10ms").endpoint.health_check == 10ms);
+    CHECK(parse_redis_url("redis://h?health_check=10m").endpoint.health_check == 10min);
+    expect_error("redis://h?health_check=9ms", errc::invalid_option,
+                 "option 'health_check' has value '9ms'; expected 0 (off) or a duration from 10ms to 10m");
+    expect_error("redis://h?health_check=11m", errc::invalid_option, "'health_check' has value '11m'");
+    expect_error("redis://h?health_check=x", errc::invalid_option, "'health_check' has value 'x'");
+    expect_error("redis://h?max_reply_bytes=1023", errc::invalid_option,
+                 "option 'max_reply_bytes' has value '1023'; expected a whole number of bytes from 1024 to 4294967296");
+    expect_error("redis://h?max_reply_bytes=4294967297", errc::invalid_option, "'max_reply_bytes' has value");
+    expect_error("redis://h?max_reply_bytes=64MiB", errc::invalid_option, "'max_reply_bytes' has value '64MiB'");
+    // Made in code: the same bounds (check()).
+    RedisConfig bad = parse_redis_url("redis://h");
+    bad.endpoint.health_check = 5ms;
+    CHECK_THROWS_WITH(keylock::redis::check(bad), Catch::Contains("'health_check' has value '5ms'"));
+    bad.endpoint.health_check = 0ms;
+    CHECK_NOTHROW(keylock::redis::check(bad));
+    bad.endpoint.max_reply_bytes = 100;
+    CHECK_THROWS_WITH(keylock::redis::check(bad), Catch::Contains("'max_reply_bytes' has value '100'"));
 }
 
 TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis][config][sentinel]") {

@@ -10,7 +10,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,7 +23,9 @@
 #include <keylock/error.hpp>
 
 #include "backends/redis/connection.hpp"
+#include "backends/redis/reply_bound.hpp"
 #include "fake_server.hpp"
+#include "redis_cli.hpp"
 #include "redis_server.hpp"
 
 using keylock::errc;
@@ -376,7 +381,7 @@ TEST_CASE("an array of more than 2^20 elements is a protocol error, not a 16 GiB
     CHECK(*result == errc::unavailable);
     REQUIRE(broke.has_value());
     CHECK(broke->first == errc::protocol_error);
-    CHECK_THAT(broke->second, Catch::Contains("an array of more than 1048576 elements"));
+    CHECK_THAT(broke->second, Catch::Contains("more than 1048576 array elements in one reply"));
     CHECK_FALSE(c->connected());
 }
 
@@ -627,4 +632,156 @@ TEST_CASE("AUTH over TLS with a password that no message shows", "[redis][tls]")
         CHECK_THAT(out.message, !Catch::Contains("wrong-tls-Pa55word"));
         CHECK_THAT(out.message, !Catch::Contains("tls-s3cret-pw"));
     }
+}
+
+namespace {
+
+/// How many PINGs the server has run (INFO commandstats).
+long pings_run(const RedisServer& server) {
+    const std::string info = keylock::test::call(server.port(), {"INFO", "commandstats"}).str;
+    const auto at = info.find("cmdstat_ping:calls=");
+    return at == std::string::npos ? 0 : std::stol(info.substr(at + 19));
+}
+
+}  // namespace
+
+TEST_CASE("an idle connection PINGs every health_check, a subscriber too, and stays up", "[redis]") {
+    // The health check must not break what it checks: a subscriber's PING is answered
+    // "*2 pong ''" in RESP2 (not "+PONG"), and a PING answered is a connection alive.
+    RedisServer server;
+    boost::asio::io_context io;
+    Endpoint e = tcp(server);
+    e.health_check = 100ms;
+    Outcome cmd_out, sub_out;
+    auto cmd = connected(io, e, cmd_out);
+    auto sub = connected(io, e, sub_out);
+    REQUIRE_FALSE(cmd_out.ec);
+    REQUIRE_FALSE(sub_out.ec);
+    int broke = 0;
+    cmd->on_failure([&](std::error_code, const std::string&) { ++broke; });
+    sub->on_failure([&](std::error_code, const std::string&) { ++broke; });
+    std::vector<std::string> pushed;
+    sub->on_push([&](const Reply& r) { pushed.push_back(r.elements.at(2).str); });
+    const Reply subscribed = call(io, *sub, {"SUBSCRIBE", "ch"});
+    REQUIRE(subscribed.elements.size() == 3);
+    CHECK(subscribed.elements[0].str == "subscribe");
+    const long before = pings_run(server);
+    run_until(
+        io, [] { return false; }, 1000ms);  // idle for 1 s: ~10 PINGs on each
+    const long pings = pings_run(server) - before;
+    CHECK(pings >= 12);
+    CHECK(pings <= 24);
+    CHECK(broke == 0);
+    CHECK(cmd->connected());
+    CHECK(sub->connected());
+    // Both still work: the subscriber hears its channel, the command connection answers.
+    CHECK(server.command("PUBLISH ch news") == ":1");
+    REQUIRE(run_until(
+        io, [&] { return !pushed.empty(); }, 2s));
+    CHECK(pushed == std::vector<std::string>{"news"});
+    CHECK(call(io, *cmd, {"ECHO", "x"}).str == "x");
+    // health_check 0: no PING.
+    e.health_check = 0ms;
+    Outcome quiet_out;
+    auto quiet = connected(io, e, quiet_out);
+    cmd->close();
+    sub->close();
+    const long quiet_before = pings_run(server);
+    run_until(
+        io, [] { return false; }, 500ms);
+    CHECK(pings_run(server) == quiet_before);
+    CHECK(quiet->connected());
+}
+
+TEST_CASE("a TCP connection has keepalive on, its first probe within 10 s", "[redis]") {
+    // The second line of defence behind the health check. /proc/net/tcp shows, for a socket with
+    // nothing to send, timer 2 (keepalive) and when it fires, in clock ticks; without keepalive,
+    // no timer at all.
+    RedisServer server;
+    boost::asio::io_context io;
+    Outcome out;
+    auto c = connected(io, tcp(server), out);
+    REQUIRE_FALSE(out.ec);
+    // Our end's port, as Redis sees it.
+    const std::string info = call(io, *c, {"CLIENT", "INFO"}).str;
+    const auto addr = info.find("addr=127.0.0.1:");
+    REQUIRE(addr != std::string::npos);
+    const int port = std::stoi(info.substr(addr + 15));
+    // "…:PORT" in hex, for our end and the server's.
+    const auto hex_port = [](int p) {
+        char text[8];
+        std::snprintf(text, sizeof text, ":%04X", p);
+        return std::string(text);
+    };
+    const std::string local = hex_port(port), remote = hex_port(server.port());
+    std::ifstream tcp_table("/proc/net/tcp");
+    REQUIRE(tcp_table.good());
+    std::string line, timer;
+    while (std::getline(tcp_table, line)) {
+        std::istringstream fields(line);
+        std::string sl, local_address, remote_address, state, queues;
+        fields >> sl >> local_address >> remote_address >> state >> queues >> timer;
+        if (local_address.ends_with(local) && remote_address.ends_with(remote)) break;
+        timer.clear();
+    }
+    INFO("timer of our socket in /proc/net/tcp: " << timer);
+    REQUIRE(timer.size() == 11);  // "02:000003E8"
+    CHECK(timer.substr(0, 2) == "02");
+    const long ticks = std::stol(timer.substr(3), nullptr, 16);
+    CHECK(ticks <= 10 * ::sysconf(_SC_CLK_TCK));
+    CHECK(ticks > 5 * ::sysconf(_SC_CLK_TCK));
+}
+
+TEST_CASE("ReplyBound refuses a reply where it breaks a bound, and only then", "[redis][fuzz]") {
+    using keylock::redis::ReplyBound;
+    // How many bytes of `bytes` pass, fed in one piece and byte by byte (the same either way).
+    const auto passed = [](std::uint64_t max_bytes, std::uint64_t max_elements, const std::string& bytes,
+                           std::string* why = nullptr) {
+        ReplyBound whole(max_bytes, max_elements), bytewise(max_bytes, max_elements);
+        const std::size_t n = whole.scan(bytes.data(), bytes.size());
+        std::size_t m = 0;
+        while (m < bytes.size() && bytewise.scan(bytes.data() + m, 1) == 1) ++m;
+        CHECK(n == m);
+        CHECK(whole.broken() == bytewise.broken());
+        if (why != nullptr) *why = whole.broken();
+        return n;
+    };
+    const std::string bulk100 = "$100\r\n" + std::string(100, 'x') + "\r\n";  // 108 bytes
+    CHECK(passed(108, 10, bulk100) == 108);                                   // exactly the bound
+    std::string why;
+    CHECK(passed(107, 10, bulk100, &why) == 5);  // refused at the end of its header ('\n')
+    CHECK(why == "a reply of more than max_reply_bytes (107 bytes)");
+    CHECK(passed(99, 10, bulk100, &why) == 5);
+    CHECK(why == "a bulk string of 100 bytes, more than max_reply_bytes (99)");
+    // The bound is per reply: many replies of the bound's size pass.
+    std::string many;
+    for (int i = 0; i < 100; ++i) many += bulk100;
+    CHECK(passed(108, 10, many) == many.size());
+    // A line without end: refused at the byte past the bound.
+    CHECK(passed(64, 10, "+" + std::string(1000, 'y'), &why) == 64);
+    CHECK(why == "a reply of more than max_reply_bytes (64 bytes)");
+    // Elements count over all the arrays of a reply; 3 bytes each are announced.
+    CHECK(passed(1000, 4, "*2\r\n*2\r\n:1\r\n:2\r\n:3\r\n") == 20);
+    CHECK(passed(1000, 4, "*2\r\n*3\r\n:1\r\n", &why) == 7);
+    CHECK(why == "more than 4 array elements in one reply");
+    CHECK(passed(1000, 1000, "*400\r\n", &why) == 5);  // 400 x 3 bytes announced
+    CHECK(why == "a reply of more than max_reply_bytes (1000 bytes)");
+    // Nil and empty values, negative lengths.
+    CHECK(passed(1000, 10, "$-1\r\n*-1\r\n*0\r\n$0\r\n\r\n") == 20);
+    CHECK(passed(1000, 10, "*-2\r\n", &why) == 4);
+    CHECK(why == "an array of negative length");
+    // Nesting: 16 arrays deep pass, 17 do not.
+    std::string deep;
+    for (int i = 0; i < 16; ++i) deep += "*1\r\n";
+    CHECK(passed(1000, 100, deep + ":1\r\n") == deep.size() + 4);
+    CHECK(passed(1000, 100, deep + "*1\r\n", &why) == deep.size() + 3);
+    CHECK(why == "arrays nested more than 16 deep");
+    // Not RESP2.
+    CHECK(passed(1000, 10, "+OK\r\nHTTP/1.1", &why) == 5);
+    CHECK(why == "got 'H' as a reply type byte");
+    CHECK(passed(1000, 10, "_\r\n", &why) == 0);  // RESP3's null
+    // Once refused, nothing more passes.
+    ReplyBound refused(10, 10);
+    CHECK(refused.scan("+0123456789012", 14) == 10);
+    CHECK(refused.scan("+OK\r\n", 5) == 0);
 }

@@ -277,6 +277,9 @@ void check(const RedisConfig& config) {
     check_duration("lease", config.lease, rules::lease);
     check_duration("connect_timeout", ep.connect_timeout, rules::timeout);
     check_duration("command_timeout", ep.command_timeout, rules::timeout);
+    if (ep.health_check.count() != 0) check_duration("health_check", ep.health_check, rules::health_check);
+    within(m, "max_reply_bytes", std::optional(ep.max_reply_bytes), std::to_string(ep.max_reply_bytes),
+           rules::max_reply_bytes);
     within(m, "max_key_bytes", std::optional(config.max_key_bytes), std::to_string(config.max_key_bytes),
            rules::max_key_bytes);
     within(m, "wait_replicas", whole(config.wait_replicas), std::to_string(config.wait_replicas), rules::wait_replicas);

@@ -41,6 +41,10 @@ constexpr DurationBounds wait_timeout{std::chrono::milliseconds(1), std::chrono:
                                       "a duration from 1ms to 1m"};
 constexpr DurationBounds node_timeout{std::chrono::milliseconds(1), std::chrono::seconds(10),
                                       "a duration from 1ms to 10s"};
+constexpr DurationBounds health_check{std::chrono::milliseconds(10), std::chrono::minutes(10),
+                                      "0 (off) or a duration from 10ms to 10m"};
+constexpr Bounds<std::uint64_t> max_reply_bytes{1024, std::uint64_t{4} << 30,
+                                                "a whole number of bytes from 1024 to 4294967296"};
 constexpr Bounds<std::size_t> max_key_bytes{1, 65536, "a whole number from 1 to 65536"};
 constexpr Bounds<std::size_t> wait_replicas{0, 64, "a whole number from 0 to 64"};
 constexpr Bounds<std::size_t> db{0, max_db, "a whole number from 0 to 2147483647"};

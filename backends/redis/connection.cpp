@@ -1,6 +1,12 @@
 // SPDX-License-Identifier: BSL-1.0
 #include "connection.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <utility>
+
 #include <hiredis/hiredis.h>
 
 #include <boost/asio/coroutine.hpp>
@@ -12,6 +18,8 @@
 #include <boost/asio/write.hpp>
 
 #include <keylock/error.hpp>
+
+#include "reply_bound.hpp"
 
 namespace keylock::redis {
 
@@ -56,8 +64,22 @@ Reply copy_reply(const redisReply* r) {
 /// hiredis allocates an array's element pointers as soon as it has read the array's length: a
 /// peer announcing "*2147483647" (a broken or hostile server, anything that is not Redis) would
 /// make it allocate 16 GiB at once. keylock's replies are small (CLUSTER SLOTS, the longest, has
-/// at most 16384 entries): a longer array is a protocol error.
+/// at most 16384 entries): more elements in one reply are a protocol error (ReplyBound, which
+/// refuses them before hiredis reads them; the reader's own check below is a second line).
 constexpr int max_array_elements = 1 << 20;
+
+/// TCP keepalive, the second line of defence behind the health check (Endpoint::health_check):
+/// the kernel probes a connection idle for 10 s every 5 s and drops it after 3 unanswered probes.
+void keep_alive(Socket& socket) {
+    boost::system::error_code ignored;
+    socket.set_option(asio::socket_base::keep_alive(true), ignored);  // at best, as no_delay
+#if defined(TCP_KEEPIDLE) && defined(TCP_KEEPINTVL) && defined(TCP_KEEPCNT)
+    const int fd = socket.native_handle();
+    for (const auto& [option, value] : {std::pair{TCP_KEEPIDLE, 10}, {TCP_KEEPINTVL, 5}, {TCP_KEEPCNT, 3}}) {
+        (void)::setsockopt(fd, IPPROTO_TCP, option, &value, sizeof value);
+    }
+#endif
+}
 
 /// The reply-building functions of hiredis's own readers.
 const redisReplyObjectFunctions& hiredis_functions() {
@@ -113,8 +135,15 @@ void append_command(std::string& out, const std::vector<std::string_view>& argv)
 }  // namespace
 
 struct Connection::Impl {
-    explicit Impl(asio::io_context& io)
-        : io(io), socket(io), resolver(io), timer(io), command_timer(io), reader(create_reader(&array_too_long)) {}
+    Impl(asio::io_context& io, std::uint64_t max_reply_bytes)
+        : io(io),
+          socket(io),
+          resolver(io),
+          timer(io),
+          command_timer(io),
+          health_timer(io),
+          bound(max_reply_bytes, max_array_elements),
+          reader(create_reader(&array_too_long)) {}
     Impl(const Impl&) = delete;
     Impl& operator=(const Impl&) = delete;
     ~Impl() {
@@ -134,6 +163,7 @@ struct Connection::Impl {
         boost::system::error_code ignored;
         timer.cancel();
         command_timer.cancel();
+        health_timer.cancel();
         resolver.cancel();
         if (tls) {
             tls->next_layer().close(ignored);
@@ -150,7 +180,10 @@ struct Connection::Impl {
     asio::steady_timer timer;          // connect_timeout
     asio::steady_timer command_timer;  // the oldest command's deadline (never cancelled while ready)
     bool command_timer_armed = false;
-    bool flush_posted = false;  // a flush of out_ is queued behind the handlers now ready
+    asio::steady_timer health_timer;  // Endpoint::health_check, while ready
+    Clock::time_point last_heard;     // when bytes last came from the server
+    ReplyBound bound;                 // what one reply may take, checked before the reader sees it
+    bool flush_posted = false;        // a flush of out_ is queued behind the handlers now ready
     // The reader failed on an array longer than max_array_elements (hiredis says "Out of memory").
     bool array_too_long = false;
     redisReader* reader;
@@ -163,7 +196,7 @@ struct Connection::Impl {
 };
 
 Connection::Connection(asio::io_context& io, Endpoint endpoint)
-    : impl_(std::make_unique<Impl>(io)), endpoint_(std::move(endpoint)) {
+    : impl_(std::make_unique<Impl>(io, endpoint.max_reply_bytes)), endpoint_(std::move(endpoint)) {
     if (impl_->reader == nullptr) throw std::bad_alloc();
 }
 
@@ -245,6 +278,7 @@ void Connection::Connect::operator()(boost::system::error_code ec) {
             }
             if (ec) return unavailable("cannot connect to Redis at " + ep.where() + ": " + ec.message());
             impl.socket.set_option(asio::ip::tcp::no_delay(true), ignored);  // at best
+            keep_alive(impl.socket);
         }
 
         // TLS over it, for rediss://.
@@ -408,6 +442,8 @@ void Connection::handshake_answered(const std::string& verb, const Reply& r) {
         send(v, std::move(h));
     }
     arm_timer();
+    impl_->last_heard = Clock::now();
+    arm_health(impl_->last_heard + endpoint_.health_check);
     if (auto h = std::exchange(impl_->on_connect, nullptr)) h({}, {});
 }
 
@@ -515,6 +551,7 @@ void Connection::start_read() {
         stream.async_read_some(asio::buffer(impl_->buffer), [this, self](boost::system::error_code ec, std::size_t n) {
             if (state_ != State::ready && state_ != State::connecting) return;
             if (ec) return read_failed(ec);
+            impl_->last_heard = Clock::now();
             on_bytes(impl_->buffer.data(), n);
             if (state_ == State::ready || state_ == State::connecting) start_read();
         });
@@ -522,7 +559,25 @@ void Connection::start_read() {
 }
 
 void Connection::on_bytes(const char* data, std::size_t n) {
-    if (redisReaderFeed(impl_->reader, data, n) != REDIS_OK) {
+    // The reader gets the bytes before the one at which a reply breaks a bound (the replies that
+    // end before it are answered), then the connection fails.
+    const std::size_t within = impl_->bound.scan(data, n);
+    if (within < n) {
+        on_replies(data, within);
+        if (state_ != State::ready && state_ != State::connecting) return;
+        // RESP2 itself broken, as an HTTP server's answer would: in the words hiredis's errors get.
+        const std::string& why = impl_->bound.broken();
+        fail(make_error_code(errc::protocol_error),
+             impl_->bound.not_resp2()
+                 ? "the server at " + endpoint_.where() + " does not speak the Redis protocol (" + why + ")"
+                 : "reply from Redis at " + endpoint_.where() + " refused: " + why + "; connection closed");
+        return;
+    }
+    on_replies(data, n);
+}
+
+void Connection::on_replies(const char* data, std::size_t n) {
+    if (n > 0 && redisReaderFeed(impl_->reader, data, n) != REDIS_OK) {
         fail(make_error_code(errc::protocol_error), "reply from " + endpoint_.where() + " could not be buffered");
         return;
     }
@@ -578,6 +633,25 @@ void Connection::arm_timer() {
             return;
         }
         arm_timer();
+    });
+}
+
+void Connection::arm_health(Clock::time_point at) {
+    // A link that died without a reset (a NAT's or load balancer's idle timeout, a host gone)
+    // is silent: a command in flight finds out within command_timeout, and an idle connection
+    // asks, with a PING, once it has heard nothing for health_check. On a subscriber RESP2
+    // answers "*2 pong ''", on a command connection "+PONG": either is a reply to the PING.
+    if (endpoint_.health_check.count() <= 0 || state_ != State::ready) return;
+    impl_->health_timer.expires_at(at);
+    impl_->health_timer.async_wait([this, self = shared_from_this()](boost::system::error_code ec) {
+        if (ec || state_ != State::ready) return;
+        const auto now = Clock::now();
+        const auto due = impl_->last_heard + endpoint_.health_check;
+        if (now < due) return arm_health(due);
+        // Nothing heard for health_check. A command in flight has its own deadline (arm_timer);
+        // else the PING's.
+        if (pending_.empty()) send({"PING"}, [](std::error_code, const Reply&) {});
+        arm_health(now + endpoint_.health_check);
     });
 }
 

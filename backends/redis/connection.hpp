@@ -42,6 +42,11 @@ struct Endpoint {
     std::chrono::milliseconds connect_timeout{5000};
     std::chrono::milliseconds command_timeout{5000};
     bool master_only = false;  ///< the handshake asks ROLE and refuses a replica (Sentinel)
+    /// A connection that has heard nothing for this long, with no command in flight, sends a
+    /// PING (whose answer must come within command_timeout); 0: never.
+    std::chrono::milliseconds health_check{5000};
+    /// The most one reply may take (reply_bound.hpp); a longer one fails the connection.
+    std::uint64_t max_reply_bytes = std::uint64_t{64} << 20;
 
     /// "host:port" or the socket path, for messages (no user, no password).
     std::string where() const;
@@ -90,7 +95,9 @@ public:
     /// wait for it.
     void send(const std::vector<std::string_view>& argv, ReplyHandler handler);
 
-    /// Called once when an established connection breaks (see above), with a message.
+    /// Called once when an established connection breaks (see above), with a message. That
+    /// includes a connection found dead by its health check (Endpoint::health_check) and one
+    /// whose server sent a reply larger than the bounds of reply_bound.hpp (`protocol_error`).
     void on_failure(std::function<void(std::error_code, std::string)> handler) { on_failure_ = std::move(handler); }
 
     /// For a subscriber connection: pub/sub messages (arrays whose first element is "message"
@@ -134,7 +141,9 @@ private:
     void read_failed(boost::system::error_code ec);
     void write_failed(boost::system::error_code ec);
     void arm_timer();
+    void arm_health(std::chrono::steady_clock::time_point at);
     void on_bytes(const char* data, std::size_t n);
+    void on_replies(const char* data, std::size_t n);
 
     std::unique_ptr<Impl> impl_;
     Endpoint endpoint_;

@@ -32,7 +32,7 @@ using std::chrono::milliseconds;
 
 constexpr const char* known_options =
     "prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, wait_replicas, wait_timeout, ca_file, "
-    "cert_file, key_file, verify, node_timeout, sentinel_user, sentinel_password";
+    "cert_file, key_file, verify, node_timeout, sentinel_user, sentinel_password, health_check, max_reply_bytes";
 
 /// Percent-encodes every byte but RFC 3986's unreserved characters (and, for paths, '/' and
 /// ':'), with Boost.URL.
@@ -54,6 +54,13 @@ std::string option_value(const boost::urls::url_view& url, std::string_view name
 milliseconds duration(const Messages& m, std::string_view name, std::string_view value,
                       const Bounds<milliseconds>& bounds) {
     return within(m, name, detail::parse_duration(value), value, bounds);
+}
+
+/// health_check: 0 (off) or within its bounds.
+milliseconds health_check(const Messages& m, std::string_view value) {
+    const auto d = detail::parse_duration(value);
+    if (d && d->count() == 0) return *d;
+    return within(m, "health_check", d, value, rules::health_check);
 }
 
 /// host[:port][/db] of redis:// and rediss://.
@@ -122,6 +129,12 @@ void parse_options(const boost::urls::url_view& url, const Messages& m, RedisCon
             ep.connect_timeout = duration(m, name, value, rules::timeout);
         } else if (name == "command_timeout") {
             ep.command_timeout = duration(m, name, value, rules::timeout);
+        } else if (name == "health_check") {
+            ep.health_check = health_check(m, value);
+        } else if (name == "max_reply_bytes") {
+            const auto bytes = detail::parse_size(value);
+            ep.max_reply_bytes = within(m, name, bytes ? std::optional<std::uint64_t>(*bytes) : std::nullopt, value,
+                                        rules::max_reply_bytes);
         } else if (name == "max_key_bytes") {
             config.max_key_bytes = within(m, name, detail::parse_size(value), value, rules::max_key_bytes);
         } else if (name == "wait_replicas") {
@@ -360,6 +373,11 @@ std::string to_url(const RedisConfig& config, Password password) {
     }
     if (ep.command_timeout != defaults.endpoint.command_timeout) {
         add("command_timeout", detail::format_duration(ep.command_timeout));
+    }
+    if (ep.health_check != defaults.endpoint.health_check)
+        add("health_check", detail::format_duration(ep.health_check));
+    if (ep.max_reply_bytes != defaults.endpoint.max_reply_bytes) {
+        add("max_reply_bytes", std::to_string(ep.max_reply_bytes));
     }
     if (config.max_key_bytes != defaults.max_key_bytes) add("max_key_bytes", std::to_string(config.max_key_bytes));
     if (config.wait_replicas != defaults.wait_replicas) add("wait_replicas", std::to_string(config.wait_replicas));

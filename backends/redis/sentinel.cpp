@@ -52,6 +52,8 @@ Endpoint SentinelLocator::sentinel_endpoint(std::size_t index) const {
     const auto share = config_.endpoint.connect_timeout / static_cast<int>(config_.sentinels.size());
     e.connect_timeout = std::max<std::chrono::milliseconds>(share, std::chrono::milliseconds(10));
     e.command_timeout = std::min(config_.endpoint.command_timeout, e.connect_timeout);
+    e.health_check = config_.endpoint.health_check;
+    e.max_reply_bytes = config_.endpoint.max_reply_bytes;
     return e;
 }
 

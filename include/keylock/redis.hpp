@@ -35,9 +35,17 @@ struct RedisOptions {
     int db = 0;                      ///< database number (SELECT), 0 by default
     std::chrono::milliseconds connect_timeout{5000};  ///< 10ms to 10m
     std::chrono::milliseconds command_timeout{5000};  ///< 10ms to 10m
-    std::string prefix = "keylock:";                  ///< prepended to every lock key, 1 to 128 bytes
-    std::chrono::milliseconds lease{30000};           ///< 1s to 24h; renewed every lease/3 while held
-    std::size_t max_key_bytes = 1024;                 ///< the longest key accepted
+    /// A connection that has heard nothing from its server for this long (no command in flight)
+    /// sends a PING, whose answer must come within command_timeout, else the connection is
+    /// dropped and made again (waiters then look again at once). 0 (off) or 10ms to 10m.
+    std::chrono::milliseconds health_check{5000};
+    /// The longest reply accepted from a server, in bytes (1024 to 4294967296): a longer one, or
+    /// one announcing more (a bulk string's length, an array's elements), closes the connection
+    /// as a protocol error.
+    std::uint64_t max_reply_bytes = std::uint64_t{64} << 20;
+    std::string prefix = "keylock:";         ///< prepended to every lock key, 1 to 128 bytes
+    std::chrono::milliseconds lease{30000};  ///< 1s to 24h; renewed every lease/3 while held
+    std::size_t max_key_bytes = 1024;        ///< the longest key accepted
     /// Sentinel: the sentinels' addresses (host, port), asked in turn for `master_name`'s
     /// address; `host`, `port` and `unix_socket` are then not used. Empty: no Sentinel.
     std::vector<std::pair<std::string, std::uint16_t>> sentinels;
