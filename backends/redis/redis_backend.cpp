@@ -161,12 +161,21 @@ public:
         return static_cast<const RedisHold*>(hold)->key;
     }
 
+    /// A handle (KeyMutex) keeps the backend open: it may lock after the last registry copy is
+    /// gone. Pins are made through a registry, so never after close(); they end on the I/O
+    /// thread, where close() counts them.
     detail::Pin* pin(std::string_view key) override {
-        auto* p = new RedisPin;
+        auto p = std::make_unique<RedisPin>();
         p->key.assign(key);
-        return p;
+        pins_.fetch_add(1, std::memory_order_relaxed);
+        return p.release();
     }
-    void unpin(detail::Pin* pin) noexcept override { delete static_cast<RedisPin*>(pin); }
+    void unpin(detail::Pin* pin) noexcept override {
+        post([this, p = std::unique_ptr<RedisPin>(static_cast<RedisPin*>(pin))]() mutable {
+            p.reset();
+            if (pins_.fetch_sub(1, std::memory_order_relaxed) == 1 && closing_) finished();
+        });
+    }
     std::string_view key(const detail::Pin* pin) const noexcept override {
         return static_cast<const RedisPin*>(pin)->key;
     }
@@ -206,7 +215,7 @@ public:
         post([this, &live] {
             closing_ = true;
             watchdog_->stop_when_idle();
-            const bool in_use = !waiters_.empty() || watchdog_->guarded();
+            const bool in_use = !waiters_.empty() || watchdog_->guarded() || pins_.load(std::memory_order_relaxed) != 0;
             live.set_value(!finished() && in_use);
         });
         if (io_thread_.close(answer.get(), config_.endpoint.command_timeout + std::chrono::seconds(1))) delete this;
@@ -220,7 +229,9 @@ private:
 
     /// After close(): true (and the loop is told to stop) once no hold and no wait is left.
     bool finished() {
-        if (!closing_ || !watchdog_->empty() || !waiters_.empty()) return false;
+        if (!closing_ || !watchdog_->empty() || !waiters_.empty() || pins_.load(std::memory_order_relaxed) != 0) {
+            return false;
+        }
         for (auto& [key, st] : keys_) {
             if (st->busy()) return false;
         }
@@ -601,6 +612,7 @@ private:
     std::unordered_map<detail::AsyncWaiter*, std::uint64_t> async_ids_;
 
     std::atomic<std::uint64_t> next_id_{1};
+    std::atomic<std::size_t> pins_{0};  // handles alive: made on user threads, ended on the I/O thread
     std::atomic<std::uint64_t> entries_{0};
     detail::Tally tally_;
 };
