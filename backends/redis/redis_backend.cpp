@@ -21,6 +21,7 @@
 #include "connection.hpp"
 #include "io_thread.hpp"
 #include "key_lock.hpp"
+#include "lease.hpp"
 #include "replies.hpp"
 #include "scripts.hpp"
 #include "servers.hpp"
@@ -101,7 +102,7 @@ public:
         rules_.quorum = servers_->quorum();
         rules_.connect_timeout = config_.endpoint.connect_timeout;
         // A holder counts on its lease only minus the clock drift its servers may have.
-        validity_ = config_.lease - servers_->clock_drift();
+        validity_ = lease::validity(config_.lease);
         watchdog_ = std::make_unique<Watchdog>(io_thread_.io(), config_, *servers_, extend_, replication_, validity_,
                                                [this](RedisHold* h) { mark_lost(h); });
         io_thread_.start("keylock-redis", [this] { delete this; });
@@ -334,7 +335,7 @@ private:
     /// (WAIT on the connection it was written on). Unreplicated, a failover could give it to
     /// someone else: it is released, and the waiters fail with `unavailable`.
     void confirm(KeyEntry& st, const std::shared_ptr<Connection>& conn, const std::string& token, std::uint64_t fence,
-                 Clock::time_point sent) {
+                 lease::Clock::time_point sent) {
         if (!replication_.waits()) return grant(st, token, fence, sent);
         replication_.after(conn, [this, key = st.key(), token, fence, sent](const std::string& why) {
             KeyEntry* st = find(key);
@@ -347,9 +348,9 @@ private:
 
     /// The lock is ours, with owner token `token` and fencing token `fence`: a new hold for the
     /// key, which gives it to its first waiter or back at once.
-    void grant(KeyEntry& st, const std::string& token, std::uint64_t fence, Clock::time_point sent) {
+    void grant(KeyEntry& st, const std::string& token, std::uint64_t fence, lease::Clock::time_point sent) {
         const auto valid_until = sent + validity_;  // the lease began in Redis after `sent`, never before
-        if (Clock::now() >= valid_until) {
+        if (lease::Clock::now() >= valid_until) {
             // The answer came after the lease it granted had run out (replies queued behind a
             // slow command, a stalled connection): the lock may be someone else's by now.
             discard(st, lock_value(fence, token));
@@ -382,7 +383,7 @@ private:
     std::chrono::milliseconds jitter() override { return std::chrono::milliseconds(jitter_(rng_)); }
 
     void send_attempt(KeyLock& key) override {
-        const auto sent = Clock::now();
+        const auto sent = lease::Clock::now();
         auto& st = static_cast<KeyEntry&>(key);
         if (st.token.empty()) st.token = tokens_.next();
         auto token = std::make_shared<std::string>(st.token);
@@ -533,7 +534,7 @@ private:
     /// token and fencing token; never free in between).
     template <class Forget>
     void hand_over(KeyEntry& st, RedisHold* h, std::function<void(std::error_code)> reply, Forget forget) {
-        const auto sent = Clock::now();
+        const auto sent = lease::Clock::now();
         // The next waiter's owner token: if the answer is lost, its own attempt finds the lock
         // handed over to it and takes it.
         if (st.token.empty()) st.token = tokens_.next();
@@ -600,7 +601,7 @@ private:
     // I/O thread only.
     std::unique_ptr<Servers> servers_;
     KeyLock::Rules rules_;                  // quorum: see Servers::quorum
-    std::chrono::milliseconds validity_{};  // how long a hold counts on its lease after it was sent
+    std::chrono::milliseconds validity_{};  // lease minus drift: how long a hold counts after it was sent
     std::unordered_map<std::string, std::unique_ptr<KeyEntry>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
     std::unique_ptr<Watchdog> watchdog_;  // and the holds
