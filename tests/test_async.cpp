@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -118,4 +119,79 @@ TEST_CASE("a local guard's cancellation slot is never emitted: its lock cannot b
     REQUIRE(result.has_value());
     CHECK_FALSE(*result);
     CHECK_FALSE(moved.lost());
+}
+
+TEST_CASE("a cancellation emitted after the registry is gone is harmless", "[async]") {
+    // Cancelled after every registry copy is gone, then the last lock goes: only the queued
+    // completion is left of the registry. Emitting again before it runs must not reach a backend
+    // that is gone (ASan: heap-use-after-free before the operation kept its backend).
+    {
+        asio::io_context io;
+        asio::cancellation_signal signal;
+        std::optional<boost::system::error_code> result;
+        std::optional<Guard> held;
+        {
+            KeyedLockRegistry r;
+            held = r.lock("k");
+            r.async_lock("k", asio::bind_cancellation_slot(
+                                  signal.slot(), asio::bind_executor(io, [&](auto ec, Guard) { result = ec; })));
+            CHECK(r.stats().waiting == 1);
+        }
+        signal.emit(asio::cancellation_type::terminal);  // ends the wait: its completion is queued
+        held.reset();                                    // the last lock
+        signal.emit(asio::cancellation_type::terminal);  // again, before the completion has run
+        io.run();
+        REQUIRE(result.has_value());
+        CHECK(*result == asio::error::operation_aborted);
+    }
+    // Completed at once (a bad key: never queued in the backend), the registry gone, then cancelled.
+    {
+        asio::io_context io;
+        asio::cancellation_signal signal;
+        std::optional<boost::system::error_code> result;
+        {
+            KeyedLockRegistry r;
+            r.async_lock("", asio::bind_cancellation_slot(
+                                 signal.slot(), asio::bind_executor(io, [&](auto ec, Guard) { result = ec; })));
+        }
+        signal.emit(asio::cancellation_type::terminal);
+        io.run();
+        REQUIRE(result.has_value());
+        CHECK(*result == keylock::errc::invalid_key);
+    }
+    // A pending wait keeps the registry's state for a cancellation that comes after the registry.
+    {
+        asio::io_context io;
+        asio::cancellation_signal signal;
+        std::optional<boost::system::error_code> result;
+        std::optional<Guard> held;
+        {
+            KeyedLockRegistry r;
+            held = r.lock("k");
+            r.async_lock("k", asio::bind_cancellation_slot(
+                                  signal.slot(), asio::bind_executor(io, [&](auto ec, Guard) { result = ec; })));
+        }
+        held.reset();  // the wait is granted; its completion is queued with the guard
+        signal.emit(asio::cancellation_type::terminal);
+        io.run();
+        REQUIRE(result.has_value());
+        CHECK_FALSE(*result);
+    }
+}
+
+TEST_CASE("a bad key's completion is not cancelled through a backend that never saw it", "[async]") {
+    // The operation was never queued in the backend: a cancellation emitted before its handler
+    // runs must not hand the backend a record it never made.
+    KeyedLockRegistry r;
+    asio::io_context io;
+    asio::cancellation_signal signal;
+    std::optional<boost::system::error_code> result;
+    r.async_lock(
+        std::string(2000, 'x'),
+        asio::bind_cancellation_slot(signal.slot(), asio::bind_executor(io, [&](auto ec, Guard) { result = ec; })));
+    signal.emit(asio::cancellation_type::terminal);
+    io.run();
+    REQUIRE(result.has_value());
+    CHECK(*result == keylock::errc::key_too_long);
+    CHECK(r.stats().cancellations == 0);
 }

@@ -29,6 +29,7 @@
 
 #include <keylock/keylock.hpp>
 
+#include "backends/redis/lease.hpp"
 #include "eventually.hpp"
 #include "fork.hpp"
 #include "redis_server.hpp"
@@ -624,4 +625,52 @@ TEST_CASE("std::unique_lock on a redis handle survives a lost lease and a dead s
             CHECK(Clock::now() - start < 10s);  // bounded by the timeouts, not by the lease
         }
     }
+}
+
+TEST_CASE("leases are judged on a clock that counts a suspend, never behind the steady clock", "[redis][lease]") {
+    using keylock::detail::BootClock;
+    static_assert(std::chrono::is_clock_v<BootClock>);
+    static_assert(BootClock::is_steady);
+    // CLOCK_BOOTTIME is CLOCK_MONOTONIC (the steady clock) plus the time spent suspended.
+    const auto earlier = Clock::now();
+    const auto b0 = BootClock::now();
+    const auto s0 = Clock::now();
+    CHECK(b0.time_since_epoch() >= earlier.time_since_epoch());
+    auto previous = b0;
+    for (int i = 0; i < 100'000; ++i) {
+        const auto t = BootClock::now();
+        REQUIRE(t >= previous);
+        previous = t;
+    }
+    std::this_thread::sleep_for(50ms);
+    const auto s1 = Clock::now();
+    const auto b1 = BootClock::now();
+    CHECK(b1 - b0 >= s1 - s0);  // read around the steady clock's interval, so at least as long
+    CHECK(b1 - b0 >= 50ms);
+}
+
+TEST_CASE("a standalone hold counts on its lease minus the clock drift", "[redis][lease]") {
+    using keylock::redis::lease::clock_drift;
+    using keylock::redis::lease::validity;
+    // The margin of every topology (Redlock's figure): 1% of the lease and 2 ms.
+    static_assert(clock_drift(30s) == 302ms && validity(30s) == 29'698ms);
+    static_assert(clock_drift(1s) == 12ms && validity(1s) == 988ms);
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server, "lease=2s"));
+    const auto before = Clock::now();
+    Guard g = r.lock("drift");
+    const auto after = Clock::now();
+    // From now on no renewal is answered (the watchdog's first round is lease/3 after the
+    // registry began): the hold lives on the lease its acquire began.
+    CHECK(server.command("CLIENT PAUSE 3000 WRITE") == "+OK");
+    INFO("the acquire took " << std::chrono::duration_cast<std::chrono::microseconds>(after - before).count() << " us");
+    std::this_thread::sleep_until(before + validity(2s) / 2);
+    CHECK_FALSE(g.lost());
+    // Lost at the end of its validity, `lease - drift` after the acquire was sent: before the
+    // lease itself (before + 2 s) could have ended on the server.
+    std::this_thread::sleep_until(after + validity(2s) + 1ms);
+    CHECK(g.lost());
+    std::error_code ec;
+    g.release(ec);  // waits out the pause
+    CHECK(ec == errc::not_owner);
 }

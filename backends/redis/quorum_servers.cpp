@@ -8,6 +8,7 @@
 
 #include <keylock/error.hpp>
 
+#include "lease.hpp"
 #include "node.hpp"
 #include "replies.hpp"
 
@@ -37,11 +38,6 @@ public:
     }
 
     bool quorum() const noexcept override { return true; }
-
-    /// 1% of the lease plus 2 ms (the Redlock algorithm's figure).
-    std::chrono::milliseconds clock_drift() const noexcept override {
-        return config_.lease / 100 + std::chrono::milliseconds(2);
-    }
 
     void eval(Op op, const Script& script, std::vector<std::string_view> keys, std::vector<std::string_view> args,
               EvalHandler handler) override {
@@ -112,8 +108,8 @@ private:
         std::vector<Reply> replies;  // inspect
         std::vector<bool> heard;     // by node
         bool decided = false;
-        bool given_up = false;  // acquire: released on every node whose answer is in, the rest on theirs
-        Clock::time_point sent;
+        bool given_up = false;          // acquire: released on every node whose answer is in, the rest on theirs
+        lease::Clock::time_point sent;  // for the lease's validity
         std::vector<std::string> keys, args;
         EvalHandler handler;
         std::unique_ptr<asio::steady_timer> timer;
@@ -122,7 +118,7 @@ private:
     std::shared_ptr<Round> start_round(Op op, EvalHandler handler) {
         auto round = std::make_shared<Round>();
         round->op = op;
-        round->sent = Clock::now();
+        round->sent = lease::Clock::now();
         round->handler = std::move(handler);
         round->heard.assign(nodes_.size(), false);
         round->replies.resize(nodes_.size());
@@ -279,8 +275,8 @@ private:
         const std::string fence = std::to_string(acquired->fence);
         auto bump = start_round(Op::release, nullptr);  // counts ones like a release
         bump->handler = [this, acquired](std::error_code ec, const Reply& r, const std::shared_ptr<Connection>&) {
-            const auto validity = config_.lease - clock_drift();
-            if (!ec && !r.is_error() && r.integer == 1 && Clock::now() - acquired->sent < validity) {
+            const auto validity = lease::validity(config_.lease);
+            if (!ec && !r.is_error() && r.integer == 1 && lease::Clock::now() - acquired->sent < validity) {
                 Reply granted;
                 granted.type = Reply::Type::array;
                 granted.elements = {integer_reply(1), integer_reply(static_cast<long long>(acquired->fence))};

@@ -21,6 +21,7 @@
 #include "connection.hpp"
 #include "io_thread.hpp"
 #include "key_lock.hpp"
+#include "lease.hpp"
 #include "replies.hpp"
 #include "scripts.hpp"
 #include "servers.hpp"
@@ -101,7 +102,7 @@ public:
         rules_.quorum = servers_->quorum();
         rules_.connect_timeout = config_.endpoint.connect_timeout;
         // A holder counts on its lease only minus the clock drift its servers may have.
-        validity_ = config_.lease - servers_->clock_drift();
+        validity_ = lease::validity(config_.lease);
         watchdog_ = std::make_unique<Watchdog>(io_thread_.io(), config_, *servers_, extend_, replication_, validity_,
                                                [this](RedisHold* h) { mark_lost(h); });
         io_thread_.start("keylock-redis", [this] { delete this; });
@@ -161,12 +162,21 @@ public:
         return static_cast<const RedisHold*>(hold)->key;
     }
 
+    /// A handle (KeyMutex) keeps the backend open: it may lock after the last registry copy is
+    /// gone. Pins are made through a registry, so never after close(); they end on the I/O
+    /// thread, where close() counts them.
     detail::Pin* pin(std::string_view key) override {
-        auto* p = new RedisPin;
+        auto p = std::make_unique<RedisPin>();
         p->key.assign(key);
-        return p;
+        pins_.fetch_add(1, std::memory_order_relaxed);
+        return p.release();
     }
-    void unpin(detail::Pin* pin) noexcept override { delete static_cast<RedisPin*>(pin); }
+    void unpin(detail::Pin* pin) noexcept override {
+        post([this, p = std::unique_ptr<RedisPin>(static_cast<RedisPin*>(pin))]() mutable {
+            p.reset();
+            if (pins_.fetch_sub(1, std::memory_order_relaxed) == 1 && closing_) finished();
+        });
+    }
     std::string_view key(const detail::Pin* pin) const noexcept override {
         return static_cast<const RedisPin*>(pin)->key;
     }
@@ -206,7 +216,7 @@ public:
         post([this, &live] {
             closing_ = true;
             watchdog_->stop_when_idle();
-            const bool in_use = !waiters_.empty() || watchdog_->guarded();
+            const bool in_use = !waiters_.empty() || watchdog_->guarded() || pins_.load(std::memory_order_relaxed) != 0;
             live.set_value(!finished() && in_use);
         });
         if (io_thread_.close(answer.get(), config_.endpoint.command_timeout + std::chrono::seconds(1))) delete this;
@@ -220,7 +230,9 @@ private:
 
     /// After close(): true (and the loop is told to stop) once no hold and no wait is left.
     bool finished() {
-        if (!closing_ || !watchdog_->empty() || !waiters_.empty()) return false;
+        if (!closing_ || !watchdog_->empty() || !waiters_.empty() || pins_.load(std::memory_order_relaxed) != 0) {
+            return false;
+        }
         for (auto& [key, st] : keys_) {
             if (st->busy()) return false;
         }
@@ -323,7 +335,7 @@ private:
     /// (WAIT on the connection it was written on). Unreplicated, a failover could give it to
     /// someone else: it is released, and the waiters fail with `unavailable`.
     void confirm(KeyEntry& st, const std::shared_ptr<Connection>& conn, const std::string& token, std::uint64_t fence,
-                 Clock::time_point sent) {
+                 lease::Clock::time_point sent) {
         if (!replication_.waits()) return grant(st, token, fence, sent);
         replication_.after(conn, [this, key = st.key(), token, fence, sent](const std::string& why) {
             KeyEntry* st = find(key);
@@ -336,9 +348,9 @@ private:
 
     /// The lock is ours, with owner token `token` and fencing token `fence`: a new hold for the
     /// key, which gives it to its first waiter or back at once.
-    void grant(KeyEntry& st, const std::string& token, std::uint64_t fence, Clock::time_point sent) {
+    void grant(KeyEntry& st, const std::string& token, std::uint64_t fence, lease::Clock::time_point sent) {
         const auto valid_until = sent + validity_;  // the lease began in Redis after `sent`, never before
-        if (Clock::now() >= valid_until) {
+        if (lease::Clock::now() >= valid_until) {
             // The answer came after the lease it granted had run out (replies queued behind a
             // slow command, a stalled connection): the lock may be someone else's by now.
             discard(st, lock_value(fence, token));
@@ -371,7 +383,7 @@ private:
     std::chrono::milliseconds jitter() override { return std::chrono::milliseconds(jitter_(rng_)); }
 
     void send_attempt(KeyLock& key) override {
-        const auto sent = Clock::now();
+        const auto sent = lease::Clock::now();
         auto& st = static_cast<KeyEntry&>(key);
         if (st.token.empty()) st.token = tokens_.next();
         auto token = std::make_shared<std::string>(st.token);
@@ -524,7 +536,7 @@ private:
     /// token and fencing token; never free in between).
     template <class Forget>
     void hand_over(KeyEntry& st, RedisHold* h, std::function<void(std::error_code)> reply, Forget forget) {
-        const auto sent = Clock::now();
+        const auto sent = lease::Clock::now();
         // The next waiter's owner token: if the answer is lost, its own attempt finds the lock
         // handed over to it and takes it.
         if (st.token.empty()) st.token = tokens_.next();
@@ -591,7 +603,7 @@ private:
     // I/O thread only.
     std::unique_ptr<Servers> servers_;
     KeyLock::Rules rules_;                  // quorum: see Servers::quorum
-    std::chrono::milliseconds validity_{};  // how long a hold counts on its lease after it was sent
+    std::chrono::milliseconds validity_{};  // lease minus drift: how long a hold counts after it was sent
     std::unordered_map<std::string, std::unique_ptr<KeyEntry>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
     std::unique_ptr<Watchdog> watchdog_;  // and the holds
@@ -603,6 +615,7 @@ private:
     std::unordered_map<detail::AsyncWaiter*, std::uint64_t> async_ids_;
 
     std::atomic<std::uint64_t> next_id_{1};
+    std::atomic<std::size_t> pins_{0};  // handles alive: made on user threads, ended on the I/O thread
     std::atomic<std::uint64_t> entries_{0};
     detail::Tally tally_;
 };

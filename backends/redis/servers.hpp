@@ -83,10 +83,6 @@ public:
     /// in place (no Op::transfer).
     virtual bool quorum() const noexcept { return false; }
 
-    /// How much shorter than its lease a holder may count on its lock: the clock drift allowed
-    /// between the nodes of a quorum; none for one clock.
-    virtual std::chrono::milliseconds clock_drift() const noexcept { return {}; }
-
 protected:
     /// Tells the backend of a pub/sub message (`[kind, channel, payload]`).
     void heard(const Reply& message) const {

@@ -2,13 +2,13 @@
 // The Redis backend's watchdog: lease renewals in one pipelined batch every lease/3.
 #include "watchdog.hpp"
 
+#include "lease.hpp"
+
 #include <algorithm>
 #include <memory>
 #include <utility>
 
 namespace keylock::redis {
-
-using Clock = std::chrono::steady_clock;
 
 Watchdog::Watchdog(boost::asio::io_context& io, const RedisConfig& config, Servers& servers, const Script& extend,
                    const Replication& replication, std::chrono::milliseconds validity,
@@ -38,7 +38,7 @@ void Watchdog::arm() {
 }
 
 void Watchdog::renew_all() {
-    const auto now = Clock::now();
+    const auto now = lease::Clock::now();  // a renewal counts from when it was sent
     for (RedisHold* h : holds_) {
         if (h->releasing) continue;  // its guard is gone
         if (h->lost()) {

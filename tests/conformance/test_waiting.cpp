@@ -293,6 +293,136 @@ CONFORMANCE_PROMISE("cancellation ends a wait at once and leaves nothing behind"
     CHECK(r.stats().waiting == 0);
 }
 
+CONFORMANCE_PROMISE("a cancellation emitted after the registry is gone is harmless", every_backend) {
+    using keylock::conformance::Scope;
+    Context c(backend);
+    // A wait cancelled after every registry copy is gone; then the last lock goes, and with it
+    // (but for the cancelled wait's queued completion) the last thing that kept the registry's
+    // state; then the cancellation is emitted again before the completion has run.
+    {
+        asio::io_context io;
+        asio::cancellation_signal signal;
+        std::optional<boost::system::error_code> result;
+        bool owned = true;
+        // The holder: the waiter's own registry for local://, another process's for a server.
+        std::optional<KeyedLockRegistry> other;
+        if (backend.scope == Scope::server) other = KeyedLockRegistry::from_url(c.url());
+        std::optional<Guard> held;
+        {
+            auto r = KeyedLockRegistry::from_url(c.url());
+            held = (other ? *other : r).lock("gone");
+            r.async_lock("gone", asio::bind_cancellation_slot(
+                                     signal.slot(), asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
+                                         result = ec;
+                                         owned = g.owns_lock();
+                                     })));
+            if (other) REQUIRE(eventually([&] { return r.stats().waiting == 1; }));
+        }                                                // every copy of the waiter's registry is gone; its wait is not
+        signal.emit(asio::cancellation_type::terminal);  // ends the wait; the completion is queued
+        held.reset();
+        // A server backend's I/O thread would end the registry's state on its own now: give it time.
+        if (other) std::this_thread::sleep_for(300ms);
+        signal.emit(asio::cancellation_type::terminal);  // again, before the completion has run
+        io.run_for(10s);
+        REQUIRE(result.has_value());
+        CHECK(*result == asio::error::operation_aborted);
+        CHECK_FALSE(owned);
+    }
+    // A wait that completed (a bad key) before the registry went, cancelled before its handler runs.
+    {
+        asio::io_context io;
+        asio::cancellation_signal signal;
+        std::optional<boost::system::error_code> result;
+        {
+            auto r = KeyedLockRegistry::from_url(c.url());
+            r.async_lock("", asio::bind_cancellation_slot(
+                                 signal.slot(),
+                                 asio::bind_executor(io, [&](boost::system::error_code ec, Guard) { result = ec; })));
+        }
+        signal.emit(asio::cancellation_type::terminal);
+        io.run_for(10s);
+        REQUIRE(result.has_value());
+        CHECK(*result == errc::invalid_key);
+    }
+    // A wait granted as the registry went (its holder's guard went with it): a cancellation
+    // emitted before the handler runs cannot take back a grant already made (local:// grants
+    // on the release itself; a server's grant may come after the cancellation, which then ends
+    // the wait). The guard delivered is the last reference to the registry's state.
+    {
+        asio::io_context io;
+        asio::cancellation_signal signal;
+        std::optional<boost::system::error_code> result;
+        std::optional<Guard> got;
+        {
+            auto r = KeyedLockRegistry::from_url(c.url());
+            Guard held = r.lock("granted");
+            r.async_lock("granted",
+                         asio::bind_cancellation_slot(
+                             signal.slot(), asio::bind_executor(io, [&](boost::system::error_code ec, Guard g) {
+                                 result = ec;
+                                 got = std::move(g);
+                             })));
+            REQUIRE(eventually([&] { return r.stats().waiting == 1; }));
+        }  // `held` goes, then the registry
+        signal.emit(asio::cancellation_type::terminal);
+        io.run_for(10s);
+        REQUIRE(result.has_value());
+        REQUIRE(got.has_value());
+        if (backend.scope == Scope::registry || !*result) {
+            CHECK_FALSE(*result);
+            CHECK(got->owns_lock());
+        } else {
+            CHECK(*result == asio::error::operation_aborted);
+            CHECK_FALSE(got->owns_lock());
+        }
+        got.reset();  // the last reference: frees the registry's state (ASan/LSan check)
+        if (backend.scope == Scope::server) {
+            CHECK(KeyedLockRegistry::from_url(c.url()).try_lock_for("granted", 5s).has_value());
+        }
+    }
+}
+
+CONFORMANCE_PROMISE("guards and handles outlive the registry and keep working", every_backend) {
+    Context c(backend);
+    std::optional<Guard> g;
+    std::optional<KeyMutex> m;
+    {
+        auto r = KeyedLockRegistry::from_url(c.url());
+        g = r.lock("guard");
+        m = r.obtain("handle");
+    }  // every copy gone
+    CHECK(g->key() == "guard");
+    CHECK_FALSE(g->lost());
+    CHECK(m->key() == "handle");
+    // The handle locks, unlocks and waits as it did while the registry was there.
+    m->lock();
+    std::atomic<bool> second{false};
+    std::thread waiter([&] {
+        // The same handle, from another thread: waits for the first holder.
+        CHECK(m->try_lock_for(10s));
+        second = true;
+        m->unlock();
+    });
+    std::this_thread::sleep_for(50ms);
+    CHECK_FALSE(second.load());
+    m->unlock();
+    waiter.join();
+    CHECK(second.load());
+    CHECK(m->try_lock());
+    m->unlock();
+    std::error_code ec;
+    g->release(ec);
+    CHECK_FALSE(ec);
+    CHECK(m->try_lock());
+    g.reset();
+    m.reset();  // the last reference: the locks are free and the state is freed (ASan/LSan check)
+    if (backend.scope == keylock::conformance::Scope::server) {
+        auto r = KeyedLockRegistry::from_url(c.url());
+        CHECK(r.try_lock_for("handle", 5s).has_value());
+        CHECK(r.try_lock_for("guard", 5s).has_value());
+    }
+}
+
 CONFORMANCE_PROMISE("obtain gives a TimedLockable KeyMutex for the standard lock types", every_backend) {
     static_assert(requires(KeyMutex m) {
         m.lock();

@@ -2,6 +2,7 @@
 // keylock/detail/async_op.hpp — the Asio glue behind KeyedLockRegistry::async_lock.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <utility>
@@ -24,25 +25,33 @@ namespace keylock::detail {
 
 /// One pending async_lock: the queue node, the user's handler and the work guard that keeps the
 /// handler's executor busy while the operation waits.
+///
+/// Lifetime: the operation owns a reference to the backend until it is freed (when its handler
+/// runs, or is destroyed unrun with its executor), so the backend stays open for as long as a
+/// cancellation can reach the operation through its slot, even after the last registry copy is
+/// gone. The slot's handler asks the backend to cancel only while the operation is pending:
+/// once complete() has begun, the backend may have let go of the operation. A cancellation is
+/// emitted from the handler's executor (Asio's rule), so it never runs concurrently with the
+/// posted completion that clears the slot and frees the operation.
 template <class Handler>
 class AsyncLockOp final : public AsyncWaiter {
 public:
     using Executor = boost::asio::associated_executor_t<Handler, boost::asio::system_executor>;
 
-    AsyncLockOp(Backend* backend, Handler&& handler)
-        : backend_(backend),
+    AsyncLockOp(std::shared_ptr<Backend> backend, Handler&& handler)
+        : backend_(std::move(backend)),
           handler_(std::move(handler)),
           work_(boost::asio::make_work_guard(
               boost::asio::get_associated_executor(handler_, boost::asio::system_executor()))) {}
 
-    static void start(Backend* backend, Handler&& handler, const std::string& key) {
+    static void start(const std::shared_ptr<Backend>& backend, Handler&& handler, const std::string& key) {
         auto* op = new AsyncLockOp(backend, std::move(handler));
         auto slot = boost::asio::get_associated_cancellation_slot(op->handler_);
         if (slot.is_connected()) {
             // Any kind of cancellation may end a wait: nothing has happened yet that the
             // caller would have to undo.
-            slot.assign([backend, op](boost::asio::cancellation_type type) {
-                if (type != boost::asio::cancellation_type::none) backend->cancel(op);
+            slot.assign([op](boost::asio::cancellation_type type) {
+                if (type != boost::asio::cancellation_type::none) op->cancel();
             });
         }
         try {
@@ -52,6 +61,7 @@ public:
             }
             Request request;
             request.key = key;
+            op->pending_.store(true, std::memory_order_release);
             backend->async_acquire(request, op);
         } catch (...) {  // out of memory before the operation was queued: nothing to complete
             if (slot.is_connected()) slot.clear();
@@ -62,9 +72,11 @@ public:
 
     using AsyncWaiter::complete;
     void complete(std::error_code ec, Acquired acquired, std::string_view /*why*/) noexcept override {
+        // From here on the backend may have let go of the operation: no cancel() reaches it.
+        pending_.store(false, std::memory_order_release);
         // The result travels inside the posted function, so if the executor is destroyed
         // without running it, the guard inside releases the lock.
-        Guard guard(backend_, acquired);
+        Guard guard(backend_.get(), acquired);
         auto ex = work_.get_executor();
         // Our own claim on the executor's context, until post() has returned: otherwise the
         // handler could run and its context finish (and be destroyed) while post() is still
@@ -84,7 +96,17 @@ public:
     }
 
 private:
-    Backend* backend_;
+    /// From the slot's handler, on the handler's executor.
+    void cancel() noexcept {
+        if (pending_.load(std::memory_order_acquire)) backend_->cancel(this);
+    }
+
+    // Keeps the backend (and so everything cancel() touches) alive while the operation is: the
+    // registry's last copy may go before the operation does.
+    std::shared_ptr<Backend> backend_;
+    // Queued in the backend and not yet completed. Read by cancel(), written by start() and
+    // complete() (which the backend may call on its own thread).
+    std::atomic<bool> pending_{false};
     Handler handler_;
     boost::asio::executor_work_guard<Executor> work_;
 };
@@ -94,7 +116,7 @@ struct AsyncLockInitiation {
 
     template <class Handler>
     void operator()(Handler&& handler, const std::string& key) const {
-        AsyncLockOp<std::decay_t<Handler>>::start(backend.get(), std::forward<Handler>(handler), key);
+        AsyncLockOp<std::decay_t<Handler>>::start(backend, std::forward<Handler>(handler), key);
     }
 };
 

@@ -22,6 +22,8 @@
 #include <system_error>
 #include <type_traits>
 
+#include <time.h>
+
 #include <keylock/error.hpp>
 #include <keylock/export.hpp>
 #include <keylock/options.hpp>
@@ -31,6 +33,28 @@ namespace keylock::detail {
 using Clock = std::chrono::steady_clock;
 /// A point on the steady clock; `Deadline::max()` waits forever, `Clock::now()` tries once.
 using Deadline = Clock::time_point;
+
+/// The clock leases are judged on (a Clock, in the standard's sense): CLOCK_BOOTTIME on Linux,
+/// which, unlike the steady clock (CLOCK_MONOTONIC), goes on counting while the machine is
+/// suspended, as a lease on a server does. Where there is no CLOCK_BOOTTIME, CLOCK_MONOTONIC.
+/// Callers' deadlines stay on the steady clock.
+struct BootClock {
+    using duration = std::chrono::nanoseconds;
+    using rep = duration::rep;
+    using period = duration::period;
+    using time_point = std::chrono::time_point<BootClock>;
+    static constexpr bool is_steady = true;
+
+    static time_point now() noexcept {
+        timespec ts{};
+#ifdef CLOCK_BOOTTIME
+        ::clock_gettime(CLOCK_BOOTTIME, &ts);
+#else
+        ::clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
+        return time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
+    }
+};
 
 /// A held lock, as the backend knows it. Opaque above the backend, except for LeasedHold.
 struct Hold {};
@@ -47,11 +71,11 @@ public:
     /// even though the backend has not found out yet).
     bool lost() const noexcept {
         return lost_.load(std::memory_order_acquire) ||
-               Clock::now().time_since_epoch().count() >= valid_until_.load(std::memory_order_relaxed);
+               BootClock::now().time_since_epoch().count() >= valid_until_.load(std::memory_order_relaxed);
     }
-    /// The lease counts until `t` (steady clock); `Deadline::max()`, the default, for a hold
-    /// lost only when marked.
-    void valid_until(Clock::time_point t) noexcept {
+    /// The lease counts until `t` (on BootClock, which counts a suspend); `time_point::max()`,
+    /// the default, for a hold lost only when marked.
+    void valid_until(BootClock::time_point t) noexcept {
         valid_until_.store(t.time_since_epoch().count(), std::memory_order_relaxed);
     }
 
@@ -60,7 +84,7 @@ public:
 private:
     friend class Backend;
     std::atomic<bool> lost_{false};
-    std::atomic<Clock::rep> valid_until_{Clock::time_point::max().time_since_epoch().count()};
+    std::atomic<BootClock::rep> valid_until_{BootClock::time_point::max().time_since_epoch().count()};
     std::function<void()> watch_;  // see Backend::watch_lost; under the backend's loss mutex
 };
 
