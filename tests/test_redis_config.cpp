@@ -608,7 +608,7 @@ TEST_CASE("redis+sentinel URLs list the sentinels and name the master", "[redis]
     CHECK(parse_redis_url("redis://h?wait_timeout=5s").wait_timeout == 5s);  // no WAIT: no conflict
 }
 
-TEST_CASE("rediss+sentinel, rediss+cluster and rediss+redlock: TLS to every server; the sentinels' credentials",
+TEST_CASE("rediss+sentinel, rediss+cluster and rediss+redlock: TLS to every server, and the sentinels' credentials",
           "[redis][config][tls]") {
     using keylock::redis::Topology;
     const RedisConfig s =

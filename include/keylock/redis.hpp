@@ -50,9 +50,12 @@ struct RedisOptions {
     /// address; `host`, `port` and `unix_socket` are then not used. Empty: no Sentinel.
     std::vector<std::pair<std::string, std::uint16_t>> sentinels;
     std::string master_name;  ///< Sentinel: the master's name in the sentinels
-    /// Sentinel: the sentinels' own ACL user and password (`user` and `password` are the
-    /// master's); both empty: the sentinels are reached without AUTH. Never shown.
-    std::string sentinel_user, sentinel_password;
+    /// Sentinel: the sentinels' own ACL user (`user` is the master's); empty: password-only
+    /// AUTH, or none.
+    std::string sentinel_user;
+    /// Sentinel: the sentinels' own password (`password` is the master's); both this and
+    /// `sentinel_user` empty: the sentinels are reached without AUTH. Never shown.
+    std::string sentinel_password;
     /// Redis Cluster: nodes (host, port) to learn the slot map from, any one of which will do;
     /// `host`, `port`, `unix_socket` and `db` are then not used. Empty: no Cluster.
     std::vector<std::pair<std::string, std::uint16_t>> cluster_nodes;

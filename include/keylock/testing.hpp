@@ -21,6 +21,7 @@ namespace detail {
 struct SimState;
 }
 
+/// How a Simulation is made: its name, its lease and its longest key.
 struct SimulationOptions {
     /// The simulation's name: `sim://<name>` reaches it through KeyedLockRegistry::from_url
     /// while it lives. Letters, digits, '-', '_' and '.'; two live simulations may not share one.
