@@ -265,7 +265,8 @@ TEST_CASE("malformed URLs and bad hosts and ports and paths are invalid_url nami
 TEST_CASE("unknown options are unknown_option listing the known ones", "[redis][config]") {
     const std::string known =
         "(known: prefix, lease, connect_timeout, command_timeout, max_key_bytes, db, wait_replicas, wait_timeout, "
-        "ca_file, cert_file, key_file, verify, node_timeout, sentinel_user, sentinel_password, health_check, max_reply_bytes)";
+        "ca_file, cert_file, key_file, verify, node_timeout, sentinel_user, sentinel_password, health_check, "
+        "max_reply_bytes)";
     expect_error("redis://u:S3cr3t-pw@h?lease=1s&leese=2s", errc::unknown_option, "unknown option 'leese'");
     expect_error("redis://u:S3cr3t-pw@h?Lease=1s", errc::unknown_option, known);  // names are case-sensitive
     expect_error("redis://h?password=S3cr3t-pw", errc::unknown_option, "go before the host");
