@@ -118,8 +118,11 @@ KeyedLockRegistry KeyedLockRegistry::from_url(std::string_view url) {
         for (const auto& [name, factory] : s.factories) known += (known.empty() ? "" : ", ") + name;
     }
     std::string hint;
-    if (scheme == "redis" || scheme == "rediss" || scheme == "unix")
-        hint = "; link keylock::redis for " + scheme + "://";
+    for (const char* redis : {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
+                              "rediss+cluster", "redlock", "rediss+redlock"}) {
+        if (scheme == redis) hint = "; link keylock::redis for " + scheme + "://";
+    }
+    if (scheme == "sim") hint = "; link keylock::testing for sim:// and make a keylock::testing::Simulation";
     throw Error(errc::unknown_scheme,
                 "keylock: unknown URL scheme '" + scheme + "' (this program supports: " + known + hint + ")");
 }

@@ -106,6 +106,16 @@ TEST_CASE("messages are one sentence, without repetition", "[config]") {
         CHECK(std::string(e.what()) ==
               "keylock: unknown URL scheme 'memcached' (this program supports: local, sim)");  // links keylock::testing
     }
+    // A Redis scheme in a program without keylock::redis says what to link, for every form.
+    for (const char* scheme : {"redis", "rediss+sentinel", "redis+cluster", "redlock", "rediss+redlock"}) {
+        try {
+            KeyedLockRegistry::from_url(std::string(scheme) + "://h:1");
+            FAIL("no error");
+        } catch (const keylock::Error& e) {
+            CHECK(e.code() == errc::unknown_scheme);
+            CHECK_THAT(e.what(), Catch::Contains(std::string("link keylock::redis for ") + scheme + "://"));
+        }
+    }
     CHECK(std::string(keylock::Error(keylock::make_error_code(errc::timeout)).what()) ==
           "keylock: lock not acquired before the deadline");
 }

@@ -298,8 +298,8 @@ private:
         if (!slot) {
             std::string lock_key = config_.prefix + key;
             // Under the prefix, like every key and channel of ours (see scripts.hpp); the tag
-            // puts it in the lock key's slot (the prefix has no hash tag of its own, or a whole
-            // one, which then decides the slot of both: see config_rules.cpp).
+            // puts it in the lock key's slot (the prefix has no hash tag of its own: config_rules.cpp
+            // refuses '{' and '}' in it).
             std::string fence_key = config_.prefix;
             fence_key += "fence:{";
             fence_key += slot_tag(key_slot(lock_key));

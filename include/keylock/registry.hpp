@@ -153,7 +153,8 @@ public:
     /// Releases the key and returns once the backend has answered. Never throws, as the standard
     /// requires of `unlock()`: `std::unique_lock`, `std::scoped_lock` and `std::lock_guard` call it
     /// from destructors. A lease found lost by this release (the lock was someone else's by then)
-    /// is counted in `stats().lost`; a server that cannot be reached leaves the lock to end with
+    /// is counted in `stats().lost`; a server that cannot be reached is asked again, by the
+    /// lock's owner token, for up to `connect_timeout`, and otherwise leaves the lock to end with
     /// its lease. Check `lost()` before unlocking, or use `on_lost`, to learn of a loss; a Guard's
     /// `release()` reports the outcome for callers who want it. On a handle that holds nothing
     /// (which the standard leaves undefined) it does nothing.
