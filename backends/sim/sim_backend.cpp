@@ -248,7 +248,7 @@ public:
         }
         relay->cancelled.store(true);
         std::unique_lock lk(state_->mu);
-        if (relay->delayed) {  // granted, waiting out the delay: ends now, the grant given back
+        if (relay->delayed.load()) {  // granted, waiting out the delay: ends now, the grant given back
             state_->schedule(Clock::now(), [relay] { relay->deliver(); });
         } else if (!relay->granted.load()) {
             lk.unlock();
@@ -375,12 +375,15 @@ private:
                 const milliseconds delay = backend->state_->delay;
                 if (!ec && delay.count() > 0 && !cancelled.load()) {
                     const Deadline due = Clock::now() + delay;
+                    // Set before the timer may run deliver(), which reads them on its thread.
+                    delayed.store(true);
+                    cut.store(deadline < due);  // the wait ends first: a timeout, the grant given back
                     try {
                         backend->state_->schedule(deadline < due ? deadline : due, [self] { self->deliver(); });
-                        delayed = true;
-                        cut = deadline < due;  // the wait ends first: a timeout, the grant given back
                         return;
                     } catch (...) {  // no timer: delivered now, undelayed
+                        delayed.store(false);
+                        cut.store(false);
                     }
                 }
             }
@@ -391,7 +394,7 @@ private:
         void deliver() noexcept {
             if (delivered.exchange(true)) return;
             std::error_code ec = outcome;
-            if (!ec && delayed && (cut || cancelled.load())) {
+            if (!ec && delayed.load() && (cut.load() || cancelled.load())) {
                 ec = make_error_code(cancelled.load() ? errc::cancelled : errc::timeout);
             } else if (ec == errc::cancelled && timed_out.load() && !cancelled.load()) {
                 ec = make_error_code(errc::timeout);  // the store's wait, ended at the deadline
@@ -423,7 +426,8 @@ private:
         std::atomic<bool> cancelled{false};  // by cancel()
         std::atomic<bool> timed_out{false};  // the deadline passed before the store answered
         std::atomic<bool> delivered{false};
-        bool delayed = false, cut = false;  // under the state's mu
+        std::atomic<bool> delayed{false};  // the grant waits out delay_grants()
+        std::atomic<bool> cut{false};      // ... and the wait's deadline comes first
         std::error_code outcome;
         std::string reason;
         std::unique_ptr<SimHold> hold;  // the grant's, made up front; the waiter's once granted
