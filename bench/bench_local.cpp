@@ -7,7 +7,7 @@
 //   options: --rounds N  --ms N  (rounds per measurement, milliseconds per measurement)
 //            --only ID[,ID...] --threads N   run only these contenders / this thread count (for
 //            profiling one case; ratios and targets needing the others print as n/a)
-//   IDs: keylock keylock_ttl global map striped hot_keylock hot_handle hot_mutex
+//   IDs: keylock keylock_ttl global map striped shared striped_shared hot_keylock hot_handle hot_mutex
 //
 // The machine this runs on is assumed noisy (shared cores, builds running alongside), so:
 //   * every contender is measured in every round, contenders interleaved (the order rotates
@@ -29,6 +29,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -170,6 +171,22 @@ struct StripedOp {
         std::mutex& mu = stripes[std::hash<std::string>{}(key) & (kStripes - 1)];
         mu.lock();
         mu.unlock();
+    }
+};
+
+// keylock shared ownership (lock_shared), for the shared-lock target.
+struct KeylockSharedOp {
+    keylock::KeyedLockRegistry& reg;
+    void operator()(int, const std::string& key) { keylock::Guard g = reg.lock_shared(key); }
+};
+
+// (d) The shared-lock baseline: 1024 striped std::shared_mutex, each taken shared.
+struct StripedSharedOp {
+    std::array<std::shared_mutex, kStripes>& stripes;
+    void operator()(int, const std::string& key) {
+        std::shared_mutex& mu = stripes[std::hash<std::string>{}(key) & (kStripes - 1)];
+        mu.lock_shared();
+        mu.unlock_shared();
     }
 };
 
@@ -328,6 +345,8 @@ int main(int argc, char** argv) {
     std::mutex global_mu;
     auto map = std::make_unique<MapOfMutexes>();
     auto stripes = std::make_unique<std::array<std::mutex, kStripes>>();
+    auto shared_stripes = std::make_unique<std::array<std::shared_mutex, kStripes>>();
+    keylock::KeyedLockRegistry reg_shared;
     std::mutex hot_mu;
 
     std::vector<Measurement> ms_list;
@@ -360,6 +379,9 @@ int main(int argc, char** argv) {
         add("global", "(a) one global std::mutex", false, t, GlobalMutexOp{global_mu});
         add("map", "(b) map<string, mutex> + global mutex, never frees", false, t, MapOfMutexesOp{*map});
         add("striped", "(c) 1024 striped std::mutex", false, t, StripedOp{*stripes});
+        add("shared", "keylock lock_shared, default", false, t, KeylockSharedOp{reg_shared});
+        add("striped_shared", "(d) 1024 striped std::shared_mutex, lock_shared", false, t,
+            StripedSharedOp{*shared_stripes});
         add("hot_keylock", "hot key: keylock, one key", true, t, KeylockOp{reg_hot});
         add("hot_keylock_ttl", "hot key: keylock, idle_ttl=30s (extra)", true, t, KeylockOp{reg_hot_ttl});
         add("hot_handle", "hot key: keylock, obtain() handle (extra)", true, t, KeyMutexOp{hot_handles});
@@ -456,6 +478,7 @@ int main(int argc, char** argv) {
         {"keylock / (a) global mutex", "keylock", "global"},
         {"keylock / (b) map of mutexes", "keylock", "map"},
         {"keylock / (c) striped", "keylock", "striped"},
+        {"keylock lock_shared / (d) striped shared_mutex", "shared", "striped_shared"},
         {"keylock idle_ttl=30s / (b) map of mutexes", "keylock_ttl", "map"},
         {"keylock idle_ttl=30s / (c) striped", "keylock_ttl", "striped"},
         {"keylock / keylock idle_ttl=30s", "keylock", "keylock_ttl"},
@@ -479,6 +502,7 @@ int main(int argc, char** argv) {
         {"keylock >= 5x (b) map of mutexes", "keylock", "map", 5.0},
         {"keylock >= 0.5x (c) striped", "keylock", "striped", 0.5},
         {"hot key: keylock >= 0.5x std::mutex", "hot_keylock", "hot_mutex", 0.5},
+        {"keylock lock_shared >= 0.5x (d) striped shared_mutex", "shared", "striped_shared", 0.5},
     };
     for (const auto& t : targets) {
         const double got = ratio(t.num, t.den, 2);

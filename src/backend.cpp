@@ -53,9 +53,31 @@ Acquired Backend::acquire(const Request& request, std::error_code& ec) {
         std::stop_callback on_stop(request.stop, [this, &w] { cancel(&w); });
         w.wait();
     }
-    if (w.ec_ && !w.why_.empty()) throw_error(w.ec_, request.key, "lock", w.why_);
+    if (w.ec_ && !w.why_.empty()) throw_error(w.ec_, request.key, request.from ? "convert" : "lock", w.why_);
     ec = w.ec_;
     return w.acquired_;
+}
+
+Acquired Backend::convert(const Request& request, std::error_code& ec) {
+    if (loss_ == Loss::impossible) return acquire(request, ec);
+    // The watcher leaves the old hold for the call (a loss meanwhile is not missed: watch_lost
+    // calls it at once on a hold already lost), then goes to whichever hold is ours after it.
+    auto* from = static_cast<LeasedHold*>(request.from);
+    std::function<void()> watcher;
+    {
+        std::lock_guard lk(loss_mu_);
+        watcher = std::move(from->watch_);
+        from->watch_ = nullptr;
+    }
+    Acquired a;
+    try {
+        a = acquire(request, ec);
+    } catch (...) {
+        if (watcher) watch_lost(from, std::move(watcher));
+        throw;
+    }
+    if (watcher) watch_lost(a.hold != nullptr ? a.hold : from, std::move(watcher));
+    return a;
 }
 
 void Backend::watch_lost(Hold* hold, std::function<void()> on_lost) {

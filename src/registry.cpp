@@ -1,10 +1,15 @@
 // SPDX-License-Identifier: BSL-1.0
 // The backend-independent parts of the registry: errors, construction from URLs through the
 // schemes the linked backends registered.
+#include <algorithm>
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <stop_token>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <keylock/keylock.hpp>
 #include <keylock/version.hpp>
@@ -37,6 +42,8 @@ public:
             case errc::backend_error: return "the backend answered with an error";
             case errc::protocol_error: return "unexpected reply: not the backend's protocol";
             case errc::not_supported: return "not supported by this backend";
+            case errc::mode_conflict: return "the key is in use in another mode";
+            case errc::invalid_argument: return "argument out of range";
         }
         return "unknown keylock error";
     }
@@ -130,6 +137,34 @@ KeyedLockRegistry KeyedLockRegistry::from_url(std::string_view url) {
 std::string detail::url_from_env(const char* var, std::string_view fallback) {
     const char* value = var != nullptr ? std::getenv(var) : nullptr;
     return std::string(value == nullptr || *value == '\0' ? fallback : std::string_view(value));
+}
+
+std::optional<MultiGuard> KeyedLockRegistry::acquire_all(std::vector<std::string_view> keys, detail::Deadline deadline,
+                                                         const std::stop_token& stop, bool waits_forever) {
+    const char* what = "lock_all";
+    if (keys.empty()) throw Error(errc::invalid_argument, "keylock: lock_all: no keys");
+    for (std::string_view key : keys) {
+        if (std::error_code ec = detail::check_key(*backend_, key)) detail::throw_error(ec, key, what);
+    }
+    // One order for every caller: the keys' bytes, as unsigned (string_view's own order).
+    std::sort(keys.begin(), keys.end());
+    if (auto same = std::adjacent_find(keys.begin(), keys.end()); same != keys.end()) {
+        detail::throw_error(errc::invalid_argument, *same, "lock_all: a repeated key");
+    }
+    std::vector<Guard> guards;
+    guards.reserve(keys.size());
+    for (std::string_view key : keys) {
+        std::error_code ec;
+        const detail::Acquired a = acquire(request(key, LockMode::exclusive, deadline, stop), ec);
+        if (a.hold == nullptr) {
+            // Those taken go back (newest first) before anything is reported.
+            while (!guards.empty()) guards.pop_back();
+            if (!waits_forever && (ec == errc::timeout || ec == errc::cancelled)) return std::nullopt;
+            detail::throw_error(ec, key, what);
+        }
+        guards.push_back(Guard(backend_.get(), a));
+    }
+    return MultiGuard(std::move(guards));
 }
 
 KeyedLockRegistry KeyedLockRegistry::from_env(const char* var, std::string_view fallback) {

@@ -35,6 +35,7 @@
 
 #include "entry.hpp"
 #include "hash.hpp"
+#include "modes.hpp"
 #include "reclaimer.hpp"
 #include "shard.hpp"
 #include "src/futex.hpp"
@@ -46,6 +47,7 @@ namespace {
 
 using detail::Acquired;
 using detail::AsyncWaiter;
+using detail::Mode;
 using detail::wait_on;
 using detail::wake_one;
 
@@ -97,6 +99,8 @@ public:
     ~LocalBackend() override = default;
 
     Acquired acquire(const detail::Request& request, std::error_code& ec) override {
+        if (request.mode != Mode::exclusive || request.from != nullptr) [[unlikely]]
+            return acquire_modal(request, ec);
         const std::string_view key = request.key;
         const Deadline deadline = request.deadline;
         const std::stop_token& stop = request.stop;
@@ -156,6 +160,7 @@ public:
     }
 
     void async_acquire(const detail::Request& request, AsyncWaiter* op) override {
+        if (request.mode != Mode::exclusive || request.from != nullptr) return async_modal(request, op);
         const std::string_view key = request.key;
         Waiter* w = start_async(op);
         const std::uint64_t hash = hash_bytes(key, seed_);
@@ -171,6 +176,10 @@ public:
             guard.complete_after(op, errc{}, {e, token});
             return;
         }
+        if (e->limit != 0) {  // a semaphore's key
+            guard.complete_after(op, errc::mode_conflict, {});
+            return;
+        }
         w->shard = e->shard;
         e->enqueue(w);
         ++s.waiting;
@@ -181,17 +190,22 @@ public:
         Waiter* w = async_record(op);
         Shard& s = shards_[w->shard];
         ShardLock guard(this, s);
-        if (!w->queued()) return;  // completed already, or never queued
+        // Completed already, or never queued. (A granted waiter may still be linked, into the
+        // list of completions its granter makes after the mutex: its hook is not ours to read.)
+        if (w->granted || !w->queued()) return;
         Entry* e = w->entry;
         e->dequeue(w);
         --s.waiting;
         ++s.cancellations;
+        if (w->mode == Mode::permits) delete static_cast<PermitHold*>(static_cast<void*>(w->result));
         guard.complete_after(op, errc::cancelled, {});
         leave_queue(s, e, guard);
     }
 
     void release(detail::Hold* hold, std::error_code* ec) noexcept override {
         if (ec != nullptr) ec->clear();  // in-process locks are never lost
+        if (tag_of(hold) != kExclusiveTag) [[unlikely]]
+            return release_modal(hold);
         auto* e = static_cast<Entry*>(hold);
         assert((e->load() & word::kHeld) != 0);
         if (fast_release(e)) return;
@@ -201,12 +215,10 @@ public:
         Shard& s = shards_[e->shard];
         ShardLock guard(this, s);
         const std::uint64_t w = drop(s, e, released ? word::kRef : word::kRef + word::kHeld, guard);
-        if ((w & word::kQueued) != 0 && (w & word::kHeld) == 0) dispatch(s, e, guard);
+        if ((w & word::kQueued) != 0) dispatch(s, e, guard);
     }
 
-    std::string_view key(const detail::Hold* hold) const noexcept override {
-        return static_cast<const Entry*>(hold)->key;
-    }
+    std::string_view key(const detail::Hold* hold) const noexcept override { return entry_of(hold)->key; }
 
     detail::Pin* pin(std::string_view key) override {
         std::error_code ec;
@@ -312,6 +324,199 @@ private:
         return true;
     }
 
+    // ---- Shared, upgrade and permit holds, and conversions (modes.hpp) -----------------------
+
+    /// The entry a modal request is for (the held one for a conversion, the pinned one, or
+    /// null: the key's, to be looked up under the shard mutex), and its shard.
+    Entry* modal_entry(const detail::Request& r, Shard*& shard) noexcept {
+        if (r.from != nullptr || r.pin != nullptr) {
+            Entry* e = r.from != nullptr ? entry_of(r.from) : static_cast<Entry*>(r.pin);
+            shard = &shards_[e->shard];
+            return e;
+        }
+        const std::uint64_t hash = hash_bytes(r.key, seed_);
+        shard = &shards_[shard_of(hash)];
+        return nullptr;
+    }
+
+    /// A modal request's first look, under the shard mutex: the grant, or a null hold with
+    /// `err` set (an error) or clear (it must wait). A new request's reference is counted
+    /// already; `record` is a permit request's PermitHold.
+    static Acquired modal_try(Shard& s, Entry* e, const detail::Request& r, detail::Hold* record, errc& err) noexcept {
+        std::uint64_t x = e->load();
+        if (r.from != nullptr) {
+            const HoldTag from = tag_of(r.from);
+            if (!convertible(from, r.mode)) {
+                err = errc::invalid_argument;
+                return {};
+            }
+            if (!conversion_fits(e, from, r.mode)) return {};
+            convert_counts(e, from, r.mode);
+            return {hold_for(e, r.mode, record), s.next_token(e, x)};
+        }
+        if (const errc c = conflict(e, (x & word::kHeld) != 0, r.mode, r.limit); c != errc{}) {
+            err = c;
+            return {};
+        }
+        if (!e->queue.empty()) return {};  // behind those who wait
+        do {
+            if (!fits(e, (x & word::kHeld) != 0, r.mode, r.permits)) return {};
+            if ((x & word::kHeld) != 0) break;
+        } while (!e->replace(x, x + word::kHeld));
+        add_holder(e, r.mode, r.permits, r.limit);
+        return {hold_for(e, r.mode, record), s.next_token(e, e->load())};
+    }
+
+    /// Queues a modal waiter (a conversion at the front) and hands the key on if it can be had
+    /// now (a fast release may have come just before).
+    void modal_enqueue(Shard& s, Entry* e, const detail::Request& r, Waiter* w, ShardLock& guard) noexcept {
+        w->shard = e->shard;
+        w->mode = r.mode;
+        w->permits = r.permits;
+        w->converting = r.from != nullptr;
+        w->from = r.from != nullptr ? tag_of(r.from) : 0;
+        w->entry = e;
+        if (w->converting) {
+            e->queue.push_front(*w);
+        } else {
+            e->queue.push_back(*w);
+        }
+        ++s.waiting;
+        add_waiter_ref(e, options_.fair, 0);  // the queue bits (the reference is counted)
+        dispatch(s, e, guard);
+    }
+
+    Acquired acquire_modal(const detail::Request& r, std::error_code& ec) {
+        std::unique_ptr<PermitHold> record;
+        if (r.mode == Mode::permits && r.from == nullptr)
+            record = std::make_unique<PermitHold>(PermitHold{nullptr, r.permits});
+        auto* const rec = reinterpret_cast<detail::Hold*>(record.get());
+        Shard* sp = nullptr;
+        Entry* e = modal_entry(r, sp);
+        Shard& s = *sp;
+        ShardLock guard(this, s);
+        if (e == nullptr) {
+            e = find_or_insert(s, r.key, hash_bytes(r.key, seed_), ec);
+            if (e == nullptr) return {};
+        }
+        if (r.from == nullptr) add_ref(e);
+        const std::uint64_t ref = r.from == nullptr ? word::kRef : 0;  // what leaving gives back
+        errc err{};
+        if (const Acquired a = modal_try(s, e, r, rec, err); a.hold != nullptr) {
+            (void)record.release();
+            if (r.from != nullptr && !e->queue.empty()) dispatch(s, e, guard);  // a downgrade lets others in
+            return a;
+        }
+        if (err == errc{} && r.deadline != Deadline::max() && r.deadline <= Clock::now()) {
+            ++s.timeouts;
+            err = errc::timeout;
+        } else if (err == errc{} && r.stop.stop_requested()) {
+            ++s.cancellations;
+            err = errc::cancelled;
+        }
+        if (err != errc{}) {
+            leave_queue(s, e, guard, ref);
+            ec = err;
+            return {};
+        }
+
+        SyncWaiter w;
+        w.result = rec;
+        modal_enqueue(s, e, r, &w, guard);
+        auto on_stop = [&w] {
+            w.signal.store(1, std::memory_order_release);
+            wake_one(w.signal);
+        };
+        std::stop_callback<decltype(on_stop)> stop_cb(r.stop, on_stop);
+        Acquired result;
+        for (;;) {
+            (void)w.signal.exchange(0, std::memory_order_acquire);
+            if (w.granted) {
+                result = {w.result, w.fence};
+                (void)record.release();
+                break;
+            }
+            if (r.stop.stop_requested()) {
+                ec = errc::cancelled;
+                ++s.cancellations;
+                break;
+            }
+            if (r.deadline != Deadline::max() && Clock::now() >= r.deadline) {
+                ec = errc::timeout;
+                ++s.timeouts;
+                break;
+            }
+            guard.unlock_to_sleep();
+            while (w.signal.load(std::memory_order_acquire) == 0 &&
+                   (r.deadline == Deadline::max() || Clock::now() < r.deadline)) {
+                wait_on(w.signal, 0, r.deadline);
+            }
+            guard.mutex().lock();
+        }
+        if (result.hold == nullptr) {
+            e->dequeue(&w);
+            --s.waiting;
+            leave_queue(s, e, guard, ref);
+        }
+        return result;
+    }
+
+    void async_modal(const detail::Request& r, AsyncWaiter* op) {
+        std::unique_ptr<PermitHold> record;
+        if (r.mode == Mode::permits && r.from == nullptr)
+            record = std::make_unique<PermitHold>(PermitHold{nullptr, r.permits});
+        auto* const rec = reinterpret_cast<detail::Hold*>(record.get());
+        Waiter* w = start_async(op);
+        Shard* sp = nullptr;
+        std::error_code ec;
+        Entry* e = modal_entry(r, sp);
+        Shard& s = *sp;
+        ShardLock guard(this, s);
+        if (e == nullptr) {
+            e = find_or_insert(s, r.key, hash_bytes(r.key, seed_), ec);
+            if (e == nullptr) {
+                guard.complete_after(op, static_cast<errc>(ec.value()), {});
+                return;
+            }
+        }
+        if (r.from == nullptr) add_ref(e);
+        errc err{};
+        if (const Acquired a = modal_try(s, e, r, rec, err); a.hold != nullptr) {
+            (void)record.release();
+            guard.complete_after(op, errc{}, a);
+            if (r.from != nullptr && !e->queue.empty()) dispatch(s, e, guard);
+            return;
+        }
+        if (err == errc{} && r.deadline != Deadline::max() && r.deadline <= Clock::now()) {
+            ++s.timeouts;
+            err = errc::timeout;
+        }
+        if (err != errc{}) {
+            guard.complete_after(op, err, {});
+            leave_queue(s, e, guard, r.from == nullptr ? word::kRef : 0);
+            return;
+        }
+        w->result = rec;
+        (void)record.release();  // the waiter's now: its grant or its cancel() takes it
+        modal_enqueue(s, e, r, w, guard);
+    }
+
+    void release_modal(detail::Hold* hold) noexcept {
+        const HoldTag tag = tag_of(hold);
+        Entry* e = entry_of(hold);
+        std::uint32_t permits = 0;
+        if (tag == kPermitTag) {
+            const auto* permit = static_cast<const PermitHold*>(untagged(hold));
+            permits = permit->permits;
+            delete permit;
+        }
+        Shard& s = shards_[e->shard];
+        ShardLock guard(this, s);
+        const bool last = remove_holder(e, tag, permits);
+        const std::uint64_t w = drop(s, e, last ? word::kRef + word::kHeld : word::kRef, guard);
+        if ((w & word::kQueued) != 0) dispatch(s, e, guard);
+    }
+
     std::size_t shard_of(std::uint64_t hash) const noexcept {
         // Buckets use the low bits; shards use the high ones.
         return shard_bits_ == 0 ? 0 : static_cast<std::size_t>(hash >> (64 - shard_bits_));
@@ -345,6 +550,11 @@ private:
     [[gnu::noinline]] Acquired acquire_held(Shard& s, Entry* e, std::uint64_t ref, Deadline deadline,
                                             const std::stop_token& stop, ShardLock& guard, std::error_code& ec,
                                             Entry** spinner) {
+        if (e->limit != 0) [[unlikely]] {  // a semaphore's key
+            ec = errc::mode_conflict;
+            drop(s, e, word::kRef - ref, guard);
+            return {};
+        }
         if (deadline != Deadline::max() && deadline <= Clock::now()) {
             ++s.timeouts;
             ec = errc::timeout;
@@ -406,15 +616,59 @@ private:
 
     /// A waiter was dequeued without taking the lock (timeout, stop, cancel): drop its
     /// reference, and if the lock is free, pass the wake-up it may have consumed on.
-    void leave_queue(Shard& s, Entry* e, ShardLock& guard) noexcept {
-        const std::uint64_t w = drop(s, e, word::kRef, guard);
-        if ((w & word::kQueued) != 0 && (w & word::kHeld) == 0) dispatch(s, e, guard);
+    void leave_queue(Shard& s, Entry* e, ShardLock& guard, std::uint64_t ref = word::kRef) noexcept {
+        if (e->shared == 0 && e->used == 0 && e->queue.empty()) e->limit = 0;  // a semaphore nobody uses
+        const std::uint64_t w = drop(s, e, ref, guard);
+        if ((w & word::kQueued) != 0) dispatch(s, e, guard);
     }
 
-    /// The entry may be free and has waiters: hand it on according to the fairness policy.
+    /// The entry's holders changed and it has waiters: hand it on to those who can have it
+    /// now (modes.hpp: conversions first, then in order while they fit).
     void dispatch(Shard& s, Entry* e, ShardLock& guard) noexcept {
-        if (e->queue.empty()) return;
-        Waiter* w = &e->queue.front();
+        bool blocked = false;
+        for (auto it = e->queue.begin(); it != e->queue.end() && it->converting;) {
+            Waiter* w = &*it++;
+            if (conversion_fits(e, static_cast<HoldTag>(w->from), w->mode)) {
+                grant(s, e, w, guard);
+            } else {
+                blocked = true;
+            }
+        }
+        if (blocked) return;  // new holders would only delay the conversion
+        while (!e->queue.empty()) {
+            Waiter* w = &e->queue.front();
+            if (w->mode == Mode::exclusive) return dispatch_exclusive(s, e, w, guard);
+            std::uint64_t x = e->load();
+            do {
+                if (!fits(e, (x & word::kHeld) != 0, w->mode, w->permits)) return;
+                if ((x & word::kHeld) != 0) break;      // joins the holders there are
+            } while (!e->replace(x, x + word::kHeld));  // a first holder: the waiter's reference is its
+            add_holder(e, w->mode, w->permits, e->limit);
+            grant(s, e, w, guard);
+        }
+    }
+
+    /// Hands a modal waiter its hold (counted already, or made now for a conversion).
+    void grant(Shard& s, Entry* e, Waiter* w, ShardLock& guard) noexcept {
+        if (w->converting) convert_counts(e, static_cast<HoldTag>(w->from), w->mode);
+        e->dequeue(w);
+        --s.waiting;
+        ++s.contended;
+        w->granted = true;
+        w->fence = s.next_token(e, e->load());
+        w->result = hold_for(e, w->mode, w->result);
+        sync_queue_bits(e, options_.fair);
+        if (w->async != nullptr) {
+            guard.grant_after(w);
+        } else {
+            guard.wake_after(w);
+        }
+    }
+
+    /// An exclusive waiter first in line: if the key is free, hand it over or wake the waiter,
+    /// according to the fairness policy.
+    void dispatch_exclusive(Shard& s, Entry* e, Waiter* w, ShardLock& guard) noexcept {
+        if ((e->load() & word::kHeld) != 0) return;  // its release will come back here
         if (options_.fair || w->async != nullptr) {
             // Hand over: the waiter's reference becomes the holder's. Fails only if an unfair
             // barger took the lock meanwhile; its release will come back here.

@@ -324,6 +324,16 @@ public:
 
     /// The mutex, for a waiter that drops it to sleep (and takes it again before it returns).
     ShardMutex& mutex() noexcept { return mu_; }
+    /// Drops the mutex to sleep, doing first what was queued for after it (so that waiters
+    /// granted meanwhile do not wait for this one's sleep to end). Take it again with mutex().
+    void unlock_to_sleep() noexcept {
+        mu_.unlock();
+        if (pending_) {
+            finish();
+            pending_ = false;
+            wakes_ = count_ = 0;
+        }
+    }
     /// Completes `w` once the shard mutex is dropped (at most two per lock: a cancelled waiter
     /// and the one the lock passes to).
     void complete_after(detail::AsyncWaiter* w, errc error, detail::Acquired a) noexcept {
@@ -334,11 +344,22 @@ public:
     void delete_backend_after() noexcept { delete_backend_ = pending_ = true; }
     /// Sets a sync waiter's signal now and makes the wake-up call once the shard mutex is
     /// dropped, so that the woken thread does not find the mutex still held by its waker.
+    /// (Beyond the few a grant of several shared holders needs, the wake-up is made at once.)
     void wake_after(Waiter* w) noexcept {
         auto& signal = static_cast<SyncWaiter*>(w)->signal;
         signal.store(1, std::memory_order_release);
-        assert(wake_ == nullptr);
-        wake_ = &signal;
+        if (wakes_ == kWakes) {
+            detail::wake_one(signal);
+            return;
+        }
+        wake_[wakes_++] = &signal;
+        pending_ = true;
+    }
+    /// Completes an async waiter granted a shared, upgrade or permit hold (its result set,
+    /// `granted` true, out of its entry's queue) once the shard mutex is dropped. Any number:
+    /// they are linked through their queue hook, which nothing else touches once granted.
+    void grant_after(Waiter* w) noexcept {
+        granted_.push_back(*w);
         pending_ = true;
     }
 
@@ -352,21 +373,29 @@ private:
 
     /// The work queued for after the mutex is dropped.
     [[gnu::noinline]] void finish() noexcept {
-        if (wake_ != nullptr) detail::wake_one(*wake_);
+        for (int i = 0; i < wakes_; ++i) detail::wake_one(*wake_[i]);
         for (int i = 0; i < count_; ++i) {
             const Completion& c = done_[i];
             c.waiter->complete(c.error == errc{} ? std::error_code() : make_error_code(c.error), {c.hold, c.fence});
+        }
+        while (!granted_.empty()) {
+            Waiter& w = granted_.front();
+            granted_.pop_front();  // before complete(), which may free the waiter's memory
+            w.async->complete({}, {w.result, w.fence});
         }
         if (delete_backend_) delete backend_;
     }
 
     detail::Backend* backend_;
     ShardMutex& mu_;
+    static constexpr int kWakes = 4;
     bool pending_ = false;  // any of the below is set
-    std::atomic<std::uint32_t>* wake_ = nullptr;
+    int wakes_ = 0;
+    std::atomic<std::uint32_t>* wake_[kWakes];  // the first wakes_ are set
     int count_ = 0;
     bool delete_backend_ = false;
     Completion done_[2];  // the first count_ are set
+    WaitQueue granted_;   // async modal grants
 };
 
 }  // namespace keylock::local

@@ -27,12 +27,17 @@ using WaitHook = boost::intrusive::list_base_hook<boost::intrusive::link_mode<bo
 
 /// The fields are written under the mutex of the entry's shard.
 struct Waiter : WaitHook {
-    Entry* entry = nullptr;                // the entry waited for
-    detail::AsyncWaiter* async = nullptr;  // the operation of an async waiter; null for a sync one
-    std::uint64_t fence = 0;               // the fencing token handed over with a grant
-    std::uint32_t shard = 0;               // where that entry lives
-    bool granted = false;                  // ownership was handed to this waiter
-    bool woken = false;                    // told to retry (unfair hand-off)
+    Entry* entry = nullptr;                       // the entry waited for
+    detail::AsyncWaiter* async = nullptr;         // the operation of an async waiter; null for a sync one
+    std::uint64_t fence = 0;                      // the fencing token handed over with a grant
+    detail::Hold* result = nullptr;               // modes.hpp: the hold granted (a permit's record until then)
+    std::uint32_t shard = 0;                      // where that entry lives
+    std::uint32_t permits = 0;                    // Mode::permits: how many
+    bool granted = false;                         // ownership was handed to this waiter
+    bool woken = false;                           // told to retry (unfair hand-off)
+    detail::Mode mode = detail::Mode::exclusive;  // what it waits for
+    std::uint8_t from = 0;                        // a conversion: the tag of the hold it converts (modes.hpp), else 0
+    bool converting = false;                      // a conversion (it holds the key meanwhile)
 
     bool queued() const noexcept { return is_linked(); }
 };

@@ -112,6 +112,11 @@ public:
     ~RedisBackend() override = default;
 
     void async_acquire(const detail::Request& request, detail::AsyncWaiter* op) override {
+        if (request.mode != detail::Mode::exclusive || request.from != nullptr) {
+            op->complete(make_error_code(errc::not_supported), {},
+                         "shared, upgrade and permit holds are not on the Redis backend yet (local:// has them)");
+            return;
+        }
         const std::string_view key = request.key;
         auto* w = new Waiter(op);
         w->deadline = request.deadline;

@@ -200,6 +200,11 @@ public:
         : Backend(max_key_bytes, Loss::possible), state_(std::move(state)) {}
 
     void async_acquire(const Request& request, AsyncWaiter* waiter) override {
+        if (request.mode != keylock::detail::Mode::exclusive || request.from != nullptr) {
+            waiter->complete(make_error_code(errc::not_supported), {},
+                             "sim:// keeps exclusive locks only (shared, upgrade and permit holds: local://)");
+            return;
+        }
         std::error_code fault;
         {
             std::lock_guard lk(state_->mu);

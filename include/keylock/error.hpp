@@ -40,6 +40,11 @@ enum class errc {
     backend_error,   ///< the backend answered with an error (e.g. WRONGTYPE on a lock key)
     protocol_error,  ///< the server's replies are not the backend's protocol (not Redis?)
     not_supported,   ///< the backend cannot do this (e.g. inspect a local:// lock from outside its process)
+    // Modes
+    mode_conflict,     ///< the key is in use in a way this request cannot join (a semaphore asked for a
+                       ///< lock, a lock asked for permits, permits with another limit)
+    invalid_argument,  ///< an argument out of range (0 permits, more permits than the limit, a repeated
+                       ///< key in lock_all, a conversion the guard's mode does not allow)
 };
 
 /// The "keylock" error category.

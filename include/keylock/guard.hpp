@@ -2,6 +2,7 @@
 // keylock/guard.hpp — Guard, the RAII ownership of one key's lock.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string_view>
@@ -41,6 +42,8 @@ public:
         : backend_(std::exchange(other.backend_, nullptr)),
           hold_(std::exchange(other.hold_, nullptr)),
           fence_(other.fence_),
+          permits_(other.permits_),
+          mode_(other.mode_),
           lost_signal_(std::move(other.lost_signal_)) {}
     /// Releases this guard's lock (if any), then takes over `other`'s.
     Guard& operator=(Guard&& other) noexcept {
@@ -49,6 +52,8 @@ public:
             backend_ = std::exchange(other.backend_, nullptr);
             hold_ = std::exchange(other.hold_, nullptr);
             fence_ = other.fence_;
+            permits_ = other.permits_;
+            mode_ = other.mode_;
             lost_signal_ = std::move(other.lost_signal_);
         }
         return *this;
@@ -70,6 +75,46 @@ public:
     /// same server). Pass it to the store you write to, so it can refuse stale writers.
     /// Remains readable after release.
     std::uint64_t fencing_token() const noexcept { return fence_; }
+
+    /// How the lock is held: exclusive, shared, upgrade or permits. Remains readable after
+    /// release.
+    LockMode mode() const noexcept { return mode_; }
+    /// The permits held, for `LockMode::permits` (1 for the other modes).
+    std::uint32_t permits() const noexcept { return permits_; }
+
+    /// Turns upgrade ownership into exclusive ownership without letting go: waits until the
+    /// other (shared) holders have left; new shared holders wait meanwhile, so this cannot be
+    /// starved. Takes a new fencing token. Throws keylock::Error: `not_held`,
+    /// `invalid_argument` unless the guard is in upgrade mode, or the backend's errors; on an
+    /// error the guard still holds what it held.
+    void upgrade() { convert_or_throw(LockMode::exclusive, detail::Deadline::max(), LockMode::upgrade); }
+    /// As upgrade(), but gives up at `deadline` (then false, and the guard holds what it held).
+    /// From shared ownership too: it then succeeds only while this is the key's one holder.
+    template <class C, class D>
+    bool try_upgrade_until(const std::chrono::time_point<C, D>& deadline) {
+        return try_convert(LockMode::exclusive, detail::to_deadline(deadline));
+    }
+    /// As try_upgrade_until(now + timeout).
+    template <class Rep, class Period>
+    bool try_upgrade_for(const std::chrono::duration<Rep, Period>& timeout) {
+        return try_convert(LockMode::exclusive, detail::deadline_after(timeout));
+    }
+    /// One attempt at upgrade(), without waiting.
+    bool try_upgrade() { return try_convert(LockMode::exclusive, detail::Clock::now()); }
+    /// Shared ownership to upgrade ownership, if no one else has it by `deadline`.
+    template <class C, class D>
+    bool try_upgrade_to_upgradable_until(const std::chrono::time_point<C, D>& deadline) {
+        return try_convert(LockMode::upgrade, detail::to_deadline(deadline));
+    }
+    /// Exclusive to shared or upgrade ownership, or upgrade to shared, without letting go (the
+    /// waiters that can now join get in). Never waits. Throws keylock::Error: `not_held`,
+    /// `invalid_argument` for another conversion, or the backend's errors.
+    void downgrade(LockMode to = LockMode::shared) {
+        const bool allowed = (mode_ == LockMode::exclusive && (to == LockMode::shared || to == LockMode::upgrade)) ||
+                             (mode_ == LockMode::upgrade && to == LockMode::shared);
+        if (hold_ != nullptr && !allowed) detail::throw_error(errc::invalid_argument, key(), "downgrade");
+        convert_or_throw(to, detail::Deadline::max(), mode_);
+    }
 
     /// Whether the lease behind this guard was lost while held (another owner may now hold
     /// the key). Always false for the local backend.
@@ -125,8 +170,49 @@ private:
     template <class Handler>
     friend class detail::AsyncLockOp;
 
-    Guard(detail::Backend* backend, detail::Acquired acquired) noexcept
-        : backend_(acquired.hold ? backend : nullptr), hold_(acquired.hold), fence_(acquired.fence) {}
+    Guard(detail::Backend* backend, detail::Acquired acquired, LockMode mode = LockMode::exclusive,
+          std::uint32_t permits = 1) noexcept
+        : backend_(acquired.hold ? backend : nullptr),
+          hold_(acquired.hold),
+          fence_(acquired.fence),
+          permits_(permits),
+          mode_(mode) {}
+
+    /// Converts the hold to `to` by `deadline`: true, or false on timeout (the hold unchanged).
+    /// Other errors through `ec`.
+    bool convert(LockMode to, detail::Deadline deadline, std::error_code& ec) {
+        ec.clear();
+        if (hold_ == nullptr) {
+            ec = errc::not_held;
+            return false;
+        }
+        detail::Request request;
+        request.key = backend_->key(hold_);
+        request.mode = to;
+        request.deadline = deadline;
+        request.from = hold_;
+        const detail::Acquired a = backend_->convert(request, ec);
+        if (a.hold == nullptr) return false;
+        hold_ = a.hold;
+        fence_ = a.fence;
+        mode_ = to;
+        return true;
+    }
+    bool try_convert(LockMode to, detail::Deadline deadline) {
+        std::error_code ec;
+        if (hold_ != nullptr && to == LockMode::exclusive && mode_ != LockMode::upgrade && mode_ != LockMode::shared) {
+            detail::throw_error(errc::invalid_argument, key(), "upgrade");
+        }
+        if (convert(to, deadline, ec)) return true;
+        if (ec == errc::timeout) return false;
+        detail::throw_error(ec, key(), "upgrade");
+    }
+    void convert_or_throw(LockMode to, detail::Deadline deadline, LockMode required) {
+        if (hold_ != nullptr && mode_ != required) detail::throw_error(errc::invalid_argument, key(), "upgrade");
+        std::error_code ec;
+        if (!convert(to, deadline, ec))
+            detail::throw_error(ec, key(), to == LockMode::exclusive ? "upgrade" : "downgrade");
+    }
 
     void reset() noexcept {
         if (hold_ != nullptr) std::exchange(backend_, nullptr)->release_hold(std::exchange(hold_, nullptr), nullptr);
@@ -135,6 +221,8 @@ private:
     detail::Backend* backend_ = nullptr;
     detail::Hold* hold_ = nullptr;
     std::uint64_t fence_ = 0;
+    std::uint32_t permits_ = 1;
+    LockMode mode_ = LockMode::exclusive;
     std::shared_ptr<boost::asio::cancellation_signal> lost_signal_;  // see cancellation_slot()
 };
 

@@ -13,6 +13,7 @@
 #include <keylock/error.hpp>
 #include <keylock/guard.hpp>
 #include <keylock/local.hpp>
+#include <keylock/multi_guard.hpp>
 #include <keylock/options.hpp>
 #include <keylock/registry.hpp>
 #include <keylock/version.hpp>

@@ -12,6 +12,12 @@
 
 namespace keylock {
 
+/// How a lock is held (Guard::mode()). Per key, any number of `shared` holders, at most one of
+/// them with `upgrade` ownership (which can become exclusive without letting go); or one
+/// `exclusive` holder. `permits` are a semaphore's: n of a limit, compatible only with other
+/// permits of the same limit. docs/semantics.md, "Modes".
+enum class LockMode : std::uint8_t { exclusive, shared, upgrade, permits };
+
 /// One key's lock as the backend sees it now (KeyedLockRegistry::inspect, `keylock status`).
 struct LockInfo {
     bool held = false;                  ///< someone holds the key now

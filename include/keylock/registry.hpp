@@ -4,19 +4,24 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <keylock/detail/async_op.hpp>
 #include <keylock/detail/backend.hpp>
 #include <keylock/error.hpp>
 #include <keylock/guard.hpp>
+#include <keylock/multi_guard.hpp>
 #include <keylock/options.hpp>
 
 namespace keylock {
@@ -24,17 +29,6 @@ namespace keylock {
 struct LocalOptions;  // <keylock/local.hpp>
 
 namespace detail {
-
-/// `now + d`, saturating at "forever" instead of overflowing.
-template <class Rep, class Period>
-Deadline deadline_after(std::chrono::duration<Rep, Period> d) {
-    const auto now = Clock::now();
-    if (d <= d.zero()) return now;
-    const std::chrono::duration<double> wanted = d;
-    const std::chrono::duration<double> room = Deadline::max() - now;
-    if (wanted >= room) return Deadline::max();
-    return now + std::chrono::ceil<Clock::duration>(d);
-}
 
 template <class T>
 struct is_optional : std::false_type {};
@@ -81,16 +75,6 @@ concept CreatesFor = (std::is_invocable_v<F&, Guard&> && std::is_convertible_v<s
 template <class F, class T>
 concept CommitsFor = std::is_invocable_v<F&, T&, Guard&> || std::is_invocable_v<F&, T&> || std::is_invocable_v<F&>;
 
-template <class C, class D>
-Deadline to_deadline(const std::chrono::time_point<C, D>& tp) {
-    if constexpr (std::is_same_v<C, Clock>) {
-        return std::chrono::time_point_cast<Clock::duration>(tp);
-    } else {
-        return deadline_after(tp - C::now());
-    }
-}
-
-
 /// Where from_env() and the keylock command look for a URL, and what they take without one.
 inline constexpr const char* kUrlVariable = "KEYLOCK_URL";
 inline constexpr std::string_view kDefaultUrl = "local://";
@@ -121,7 +105,9 @@ public:
     KeyMutex(KeyMutex&& other) noexcept
         : backend_(std::exchange(other.backend_, nullptr)),
           pin_(std::exchange(other.pin_, nullptr)),
-          held_(std::move(other.held_)) {}
+          held_(std::move(other.held_)),
+          upgrade_(std::move(other.upgrade_)),
+          shared_(std::move(other.shared_)) {}
     /// Releases this handle's lock (if held) and key, then takes over `other`'s.
     KeyMutex& operator=(KeyMutex&& other) noexcept {
         if (this != &other) {
@@ -129,6 +115,8 @@ public:
             backend_ = std::exchange(other.backend_, nullptr);
             pin_ = std::exchange(other.pin_, nullptr);
             held_ = std::move(other.held_);
+            upgrade_ = std::move(other.upgrade_);
+            shared_ = std::move(other.shared_);
         }
         return *this;
     }
@@ -141,13 +129,13 @@ public:
     /// One attempt, no waiting.
     [[nodiscard]] bool try_lock() { return acquire(detail::Clock::now()); }
     /// Waits up to `d` for the key; false if it is not ours by then.
-    template <class Rep, class Period>
-    [[nodiscard]] bool try_lock_for(const std::chrono::duration<Rep, Period>& d) {
-        return acquire(detail::deadline_after(d));
+    template <class Duration>
+    [[nodiscard]] bool try_lock_for(const Duration& d) {
+        return acquire(detail::deadline_after(detail::std_duration(d)));
     }
     /// Waits until `tp` (of any clock) for the key; false if it is not ours by then.
-    template <class C, class D>
-    [[nodiscard]] bool try_lock_until(const std::chrono::time_point<C, D>& tp) {
+    template <class TimePoint>
+    [[nodiscard]] bool try_lock_until(const TimePoint& tp) {
         return acquire(detail::to_deadline(tp));
     }
     /// Releases the key and returns once the backend has answered. Never throws, as the standard
@@ -162,6 +150,97 @@ public:
         std::error_code ignored;
         if (held_.owns_lock()) held_.release(ignored);
     }
+
+    // ---- Boost.Thread's SharedLockable and UpgradeLockable -----------------------------------
+    // So that boost::shared_lock, boost::upgrade_lock, boost::upgrade_to_unique_lock and
+    // std::shared_lock work with a handle. Several threads may hold the key shared through one
+    // handle at once; `unlock_shared()` gives back one of the handle's shared holds. The waiting
+    // forms throw keylock::Error as lock() does; the unlocks and downgrades never throw (a
+    // downgrade the backend could not make leaves the stronger hold in place until its unlock).
+
+    /// Shared ownership of the key (see KeyedLockRegistry::lock_shared).
+    void lock_shared() { (void)acquire_shared(LockMode::shared, detail::Deadline::max()); }
+    /// One attempt at lock_shared().
+    [[nodiscard]] bool try_lock_shared() { return acquire_shared(LockMode::shared, detail::Clock::now()); }
+    /// lock_shared(), waiting at most `d`.
+    template <class Duration>
+    [[nodiscard]] bool try_lock_shared_for(const Duration& d) {
+        return acquire_shared(LockMode::shared, detail::deadline_after(detail::std_duration(d)));
+    }
+    /// lock_shared(), waiting until `tp` at most.
+    template <class TimePoint>
+    [[nodiscard]] bool try_lock_shared_until(const TimePoint& tp) {
+        return acquire_shared(LockMode::shared, detail::to_deadline(tp));
+    }
+    /// Gives back one shared hold of this handle (nothing if it has none).
+    void unlock_shared() noexcept { (void)take_shared(); }
+
+    /// Upgrade ownership of the key (see KeyedLockRegistry::lock_upgrade).
+    void lock_upgrade() { (void)acquire_shared(LockMode::upgrade, detail::Deadline::max()); }
+    /// One attempt at lock_upgrade().
+    [[nodiscard]] bool try_lock_upgrade() { return acquire_shared(LockMode::upgrade, detail::Clock::now()); }
+    /// lock_upgrade(), waiting at most `d`.
+    template <class Duration>
+    [[nodiscard]] bool try_lock_upgrade_for(const Duration& d) {
+        return acquire_shared(LockMode::upgrade, detail::deadline_after(detail::std_duration(d)));
+    }
+    /// lock_upgrade(), waiting until `tp` at most.
+    template <class TimePoint>
+    [[nodiscard]] bool try_lock_upgrade_until(const TimePoint& tp) {
+        return acquire_shared(LockMode::upgrade, detail::to_deadline(tp));
+    }
+    /// Gives back the handle's upgrade hold (nothing if it has none).
+    void unlock_upgrade() noexcept {
+        std::error_code ignored;
+        if (upgrade_.owns_lock()) upgrade_.release(ignored);
+    }
+
+    /// Upgrade to exclusive ownership without letting go: waits for the shared holders to leave.
+    void unlock_upgrade_and_lock() { (void)upgrade_to_exclusive(detail::Deadline::max()); }
+    /// One attempt at unlock_upgrade_and_lock().
+    [[nodiscard]] bool try_unlock_upgrade_and_lock() { return upgrade_to_exclusive(detail::Clock::now()); }
+    /// unlock_upgrade_and_lock(), waiting at most `d` (false: still upgrade ownership).
+    template <class Duration>
+    [[nodiscard]] bool try_unlock_upgrade_and_lock_for(const Duration& d) {
+        return upgrade_to_exclusive(detail::deadline_after(detail::std_duration(d)));
+    }
+    /// unlock_upgrade_and_lock(), waiting until `tp` at most.
+    template <class TimePoint>
+    [[nodiscard]] bool try_unlock_upgrade_and_lock_until(const TimePoint& tp) {
+        return upgrade_to_exclusive(detail::to_deadline(tp));
+    }
+    /// Shared to exclusive ownership, if this is the key's one holder now.
+    [[nodiscard]] bool try_unlock_shared_and_lock() { return shared_to(LockMode::exclusive, detail::Clock::now()); }
+    /// Shared to exclusive ownership, if this becomes the key's one holder within `d`.
+    template <class Duration>
+    [[nodiscard]] bool try_unlock_shared_and_lock_for(const Duration& d) {
+        return shared_to(LockMode::exclusive, detail::deadline_after(detail::std_duration(d)));
+    }
+    /// Shared to exclusive ownership, if this becomes the key's one holder by `tp`.
+    template <class TimePoint>
+    [[nodiscard]] bool try_unlock_shared_and_lock_until(const TimePoint& tp) {
+        return shared_to(LockMode::exclusive, detail::to_deadline(tp));
+    }
+    /// Shared to upgrade ownership, if nobody else has upgrade ownership now.
+    [[nodiscard]] bool try_unlock_shared_and_lock_upgrade() {
+        return shared_to(LockMode::upgrade, detail::Clock::now());
+    }
+    /// Shared to upgrade ownership, waiting at most `d` for the upgrade holder to leave.
+    template <class Duration>
+    [[nodiscard]] bool try_unlock_shared_and_lock_upgrade_for(const Duration& d) {
+        return shared_to(LockMode::upgrade, detail::deadline_after(detail::std_duration(d)));
+    }
+    /// Shared to upgrade ownership, waiting until `tp` at most.
+    template <class TimePoint>
+    [[nodiscard]] bool try_unlock_shared_and_lock_upgrade_until(const TimePoint& tp) {
+        return shared_to(LockMode::upgrade, detail::to_deadline(tp));
+    }
+    /// Exclusive to shared ownership, without letting go; never waits.
+    void unlock_and_lock_shared() noexcept { downgrade(held_, LockMode::shared); }
+    /// Exclusive to upgrade ownership, without letting go; never waits.
+    void unlock_and_lock_upgrade() noexcept { downgrade(held_, LockMode::upgrade); }
+    /// Upgrade to shared ownership, without letting go; never waits.
+    void unlock_upgrade_and_lock_shared() noexcept { downgrade(upgrade_, LockMode::shared); }
 
     /// Whether the current hold's lease was lost while held (another owner may now hold the
     /// key); false when nothing is held, and always for `local://`.
@@ -192,13 +271,101 @@ private:
     }
     void reset() noexcept {
         held_ = Guard();
+        upgrade_ = Guard();
+        shared_.guards.clear();
         if (pin_ != nullptr) std::exchange(backend_, nullptr)->unpin(std::exchange(pin_, nullptr));
     }
 
+    /// A shared or upgrade hold through the handle's pin.
+    bool acquire_shared(LockMode mode, detail::Deadline deadline) {
+        std::error_code ec;
+        detail::Request request;
+        request.key = backend_->key(pin_);
+        request.mode = mode;
+        request.deadline = deadline;
+        request.pin = pin_;
+        auto acquired = backend_->acquire(request, ec);
+        if (acquired.hold == nullptr) {
+            if (ec == errc::timeout) return false;
+            detail::throw_error(ec, key(), mode == LockMode::shared ? "lock_shared" : "lock_upgrade");
+        }
+        Guard guard(backend_, acquired, mode);
+        if (mode == LockMode::upgrade) {
+            upgrade_ = std::move(guard);
+        } else {
+            put_shared(std::move(guard));
+        }
+        return true;
+    }
+    bool upgrade_to_exclusive(detail::Deadline deadline) {
+        if (!upgrade_.owns_lock()) detail::throw_error(errc::not_held, key(), "unlock_upgrade_and_lock");
+        std::error_code ec;
+        if (!upgrade_.convert(LockMode::exclusive, deadline, ec)) {
+            if (ec == errc::timeout) return false;
+            detail::throw_error(ec, key(), "unlock_upgrade_and_lock");
+        }
+        held_ = std::move(upgrade_);
+        return true;
+    }
+    bool shared_to(LockMode mode, detail::Deadline deadline) {
+        Guard guard = take_shared();
+        if (!guard.owns_lock()) detail::throw_error(errc::not_held, key(), "unlock_shared_and_lock");
+        std::error_code ec;
+        if (!guard.convert(mode, deadline, ec)) {
+            put_shared(std::move(guard));
+            if (ec == errc::timeout) return false;
+            detail::throw_error(ec, key(), "unlock_shared_and_lock");
+        }
+        (mode == LockMode::upgrade ? upgrade_ : held_) = std::move(guard);
+        return true;
+    }
+    void downgrade(Guard& from, LockMode to) noexcept {
+        std::error_code ignored;
+        (void)from.convert(to, detail::Deadline::max(), ignored);
+        Guard guard = std::move(from);
+        if (to == LockMode::upgrade) {
+            upgrade_ = std::move(guard);
+        } else {
+            put_shared(std::move(guard));
+        }
+    }
+    void put_shared(Guard guard) noexcept {
+        std::lock_guard lk(shared_.mu);
+        try {
+            shared_.guards.push_back(std::move(guard));
+        } catch (...) {  // out of memory: released here rather than kept where no unlock finds it
+        }
+    }
+    Guard take_shared() noexcept {
+        std::lock_guard lk(shared_.mu);
+        if (shared_.guards.empty()) return Guard();
+        Guard g = std::move(shared_.guards.back());
+        shared_.guards.pop_back();
+        return g;
+    }
+
+    /// The handle's shared holds, which several threads may take and give back at once.
+    struct SharedHolds {
+        SharedHolds() = default;
+        SharedHolds(const SharedHolds&) = delete;
+        SharedHolds& operator=(const SharedHolds&) = delete;
+        ~SharedHolds() = default;
+        SharedHolds(SharedHolds&& other) noexcept : guards(std::move(other.guards)) {}
+        SharedHolds& operator=(SharedHolds&& other) noexcept {
+            guards = std::move(other.guards);
+            return *this;
+        }
+        std::mutex mu;
+        std::vector<Guard> guards;
+    };
+
     detail::Backend* backend_ = nullptr;
     detail::Pin* pin_ = nullptr;
-    Guard held_;
+    Guard held_;     // the exclusive hold
+    Guard upgrade_;  // the upgrade hold
+    SharedHolds shared_;
 };
+
 
 /// A registry of per-key locks: "only one holder of key K at a time", for any number of keys,
 /// with memory proportional to the keys in use, not to the keys ever seen.
@@ -257,6 +424,105 @@ public:
         return try_acquire(key, detail::to_deadline(deadline), stop);
     }
 
+    /// Shared ownership of `key`: any number of shared holders at once (and one upgrade
+    /// holder among them), never beside an exclusive one. A request that finds others waiting
+    /// queues behind them, so a stream of readers cannot starve a writer (docs/semantics.md,
+    /// "Modes"). The guard's fencing token is drawn like an exclusive one's. Throws as lock().
+    Guard lock_shared(std::string_view key, const std::stop_token& stop = {}) {
+        return acquire_or_throw(request(key, LockMode::shared, detail::Deadline::max(), stop));
+    }
+    /// One attempt at lock_shared(), without waiting.
+    std::optional<Guard> try_lock_shared(std::string_view key) {
+        return try_acquire(request(key, LockMode::shared, detail::Clock::now(), {}));
+    }
+    /// lock_shared(), waiting at most `timeout` (or until `stop`): nullopt if the time ran out.
+    template <class Rep, class Period>
+    std::optional<Guard> try_lock_shared_for(std::string_view key, const std::chrono::duration<Rep, Period>& timeout,
+                                             const std::stop_token& stop = {}) {
+        return try_acquire(request(key, LockMode::shared, detail::deadline_after(timeout), stop));
+    }
+    /// lock_shared(), waiting until `deadline` at most (or until `stop`).
+    template <class C, class D>
+    std::optional<Guard> try_lock_shared_until(std::string_view key, const std::chrono::time_point<C, D>& deadline,
+                                               const std::stop_token& stop = {}) {
+        return try_acquire(request(key, LockMode::shared, detail::to_deadline(deadline), stop));
+    }
+    /// Upgrade ownership of `key`: shared ownership that at most one holder has at a time, and
+    /// that Guard::upgrade() turns into exclusive ownership without letting go. Two would-be
+    /// writers that both read first take this mode, not shared: the second waits here instead
+    /// of deadlocking with the first in an upgrade. Throws as lock().
+    Guard lock_upgrade(std::string_view key, const std::stop_token& stop = {}) {
+        return acquire_or_throw(request(key, LockMode::upgrade, detail::Deadline::max(), stop));
+    }
+    /// One attempt at lock_upgrade(), without waiting.
+    std::optional<Guard> try_lock_upgrade(std::string_view key) {
+        return try_acquire(request(key, LockMode::upgrade, detail::Clock::now(), {}));
+    }
+    /// lock_upgrade(), waiting at most `timeout` (or until `stop`).
+    template <class Rep, class Period>
+    std::optional<Guard> try_lock_upgrade_for(std::string_view key, const std::chrono::duration<Rep, Period>& timeout,
+                                              const std::stop_token& stop = {}) {
+        return try_acquire(request(key, LockMode::upgrade, detail::deadline_after(timeout), stop));
+    }
+    /// lock_upgrade(), waiting until `deadline` at most (or until `stop`).
+    template <class C, class D>
+    std::optional<Guard> try_lock_upgrade_until(std::string_view key, const std::chrono::time_point<C, D>& deadline,
+                                                const std::stop_token& stop = {}) {
+        return try_acquire(request(key, LockMode::upgrade, detail::to_deadline(deadline), stop));
+    }
+    /// `permits` of the `limit` permits of `key` (a keyed semaphore: at most `limit` permits
+    /// held at once, by any number of holders); the guard gives them back. Waiting requests are
+    /// served in order, so a large request is not starved by small ones. Throws keylock::Error:
+    /// `invalid_argument` (0 permits, a limit of 0, more permits than the limit),
+    /// `mode_conflict` (the key is in use as a lock, or as a semaphore of another limit), or as
+    /// lock().
+    Guard acquire_permits(std::string_view key, std::uint32_t permits, std::uint32_t limit,
+                          const std::stop_token& stop = {}) {
+        return acquire_or_throw(request(key, LockMode::permits, detail::Deadline::max(), stop, permits, limit));
+    }
+    /// One attempt at acquire_permits(), without waiting.
+    std::optional<Guard> try_acquire_permits(std::string_view key, std::uint32_t permits, std::uint32_t limit) {
+        return try_acquire(request(key, LockMode::permits, detail::Clock::now(), {}, permits, limit));
+    }
+    /// acquire_permits(), waiting at most `timeout` (or until `stop`).
+    template <class Rep, class Period>
+    std::optional<Guard> try_acquire_permits_for(std::string_view key, std::uint32_t permits, std::uint32_t limit,
+                                                 const std::chrono::duration<Rep, Period>& timeout,
+                                                 const std::stop_token& stop = {}) {
+        return try_acquire(request(key, LockMode::permits, detail::deadline_after(timeout), stop, permits, limit));
+    }
+    /// acquire_permits(), waiting until `deadline` at most (or until `stop`).
+    template <class C, class D>
+    std::optional<Guard> try_acquire_permits_until(std::string_view key, std::uint32_t permits, std::uint32_t limit,
+                                                   const std::chrono::time_point<C, D>& deadline,
+                                                   const std::stop_token& stop = {}) {
+        return try_acquire(request(key, LockMode::permits, detail::to_deadline(deadline), stop, permits, limit));
+    }
+    /// Every key of `keys` exclusively, or none: the keys are taken in one global order (their
+    /// bytes, compared as unsigned), so callers that list the same keys in different orders
+    /// never deadlock; if one cannot be had, those taken are released. Throws keylock::Error:
+    /// `invalid_argument` for no keys or a repeated one, or as lock() for a key.
+    template <class Keys>
+    MultiGuard lock_all(const Keys& keys, const std::stop_token& stop = {}) {
+        return *acquire_all(key_list(keys), detail::Deadline::max(), stop, true);
+    }
+    /// lock_all() for a braced list of keys: `lock_all({"from", "to"})`.
+    MultiGuard lock_all(std::initializer_list<std::string_view> keys, const std::stop_token& stop = {}) {
+        return *acquire_all(std::vector<std::string_view>(keys), detail::Deadline::max(), stop, true);
+    }
+    /// As lock_all(), waiting at most `timeout` for all of them: nullopt (nothing held) when the
+    /// time runs out or `stop` is requested.
+    template <class Keys, class Rep, class Period>
+    std::optional<MultiGuard> try_lock_all_for(const Keys& keys, const std::chrono::duration<Rep, Period>& timeout,
+                                               const std::stop_token& stop = {}) {
+        return acquire_all(key_list(keys), detail::deadline_after(timeout), stop, false);
+    }
+    /// As lock_all(), waiting until `deadline` at most for all of them.
+    template <class Keys, class C, class D>
+    std::optional<MultiGuard> try_lock_all_until(const Keys& keys, const std::chrono::time_point<C, D>& deadline,
+                                                 const std::stop_token& stop = {}) {
+        return acquire_all(key_list(keys), detail::to_deadline(deadline), stop, false);
+    }
     /// Locks `key`, runs `fn` and returns its result; the lock is released however `fn` ends.
     /// `fn` is called with the Guard if it accepts one (`[](keylock::Guard& g) {…}`), so it can
     /// read the fencing token; otherwise with no arguments.
@@ -349,6 +615,30 @@ public:
             detail::AsyncLockInitiation{backend_}, token, std::string(key));
     }
 
+    /// async_lock() for shared ownership (see lock_shared()).
+    template <class CompletionToken = boost::asio::default_completion_token_t<boost::asio::system_executor>>
+    auto async_lock_shared(
+        std::string_view key,
+        CompletionToken&& token = boost::asio::default_completion_token_t<boost::asio::system_executor>()) {
+        return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, Guard)>(
+            detail::AsyncLockInitiation{backend_}, token, std::string(key), LockMode::shared);
+    }
+    /// async_lock() for upgrade ownership (see lock_upgrade()).
+    template <class CompletionToken = boost::asio::default_completion_token_t<boost::asio::system_executor>>
+    auto async_lock_upgrade(
+        std::string_view key,
+        CompletionToken&& token = boost::asio::default_completion_token_t<boost::asio::system_executor>()) {
+        return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, Guard)>(
+            detail::AsyncLockInitiation{backend_}, token, std::string(key), LockMode::upgrade);
+    }
+    /// async_lock() for `permits` of `limit` permits (see acquire_permits()).
+    template <class CompletionToken = boost::asio::default_completion_token_t<boost::asio::system_executor>>
+    auto async_acquire_permits(
+        std::string_view key, std::uint32_t permits, std::uint32_t limit,
+        CompletionToken&& token = boost::asio::default_completion_token_t<boost::asio::system_executor>()) {
+        return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, Guard)>(
+            detail::AsyncLockInitiation{backend_}, token, std::string(key), LockMode::permits, permits, limit);
+    }
     /// A registry over a backend of your own (the extension point for new backends and for
     /// tests). The shared_ptr's deleter should call `close()`.
     static KeyedLockRegistry from_backend(std::shared_ptr<detail::Backend> backend) noexcept {
@@ -396,25 +686,63 @@ public:
 private:
     explicit KeyedLockRegistry(std::shared_ptr<detail::Backend> backend) noexcept : backend_(std::move(backend)) {}
 
-    /// The key checked, then the backend asked: the hold, or a null one and `ec`.
-    detail::Acquired acquire(std::string_view key, detail::Deadline deadline, const std::stop_token& stop,
-                             std::error_code& ec) {
-        ec = detail::check_key(*backend_, key);
+    /// The request checked (key, permits), then the backend asked: the hold, or a null one
+    /// and `ec`.
+    detail::Acquired acquire(const detail::Request& request, std::error_code& ec) {
+        ec = detail::check_key(*backend_, request.key);
+        if (!ec && request.mode == LockMode::permits &&
+            (request.limit == 0 || request.permits == 0 || request.permits > request.limit)) {
+            ec = errc::invalid_argument;
+        }
         if (ec) return {};
-        return backend_->acquire(detail::Request{key, detail::Mode::exclusive, deadline, stop}, ec);
+        return backend_->acquire(request, ec);
+    }
+    static detail::Request request(std::string_view key, LockMode mode, detail::Deadline deadline,
+                                   const std::stop_token& stop, std::uint32_t permits = 1, std::uint32_t limit = 0) {
+        detail::Request r;
+        r.key = key;
+        r.mode = mode;
+        r.deadline = deadline;
+        r.stop = stop;
+        r.permits = permits;
+        r.limit = limit;
+        return r;
+    }
+    static const char* verb(LockMode mode) noexcept {
+        switch (mode) {
+            case LockMode::shared: return "lock_shared";
+            case LockMode::upgrade: return "lock_upgrade";
+            case LockMode::permits: return "acquire_permits";
+            case LockMode::exclusive: break;
+        }
+        return "lock";
+    }
+    Guard acquire_or_throw(const detail::Request& r) {
+        std::error_code ec;
+        const auto acquired = acquire(r, ec);
+        if (acquired.hold == nullptr) detail::throw_error(ec, r.key, verb(r.mode));
+        return Guard(backend_.get(), acquired, r.mode, r.permits);
+    }
+    std::optional<Guard> try_acquire(const detail::Request& r) {
+        std::error_code ec;
+        const auto acquired = acquire(r, ec);
+        if (acquired.hold != nullptr) return Guard(backend_.get(), acquired, r.mode, r.permits);
+        if (ec == errc::timeout || ec == errc::cancelled) return std::nullopt;
+        detail::throw_error(ec, r.key, verb(r.mode));
     }
     Guard acquire_or_throw(std::string_view key, detail::Deadline deadline, const std::stop_token& stop) {
-        std::error_code ec;
-        const auto acquired = acquire(key, deadline, stop, ec);
-        if (acquired.hold == nullptr) detail::throw_error(ec, key, "lock");
-        return Guard(backend_.get(), acquired);
+        return acquire_or_throw(request(key, LockMode::exclusive, deadline, stop));
     }
     std::optional<Guard> try_acquire(std::string_view key, detail::Deadline deadline, const std::stop_token& stop) {
-        std::error_code ec;
-        const auto acquired = acquire(key, deadline, stop, ec);
-        if (acquired.hold != nullptr) return Guard(backend_.get(), acquired);
-        if (ec == errc::timeout || ec == errc::cancelled) return std::nullopt;
-        detail::throw_error(ec, key, "try_lock");
+        return try_acquire(request(key, LockMode::exclusive, deadline, stop));
+    }
+    std::optional<MultiGuard> acquire_all(std::vector<std::string_view> keys, detail::Deadline deadline,
+                                          const std::stop_token& stop, bool waits_forever);
+    template <class Keys>
+    static std::vector<std::string_view> key_list(const Keys& keys) {
+        std::vector<std::string_view> list;
+        for (const auto& k : keys) list.emplace_back(k);
+        return list;
     }
 
     std::shared_ptr<detail::Backend> backend_;

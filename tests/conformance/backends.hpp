@@ -19,6 +19,7 @@
 //   3. The capabilities, each true or false (never a silent skip): `scope` (whether the locks are
 //      shared by every registry of the URL, in any process, or live in one registry object and
 //      its copies), `operator_tools` (inspect() and force_release() work, or throw
+//      `not_supported`), `modes` (shared, upgrade and permit holds work, or answer
 //      `not_supported`). A promise that needs a capability is not registered for a backend
 //      without it; the rest check the backend's documented answer instead.
 //   4. Link the backend into keylock_conformance_tests (tests/CMakeLists.txt) if it is not part
@@ -59,6 +60,7 @@ struct Backend {
     std::string (*url)(std::string_view ns, std::string_view query);
     Scope scope;
     bool operator_tools;
+    bool modes;  ///< shared, upgrade and permit holds (else they answer `not_supported`)
 };
 
 /// "?query", or nothing for an empty query.
@@ -108,13 +110,13 @@ inline std::string redlock_url(std::string_view ns, std::string_view query) {
 
 // clang-format off
 inline constexpr Backend backends[] = {
-    // scheme            url           scope            operator_tools
-    {"local",            local_url,    Scope::registry, false},
-    {"sim",              sim_url,      Scope::registry, false},
-    {"redis",            redis_url,    Scope::server,   true},
-    {"redis+sentinel",   sentinel_url, Scope::server,   true},
-    {"redis+cluster",    cluster_url,  Scope::server,   true},
-    {"redlock",          redlock_url,  Scope::server,   true},
+    // scheme            url           scope            operator_tools modes
+    {"local",            local_url,    Scope::registry, false,         true},
+    {"sim",              sim_url,      Scope::registry, false,         false},
+    {"redis",            redis_url,    Scope::server,   true,          false},
+    {"redis+sentinel",   sentinel_url, Scope::server,   true,          false},
+    {"redis+cluster",    cluster_url,  Scope::server,   true,          false},
+    {"redlock",          redlock_url,  Scope::server,   true,          false},
 };
 // clang-format on
 
@@ -151,6 +153,9 @@ using Promise = void (*)(const Backend&);
 /// Which backends a promise applies to.
 using Applies = bool (*)(const Backend&);
 inline bool every_backend(const Backend& /*backend*/) { return true; }
+/// Backends with shared, upgrade and permit holds, and those without.
+inline bool has_modes(const Backend& backend) { return backend.modes; }
+inline bool lacks_modes(const Backend& backend) { return !backend.modes; }
 /// Backends whose locks exclude between processes.
 inline bool shared_across_processes(const Backend& backend) { return backend.scope == Scope::server; }
 

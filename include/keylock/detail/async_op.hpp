@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -44,8 +45,11 @@ public:
           work_(boost::asio::make_work_guard(
               boost::asio::get_associated_executor(handler_, boost::asio::system_executor()))) {}
 
-    static void start(const std::shared_ptr<Backend>& backend, Handler&& handler, const std::string& key) {
+    static void start(const std::shared_ptr<Backend>& backend, Handler&& handler, const std::string& key, Mode mode,
+                      std::uint32_t permits, std::uint32_t limit) {
         auto* op = new AsyncLockOp(backend, std::move(handler));
+        op->mode_ = mode;
+        op->permits_ = permits;
         auto slot = boost::asio::get_associated_cancellation_slot(op->handler_);
         if (slot.is_connected()) {
             // Any kind of cancellation may end a wait: nothing has happened yet that the
@@ -55,12 +59,19 @@ public:
             });
         }
         try {
-            if (std::error_code ec = check_key(*backend, key)) {
+            std::error_code ec = check_key(*backend, key);
+            if (!ec && mode == Mode::permits && (limit == 0 || permits == 0 || permits > limit)) {
+                ec = make_error_code(errc::invalid_argument);
+            }
+            if (ec) {
                 op->complete(ec, {});  // posted to the handler's executor, as any completion
                 return;
             }
             Request request;
             request.key = key;
+            request.mode = mode;
+            request.permits = permits;
+            request.limit = limit;
             op->pending_.store(true, std::memory_order_release);
             backend->async_acquire(request, op);
         } catch (...) {  // out of memory before the operation was queued: nothing to complete
@@ -76,7 +87,7 @@ public:
         pending_.store(false, std::memory_order_release);
         // The result travels inside the posted function, so if the executor is destroyed
         // without running it, the guard inside releases the lock.
-        Guard guard(backend_.get(), acquired);
+        Guard guard(backend_.get(), acquired, mode_, permits_);
         auto ex = work_.get_executor();
         // Our own claim on the executor's context, until post() has returned: otherwise the
         // handler could run and its context finish (and be destroyed) while post() is still
@@ -107,6 +118,8 @@ private:
     // Queued in the backend and not yet completed. Read by cancel(), written by start() and
     // complete() (which the backend may call on its own thread).
     std::atomic<bool> pending_{false};
+    Mode mode_ = Mode::exclusive;
+    std::uint32_t permits_ = 1;
     Handler handler_;
     boost::asio::executor_work_guard<Executor> work_;
 };
@@ -115,8 +128,9 @@ struct AsyncLockInitiation {
     std::shared_ptr<Backend> backend;
 
     template <class Handler>
-    void operator()(Handler&& handler, const std::string& key) const {
-        AsyncLockOp<std::decay_t<Handler>>::start(backend, std::forward<Handler>(handler), key);
+    void operator()(Handler&& handler, const std::string& key, Mode mode = Mode::exclusive, std::uint32_t permits = 1,
+                    std::uint32_t limit = 0) const {
+        AsyncLockOp<std::decay_t<Handler>>::start(backend, std::forward<Handler>(handler), key, mode, permits, limit);
     }
 };
 

@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <ratio>
 #include <stop_token>
 #include <string>
 #include <string_view>
@@ -33,6 +34,49 @@ namespace keylock::detail {
 using Clock = std::chrono::steady_clock;
 /// A point on the steady clock; `Deadline::max()` waits forever, `Clock::now()` tries once.
 using Deadline = Clock::time_point;
+
+/// `now + d`, saturating at "forever" instead of overflowing.
+template <class Rep, class Period>
+Deadline deadline_after(std::chrono::duration<Rep, Period> d) {
+    const auto now = Clock::now();
+    if (d <= d.zero()) return now;
+    const std::chrono::duration<double> wanted = d;
+    const std::chrono::duration<double> room = Deadline::max() - now;
+    if (wanted >= room) return Deadline::max();
+    return now + std::chrono::ceil<Clock::duration>(d);
+}
+
+/// A duration as std::chrono's: itself, or one of a library of the same shape (Boost.Chrono's,
+/// which Boost.Thread's lock types and concepts use).
+template <class Rep, class Period>
+std::chrono::duration<Rep, Period> std_duration(const std::chrono::duration<Rep, Period>& d) {
+    return d;
+}
+template <class D>
+requires requires(const D& d) {
+    d.count();
+    D::period::num;
+    D::period::den;
+}
+auto std_duration(const D& d) {
+    return std::chrono::duration<typename D::rep, std::ratio<D::period::num, D::period::den>>(d.count());
+}
+
+/// A time point of a clock of another library (Boost.Chrono) as a Deadline, by the time left.
+template <class TimePoint>
+requires requires(const TimePoint& tp) { std_duration(tp - TimePoint::clock::now()); }
+Deadline to_deadline(const TimePoint& tp) { return deadline_after(std_duration(tp - TimePoint::clock::now())); }
+
+/// A time point of any clock as a Deadline (the steady clock's exactly, others by the time left).
+template <class C, class D>
+Deadline to_deadline(const std::chrono::time_point<C, D>& tp) {
+    if constexpr (std::is_same_v<C, Clock>) {
+        return std::chrono::time_point_cast<Clock::duration>(tp);
+    } else {
+        return deadline_after(tp - C::now());
+    }
+}
+
 
 /// The clock leases are judged on (a Clock, in the standard's sense): CLOCK_BOOTTIME on Linux,
 /// which, unlike the steady clock (CLOCK_MONOTONIC), goes on counting while the machine is
@@ -93,18 +137,27 @@ struct Acquired {
     std::uint64_t fence = 0;  ///< the fencing token of this acquisition
 };
 
-/// How a lock is held. Only exclusive ownership exists yet; shared, upgrade and counted
-/// permits extend this, and a backend that cannot keep a mode answers `errc::not_supported`.
-enum class Mode : std::uint8_t { exclusive };
+/// How a lock is held (the public LockMode). A backend that cannot keep a mode answers
+/// `errc::not_supported`.
+using Mode = LockMode;
 
 /// One acquisition, as the registry asks a backend for it: the key (already checked above the
 /// seam: 1 to `max_key_bytes()` bytes), how it is to be held, and how long to wait for it.
+///
+/// With `from`, a conversion instead: `from` is a live hold of `key` (of this caller), to be
+/// held in `mode` from now on, without letting go in between (upgrade to exclusive, shared to
+/// upgrade or exclusive, and the downgrades, which never wait). On success the returned hold
+/// replaces `from`, which is gone (even when the pointer is the same); on any failure `from`
+/// is still held as it was. A conversion the backend does not offer: `errc::invalid_argument`.
 struct Request {
     std::string_view key;
     Mode mode = Mode::exclusive;
     Deadline deadline = Deadline::max();  ///< `Clock::now()`: one attempt, no waiting
     std::stop_token stop;                 ///< ends a synchronous wait (async ones end by cancel())
     Pin* pin = nullptr;                   ///< a pin of `key` (a KeyMutex's), which saves the lookup
+    Hold* from = nullptr;                 ///< the hold to convert, or null for a new acquisition
+    std::uint32_t permits = 1;            ///< Mode::permits: how many, 1 to `limit`
+    std::uint32_t limit = 0;              ///< Mode::permits: the semaphore's limit, at least 1
 };
 
 /// Room inside an asynchronous operation for a backend's own record of it (its place in a
@@ -114,7 +167,7 @@ struct Request {
 /// is never destroyed: the operation's memory is freed under it, so it must own nothing.
 class WaitNode {
 public:
-    static constexpr std::size_t kSize = 48;
+    static constexpr std::size_t kSize = 64;
 
     template <class T>
     T* emplace() noexcept {
@@ -174,9 +227,9 @@ public:
     /// and blocks the calling thread until it completes; a stop request cancels it.
     virtual Acquired acquire(const Request& request, std::error_code& ec);
 
-    /// Starts an asynchronous acquisition (its `stop` and `pin` are not used: `cancel` ends
-    /// it); `waiter->complete` reports the outcome (possibly before this returns, but never on
-    /// this call's stack while a backend lock is held). Ends with `timeout` at
+    /// Starts an asynchronous acquisition or conversion (its `stop` and `pin` are not used:
+    /// `cancel` ends it); `waiter->complete` reports the outcome (possibly before this returns,
+    /// but never on this call's stack while a backend lock is held). Ends with `timeout` at
     /// `request.deadline` (async_lock passes `Deadline::max()`; the default acquire() does not).
     virtual void async_acquire(const Request& request, AsyncWaiter* waiter) = 0;
 
@@ -233,6 +286,10 @@ public:
     bool lost(const Hold* hold) const noexcept {
         return loss_ == Loss::possible && static_cast<const LeasedHold*>(hold)->lost();
     }
+
+    /// `acquire` for a conversion (`request.from` set): the hold's loss watch, if any, moves
+    /// to the hold that replaces it. Throws as acquire does.
+    Acquired convert(const Request& request, std::error_code& ec);
 
     /// Releases through the backend, after ending the hold's loss watch (so a watcher is
     /// never called after its guard has released). `ec` as for `release`.
