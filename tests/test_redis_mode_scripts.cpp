@@ -15,8 +15,10 @@
 #include <vector>
 
 #include "backends/redis/mode_scripts.hpp"
+#include "backends/redis/slots.hpp"
 #include "redis_cli.hpp"
 #include "redis_server.hpp"
+#include "topology.hpp"
 
 namespace scripts = keylock::redis::scripts;
 using keylock::test::call;
@@ -654,6 +656,43 @@ TEST_CASE("the sharded variants publish with SPUBLISH", "[redis][modes]") {
     CHECK(eval1(server, scripts::release_member_sharded, {s.elements[2].text(), lock_key}).integer == 1);
     CHECK(sub.heard(3) == 3);
     CHECK(call(server.port(), {"EXISTS", lock_key}).integer == 0);
+}
+
+TEST_CASE("on Redis Cluster, the sharded scripts run on a lock key and its slot's counter, and SPUBLISH",
+          "[redis][modes][cluster]") {
+    keylock::test::ClusterDeployment d(1, 0);
+    RedisServer& node = d.node(0);
+    const std::string key = "keylock:k";
+    std::string counter = "keylock:fence:{";
+    counter.append(keylock::redis::slot_tag(keylock::redis::key_slot(key))).append("}");
+    REQUIRE(d.key_slot(counter) == d.key_slot(key));
+    Subscriber sub(node.port(), key, true);
+    auto run = [&](const std::string& script, const std::vector<std::string>& args) {
+        std::vector<std::string> command{"EVAL", script, "2", key, counter};
+        command.insert(command.end(), args.begin(), args.end());
+        return call(node.port(), command);
+    };
+    const Reply r = run(scripts::acquire_shared_sharded, {"r", lease, "s"});
+    REQUIRE(granted(r));
+    REQUIRE(refused(run(scripts::acquire_sharded, {"w", lease})));
+    const Reply u = run(scripts::convert_sharded, {member("s", r, "r"), "r", lease, "u", key});
+    REQUIRE(granted(u));
+    const Reply x = run(scripts::convert_sharded, {u.elements[2].text(), "r", lease, "x", key});  // intent or not
+    REQUIRE(granted(x));
+    const Reply s = run(scripts::convert_sharded, {x.elements[2].text(), "r", lease, "s", key});
+    REQUIRE(granted(s));
+    CHECK(sub.heard(1) == 1);
+    CHECK(call(node.port(), {"EVAL", scripts::release_member_sharded, "1", key, s.elements[2].text(), key}).integer ==
+          1);
+    CHECK(sub.heard(2) == 2);
+    CHECK(call(node.port(), {"EXISTS", key}).integer == 0);
+    const Reply p = run(scripts::acquire_permits_sharded, {"p", lease, "1", "1"});
+    REQUIRE(granted(p));
+    CHECK(fence_of(p) > fence_of(s));
+    // A counter of another slot is refused by the cluster, before the script runs.
+    const Reply other =
+        call(node.port(), {"EVAL", scripts::acquire_shared_sharded, "2", key, "keylock:fence:{x}", "o", lease, "s"});
+    CHECK(other.is_error());
 }
 
 TEST_CASE("a Redis user with the documented minimum ACL runs every mode script; one without ZADD is refused "
