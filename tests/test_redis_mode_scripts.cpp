@@ -30,7 +30,7 @@ namespace {
 
 const std::string lock_key = "keylock:k";
 const std::string fence_key = "keylock:fence:{x}";
-constexpr const char* lease = "10000";
+constexpr const char* lease = "30000";  // long enough for a loaded machine's pauses
 
 /// EVAL of `script` with the lock key and the fencing counter as KEYS[1] and KEYS[2].
 Reply eval2(const RedisServer& server, const std::string& script, const std::vector<std::string>& args,
@@ -172,12 +172,12 @@ TEST_CASE("shared holders coexist; a writer waits for them, its intent keeps new
     // The writer waits for the readers' leases at most, and says so in its intent.
     const Reply w = exclusive(server, "w");
     REQUIRE(refused(w));
-    CHECK(w.elements[1].integer > 9000);
-    CHECK(w.elements[1].integer <= 10000);
+    CHECK(w.elements[1].integer > 20000);
+    CHECK(w.elements[1].integer <= 30000);
     CHECK(has(server, "~intent:w"));
     const Reply kept_out = shared(server, "c");
     REQUIRE(refused(kept_out));
-    CHECK(kept_out.elements[1].integer > 9000);  // the intent's lease
+    CHECK(kept_out.elements[1].integer > 20000);  // the intent's lease
     CHECK(refused(shared(server, "d", "u")));
     CHECK_FALSE(has(server, "~intent:c"));
     CHECK(sub.heard(0, 100ms) == 0);  // nothing so far let anyone in
@@ -196,10 +196,10 @@ TEST_CASE("shared holders coexist; a writer waits for them, its intent keeps new
     CHECK(fence_of(got) > fence_of(b));
     CHECK(type_of(server) == "string");
     CHECK(call(server.port(), {"GET", lock_key}).text() == std::to_string(fence_of(got)) + ":w");
-    CHECK(call(server.port(), {"PTTL", lock_key}).integer > 9000);
+    CHECK(call(server.port(), {"PTTL", lock_key}).integer > 20000);
     const Reply after = shared(server, "c");
     REQUIRE(refused(after));
-    CHECK(after.elements[1].integer > 9000);  // the exclusive hold's PTTL
+    CHECK(after.elements[1].integer > 20000);  // the exclusive hold's PTTL
 }
 
 TEST_CASE("upgrade: one upgrade holder beside readers; its upgrade waits for them, then takes the key exclusively",
@@ -212,7 +212,7 @@ TEST_CASE("upgrade: one upgrade holder beside readers; its upgrade waits for the
     REQUIRE(granted(u));
     const Reply second = shared(server, "U2", "u");  // two upgraders: refused, for the upgrade holder's lease
     REQUIRE(refused(second));
-    CHECK(second.elements[1].integer > 9000);
+    CHECK(second.elements[1].integer > 20000);
     const Reply r2 = shared(server, "r2");
     REQUIRE(granted(r2));                                               // readers beside an upgrade holder
     CHECK(refused(convert(server, member("s", r1, "r1"), "r1", "u")));  // nor by conversion
@@ -221,7 +221,7 @@ TEST_CASE("upgrade: one upgrade holder beside readers; its upgrade waits for the
     const std::string hold = member("u", u, "U");
     const Reply waiting = convert(server, hold, "U", "x");
     REQUIRE(refused(waiting));
-    CHECK(waiting.elements[1].integer > 9000);
+    CHECK(waiting.elements[1].integer > 20000);
     CHECK(has(server, "~intent:U"));
     CHECK(has(server, hold));  // still held while it waits
     CHECK(refused(shared(server, "r3")));
@@ -250,7 +250,7 @@ TEST_CASE("upgrade: one upgrade holder beside readers; its upgrade waits for the
     CHECK(has(server, as_reader));
     CHECK(has(server, "~kind:lock"));
     CHECK(granted(shared(server, "r3")));
-    CHECK(call(server.port(), {"PTTL", lock_key}).integer > 9000);
+    CHECK(call(server.port(), {"PTTL", lock_key}).integer > 20000);
 
     // Reader to upgrade holder, and back; an upgrade holder to reader publishes.
     const Reply to_u = convert(server, as_reader, "U", "u");
@@ -276,7 +276,7 @@ TEST_CASE("permits are never more than the limit, and come back at release", "[r
     REQUIRE(granted(b));
     const Reply c = permits(server, "c", 1, 3);
     REQUIRE(refused(c));
-    CHECK(c.elements[1].integer > 9000);
+    CHECK(c.elements[1].integer > 20000);
     CHECK(release(server, member("p2", a, "a")).integer == 1);
     CHECK(sub.heard(1) == 1);
     CHECK(granted(permits(server, "c", 1, 3)));
@@ -403,13 +403,13 @@ TEST_CASE("expired holders are pruned: their permits come back, a writer gets in
 
     // The key's expiry is its latest holder's, renewed with it; an expired holder is not renewed.
     const std::string k2 = "keylock:expiry";
-    const Reply a = shared(server, "a", "s", "1000", k2);
-    REQUIRE(granted(shared(server, "b", "s", "5000", k2)));
+    const Reply a = shared(server, "a", "s", "2000", k2);
+    REQUIRE(granted(shared(server, "b", "s", "6000", k2)));
     const long long pttl = call(server.port(), {"PTTL", k2}).integer;
-    CHECK(pttl > 4000);
-    CHECK(pttl <= 5000);
-    CHECK(eval1(server, scripts::extend_member, {member("s", a, "a"), "8000"}, k2).integer == 1);
-    CHECK(call(server.port(), {"PTTL", k2}).integer > 7000);
+    CHECK(pttl > 3000);
+    CHECK(pttl <= 6000);
+    CHECK(eval1(server, scripts::extend_member, {member("s", a, "a"), "20000"}, k2).integer == 1);
+    CHECK(call(server.port(), {"PTTL", k2}).integer > 10000);
     const Reply brief = shared(server, "c", "s", "50", k2);
     REQUIRE(granted(brief));
     std::this_thread::sleep_for(100ms);
@@ -426,12 +426,12 @@ TEST_CASE("expired holders are pruned: their permits come back, a writer gets in
 
 TEST_CASE("a retried attempt whose answer was lost gets its hold back, renewed", "[redis][modes]") {
     RedisServer server;
-    const Reply first = shared(server, "a", "s", "1000");
+    const Reply first = shared(server, "a", "s", "3000");
     const Reply again = shared(server, "a", "s", lease);
     REQUIRE(granted(again));
     CHECK(fence_of(again) == fence_of(first));
     CHECK(call(server.port(), {"ZCARD", lock_key}).integer == 2);  // ~kind:lock and one holder
-    CHECK(call(server.port(), {"PTTL", lock_key}).integer > 9000);
+    CHECK(call(server.port(), {"PTTL", lock_key}).integer > 20000);
 
     // Even past a writer's intent: the hold was granted before it.
     REQUIRE(refused(exclusive(server, "w")));
@@ -440,9 +440,9 @@ TEST_CASE("a retried attempt whose answer was lost gets its hold back, renewed",
 
     // Permits: the same owner and count.
     const std::string sem = "keylock:sem";
-    const Reply p = permits(server, "p", 2, 2, "1000", sem);
+    const Reply p = permits(server, "p", 2, 2, "3000", sem);
     CHECK(fence_of(permits(server, "p", 2, 2, lease, sem)) == fence_of(p));
-    CHECK(call(server.port(), {"PTTL", sem}).integer > 9000);
+    CHECK(call(server.port(), {"PTTL", sem}).integer > 20000);
 
     // Conversions: a retry finds the converted hold; a hold that is gone is lost.
     const std::string up = "keylock:up";
@@ -500,12 +500,12 @@ TEST_CASE("acquire on absent and string keys answers as before", "[redis][modes]
     CHECK(a.elements[0].integer == 1);
     const std::string value = std::to_string(a.elements[1].integer) + ":a";
     CHECK(call(server.port(), {"GET", lock_key}).text() == value);
-    CHECK(call(server.port(), {"PTTL", lock_key}).integer > 4000);
+    CHECK(call(server.port(), {"PTTL", lock_key}).integer > 1000);
     CHECK(exclusive(server, "a", lease).text() == a.text());  // a retry, renewed
-    CHECK(call(server.port(), {"PTTL", lock_key}).integer > 9000);
+    CHECK(call(server.port(), {"PTTL", lock_key}).integer > 20000);
     const Reply b = exclusive(server, "b");
     REQUIRE(refused(b));
-    CHECK(b.elements[1].integer > 9000);
+    CHECK(b.elements[1].integer > 20000);
     CHECK(call(server.port(), {"GET", lock_key}).text() == value);
     REQUIRE(call(server.port(), {"SET", "keylock:forever", "1:someone"}).text() == "OK");
     CHECK(exclusive(server, "b", lease, "keylock:forever").text() == "[0, -1]");
@@ -520,6 +520,21 @@ TEST_CASE("acquire on absent and string keys answers as before", "[redis][modes]
     const Reply w = exclusive(server, "w", lease, "keylock:was-shared");
     REQUIRE(granted(w));
     CHECK(call(server.port(), {"GET", "keylock:was-shared"}).text() == std::to_string(fence_of(w)) + ":w");
+}
+
+TEST_CASE("Redlock's acquire (values of the owner token alone) waits for shared holders too", "[redis][modes]") {
+    RedisServer server;
+    const std::string r = member("s", shared(server, "r"), "r");
+    const Reply w = eval2(server, scripts::acquire_plain, {"w", lease});
+    REQUIRE(refused(w));
+    CHECK(w.elements[1].integer > 20000);
+    CHECK(has(server, "~intent:w"));
+    CHECK(refused(shared(server, "c")));
+    CHECK(release(server, r).integer == 1);
+    const Reply got = eval2(server, scripts::acquire_plain, {"w", lease});
+    REQUIRE(granted(got));
+    CHECK(call(server.port(), {"GET", lock_key}).text() == "w");
+    CHECK(eval2(server, scripts::acquire_plain, {"w", lease}).elements.at(0).integer == 1);  // a retry
 }
 
 TEST_CASE("two shared holders that would wait for each other to write are told KEYLOCK_DEADLOCK", "[redis][modes]") {
@@ -573,7 +588,7 @@ TEST_CASE("drop_intent lets the readers a writer kept out in; a released hold ta
     REQUIRE(refused(exclusive(server, "w", lease, k)));
     CHECK(release(server, only, k).integer == 1);
     CHECK(call(server.port(), {"ZRANGE", k, "0", "-1"}).text() == "[~intent:w, ~kind:lock]");
-    CHECK(call(server.port(), {"PTTL", k}).integer > 9000);
+    CHECK(call(server.port(), {"PTTL", k}).integer > 20000);
     CHECK(eval1(server, scripts::drop_intent, {"w", k}, k).integer == 1);
     CHECK(call(server.port(), {"EXISTS", k}).integer == 0);
 
@@ -601,7 +616,7 @@ TEST_CASE("inspect_modes shows the mode, the holders with their leases, the perm
     CHECK(ix.elements[2].integer == 1);
     REQUIRE(ix.elements[3].elements.size() == 2);
     CHECK(ix.elements[3].elements[0].text() == std::to_string(fence_of(x)) + ":a");
-    CHECK(ix.elements[3].elements[1].integer > 9000);
+    CHECK(ix.elements[3].elements[1].integer > 20000);
 
     const Reply s = shared(server, "a");
     const Reply u = shared(server, "b", "u", "5000");
@@ -613,12 +628,12 @@ TEST_CASE("inspect_modes shows the mode, the holders with their leases, the perm
     CHECK(is.elements[2].integer == 2);
     REQUIRE(is.elements[3].elements.size() == 4);
     CHECK(is.elements[3].elements[0].text() == member("u", u, "b"));  // by expiry
-    CHECK(is.elements[3].elements[1].integer > 4000);
+    CHECK(is.elements[3].elements[1].integer > 1000);
     CHECK(is.elements[3].elements[1].integer <= 5000);
     CHECK(is.elements[3].elements[2].text() == member("s", s, "a"));
     REQUIRE(is.elements[4].elements.size() == 2);
     CHECK(is.elements[4].elements[0].text() == "w");
-    CHECK(is.elements[4].elements[1].integer > 9000);
+    CHECK(is.elements[4].elements[1].integer > 20000);
 
     const Reply p = permits(server, "a", 3, 8, lease, "keylock:sem");
     REQUIRE(granted(permits(server, "b", 2, 8, lease, "keylock:sem")));
@@ -630,8 +645,8 @@ TEST_CASE("inspect_modes shows the mode, the holders with their leases, the perm
     REQUIRE(ip.elements[3].elements.size() == 4);
     const auto& listed = ip.elements[3].elements;
     CHECK((listed[0].text() == member("p3", p, "a") || listed[2].text() == member("p3", p, "a")));
-    CHECK(listed[1].integer > 9000);
-    CHECK(listed[3].integer > 9000);
+    CHECK(listed[1].integer > 20000);
+    CHECK(listed[3].integer > 20000);
     CHECK(ip.elements[4].elements.empty());
 
     REQUIRE(call(server.port(), {"HSET", "keylock:h", "f", "v"}).integer == 1);
