@@ -418,6 +418,14 @@ TEST_CASE("expired holders are pruned: their permits come back, a writer gets in
     CHECK(eval1(server, scripts::extend_member, {"~kind:lock", "8000"}, k2).integer == 0);
     CHECK(eval1(server, scripts::extend_member, {"s:1:nobody", "8000"}, "keylock:readers").integer == 0);  // a string
 
+    // A semaphore whose holders all ended is a free key: a lock now, its limit gone.
+    REQUIRE(granted(permits(server, "gone", 1, 3, "50", "keylock:reuse")));
+    REQUIRE(call(server.port(), {"PERSIST", "keylock:reuse"}).integer == 1);  // as if not yet expired
+    std::this_thread::sleep_for(100ms);
+    const Reply reused = shared(server, "r", "s", lease, "keylock:reuse");
+    CHECK(call(server.port(), {"ZRANGE", "keylock:reuse", "0", "-1"}).text() ==
+          "[" + member("s", reused, "r") + ", ~kind:lock]");
+
     // A lone reader's key goes with its lease.
     REQUIRE(granted(shared(server, "lone", "s", "50", "keylock:lone")));
     std::this_thread::sleep_for(120ms);
