@@ -22,8 +22,9 @@
 // for a lock, no live intent) is a free key, whatever its metadata says. Every grant and every
 // conversion draws a new fencing token from the slot's counter KEYS[2], so tokens strictly
 // increase across modes. What may let a waiter in is published on the channel (the lock key,
-// given as an ARGV as in scripts.hpp), before the write. On Redis 7, a script first checks that
-// the user may run every write it may make, and publish (NOPERM otherwise, nothing written).
+// given as an ARGV as in scripts.hpp), before the write. On Redis 7, the acquiring and
+// converting scripts first check that the user may run every write they may make, and publish
+// (NOPERM otherwise, nothing written); the others publish before they write, as release does.
 //
 // Owner tokens are as for exclusive holds: one per grant, the same for every retry of it, so a
 // retried attempt whose answer was lost finds its hold and gets it back (renewed). A
@@ -51,7 +52,7 @@ namespace keylock::redis::scripts {
 
 // Pieces of the mode scripts. `member_of(mode, fence, owner)`: a holder's member.
 // `create(kind_member, member, lease, now, kind)`: the key made a sorted set of its metadata and
-// one holder (deleted first unless its TYPE was 'none': each call costs the server about 1 µs).
+// one holder (deleted first unless its TYPE was 'none': each call costs the server about 1 us).
 // `later(a, b)`: the later of two expiries, `a` possibly nil.
 inline constexpr const char* mode_pieces = R"lua(
 local function member_of(mode, fence, owner)
@@ -298,6 +299,9 @@ local now = now_ms()
 local s = {holders = {}, intents = {}}
 if kind == 'zset' then
   s = survey(now)
+  if s.kind ~= 'lock' then
+    s = {holders = {}, intents = {}}
+  end
 end
 local mine = nil
 if from == 'x' then
@@ -317,7 +321,7 @@ if not mine then
       redis.call('PEXPIRE', KEYS[1], string.format('%d', lease))
       return {1, tonumber(string.sub(value, 1, -n - 2)), value}
     end
-  elseif target ~= 'x' and s.kind == 'lock' then
+  elseif target ~= 'x' then
     for _, h in ipairs(s.holders) do
       if h.mode == target and h.owner == owner then
         redis.call('ZADD', KEYS[1], 'XX', string.format('%d', now + lease), h.member)
