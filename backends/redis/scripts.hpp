@@ -92,11 +92,71 @@ local function ours(value)
 end
 )lua";
 
+// The reader and writer of a sorted-set lock key, the data layout of shared and upgrade holds and
+// of permits (mode_scripts.hpp describes it; docs/design.md too), shared by those scripts and by
+// acquire, which meets such a key when an exclusive hold is asked for it. Meant to be pasted
+// inside a block: its functions are made only when a script reaches it.
+//
+// `now_ms()`: the server's clock in ms (`TIME`). `survey(now)`: the key's live members (score
+// above `now`) read, nothing written: `kind` 'lock' (`~kind:lock`), 'semaphore' (`~limit:<L>`,
+// then `limit`) or nil (a sorted set that is not keylock's); `holders`, each {member, at (its
+// expiry), mode ('s', 'u' or 'p<n>'), n (permits, else 1), fence, owner}; `intents`, each {owner,
+// at}. `settle(now)`: after a change, prunes expired members and sets the key's expiry to its
+// latest holder's or intent's (metadata excluded), or deletes the key if none is left.
+// `zset_refused()`: a NOPERM reply if the user may not run a write these scripts make (Redis 7).
+inline constexpr const char* lock_zset = R"lua(
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function survey(now)
+  local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', now), '+inf', 'WITHSCORES')
+  local s = {holders = {}, intents = {}}
+  for i = 1, #live, 2 do
+    local m, at = live[i], tonumber(live[i + 1])
+    if m == '~kind:lock' then
+      s.kind = 'lock'
+    elseif string.sub(m, 1, 7) == '~limit:' then
+      s.kind, s.limit = 'semaphore', tonumber(string.sub(m, 8))
+    elseif string.sub(m, 1, 8) == '~intent:' then
+      s.intents[#s.intents + 1] = {owner = string.sub(m, 9), at = at}
+    else
+      local mode, fence, owner = string.match(m, '^([sup]%d*):(%d+):(.+)$')
+      if mode then
+        local n = tonumber(string.sub(mode, 2)) or 1
+        s.holders[#s.holders + 1] = {member = m, at = at, mode = mode, n = n, fence = tonumber(fence), owner = owner}
+      end
+    end
+  end
+  return s
+end
+local function settle(now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+  local top = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(+inf', '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if top[1] == nil then
+    redis.call('DEL', KEYS[1])
+  else
+    redis.call('PEXPIRE', KEYS[1], string.format('%d', math.max(1, tonumber(top[2]) - now)))
+  end
+end
+local function zset_refused()
+  return denied('ZADD', KEYS[1], '0', 'm') or denied('ZREM', KEYS[1], 'm')
+    or denied('ZREMRANGEBYSCORE', KEYS[1], '0', '0') or denied('ZREVRANGEBYSCORE', KEYS[1], '0', '0')
+    or denied('PEXPIRE', KEYS[1], '1') or denied('DEL', KEYS[1])
+end
+)lua";
+
 // ARGV[1] owner token, ARGV[2] lease in ms. Returns {1, fencing token} when acquired (or found
 // acquired by an earlier attempt with this owner token), else {0, remaining lease in ms (-1:
-// no expiry)}, or a WRONGTYPE error if the key is not a string (so no lock of ours or anyone's:
-// waiting for it would never end), or NOPERM if the user may not run what the lock needs (the
-// release's publication included, so that it is found before a lock is taken).
+// no expiry)}, or a WRONGTYPE error if the key is neither a string nor keylock's sorted set (so
+// no lock of ours or anyone's: waiting for it would never end), or NOPERM if the user may not run
+// what the lock needs (the release's publication included, so that it is found before a lock is
+// taken). On a sorted set of shared and upgrade holds (mode_scripts.hpp): {0, ms until the last
+// live holder's lease ends} while one is live, recording (or renewing) the intent
+// `~intent:<owner token>` for one lease, which keeps new shared and upgrade holders out; once none
+// is, the hold as on a free key (other writers' intents go with the sorted set). On a semaphore's
+// with live holders: a `KEYLOCK_MODE` error; with none, it is a free key. The sorted set is looked
+// at only after 'none' and 'string', so a string key costs what it did.
 inline std::string acquire_with(const char* ours, const char* value) {
     return std::string(denied) + next_fence + ours + R"lua(
 local refused = denied('$PUBLISH', KEYS[1], '') or denied('SET', KEYS[1], '0', 'PX', '1')
@@ -111,6 +171,37 @@ if kind == 'none' then
   return {1, fence}
 end
 if kind ~= 'string' then
+  if kind == 'zset' then
+)lua" + std::string(lock_zset) +
+           R"lua(
+    refused = zset_refused()
+    if refused then
+      return refused
+    end
+    local now = now_ms()
+    local s = survey(now)
+    if s.kind then
+      local last = nil
+      for _, h in ipairs(s.holders) do
+        if last == nil or h.at > last then
+          last = h.at
+        end
+      end
+      if last == nil then
+        local fence = next_fence()
+        redis.call('DEL', KEYS[1])
+        redis.call('SET', KEYS[1], )lua" +
+           value + R"lua(, 'PX', ARGV[2])
+        return {1, fence}
+      end
+      if s.kind == 'semaphore' then
+        return redis.error_reply('KEYLOCK_MODE the key is a semaphore (limit ' .. string.format('%d', s.limit) .. '), not a lock')
+      end
+      redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[2])), '~intent:' .. ARGV[1])
+      settle(now)
+      return {0, last - now}
+    end
+  end
   return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
 end
 local fence = ours(redis.call('GET', KEYS[1]))

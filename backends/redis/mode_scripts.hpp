@@ -1,0 +1,456 @@
+// SPDX-License-Identifier: BSL-1.0
+// The Lua scripts of shared, upgrade and counted (permit) holds on Redis (issue 16): the server
+// side only; the exclusive lock's scripts are in scripts.hpp, whose pieces these reuse.
+//
+// Data layout: one Redis key per lock, KEYS[1] = `<prefix><key>` as for an exclusive hold
+// (a string `<fence>:<owner>` with a PX lease). Shared and upgrade holds, and permits, are a
+// sorted set at the same key, one member per holder, scored with its expiry in ms on the
+// server's clock (`TIME`):
+//
+//   s:<fence>:<owner>       a shared holder
+//   u:<fence>:<owner>       the upgrade holder (at most one)
+//   p<n>:<fence>:<owner>    a holder of n permits
+//   ~kind:lock              score +inf: the set holds shared/upgrade holds
+//   ~limit:<L>              score +inf: the set holds permits, L of them (the first holder's limit)
+//   ~intent:<owner>         score now + lease: a writer waits (an exclusive acquire, or a
+//                           conversion to exclusive); while one lives, new shared and upgrade
+//                           holders are refused, so a stream of readers cannot starve it
+//
+// Every script reads the live members (score above now) and decides before it writes; after a
+// change it prunes the expired ones and sets the key's PEXPIRE to its latest holder's or
+// intent's expiry, or deletes the key when none is left. A sorted set with no live holder (and,
+// for a lock, no live intent) is a free key, whatever its metadata says. Every grant and every
+// conversion draws a new fencing token from the slot's counter KEYS[2], so tokens strictly
+// increase across modes. What may let a waiter in is published on the channel (the lock key,
+// given as an ARGV as in scripts.hpp), before the write. On Redis 7, the acquiring and
+// converting scripts first check that the user may run every write they may make, and publish
+// (NOPERM otherwise, nothing written); the others publish before they write, as release does.
+//
+// Owner tokens are as for exclusive holds: one per grant, the same for every retry of it, so a
+// retried attempt whose answer was lost finds its hold and gets it back (renewed). A
+// conversion's owner token should be the hold's own: then releasing the hold also drops the
+// intent its conversion may have left, and two conversions that would wait for each other are
+// found (KEYLOCK_DEADLOCK).
+//
+// Replies (RESP2; a Lua number is an integer reply):
+//   acquire_shared, acquire_permits   {1, fence} | {0, ms}            | error
+//   release_member, extend_member     1 | 0
+//   convert                           {1, fence, member or value} | {0, ms} | {-1} | error
+//   drop_intent                       1 | 0
+//   inspect_modes                     {kind, limit, in use, {member, ms, ...}, {owner, ms, ...}}
+// Error replies start with a code: KEYLOCK_MODE (a lock asked as a semaphore or the other way
+// round), KEYLOCK_LIMIT (another limit than the holders'), KEYLOCK_PERMITS (n not in 1..limit),
+// KEYLOCK_CONVERT (no such conversion), KEYLOCK_DEADLOCK, WRONGTYPE (a key that is not
+// keylock's), NOPERM (the user's rights).
+#pragma once
+
+#include <string>
+
+#include "scripts.hpp"
+
+namespace keylock::redis::scripts {
+
+// Pieces of the mode scripts. `member_of(mode, fence, owner)`: a holder's member.
+// `create(kind_member, member, lease, now, kind)`: the key made a sorted set of its metadata and
+// one holder (deleted first unless its TYPE was 'none': each call costs the server about 1 us).
+// `later(a, b)`: the later of two expiries, `a` possibly nil.
+inline constexpr const char* mode_pieces = R"lua(
+local function member_of(mode, fence, owner)
+  return mode .. ':' .. string.format('%d', fence) .. ':' .. owner
+end
+local function create(meta, member, lease, now, kind)
+  if kind ~= 'none' then
+    redis.call('DEL', KEYS[1])
+  end
+  redis.call('ZADD', KEYS[1], '+inf', meta, string.format('%d', now + lease), member)
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', lease))
+end
+local function later(a, b)
+  if a == nil or b > a then
+    return b
+  end
+  return a
+end
+)lua";
+
+inline std::string mode_script(const char* body) {
+    return std::string(denied) + next_fence + lock_zset + mode_pieces + body;
+}
+
+// KEYS[1] the lock key, KEYS[2] its fencing counter. ARGV[1] owner token, ARGV[2] lease in ms,
+// ARGV[3] 's' (shared) or 'u' (upgrade). Grants if the key is free, or a lock's sorted set with
+// no live intent (and, for 'u', no other upgrade holder). Returns {1, fencing token} (the
+// member is then `<mode>:<fence>:<owner>`; found already, it is renewed), or {0, ms until the
+// blocker's lease ends: the exclusive holder's (-1: no expiry), or the latest of the intents'
+// and the upgrade holder's}. Errors: KEYLOCK_MODE on a semaphore with live holders, WRONGTYPE on
+// a key of another type, an `ERR keylock:` for a mode other than 's' or 'u'.
+inline const std::string acquire_shared_script = mode_script(R"lua(
+local refused = denied('$PUBLISH', KEYS[1], '') or zset_refused()
+if refused then
+  return refused
+end
+local owner, lease, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+if mode ~= 's' and mode ~= 'u' then
+  return redis.error_reply('ERR keylock: the mode is s or u, not ' .. tostring(mode))
+end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'string' then
+  return {0, redis.call('PTTL', KEYS[1])}
+end
+if kind ~= 'none' and kind ~= 'zset' then
+  return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
+end
+local now = now_ms()
+local s = {holders = {}, intents = {}}
+if kind == 'zset' then
+  s = survey(now)
+  if not s.kind then
+    return redis.error_reply('WRONGTYPE the lock key holds a zset, not a lock')
+  end
+end
+if #s.holders == 0 and #s.intents == 0 then
+  local fence = next_fence()
+  create('~kind:lock', member_of(mode, fence, owner), lease, now, kind)
+  return {1, fence}
+end
+if s.kind == 'semaphore' then
+  return redis.error_reply('KEYLOCK_MODE the key is a semaphore (limit ' .. string.format('%d', s.limit) .. '), not a lock')
+end
+for _, h in ipairs(s.holders) do
+  if h.mode == mode and h.owner == owner then
+    redis.call('ZADD', KEYS[1], 'XX', string.format('%d', now + lease), h.member)
+    settle(now)
+    return {1, h.fence}
+  end
+end
+local blocked = nil
+for _, i in ipairs(s.intents) do
+  if i.owner ~= owner then
+    blocked = later(blocked, i.at)
+  end
+end
+if mode == 'u' then
+  for _, h in ipairs(s.holders) do
+    if h.mode == 'u' then
+      blocked = later(blocked, h.at)
+    end
+  end
+end
+if blocked then
+  return {0, blocked - now}
+end
+local fence = next_fence()
+redis.call('ZADD', KEYS[1], string.format('%d', now + lease), member_of(mode, fence, owner))
+settle(now)
+return {1, fence}
+)lua");
+inline const std::string acquire_shared = publishing(acquire_shared_script, "PUBLISH");
+inline const std::string acquire_shared_sharded = publishing(acquire_shared_script, "SPUBLISH");
+
+// KEYS[1] the lock key, KEYS[2] its fencing counter. ARGV[1] owner token, ARGV[2] lease in ms,
+// ARGV[3] n, ARGV[4] the limit. Grants n permits if the key is free (the limit is then this
+// one's) or a semaphore of the same limit whose live holders hold at most limit - n. Returns
+// {1, fencing token} (the member is then `p<n>:<fence>:<owner>`; found already, it is renewed),
+// or {0, ms until the earliest live holder's lease ends}. Errors: KEYLOCK_PERMITS (n or the
+// limit not a whole number, the limit below 1, n not from 1 to the limit), KEYLOCK_LIMIT (the
+// live holders' limit is another), KEYLOCK_MODE (an exclusive hold, or live shared holds),
+// WRONGTYPE (a key of another type).
+inline const std::string acquire_permits_script = mode_script(R"lua(
+local refused = denied('$PUBLISH', KEYS[1], '') or zset_refused()
+if refused then
+  return refused
+end
+local owner, lease, n, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if n == nil or limit == nil or n ~= math.floor(n) or limit ~= math.floor(limit) or limit < 1 or n < 1 or n > limit then
+  return redis.error_reply('KEYLOCK_PERMITS asked for ' .. tostring(ARGV[3]) .. ' permits of a limit of ' ..
+    tostring(ARGV[4]) .. ': from 1 to the limit, which is at least 1')
+end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'string' then
+  return redis.error_reply('KEYLOCK_MODE the key is a lock, not a semaphore')
+end
+if kind ~= 'none' and kind ~= 'zset' then
+  return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a semaphore')
+end
+local now = now_ms()
+local s = {holders = {}, intents = {}}
+if kind == 'zset' then
+  s = survey(now)
+  if not s.kind then
+    return redis.error_reply('WRONGTYPE the lock key holds a zset, not a semaphore')
+  end
+end
+if #s.holders == 0 and #s.intents == 0 then
+  local fence = next_fence()
+  create('~limit:' .. string.format('%d', limit), member_of('p' .. string.format('%d', n), fence, owner), lease, now,
+    kind)
+  return {1, fence}
+end
+if s.kind == 'lock' then
+  return redis.error_reply('KEYLOCK_MODE the key is a lock, not a semaphore')
+end
+if s.limit ~= limit then
+  return redis.error_reply('KEYLOCK_LIMIT the key is a semaphore of limit ' .. string.format('%d', s.limit) ..
+    ', asked with limit ' .. string.format('%d', limit))
+end
+local used, first = 0, nil
+for _, h in ipairs(s.holders) do
+  if h.owner == owner and h.n == n then
+    redis.call('ZADD', KEYS[1], 'XX', string.format('%d', now + lease), h.member)
+    settle(now)
+    return {1, h.fence}
+  end
+  used = used + h.n
+  if first == nil or h.at < first then
+    first = h.at
+  end
+end
+if used + n > limit then
+  return {0, first - now}
+end
+local fence = next_fence()
+redis.call('ZADD', KEYS[1], string.format('%d', now + lease), member_of('p' .. string.format('%d', n), fence, owner))
+settle(now)
+return {1, fence}
+)lua");
+inline const std::string acquire_permits = publishing(acquire_permits_script, "PUBLISH");
+inline const std::string acquire_permits_sharded = publishing(acquire_permits_script, "SPUBLISH");
+
+// `live_score(member)`: the member's expiry if it is a live member of the key's sorted set, else
+// nil (a key of another type included: redis.pcall returns ZSCORE's WRONGTYPE as a table).
+inline constexpr const char* live_score = R"lua(
+local function live_score(member, now)
+  local score = redis.pcall('ZSCORE', KEYS[1], member)
+  if type(score) ~= 'string' or tonumber(score) <= now then
+    return nil
+  end
+  return tonumber(score)
+end
+)lua";
+
+// KEYS[1] the lock key. ARGV[1] a holder's member, ARGV[2] the channel. Removes the member if it
+// is a live holder, with the intent its owner's conversion may have left, and publishes (before
+// it writes). Returns 1 if it was, else 0 (expired, or never there: the hold was lost). The key
+// goes when no holder and no intent is left.
+inline const std::string release_member_script = std::string(lock_zset) + live_score + R"lua(
+local member = ARGV[1]
+local now = now_ms()
+if string.sub(member, 1, 1) == '~' or live_score(member, now) == nil then
+  return 0
+end
+redis.call('$PUBLISH', ARGV[2], '')
+local owner = string.match(member, '^[sup]%d*:%d+:(.+)$')
+if owner then
+  redis.call('ZREM', KEYS[1], member, '~intent:' .. owner)
+else
+  redis.call('ZREM', KEYS[1], member)
+end
+settle(now)
+return 1
+)lua";
+inline const std::string release_member = publishing(release_member_script, "PUBLISH");
+inline const std::string release_member_sharded = publishing(release_member_script, "SPUBLISH");
+
+// KEYS[1] the lock key. ARGV[1] a holder's member, ARGV[2] lease in ms. Renews the member's lease
+// (and the key's expiry) if it is a live holder: 1, else 0.
+inline const std::string extend_member = std::string(lock_zset) + live_score + R"lua(
+local member = ARGV[1]
+local now = now_ms()
+if string.sub(member, 1, 1) == '~' or live_score(member, now) == nil then
+  return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', string.format('%d', now + tonumber(ARGV[2])), member)
+settle(now)
+return 1
+)lua";
+
+// KEYS[1] the lock key, KEYS[2] its fencing counter. ARGV[1] the hold: a member `s:…`/`u:…`, or
+// an exclusive hold's value `<fence>:<owner>`; ARGV[2] the owner token of the converted hold
+// (best the hold's own, see above); ARGV[3] lease in ms; ARGV[4] the target 'x', 's' or 'u';
+// ARGV[5] the channel. Every conversion draws a new fencing token.
+//   u → x, s → x: when no other live holder is left: the key becomes the string
+//     `<fence>:<owner>`. Else records the intent `~intent:<owner>` (one lease) and returns
+//     {0, ms until the other holders' leases end}; an s → x while another holder's owner has an
+//     intent too (both would wait for each other) is KEYLOCK_DEADLOCK, and a u → x that finds
+//     such a shared holder wakes it (publishes) to be told so.
+//   s → u: when no other live upgrade holder, else {0, ms until its lease ends}; intents do not
+//     stop it (the holder is in already: a writer waits for it either way).
+//   x → s, x → u, u → s: always; publishes (readers may come in).
+//   s → u and u → s drop the intent the hold's owner may have left.
+// Returns {1, fencing token, the new member or value}, {0, ms}, or {-1} if the hold is not there
+// any more (lost) and no converted hold of the owner is either: one found (a retry whose answer
+// was lost) is renewed and returned as {1, …}. Errors: KEYLOCK_CONVERT (permits, an unknown
+// target, or the mode the hold has already), KEYLOCK_DEADLOCK, NOPERM.
+inline const std::string convert_script = mode_script(R"lua(
+local refused = denied('$PUBLISH', ARGV[5], '') or denied('SET', KEYS[1], '0', 'PX', '1') or zset_refused()
+if refused then
+  return refused
+end
+local source, owner, lease, target = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local from = string.match(source, '^([sup]%d*):%d+:.')
+if from == nil then
+  from = 'x'
+end
+if (target ~= 'x' and target ~= 's' and target ~= 'u') or target == from or (from ~= 'x' and from ~= 's' and from ~= 'u') then
+  return redis.error_reply('KEYLOCK_CONVERT a hold of mode ' .. from .. ' cannot be converted to ' .. tostring(target))
+end
+local kind = redis.call('TYPE', KEYS[1]).ok
+local now = now_ms()
+local s = {holders = {}, intents = {}}
+if kind == 'zset' then
+  s = survey(now)
+  if s.kind ~= 'lock' then
+    s = {holders = {}, intents = {}}
+  end
+end
+local mine = nil
+if from == 'x' then
+  mine = kind == 'string' and redis.call('GET', KEYS[1]) == source
+else
+  for _, h in ipairs(s.holders) do
+    if h.member == source then
+      mine = h
+    end
+  end
+end
+if not mine then
+  if target == 'x' and kind == 'string' then
+    local value = redis.call('GET', KEYS[1])
+    local n = #owner
+    if #value > n + 1 and string.sub(value, -n - 1) == ':' .. owner then
+      redis.call('PEXPIRE', KEYS[1], string.format('%d', lease))
+      return {1, tonumber(string.sub(value, 1, -n - 2)), value}
+    end
+  elseif target ~= 'x' then
+    for _, h in ipairs(s.holders) do
+      if h.mode == target and h.owner == owner then
+        redis.call('ZADD', KEYS[1], 'XX', string.format('%d', now + lease), h.member)
+        settle(now)
+        return {1, h.fence, h.member}
+      end
+    end
+  end
+  return {-1}
+end
+if from == 'x' then
+  local fence = next_fence()
+  local member = member_of(target, fence, owner)
+  redis.call('$PUBLISH', ARGV[5], '')
+  create('~kind:lock', member, lease, now, kind)
+  return {1, fence, member}
+end
+if target == 'x' then
+  local others, intent = nil, {}
+  for _, i in ipairs(s.intents) do
+    intent[i.owner] = true
+  end
+  local converting = false
+  for _, h in ipairs(s.holders) do
+    if h.member ~= source then
+      others = later(others, h.at)
+      if intent[h.owner] then
+        converting = true
+      end
+    end
+  end
+  if others == nil then
+    local fence = next_fence()
+    local value = string.format('%d', fence) .. ':' .. owner
+    redis.call('DEL', KEYS[1])
+    redis.call('SET', KEYS[1], value, 'PX', string.format('%d', lease))
+    return {1, fence, value}
+  end
+  if converting and from == 's' then
+    return redis.error_reply('KEYLOCK_DEADLOCK another holder of the key waits to be its writer: ' ..
+      'a shared hold cannot wait for it (give the shared hold up, or take an upgrade hold)')
+  end
+  if converting then
+    redis.call('$PUBLISH', ARGV[5], '')
+  end
+  redis.call('ZADD', KEYS[1], string.format('%d', now + lease), '~intent:' .. owner)
+  settle(now)
+  return {0, others - now}
+end
+if target == 'u' then
+  local blocked = nil
+  for _, h in ipairs(s.holders) do
+    if h.mode == 'u' and h.member ~= source then
+      blocked = later(blocked, h.at)
+    end
+  end
+  if blocked then
+    return {0, blocked - now}
+  end
+end
+local fence = next_fence()
+local member = member_of(target, fence, owner)
+if target == 's' then
+  redis.call('$PUBLISH', ARGV[5], '')
+end
+redis.call('ZREM', KEYS[1], source, '~intent:' .. mine.owner)
+redis.call('ZADD', KEYS[1], string.format('%d', now + lease), member)
+settle(now)
+return {1, fence, member}
+)lua");
+inline const std::string convert = publishing(convert_script, "PUBLISH");
+inline const std::string convert_sharded = publishing(convert_script, "SPUBLISH");
+
+// KEYS[1] the lock key. ARGV[1] an owner token, ARGV[2] the channel. Removes the owner's live
+// intent (a writer that gave up, or got its lock elsewhere) and publishes, so the readers it
+// kept out look again. Returns 1 if there was one, else 0.
+inline const std::string drop_intent_script = std::string(lock_zset) + live_score + R"lua(
+local now = now_ms()
+local intent = '~intent:' .. ARGV[1]
+if live_score(intent, now) == nil then
+  return 0
+end
+redis.call('$PUBLISH', ARGV[2], '')
+redis.call('ZREM', KEYS[1], intent)
+settle(now)
+return 1
+)lua";
+inline const std::string drop_intent = publishing(drop_intent_script, "PUBLISH");
+inline const std::string drop_intent_sharded = publishing(drop_intent_script, "SPUBLISH");
+
+// For operators (`keylock status`), any key; writes nothing. Returns
+// {kind, limit, in use, holders, intents}:
+//   kind     'none', 'exclusive' (a string), 'shared' (a lock's sorted set), 'semaphore', or the
+//            Redis type of a key that is not keylock's ('hash', 'zset', …)
+//   limit    a semaphore's limit, else 0
+//   in use   permits held (semaphore), live holders (shared), 1 (exclusive), else 0
+//   holders  flat {member, remaining ms, …}: live members (`s:…`, `u:…`, `p<n>:…`), or for an
+//            exclusive hold {its value, its PTTL}
+//   intents  flat {owner token, remaining ms, …} of the writers waiting
+inline const std::string inspect_modes = std::string(lock_zset) + R"lua(
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then
+  return {'none', 0, 0, {}, {}}
+end
+if kind == 'string' then
+  return {'exclusive', 0, 1, {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}, {}}
+end
+if kind ~= 'zset' then
+  return {kind, 0, 0, {}, {}}
+end
+local now = now_ms()
+local s = survey(now)
+if not s.kind then
+  return {'zset', 0, 0, {}, {}}
+end
+local holders, intents, used = {}, {}, 0
+for _, h in ipairs(s.holders) do
+  holders[#holders + 1] = h.member
+  holders[#holders + 1] = h.at - now
+  used = used + h.n
+end
+for _, i in ipairs(s.intents) do
+  intents[#intents + 1] = i.owner
+  intents[#intents + 1] = i.at - now
+end
+if s.kind == 'lock' then
+  return {'shared', 0, #s.holders, holders, intents}
+end
+return {'semaphore', s.limit, used, holders, intents}
+)lua";
+
+}  // namespace keylock::redis::scripts
