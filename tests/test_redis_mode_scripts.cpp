@@ -154,7 +154,7 @@ private:
 
 }  // namespace
 
-TEST_CASE("shared holders coexist; a writer waits for them, its intent keeps new readers out, the last release lets "
+TEST_CASE("shared holders coexist, a writer waits for them, its intent keeps new readers out, the last release lets "
           "it in",
           "[redis][modes]") {
     RedisServer server;
@@ -202,7 +202,7 @@ TEST_CASE("shared holders coexist; a writer waits for them, its intent keeps new
     CHECK(after.elements[1].integer > 20000);  // the exclusive hold's PTTL
 }
 
-TEST_CASE("upgrade: one upgrade holder beside readers; its upgrade waits for them, then takes the key exclusively",
+TEST_CASE("upgrade: one upgrade holder beside readers, its upgrade waits for them, then takes the key exclusively",
           "[redis][modes]") {
     RedisServer server;
     Subscriber sub(server.port(), lock_key);
@@ -576,7 +576,7 @@ TEST_CASE("two shared holders that would wait for each other to write are told K
     CHECK_THAT(convert_on(r, "r").str, Catch::StartsWith("KEYLOCK_DEADLOCK"));
 }
 
-TEST_CASE("drop_intent lets the readers a writer kept out in; a released hold takes its conversion's intent along",
+TEST_CASE("drop_intent lets the readers a writer kept out in, a released hold takes its conversion's intent along",
           "[redis][modes]") {
     RedisServer server;
     Subscriber sub(server.port(), lock_key);
@@ -718,7 +718,7 @@ TEST_CASE("on Redis Cluster, the sharded scripts run on a lock key and its slot'
     CHECK(other.is_error());
 }
 
-TEST_CASE("a Redis user with the documented minimum ACL runs every mode script; one without ZADD is refused "
+TEST_CASE("a Redis user with the documented minimum ACL runs every mode script, one without ZADD is refused "
           "before anything is written",
           "[redis][modes][acl]") {
     RedisServer server;
