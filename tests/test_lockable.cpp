@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <future>
 #include <mutex>
 #include <shared_mutex>
@@ -57,16 +58,18 @@ TEST_CASE("boost::upgrade_lock and boost::upgrade_to_unique_lock upgrade a KeyMu
     CHECK_FALSE(reader.try_lock_upgrade());  // one upgrade holder
     REQUIRE(reader.try_lock_shared());       // readers beside it
     std::atomic<bool> unique{false};
+    std::uint64_t token = 0;  // checked here, not in the thread: Catch2's assertions are one thread's
     auto writer = std::async(std::launch::async, [&] {
         boost::upgrade_to_unique_lock<KeyMutex> w(up);  // waits for the reader
         unique = true;
-        CHECK(m.fencing_token() > 0);
+        token = m.fencing_token();
     });
     REQUIRE(keylock::test::eventually([&] { return r.stats().waiting == 1; }));
     CHECK_FALSE(unique);
     reader.unlock_shared();
     writer.get();
     CHECK(unique);
+    CHECK(token > 0);
     // Back to upgrade ownership when the unique lock went: readers may come in again.
     CHECK(reader.try_lock_shared());
     reader.unlock_shared();

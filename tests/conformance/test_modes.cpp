@@ -214,11 +214,12 @@ CONFORMANCE_PROMISE("a shared wait ends at its deadline, its stop token or its c
         CHECK_FALSE(r.try_lock_shared_for("k", 100ms));
         CHECK(std::chrono::steady_clock::now() - t0 >= 100ms);
         std::stop_source stop;
-        auto waiter =
-            in_thread([&] { CHECK(error_of([&] { r.lock_shared("k", stop.get_token()); }) == errc::cancelled); });
+        errc stopped{};  // checked here, not in the thread: Catch2's assertions are one thread's
+        auto waiter = in_thread([&] { stopped = error_of([&] { r.lock_shared("k", stop.get_token()); }); });
         REQUIRE(eventually([&] { return r.stats().waiting == 1; }));
         stop.request_stop();
         waiter.get();
+        CHECK(stopped == errc::cancelled);
         auto fut = r.async_acquire_permits("other", 1, 1, boost::asio::use_future);
         CHECK(fut.get().owns_lock());
     }
@@ -261,7 +262,7 @@ CONFORMANCE_PROMISE("permits: never more than the limit held, across threads", h
             for (int i = 0; i < 150; ++i) {
                 const auto n = static_cast<std::uint32_t>(1 + rng() % 3);
                 Guard g = r.acquire_permits("jobs", n, kLimit);
-                CHECK(g.permits() == n);
+                if (g.permits() != n) ++violations;
                 const int now = in_use.fetch_add(static_cast<int>(n)) + static_cast<int>(n);
                 if (now > static_cast<int>(kLimit)) ++violations;
                 int m = most.load();
