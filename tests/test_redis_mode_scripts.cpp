@@ -16,6 +16,7 @@
 
 #include "backends/redis/mode_scripts.hpp"
 #include "backends/redis/slots.hpp"
+#include "documented_acl.hpp"
 #include "redis_cli.hpp"
 #include "redis_server.hpp"
 #include "topology.hpp"
@@ -722,15 +723,7 @@ TEST_CASE("a Redis user with the documented minimum ACL runs every mode script, 
           "before anything is written",
           "[redis][modes][acl]") {
     RedisServer server;
-    std::ifstream in(KEYLOCK_SOURCE_DIR "/docs/configuration.md");
-    std::string line;
-    while (std::getline(in, line) && !line.starts_with("ACL SETUSER keylock-app ")) {
-    }
-    REQUIRE(line.starts_with("ACL SETUSER keylock-app "));
-    std::vector<std::string> acl;
-    std::istringstream words(line);
-    for (std::string w; words >> w;) acl.push_back(w == ">PASSWORD" ? ">pw" : w);
-    REQUIRE(call(server.port(), acl).text() == "OK");
+    REQUIRE(call(server.port(), keylock::test::documented_acl()).text() == "OK");
     std::vector<std::string> without_zadd{"ACL",        "SETUSER",    "no-zadd", "on",   ">pw",
                                           "~keylock:*", "&keylock:*", "+@all",   "-zadd"};
     REQUIRE(call(server.port(), without_zadd).text() == "OK");

@@ -15,6 +15,7 @@
 
 #include <keylock/keylock.hpp>
 
+#include "documented_acl.hpp"
 #include "eventually.hpp"
 #include "redis_cli.hpp"
 #include "redis_server.hpp"
@@ -23,6 +24,7 @@ using keylock::errc;
 using keylock::Guard;
 using keylock::KeyedLockRegistry;
 using keylock::test::call;
+using keylock::test::documented_acl;
 using keylock::test::eventually;
 using keylock::test::RedisServer;
 using keylock::test::url;
@@ -30,25 +32,6 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-/// The `ACL SETUSER keylock-app …` line of docs/configuration.md, as arguments, with the
-/// password `pw`, minus the arguments in `without` and with those in `with` added.
-std::vector<std::string> documented_acl(const std::vector<std::string>& without = {},
-                                        const std::vector<std::string>& with = {}) {
-    std::ifstream in(KEYLOCK_SOURCE_DIR "/docs/configuration.md");
-    std::string line;
-    while (std::getline(in, line) && !line.starts_with("ACL SETUSER keylock-app ")) {
-    }
-    REQUIRE(line.starts_with("ACL SETUSER keylock-app "));
-    std::vector<std::string> args;
-    std::istringstream words(line);
-    for (std::string w; words >> w;) {
-        if (w == ">PASSWORD") w = ">pw";
-        if (std::find(without.begin(), without.end(), w) == without.end()) args.push_back(w);
-    }
-    args.insert(args.end(), with.begin(), with.end());
-    return args;
-}
 
 /// Creates the user `keylock-app` (password `pw`) from `acl` and returns a URL that logs in as it.
 std::string acl_user(const RedisServer& server, const std::vector<std::string>& acl, const std::string& query = "") {
