@@ -118,6 +118,18 @@ TEST_CASE("a Redis user without the channels fails at its first acquire, naming 
     CHECK(keys_matching(server, "*") == 0);  // not even a fencing counter
 }
 
+TEST_CASE("a Redis user refused SET fails at its first acquire with auth_failed and takes no lock", "[redis][acl]") {
+    // The acquire checks only the channel itself (one acl_check_cmd per lock): a refused SET is
+    // Redis's own NOPERM; the fencing counter its INCR made is deleted again.
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(acl_user(server, documented_acl({"+set"})));
+    const auto [code, what] = failure_of([&] { r.lock("k"); });
+    CHECK(code == errc::auth_failed);
+    CHECK_THAT(what, Catch::Contains("minimum ACL"));  // Redis 7.0 names neither the command nor NOPERM
+    CHECK_FALSE(exists(server, "keylock:k"));
+    CHECK(keys_matching(server, "*") == 0);  // not even a counter left at 1
+}
+
 TEST_CASE("a Redis user without the counters' keys fails at its first acquire, naming the key, and takes nothing",
           "[redis][acl]") {
     RedisServer server;

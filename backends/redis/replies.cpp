@@ -5,23 +5,35 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include <keylock/error.hpp>
 
 namespace keylock::redis {
+
+namespace {
+
+/// How Redis 7.0 words an ACL's refusal of a command run by a script (later versions say NOPERM).
+constexpr std::string_view kScriptRefused = "The user executing the script can't run this command";
+
+bool script_refused(const Reply& r) { return r.str.find(kScriptRefused) != std::string::npos; }
+
+}  // namespace
 
 std::string error_reason(const Reply& r) {
     if (r.str.rfind("Redis at ", 0) == 0) return r.str;
     std::string why = "Redis answered '";
     why += r.str;
     why += '\'';
+    if (script_refused(r)) why += " (this user's ACL lacks a command of the minimum ACL in docs/configuration.md)";
     return why;
 }
 
 std::error_code error_code_of(const Reply& r) {
     // NOPERM: an ACL refuses a command, key or channel (the scripts name which); a quorum's or
     // a cluster's error names the node first (see error_reason).
-    const bool refused = r.str.starts_with("NOPERM") || r.str.find("answered 'NOPERM") != std::string::npos;
+    const bool refused =
+        r.str.starts_with("NOPERM") || r.str.find("answered 'NOPERM") != std::string::npos || script_refused(r);
     return make_error_code(refused ? errc::auth_failed : errc::backend_error);
 }
 

@@ -8,10 +8,12 @@
 // prefix, so an ACL limited to `~<prefix>*` and `&<prefix>*` allows all of them.
 //
 // Every script decides before it writes, so that an error (a key of another type, a command or
-// channel the user may not use) leaves nothing half done: a key of another type is read as
-// nobody's lock; acquire checks the user's right to publish the release and to set the lock
-// (`redis.acl_check_cmd`, Redis 7) before its first write; the others publish before they
-// delete. (Redis itself checks the user's right to the keys a script is given before it runs.)
+// channel the user may not use) leaves no lock state half done: a key of another type is read as
+// nobody's lock; acquire checks the user's right to publish the release (`redis.acl_check_cmd`,
+// Redis 7) before its first write; the others publish before they delete. (Redis itself checks
+// the user's right to the keys a script is given before it runs.) A refused SET fails the acquire
+// with Redis's own NOPERM after one write only, the fencing counter's INCR, which holds no lock
+// state (a token skipped); checking SET too would cost every acquisition a second check.
 #pragma once
 
 #include <string>
@@ -34,6 +36,8 @@ end
 )lua";
 
 // The next fencing token from the slot's counter KEYS[2] (shared by acquire and transfer).
+// A counter made here but refused its first SET (an ACL without `+set`) is deleted again before
+// the error goes back, so that it never stays at 1.
 //
 // The counter starts from the server's clock in microseconds rather than from 1, so a counter
 // lost with a restart of a Redis without persistence comes back larger than every token it
@@ -45,7 +49,11 @@ local function next_fence()
   if fence == 1 then
     local t = redis.call('TIME')
     fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('SET', KEYS[2], fence)
+    local set = redis.pcall('SET', KEYS[2], fence)
+    if type(set) == 'table' and set.err then
+      redis.call('DEL', KEYS[2])
+      error(set)
+    end
   end
   return fence
 end
@@ -159,7 +167,7 @@ end
 // at only after 'none' and 'string', so a string key costs what it did.
 inline std::string acquire_with(const char* ours, const char* value) {
     return std::string(denied) + next_fence + ours + R"lua(
-local refused = denied('$PUBLISH', KEYS[1], '') or denied('SET', KEYS[1], '0', 'PX', '1')
+local refused = denied('$PUBLISH', KEYS[1], '')
 if refused then
   return refused
 end
