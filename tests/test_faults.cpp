@@ -422,16 +422,17 @@ TEST_CASE("fault: a try_lock whose answer is lost gives the lock back, at the de
 TEST_CASE("fault: a hand-over whose answer is lost is taken by the next holder's attempt", "[faults][redis]") {
     // A release hands the lock to a waiter of the same process (one script); its answer is
     // lost. If the hand-over ran, the waiter's own attempt, with the owner token the hand-over
-    // used, takes the lock; if it did not (here: its NOSCRIPT answer was the one lost, so the
-    // script never ran), the old holder's lock is given back by its owner token. Either way no
-    // wait for the 30 s lease.
+    // used, takes the lock; if it did not (here: the server's scripts were flushed, so its
+    // NOSCRIPT answer was the one lost and the script never ran), the old holder's lock is given
+    // back by its owner token. Either way no wait for the 30 s lease.
     RedisServer server;
     TcpProxy proxy(server.port());
     auto r = KeyedLockRegistry::from_url(url(proxy.port()));
     const bool ran = GENERATE(true, false);
     CAPTURE(ran);
-    if (ran) {
-        // One hand-over first, so that the script is loaded.
+    {
+        // One hand-over first: the connection has sent the script (a script's first use on a
+        // connection is an EVAL, later ones EVALSHA).
         std::optional<Guard> a = r.lock("warm-up");
         std::thread b([&] { (void)r.lock("warm-up"); });
         REQUIRE(eventually([&] { return r.stats().waiting == 1; }, 5s));
@@ -439,6 +440,7 @@ TEST_CASE("fault: a hand-over whose answer is lost is taken by the next holder's
         b.join();
     }
     std::optional<Guard> first = r.lock("k");
+    if (!ran) REQUIRE(server.command("SCRIPT FLUSH") == "+OK");
     std::optional<Guard> second;
     std::thread waiter([&] { second = r.try_lock_for("k", 10s); });
     REQUIRE(eventually([&] { return r.stats().waiting == 1; }, 5s));
@@ -456,13 +458,16 @@ TEST_CASE("fault: a hand-over whose answer is lost is taken by the next holder's
 }
 
 TEST_CASE("fault: a release whose answer is lost is given back all the same, at the default lease", "[faults][redis]") {
-    // The release's answer is lost; the script may not have run (here it did not: the answer
-    // lost was its NOSCRIPT). The guard's release() reports `unavailable`, and the backend gives
-    // the lock back by its owner token once it has reconnected, not after the 30 s lease.
+    // The release's answer is lost; the script may not have run (here it did not: the server's
+    // scripts were flushed, so the answer lost was its NOSCRIPT). The guard's release() reports
+    // `unavailable`, and the backend gives the lock back by its owner token once it has
+    // reconnected, not after the 30 s lease.
     RedisServer server;
     TcpProxy proxy(server.port());
     auto r = KeyedLockRegistry::from_url(url(proxy.port()));
+    r.lock("warm-up").release();  // the connection has sent the release script
     Guard g = r.lock("k");
+    REQUIRE(server.command("SCRIPT FLUSH") == "+OK");
     proxy.drop_next_reply(0);
     std::error_code ec;
     g.release(ec);

@@ -487,3 +487,24 @@ TEST_CASE("a redis grant whose answer came after its lease is never handed out: 
     CHECK(g.attempts == 1);
     CHECK(g.key == nullptr);
 }
+
+TEST_CASE("a redis try_lock that comes while this process's release of the key is in flight waits for it",
+          "[redis][key_lock]") {
+    Fake f;
+    f.key->enqueue(f.waiter());
+    f.grant(1);
+    // The holder's release is on the wire (a guard's destructor): the key counts as held.
+    REQUIRE(f.key->release_by(false) == KeyLock::Release::release);
+    QueuedWaiter* t = f.waiter(milliseconds(0));  // a try_lock: one attempt, no waiting
+    f.key->enqueue(t);
+    f.key->deadline_passed(t);
+    CHECK(f.done.size() == 1);  // not failed at once: its one attempt is still to come
+    CHECK(t->expired);
+    f.key->released();  // the release answered: the attempt goes out
+    CHECK(f.attempts == 2);
+    f.grant(2);
+    REQUIRE(f.done.size() == 2);
+    CHECK(f.done[1].waiter == t);
+    CHECK_FALSE(f.done[1].ec);
+    CHECK(f.done[1].acquired.fence == 2);
+}

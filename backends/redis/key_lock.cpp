@@ -17,9 +17,11 @@ void KeyLock::enqueue(QueuedWaiter* w) {
 }
 
 void KeyLock::deadline_passed(QueuedWaiter* w) {
-    if (attempting_ && !queue_.empty() && queue_.front() == w && !w->waited) {
+    if ((attempting_ || releasing_) && !queue_.empty() && queue_.front() == w && !w->told) {
         // Its first attempt is in flight (a try_lock's one attempt, or a deadline shorter than
-        // a round trip): that attempt decides, within command_timeout.
+        // a round trip), or is about to be sent once this process's own release of the key has
+        // been answered (a try_lock right after a guard's destructor): that attempt decides,
+        // within command_timeout.
         w->expired = true;
         return;
     }
@@ -111,7 +113,7 @@ void KeyLock::unconfirmed(const std::string& why) {
 /// heard meanwhile.
 void KeyLock::held_elsewhere(long long pttl, bool back_off) {
     if (!drop_expired()) return;
-    for (QueuedWaiter* w : queue_) w->waited = true;
+    for (QueuedWaiter* w : queue_) w->waited = w->told = true;
     waiting_remote_ = true;
     if (!subscribed_) {
         // Subscribe first, then try again once: a release between our attempt and the
@@ -218,11 +220,13 @@ KeyLock::Release KeyLock::release_by(bool lost) {
     // A quorum never hands over in place: each node counts fencing tokens on its own.
     if (!lost && !rules_.quorum && !queue_.empty() && transfers_ < kMaxTransfers) return Release::hand_over;
     transfers_ = 0;
+    releasing_ = true;
     return Release::release;
 }
 
 void KeyLock::released() {
     holder_ = nullptr;
+    releasing_ = false;
     pump();
     settle();
 }

@@ -31,6 +31,7 @@ struct QueuedWaiter {
     detail::Deadline deadline = detail::Deadline::max();
     bool expired = false;  // the deadline passed while this waiter's attempt was in flight
     bool waited = false;   // could not be granted at once (counts as contended)
+    bool told = false;     // has been told "held" (or had no answer): its deadline ends it at once
 };
 
 /// What the answer to an acquire attempt says.
@@ -186,6 +187,7 @@ private:
     std::deque<QueuedWaiter*> queue_;
     detail::Hold* holder_ = nullptr;     // held by this process (until its release is confirmed)
     bool attempting_ = false;            // an acquire (or its confirmation) is in flight
+    bool releasing_ = false;             // the holder's release (not a hand-over) is in flight
     bool waiting_remote_ = false;        // held elsewhere: waiting for a notification or the retry timer
     bool subscribed_ = false;            // subscription asked for (confirmed or not)
     bool look_again_ = false;            // a release, or our subscription, came while an attempt was in flight

@@ -37,6 +37,7 @@
 //   release_member, extend_member     1 | 0
 //   convert                           {1, fence, member or value} | {0, ms} | {-1} | error
 //   drop_intent                       1 | 0
+//   abandon_member                    members removed
 //   inspect_modes                     {kind, limit, in use, {member, ms, ...}, {owner, ms, ...}}
 // Error replies start with a code: KEYLOCK_MODE (a lock asked as a semaphore or the other way
 // round), KEYLOCK_LIMIT (another limit than the holders'), KEYLOCK_PERMITS (n not in 1..limit),
@@ -411,6 +412,34 @@ return 1
 )lua";
 inline const std::string drop_intent = publishing(drop_intent_script, "PUBLISH");
 inline const std::string drop_intent_sharded = publishing(drop_intent_script, "SPUBLISH");
+
+// KEYS[1] the lock key. ARGV[1] an owner token, ARGV[2] the channel. Gives back a shared, upgrade
+// or permit hold taken for an owner token whose attempt's answer never came and that no attempt
+// will retry: removes every live member of that owner (and its intent), publishing first.
+// Returns how many members it removed.
+inline const std::string abandon_member_script = std::string(lock_zset) + R"lua(
+local now = now_ms()
+local live = redis.pcall('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', now), '+inf')
+if type(live) ~= 'table' or live.err then
+  return 0
+end
+local gone = {}
+for _, m in ipairs(live) do
+  if string.match(m, '^[sup]%d*:%d+:(.+)$') == ARGV[1] then
+    gone[#gone + 1] = m
+  end
+end
+if #gone == 0 then
+  return 0
+end
+redis.call('$PUBLISH', ARGV[2], '')
+gone[#gone + 1] = '~intent:' .. ARGV[1]
+redis.call('ZREM', KEYS[1], unpack(gone))
+settle(now)
+return #gone - 1
+)lua";
+inline const std::string abandon_member = publishing(abandon_member_script, "PUBLISH");
+inline const std::string abandon_member_sharded = publishing(abandon_member_script, "SPUBLISH");
 
 // For operators (`keylock status`), any key; writes nothing. Returns
 // {kind, limit, in use, holders, intents}:

@@ -128,12 +128,17 @@ std::shared_ptr<Connection> Node::subscriber() {
 }
 
 void Node::run(const Script& script, std::vector<std::string> tail, bool asking, EvalHandler handler) {
+    std::shared_ptr<Connection> conn = command();
+    if (scripts_on_.lock() != conn) {
+        scripts_sent_.clear();
+        scripts_on_ = conn;
+    }
+    const bool first = scripts_sent_.insert(script.sha).second;
     std::vector<std::string> argv;
     argv.reserve(2 + tail.size());
-    argv.emplace_back("EVALSHA");
-    argv.push_back(script.sha);
+    argv.emplace_back(first ? "EVAL" : "EVALSHA");
+    argv.push_back(first ? script.body : script.sha);
     for (auto& t : tail) argv.push_back(std::move(t));
-    std::shared_ptr<Connection> conn = command();
     std::weak_ptr<Connection> weak = conn;
     if (asking) conn->send({"ASKING"}, ignore_reply);
     const std::vector<std::string_view> view(argv.begin(), argv.end());

@@ -17,6 +17,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <unordered_set>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -80,10 +81,11 @@ public:
     /// The subscriber connection if it is up, else null (nothing to unsubscribe from).
     std::shared_ptr<Connection> live_subscriber() const { return sub_ && sub_->connected() ? sub_ : nullptr; }
 
-    /// EVALSHA `script` with `tail` (numkeys, keys, args) on the command connection, and EVAL
-    /// if the server does not know the script (a fresh or restarted server, a failover). With
-    /// `asking` (a Cluster ASK redirection), each is sent after an ASKING. `script` must outlive
-    /// the answer.
+    /// EVALSHA `script` with `tail` (numkeys, keys, args) on the command connection; EVAL the
+    /// first time the connection runs the script (which caches it on the server), so that a
+    /// script's first use cannot meet NOSCRIPT and be sent again behind commands sent after it;
+    /// and EVAL again if the server has lost it meanwhile (`SCRIPT FLUSH`). With `asking` (a
+    /// Cluster ASK redirection), each is sent after an ASKING. `script` must outlive the answer.
     void run(const Script& script, std::vector<std::string> tail, bool asking, EvalHandler handler);
 
     /// Breaks both connections as a network failure would (pending commands: `unavailable`).
@@ -113,6 +115,8 @@ private:
     bool main_failed_ = false, sub_failed_ = false;
     std::error_code refused_;  // why main_'s handshake was refused, if it was (not: unreachable)
     Backoff main_backoff_, sub_backoff_;
+    std::weak_ptr<Connection> scripts_on_;          // the command connection `scripts_sent_` is of
+    std::unordered_set<std::string> scripts_sent_;  // SHA1s of the scripts sent on it as EVAL
     std::minstd_rand rng_;
 };
 

@@ -22,6 +22,8 @@
 #include "io_thread.hpp"
 #include "key_lock.hpp"
 #include "lease.hpp"
+#include "modal_locks.hpp"
+#include "mode_scripts.hpp"
 #include "replies.hpp"
 #include "scripts.hpp"
 #include "servers.hpp"
@@ -54,6 +56,8 @@ struct KeyEntry final : KeyLock {
     std::string token;
     /// An attempt (or hand-over) with `token` went unanswered: the lock may be held under it.
     bool unanswered = false;
+    /// An attempt with `token` was told to wait: on a key of shared holds it left an intent.
+    bool told_to_wait = false;
 };
 
 /// A wait on the I/O thread: an async operation, or the registry's blocking wait over one.
@@ -70,13 +74,19 @@ struct Waiter final : QueuedWaiter {
 bool names_a_counter(std::string_view key) noexcept { return key.starts_with("fence:{") && key.ends_with('}'); }
 constexpr const char* kCounterKeys = "keys of the form 'fence:{...}' name the Redis backend's fencing counters";
 
+/// The owner token of a lock value or member: what follows its last ':'.
+std::string owner_of(const std::string& token) {
+    const auto colon = token.rfind(':');
+    return colon == std::string::npos ? token : token.substr(colon + 1);
+}
+
 /// A reply a user thread waits for (a release's outcome, an operator's call).
 struct Answer {
     detail::Event done;
     std::error_code ec;
 };
 
-class RedisBackend final : public detail::Backend, private KeyLock::Host {
+class RedisBackend final : public detail::Backend, private KeyLock::Host, private ModalLocks::Host {
 public:
     explicit RedisBackend(const RedisConfig& config)
         : Backend(config.max_key_bytes, Loss::possible),
@@ -92,6 +102,7 @@ public:
           force_release_(config.topology == Topology::cluster ? scripts::force_release_sharded
                                                               : scripts::force_release),
           bump_(scripts::bump),
+          extend_member_(scripts::extend_member),
           replication_(config) {
         lease_ms_ = std::to_string(config_.lease.count());
         Servers::Events events;
@@ -103,8 +114,11 @@ public:
         rules_.connect_timeout = config_.endpoint.connect_timeout;
         // A holder counts on its lease only minus the clock drift its servers may have.
         validity_ = lease::validity(config_.lease);
-        watchdog_ = std::make_unique<Watchdog>(io_thread_.io(), config_, *servers_, extend_, replication_, validity_,
-                                               [this](RedisHold* h) { mark_lost(h); });
+        watchdog_ = std::make_unique<Watchdog>(io_thread_.io(), config_, *servers_, extend_, extend_member_,
+                                               replication_, validity_, [this](RedisHold* h) { mark_lost(h); });
+        ModalLocks::Host& modal_host = *this;
+        modal_ = std::make_unique<ModalLocks>(io_thread_.io(), config_, *servers_, *watchdog_, replication_, validity_,
+                                              tally_, modal_host);
         io_thread_.start("keylock-redis", [this] { delete this; });
         post([this] { watchdog_->start(); });
     }
@@ -112,9 +126,16 @@ public:
     ~RedisBackend() override = default;
 
     void async_acquire(const detail::Request& request, detail::AsyncWaiter* op) override {
-        if (request.mode != detail::Mode::exclusive || request.from != nullptr) {
+        const bool modal = request.mode != detail::Mode::exclusive || request.from != nullptr;
+        if (modal && rules_.quorum) {
             op->complete(make_error_code(errc::not_supported), {},
-                         "shared, upgrade and permit holds are not on the Redis backend yet (local:// has them)");
+                         "shared, upgrade and permit holds, and conversions, are not on Redlock (redlock://); "
+                         "a single Redis, Sentinel or Cluster has them");
+            return;
+        }
+        if (request.from != nullptr && (request.mode == detail::Mode::permits ||
+                                        static_cast<const RedisHold*>(request.from)->mode == detail::Mode::permits)) {
+            op->complete(make_error_code(errc::invalid_argument), {}, "permits convert to no other mode");
             return;
         }
         const std::string_view key = request.key;
@@ -124,6 +145,19 @@ public:
         {
             std::lock_guard lk(async_mu_);
             async_ids_[op] = w->id;
+        }
+        if (modal) {
+            detail::Request copy = request;
+            copy.key = {};
+            const std::uint64_t id = w->id;
+            delete w;
+            post([this, id, op, copy, k = std::string(key)] {
+                if (!names_a_counter(k)) return modal_->enqueue(id, op, k, copy);
+                tally_.began();
+                tally_.ended(make_error_code(errc::invalid_key), false);
+                complete(op, make_error_code(errc::invalid_key), {}, kCounterKeys);
+            });
+            return;
         }
         post([this, w, k = std::string(key)] {
             if (!names_a_counter(k)) return enqueue(w, k);
@@ -221,7 +255,8 @@ public:
         post([this, &live] {
             closing_ = true;
             watchdog_->stop_when_idle();
-            const bool in_use = !waiters_.empty() || watchdog_->guarded() || pins_.load(std::memory_order_relaxed) != 0;
+            const bool in_use = !waiters_.empty() || !modal_->idle() || watchdog_->guarded() ||
+                                pins_.load(std::memory_order_relaxed) != 0;
             live.set_value(!finished() && in_use);
         });
         if (io_thread_.close(answer.get(), config_.endpoint.command_timeout + std::chrono::seconds(1))) delete this;
@@ -235,7 +270,9 @@ private:
 
     /// After close(): true (and the loop is told to stop) once no hold and no wait is left.
     bool finished() {
-        if (!closing_ || !watchdog_->empty() || !waiters_.empty() || pins_.load(std::memory_order_relaxed) != 0) {
+        if (stopped_) return true;
+        if (!closing_ || !watchdog_->empty() || !waiters_.empty() || !modal_->idle() ||
+            pins_.load(std::memory_order_relaxed) != 0) {
             return false;
         }
         for (auto& [key, st] : keys_) {
@@ -243,11 +280,13 @@ private:
         }
         servers_->close();
         watchdog_->cancel();
+        modal_->close();
         for (auto& [key, st] : keys_) {
             if (st->retry) st->retry->cancel();
         }
         keys_.clear();
         io_thread_.stop();
+        stopped_ = true;
         return true;
     }
 
@@ -256,7 +295,9 @@ private:
     /// A subscriber connection broke: notifications may have been missed, so every waiting key
     /// looks again now (and subscribes again if it still has to wait).
     void on_notifications_lost() {
+        subs_.clear();  // every party subscribes again when it must wait
         for (auto& [key, st] : keys_) st->notifications_lost();
+        modal_->notifications_lost();
         post([this] {
             std::vector<std::string> waiting;
             for (auto& [key, st] : keys_) {
@@ -271,12 +312,30 @@ private:
     /// The server ended one subscription (a Cluster slot moved): the key looks again, and
     /// subscribes again where its slot is now if it still has to wait.
     void on_unsubscribed(const std::string& channel) {
+        subs_.erase(channel);
+        if (channel.compare(0, config_.prefix.size(), config_.prefix) == 0)
+            modal_->unsubscribed(channel.substr(config_.prefix.size()));
         if (KeyEntry* st = state_of_channel(channel)) st->unsubscribed();
     }
 
     /// A release notification: the key may be free now.
     void on_message(const std::string& channel) {
+        if (channel.compare(0, config_.prefix.size(), config_.prefix) == 0)
+            modal_->notified(channel.substr(config_.prefix.size()));
         if (KeyEntry* st = state_of_channel(channel)) st->notified();
+    }
+
+    /// A key's KeyLock and its modal requests share one subscription to its channel: SUBSCRIBE
+    /// is sent for each (Redis ignores a repeat), UNSUBSCRIBE once neither needs it.
+    void subscribe_channel(const std::string& channel, std::function<void(std::error_code)> done) {
+        ++subs_[channel];
+        servers_->subscribe(channel, std::move(done));
+    }
+    void unsubscribe_channel(const std::string& channel) {
+        auto it = subs_.find(channel);
+        if (it == subs_.end() || --it->second > 0) return;
+        subs_.erase(it);
+        servers_->unsubscribe(channel);
     }
 
     /// The state of the key whose releases are published on `channel`, if it is in use.
@@ -332,7 +391,10 @@ private:
 
     void cancel_waiter(std::uint64_t id, errc why) {
         auto it = waiters_.find(id);
-        if (it == waiters_.end()) return;  // done already
+        if (it == waiters_.end()) {
+            modal_->cancel(id, why);  // a modal wait, or done already
+            return;
+        }
         it->second->state->cancel(it->second, why);
     }
 
@@ -363,6 +425,7 @@ private:
         }
         st.token.clear();  // handed out: the key's next grant gets a new owner token
         st.unanswered = false;
+        st.told_to_wait = false;
         auto* h = new RedisHold;
         h->key = st.key();
         h->token = lock_value(fence, token);  // the lock key's value (see scripts.hpp)
@@ -377,6 +440,7 @@ private:
     void discard(KeyEntry& st, const std::string& value) {
         st.token.clear();
         st.unanswered = false;
+        st.told_to_wait = false;
         servers_->eval(Op::release, release_, {st.lock_key()}, {value, st.lock_key()},
                        [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
     }
@@ -399,6 +463,15 @@ private:
                            if (st == nullptr) return;      // cannot happen: an attempt keeps its key
                            if (ec) st->unanswered = true;  // perhaps it ran: the retry will tell
                            AttemptOutcome outcome = acquire_outcome_of(ec, r);
+                           if (rules_.quorum && outcome.kind != AttemptOutcome::Kind::granted) {
+                               // A quorum round that did not win has given back what it took on
+                               // every node, where an answer is still to come on that answer:
+                               // such a late release, sent after the next round's acquire on
+                               // the same connection, would delete that round's grant if it
+                               // had the same owner token. So the next round draws a new one.
+                               st->token.clear();
+                               st->unanswered = false;
+                           }
                            if (outcome.ec == errc::auth_failed && r.str.find("NOPERM") != std::string::npos &&
                                r.str.find("keylock:") == std::string::npos) {
                                // Redis's own NOPERM does not say which key or channel. (Not for a
@@ -407,6 +480,13 @@ private:
                                               st->fence_key() + " and channel " + st->lock_key() +
                                               ": see the minimum ACL in docs/configuration.md)";
                            }
+                           if (outcome.kind == AttemptOutcome::Kind::held) {
+                               st->told_to_wait = true;
+                               // On a key of shared holds the attempt left an intent for one lease,
+                               // which keeps new readers out while this writer waits: ask again
+                               // within half a lease, which renews it.
+                               outcome.pttl = std::min<long long>(outcome.pttl, config_.lease.count() / 2);
+                           }
                            st->answered(outcome);
                            if (outcome.kind == AttemptOutcome::Kind::granted)
                                confirm(*st, conn, *token, outcome.fence, sent);
@@ -414,12 +494,39 @@ private:
     }
 
     void subscribe(KeyLock& key) override {
-        servers_->subscribe(key.lock_key(), [this, key = key.key()](std::error_code ec) {
+        subscribe_channel(key.lock_key(), [this, key = key.key()](std::error_code ec) {
             if (KeyEntry* st = find(key)) st->subscribed(ec);
         });
     }
 
-    void unsubscribe(KeyLock& key) override { servers_->unsubscribe(key.lock_key()); }
+    void unsubscribe(KeyLock& key) override { unsubscribe_channel(key.lock_key()); }
+
+    // ---- what the modal part asks for (ModalLocks::Host) ---------------------------------
+
+    void subscribe(const std::string& channel, std::function<void(std::error_code)> done) override {
+        subscribe_channel(channel, std::move(done));
+    }
+    void unsubscribe(const std::string& channel) override { unsubscribe_channel(channel); }
+    std::string next_token() override { return tokens_.next(); }
+    void modal_idle() override {
+        if (closing_) finished();
+    }
+    void complete(detail::AsyncWaiter* op, std::error_code ec, Acquired a, const std::string& why) override {
+        {
+            std::lock_guard lk(async_mu_);
+            async_ids_.erase(op);
+        }
+        op->complete(ec, a, why);  // a blocking caller may return right after this
+    }
+
+    void retire(RedisHold* from) override {
+        watchdog_->remove(from);
+        const bool keylocks = !from->modal;  // the holder of the key's KeyLock
+        const std::string key = from->key;
+        delete from;
+        if (!keylocks) return;
+        if (KeyEntry* st = find(key)) st->released();
+    }
 
     void arm_retry(KeyLock& key, Clock::time_point at) override {
         auto& st = static_cast<KeyEntry&>(key);
@@ -470,6 +577,12 @@ private:
     void free(KeyLock& key) override {
         auto& st = static_cast<KeyEntry&>(key);
         if (st.unanswered) abandon(st.lock_key(), st.token, Clock::now() + config_.endpoint.connect_timeout);
+        if (st.told_to_wait && !st.token.empty()) {
+            // A writer that gave up: the intent its attempts left on a key of shared holds would
+            // keep new readers out for up to a lease.
+            servers_->eval(Op::release, modal_->scripts().drop_intent, {st.lock_key()}, {st.token, st.lock_key()},
+                           [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
+        }
         keys_.erase(key.key());
         entries_.store(keys_.size(), std::memory_order_relaxed);
         if (closing_) finished();
@@ -507,23 +620,28 @@ private:
         KeyEntry* st = find(h->key);
         auto forget = [this, h] {
             watchdog_->remove(h);
-            KeyEntry* st = find(h->key);
+            KeyEntry* st = h->modal ? nullptr : find(h->key);  // a KeyLock's holder
             delete h;
             if (st != nullptr) st->released();
+            if (closing_) finished();  // (a KeyLock's release gets there through free())
         };
         // Ours no more, as far as we know: the release still goes out (token-checked: it
         // deletes the lock only if it is ours after all), but the answer is not_owner.
         const bool lost = h->lost();
-        if (st != nullptr && st->release_by(lost) == KeyLock::Release::hand_over) {
+        // Hand-over only between exclusive holds of a KeyLock, and not past modal waiters.
+        if (st != nullptr && !h->modal &&
+            st->release_by(lost || modal_->waiting_for(h->key)) == KeyLock::Release::hand_over) {
             hand_over(*st, h, std::move(reply), forget);
             return;
         }
-        const std::string channel = st != nullptr ? st->lock_key() : config_.prefix + h->key;
-        servers_->eval(Op::release, release_, {channel}, {h->token, channel},
+        const std::string channel = config_.prefix + h->key;
+        servers_->eval(Op::release, h->member ? modal_->scripts().release_member : release_, {channel},
+                       {h->token, channel},
                        [this, h, channel, reply = std::move(reply), forget, lost](std::error_code ec, const Reply& r,
                                                                                   const std::shared_ptr<Connection>&) {
                            std::error_code result;
-                           if (ec) abandon_value(channel, h->token);  // it may not have run: again
+                           if (ec && h->member) modal_->abandon(channel, owner_of(h->token));
+                           if (ec && !h->member) abandon_value(channel, h->token);  // it may not have run: again
                            if (!lost && ec) {
                                result = ec;
                            } else if (!lost && r.is_error()) {
@@ -601,8 +719,9 @@ private:
     std::string lease_ms_;
     IoThread io_thread_;
     bool closing_ = false;
+    bool stopped_ = false;  // finished(): the loop is told to stop
 
-    const Script acquire_, release_, abandon_, extend_, transfer_, inspect_, force_release_, bump_;
+    const Script acquire_, release_, abandon_, extend_, transfer_, inspect_, force_release_, bump_, extend_member_;
     const Replication replication_;
 
     // I/O thread only.
@@ -611,7 +730,9 @@ private:
     std::chrono::milliseconds validity_{};  // lease minus drift: how long a hold counts after it was sent
     std::unordered_map<std::string, std::unique_ptr<KeyEntry>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
-    std::unique_ptr<Watchdog> watchdog_;  // and the holds
+    std::unique_ptr<Watchdog> watchdog_;         // and the holds
+    std::unique_ptr<ModalLocks> modal_;          // shared, upgrade and permit holds, and conversions
+    std::unordered_map<std::string, int> subs_;  // channels subscribed to: by how many parties
     TokenSource tokens_;
     std::mt19937 rng_{std::random_device{}()};
     std::uniform_int_distribution<int> jitter_{0, 10};

@@ -34,7 +34,12 @@ std::error_code error_code_of(const Reply& r) {
     // a cluster's error names the node first (see error_reason).
     const bool refused =
         r.str.starts_with("NOPERM") || r.str.find("answered 'NOPERM") != std::string::npos || script_refused(r);
-    return make_error_code(refused ? errc::auth_failed : errc::backend_error);
+    if (refused) return make_error_code(errc::auth_failed);
+    // The mode scripts' own codes (mode_scripts.hpp).
+    const auto has = [&](std::string_view code) { return r.str.find(code) != std::string::npos; };
+    if (has("KEYLOCK_MODE") || has("KEYLOCK_LIMIT")) return make_error_code(errc::mode_conflict);
+    if (has("KEYLOCK_PERMITS") || has("KEYLOCK_CONVERT")) return make_error_code(errc::invalid_argument);
+    return make_error_code(errc::backend_error);
 }
 
 AttemptOutcome acquire_outcome_of(std::error_code ec, const Reply& r) {

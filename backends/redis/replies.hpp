@@ -17,7 +17,8 @@ namespace keylock::redis {
 std::string error_reason(const Reply& r);
 
 /// The error a server's error reply `r` stands for: `auth_failed` for a refusal by an ACL
-/// (NOPERM), else `backend_error`.
+/// (NOPERM), `mode_conflict` and `invalid_argument` for the mode scripts' KEYLOCK_MODE and
+/// KEYLOCK_LIMIT, KEYLOCK_PERMITS and KEYLOCK_CONVERT, else `backend_error`.
 std::error_code error_code_of(const Reply& r);
 
 /// The answer to the acquire script (`acquire` or `acquire_plain`), or its absence (`ec`; `r.str`

@@ -11,11 +11,12 @@
 namespace keylock::redis {
 
 Watchdog::Watchdog(boost::asio::io_context& io, const RedisConfig& config, Servers& servers, const Script& extend,
-                   const Replication& replication, std::chrono::milliseconds validity,
+                   const Script& extend_member, const Replication& replication, std::chrono::milliseconds validity,
                    std::function<void(RedisHold*)> lost)
     : config_(config),
       servers_(servers),
       extend_(extend),
+      extend_member_(extend_member),
       replication_(replication),
       validity_(validity),
       lease_ms_(std::to_string(config.lease.count())),
@@ -48,7 +49,7 @@ void Watchdog::renew_all() {
         // The reply may come after this hold is gone and a new one lives at its address (a
         // hand-over replaces the hold): it counts only for the same acquisition (token).
         const std::string lock_key = config_.prefix + h->key;
-        servers_.eval(Op::extend, extend_, {lock_key}, {h->token, lease_ms_},
+        servers_.eval(Op::extend, h->member ? extend_member_ : extend_, {lock_key}, {h->token, lease_ms_},
                       [this, h, token = h->token, now](std::error_code ec, const Reply& r,
                                                        const std::shared_ptr<Connection>& conn) {
                           if (!holds_.contains(h) || h->token != token || h->releasing || ec)

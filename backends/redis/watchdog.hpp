@@ -24,7 +24,10 @@ namespace keylock::redis {
 /// so the hold counts as lost even before the watchdog says so.
 struct RedisHold final : detail::LeasedHold {
     std::string key;
-    std::string token;       // the lock key's value (see scripts.hpp)
+    std::string token;  // the lock key's value (see scripts.hpp), or a modal hold's member
+    detail::Mode mode = detail::Mode::exclusive;
+    bool member = false;     // `token` is a member of the key's sorted set (shared, upgrade, permits)
+    bool modal = false;      // granted by ModalLocks (a conversion's exclusive hold too), not by a KeyLock
     bool releasing = false;  // its release is under way (no guard refers to it)
 };
 
@@ -33,8 +36,10 @@ public:
     /// `lost`: a hold was found lost while held (Backend::mark_lost). `extend` and `replication`
     /// are the backend's and outlive the watchdog; `validity` is how long a hold counts on its
     /// lease after the renewal was sent.
+    /// `extend_member` renews the holds that are members of a sorted set (RedisHold::member).
     Watchdog(boost::asio::io_context& io, const RedisConfig& config, Servers& servers, const Script& extend,
-             const Replication& replication, std::chrono::milliseconds validity, std::function<void(RedisHold*)> lost);
+             const Script& extend_member, const Replication& replication, std::chrono::milliseconds validity,
+             std::function<void(RedisHold*)> lost);
 
     /// Starts the rounds (on the I/O thread).
     void start();
@@ -58,6 +63,7 @@ private:
     const RedisConfig& config_;
     Servers& servers_;
     const Script& extend_;
+    const Script& extend_member_;
     const Replication& replication_;
     const std::chrono::milliseconds validity_;
     const std::string lease_ms_;

@@ -113,9 +113,9 @@ inline constexpr Backend backends[] = {
     // scheme            url           scope            operator_tools modes
     {"local",            local_url,    Scope::registry, false,         true},
     {"sim",              sim_url,      Scope::registry, false,         false},
-    {"redis",            redis_url,    Scope::server,   true,          false},
-    {"redis+sentinel",   sentinel_url, Scope::server,   true,          false},
-    {"redis+cluster",    cluster_url,  Scope::server,   true,          false},
+    {"redis",            redis_url,    Scope::server,   true,          true},
+    {"redis+sentinel",   sentinel_url, Scope::server,   true,          true},
+    {"redis+cluster",    cluster_url,  Scope::server,   true,          true},
     {"redlock",          redlock_url,  Scope::server,   true,          false},
 };
 // clang-format on

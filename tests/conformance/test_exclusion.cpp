@@ -165,7 +165,20 @@ struct ProcessShared {
     std::atomic<int> overlaps{0};
     std::size_t holds[kKeys] = {};                ///< written under the key's lock
     std::uint64_t tokens[kKeys][kMaxHolds] = {};  ///< in the order the locks were granted
+    int process[kKeys][kMaxHolds] = {};           ///< who held it
 };
+
+/// Where `tokens` first fails to rise, with the processes that held the two locks, or "".
+std::string first_fall(const std::vector<std::uint64_t>& tokens, const int* process) {
+    for (std::size_t i = 1; i < tokens.size(); ++i) {
+        if (tokens[i] <= tokens[i - 1]) {
+            return "hold " + std::to_string(i) + " (process " + std::to_string(process[i]) + ") got token " +
+                   std::to_string(tokens[i]) + " after " + std::to_string(tokens[i - 1]) + " (process " +
+                   std::to_string(process[i - 1]) + ")";
+        }
+    }
+    return {};
+}
 
 
 }  // namespace
@@ -190,7 +203,10 @@ CONFORMANCE_PROMISE("one holder per key across forked processes", shared_across_
                 if (i % 4 == 0) std::this_thread::sleep_for(100us);
                 shared->value[k] = seen + 1;
                 const std::size_t n = shared->holds[k]++;
-                if (n < ProcessShared::kMaxHolds) shared->tokens[k][n] = g.fencing_token();
+                if (n < ProcessShared::kMaxHolds) {
+                    shared->tokens[k][n] = g.fencing_token();
+                    shared->process[k][n] = p;
+                }
                 shared->inside[k].fetch_sub(1);
             }
             return 0;
@@ -203,7 +219,7 @@ CONFORMANCE_PROMISE("one holder per key across forked processes", shared_across_
         REQUIRE(shared->holds[k] <= ProcessShared::kMaxHolds);
         CHECK(static_cast<long>(shared->holds[k]) == shared->value[k]);
         const std::vector<std::uint64_t> tokens(shared->tokens[k], shared->tokens[k] + shared->holds[k]);
-        INFO("key process-" << k);
+        INFO("key process-" << k << ": " << first_fall(tokens, shared->process[k]));
         CHECK(strictly_rising(tokens));  // across processes, in the order the locks were granted
     }
     shared->~ProcessShared();

@@ -1,0 +1,438 @@
+// SPDX-License-Identifier: BSL-1.0
+// Shared, upgrade and permit holds on Redis (see modal_locks.hpp): per key a FIFO queue whose
+// front asks Redis, then waits for a release or half a lease.
+#include "modal_locks.hpp"
+
+#include <algorithm>
+#include <utility>
+
+#include <keylock/error.hpp>
+
+#include "key_lock.hpp"
+#include "lease.hpp"
+#include "mode_scripts.hpp"
+#include "replies.hpp"
+#include "slots.hpp"
+
+namespace keylock::redis {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+ModalScripts::ModalScripts(bool sharded)
+    : acquire_shared(sharded ? scripts::acquire_shared_sharded : scripts::acquire_shared),
+      acquire_permits(sharded ? scripts::acquire_permits_sharded : scripts::acquire_permits),
+      release_member(sharded ? scripts::release_member_sharded : scripts::release_member),
+      convert(sharded ? scripts::convert_sharded : scripts::convert),
+      drop_intent(sharded ? scripts::drop_intent_sharded : scripts::drop_intent),
+      abandon_member(sharded ? scripts::abandon_member_sharded : scripts::abandon_member) {}
+
+/// One modal request of this process.
+struct ModalLocks::Waiter {
+    std::uint64_t id = 0;
+    detail::AsyncWaiter* op = nullptr;
+    Key* key = nullptr;
+    detail::Mode mode = detail::Mode::shared;
+    std::uint32_t permits = 1;
+    std::uint32_t limit = 0;
+    RedisHold* from = nullptr;  // a conversion's hold
+    detail::Deadline deadline = detail::Deadline::max();
+    std::unique_ptr<asio::steady_timer> timer;
+    std::string token;        // the owner token of every attempt of this request
+    bool in_flight = false;   // an attempt is under way: its answer decides
+    bool unanswered = false;  // an attempt went unanswered: a hold may exist under `token`
+    bool waited = false;      // could not be granted at once (counts as contended)
+    bool intent = false;      // a conversion to exclusive was told to wait: its intent is recorded
+    bool expired = false;     // the deadline passed while an attempt was in flight: it decides
+    std::error_code ending;   // a cancellation came while an attempt was in flight
+};
+
+/// One key with modal requests of this process.
+struct ModalLocks::Key {
+    Key(asio::io_context& io, std::string k, std::string lk, std::string fk)
+        : key(std::move(k)), lock_key(std::move(lk)), fence_key(std::move(fk)), retry(io) {}
+    std::string key, lock_key, fence_key;
+    std::deque<Waiter*> queue;
+    bool attempting = false;            // the front's attempt is in flight
+    bool waiting = false;               // held elsewhere: waiting for a release or the retry timer
+    bool subscribed = false;            // subscription asked for (confirmed or not)
+    bool look_again = false;            // a release, or our subscription, came while an attempt was in flight
+    Clock::time_point first_failure{};  // of the current run of unavailable attempts
+    asio::steady_timer retry;
+};
+
+namespace {
+
+/// The owner token of a hold: its value or member ends with `:<owner token>`.
+std::string owner_of(const std::string& token) {
+    const auto colon = token.rfind(':');
+    return colon == std::string::npos ? token : token.substr(colon + 1);
+}
+
+std::string member_name(detail::Mode mode, std::uint32_t permits, std::uint64_t fence, const std::string& owner) {
+    std::string m(1, mode == detail::Mode::shared ? 's' : mode == detail::Mode::upgrade ? 'u' : 'p');
+    if (mode == detail::Mode::permits) m.append(std::to_string(permits));
+    return m.append(":").append(std::to_string(fence)).append(":").append(owner);
+}
+
+}  // namespace
+
+ModalLocks::ModalLocks(asio::io_context& io, const RedisConfig& config, Servers& servers, Watchdog& watchdog,
+                       const Replication& replication, milliseconds validity, detail::Tally& tally, Host& host)
+    : io_(io),
+      config_(config),
+      servers_(servers),
+      watchdog_(watchdog),
+      replication_(replication),
+      validity_(validity),
+      tally_(tally),
+      host_(host),
+      scripts_(config.topology == Topology::cluster),
+      lease_ms_(std::to_string(config.lease.count())) {}
+
+ModalLocks::~ModalLocks() {
+    for (auto& [id, w] : waiters_) delete w;  // none after a normal close
+}
+
+ModalLocks::Key& ModalLocks::key_state(const std::string& key) {
+    auto& slot = keys_[key];
+    if (!slot) {
+        std::string lock_key = config_.prefix + key;
+        std::string fence_key = config_.prefix;
+        fence_key.append("fence:{").append(slot_tag(key_slot(lock_key))).append("}");
+        slot = std::make_unique<Key>(io_, key, std::move(lock_key), std::move(fence_key));
+    }
+    return *slot;
+}
+
+void ModalLocks::enqueue(std::uint64_t id, detail::AsyncWaiter* op, const std::string& key,
+                         const detail::Request& request) {
+    Key& k = key_state(key);
+    auto* w = new Waiter;
+    w->id = id;
+    w->op = op;
+    w->key = &k;
+    w->mode = request.mode;
+    w->permits = request.permits;
+    w->limit = request.limit;
+    w->from = static_cast<RedisHold*>(request.from);
+    w->deadline = request.deadline;
+    waiters_[id] = w;
+    tally_.began();
+    w->waited = !k.queue.empty() || k.waiting || k.attempting;
+    if (w->from != nullptr) {
+        // Conversions wait ahead of everyone: the hold is in already (and may be what the
+        // others wait for). An attempt in flight for a request now behind it still answers:
+        // granted, that request has its hold; told to wait, the conversion asks next.
+        const auto first_new =
+            std::find_if(k.queue.begin(), k.queue.end(), [](const Waiter* q) { return q->from == nullptr; });
+        k.queue.insert(first_new, w);
+    } else {
+        k.queue.push_back(w);
+    }
+    if (w->deadline != detail::Deadline::max()) {
+        w->timer = std::make_unique<asio::steady_timer>(io_, w->deadline);
+        w->timer->async_wait([this, id](boost::system::error_code ec) {
+            if (!ec) cancel(id, errc::timeout);
+        });
+    }
+    if (w->from != nullptr && k.waiting) return wake(k);
+    pump(k);
+}
+
+bool ModalLocks::cancel(std::uint64_t id, errc why) {
+    auto it = waiters_.find(id);
+    if (it == waiters_.end()) return false;
+    Waiter* w = it->second;
+    if (w->in_flight) {
+        // Its attempt decides, within command_timeout: out of time, a grant is still taken (as a
+        // try_lock's one attempt is); cancelled, it is given back (a conversion's is kept: the
+        // hold has changed already).
+        if (why == errc::timeout) {
+            w->expired = true;
+        } else if (!w->ending) {
+            w->ending = make_error_code(why);
+        }
+        return true;
+    }
+    finish(*w->key, w, make_error_code(why));
+    return true;
+}
+
+/// Starts the front's attempt if none is under way and the key is not waiting for a release.
+void ModalLocks::pump(Key& k) {
+    if (k.queue.empty() || k.attempting || k.waiting) return;
+    attempt(k, k.queue.front());
+}
+
+void ModalLocks::attempt(Key& k, Waiter* w) {
+    k.attempting = true;
+    k.look_again = false;
+    w->in_flight = true;
+    const auto sent = lease::Clock::now();
+    auto reply = [this, key = k.key, id = w->id, sent](std::error_code ec, const Reply& r,
+                                                       const std::shared_ptr<Connection>& conn) {
+        answered(key, id, ec, r, conn, sent);
+    };
+    if (w->from != nullptr) {
+        if (w->token.empty()) w->token = owner_of(w->from->token);
+        const char* target = w->mode == detail::Mode::exclusive ? "x" : w->mode == detail::Mode::shared ? "s" : "u";
+        servers_.eval(Op::acquire, scripts_.convert, {k.lock_key, k.fence_key},
+                      {w->from->token, w->token, lease_ms_, target, k.lock_key}, std::move(reply));
+        return;
+    }
+    if (w->token.empty()) w->token = host_.next_token();
+    if (w->mode == detail::Mode::permits) {
+        const std::string n = std::to_string(w->permits);
+        const std::string limit = std::to_string(w->limit);
+        servers_.eval(Op::acquire, scripts_.acquire_permits, {k.lock_key, k.fence_key}, {w->token, lease_ms_, n, limit},
+                      std::move(reply));
+        return;
+    }
+    servers_.eval(Op::acquire, scripts_.acquire_shared, {k.lock_key, k.fence_key},
+                  {w->token, lease_ms_, w->mode == detail::Mode::upgrade ? "u" : "s"}, std::move(reply));
+}
+
+void ModalLocks::answered(const std::string& key, std::uint64_t id, std::error_code ec, const Reply& r,
+                          const std::shared_ptr<Connection>& conn, detail::BootClock::time_point sent) {
+    auto kit = keys_.find(key);
+    auto wit = waiters_.find(id);
+    if (kit == keys_.end() || wit == waiters_.end()) return;  // cannot happen: an attempt keeps both
+    Key& k = *kit->second;
+    Waiter* w = wit->second;
+    k.attempting = false;
+    w->in_flight = false;
+    if (ec) {
+        if (w->from == nullptr) w->unanswered = true;  // perhaps it ran: a retry would tell
+        const auto now = Clock::now();
+        if (k.first_failure == Clock::time_point{}) k.first_failure = now;
+        if (ec == errc::unavailable && !w->ending && !w->expired &&
+            now - k.first_failure < config_.endpoint.connect_timeout) {
+            k.waiting = true;
+            return arm_retry(k, milliseconds(50) + host_.jitter());
+        }
+        return finish(k, w, w->ending ? w->ending : ec, r.str);
+    }
+    k.first_failure = {};
+    if (r.is_error() && r.str.find("KEYLOCK_DEADLOCK") != std::string::npos) {
+        // Shared to exclusive while another holder's conversion waits for this one: the try
+        // fails at once, as its deadline would (the hold is unchanged).
+        return finish(k, w, make_error_code(errc::timeout));
+    }
+    if (r.is_error()) return finish(k, w, error_code_of(r), error_reason(r));
+    const bool shaped = r.type == Reply::Type::array && !r.elements.empty() &&
+                        r.elements[0].type == Reply::Type::integer &&
+                        (r.elements[0].integer != 1 || r.elements.size() >= (w->from != nullptr ? 3U : 2U));
+    if (!shaped) return finish(k, w, make_error_code(errc::backend_error), "unexpected reply to a mode script");
+    const long long outcome = r.elements[0].integer;
+    if (outcome == 1) {
+        const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
+        std::string member = w->from != nullptr ? r.elements[2].str : member_name(w->mode, w->permits, fence, w->token);
+        return granted(k, w, fence, member, conn, sent);
+    }
+    if (outcome == -1) return finish(k, w, make_error_code(errc::not_owner), "the hold to convert was lost");
+    held(k, w, r.elements.size() >= 2 ? r.elements[1].integer : 0);
+}
+
+/// Redis granted `w` (with replicas confirming it, when asked to wait for them).
+void ModalLocks::granted(Key& k, Waiter* w, std::uint64_t fence, const std::string& member,
+                         const std::shared_ptr<Connection>& conn, detail::BootClock::time_point sent) {
+    if (w->ending && w->from == nullptr) {
+        give_back(k, member);
+        return finish(k, w, w->ending);
+    }
+    if (lease::Clock::now() >= sent + validity_ && w->from == nullptr) {
+        // The answer came after the lease it granted had run out: the member may be gone and
+        // the key someone else's. Given back; the request asks again if it has time.
+        give_back(k, member);
+        w->token.clear();
+        w->unanswered = false;
+        if (w->expired) return finish(k, w, make_error_code(errc::timeout));
+        return pump(k);
+    }
+    if (!replication_.waits()) return hand_out(k.key, w->id, fence, member, sent);
+    k.attempting = true;  // the replicas' confirmation is under way: nothing else asks meanwhile
+    w->in_flight = true;
+    replication_.after(conn, [this, key = k.key, id = w->id, fence, member, sent](const std::string& why) {
+        auto kit = keys_.find(key);
+        auto wit = waiters_.find(id);
+        if (kit == keys_.end() || wit == waiters_.end()) return;
+        kit->second->attempting = false;
+        wit->second->in_flight = false;
+        if (why.empty()) return hand_out(key, id, fence, member, sent);
+        if (wit->second->from == nullptr) give_back(*kit->second, member);
+        finish(*kit->second, wit->second, make_error_code(errc::unavailable),
+               "the hold was granted on the master, but " + why);
+    });
+}
+
+/// Gives `id` its new hold.
+void ModalLocks::hand_out(const std::string& key, std::uint64_t id, std::uint64_t fence, const std::string& member,
+                          detail::BootClock::time_point sent) {
+    Key& k = *keys_.find(key)->second;
+    Waiter* w = waiters_.find(id)->second;
+    auto* h = new RedisHold;
+    h->key = k.key;
+    h->token = member;
+    h->fence = fence;
+    h->mode = w->mode;
+    h->member = w->mode != detail::Mode::exclusive;
+    h->modal = true;
+    h->valid_until(sent + validity_);
+    watchdog_.add(h);
+    if (w->from != nullptr) {
+        host_.retire(w->from);  // replaced by `h`
+        w->from = nullptr;
+    }
+    w->unanswered = false;
+    w->intent = false;  // a conversion to exclusive that got in took its intent with it
+    w->token.clear();
+    finish(k, w, {}, {}, detail::Acquired{h, fence});
+}
+
+/// Someone else holds the key for `ms` more (or is waiting ahead, for shared requests): wait for
+/// a release, or half a lease at most.
+void ModalLocks::held(Key& k, Waiter* w, long long ms) {
+    if (w->from != nullptr && w->mode == detail::Mode::exclusive) w->intent = true;
+    if (w->ending) return finish(k, w, w->ending);
+    if (w->expired) return finish(k, w, make_error_code(errc::timeout));
+    for (Waiter* q : k.queue) q->waited = true;
+    if (k.queue.front() != w) return pump(k);  // a conversion came in ahead meanwhile: it asks now
+    k.waiting = true;
+    if (!k.subscribed) {
+        // Subscribe first, then ask once more: a release between the attempt and the
+        // subscription would otherwise go unheard.
+        k.subscribed = true;
+        host_.subscribe(k.lock_key, [this, key = k.key](std::error_code ec) {
+            auto it = keys_.find(key);
+            if (it == keys_.end()) return;
+            Key& k = *it->second;
+            if (ec == errc::auth_failed) {
+                k.subscribed = false;
+                while (!k.queue.empty() && !k.queue.front()->in_flight) {
+                    finish(k, k.queue.front(), ec,
+                           "this user may not subscribe to channel " + k.lock_key +
+                               " (waiters hear releases there; see the minimum ACL in docs/configuration.md)");
+                    if (!keys_.contains(key)) return;
+                }
+                return;
+            }
+            if (ec) {
+                k.subscribed = false;  // no notifications for now: look again soon
+                if (k.waiting) arm_retry(k, kPollWithoutNotifications + host_.jitter());
+                return;
+            }
+            wake(k);
+        });
+    }
+    if (std::exchange(k.look_again, false)) return arm_retry(k, milliseconds(0));
+    const milliseconds half_lease = config_.lease / 2;
+    const milliseconds wait = ms < 0 ? milliseconds(1000) : std::min(milliseconds(ms), half_lease);
+    arm_retry(k, wait + host_.jitter());
+}
+
+/// Ends `w`'s wait with `ec` (or its grant), reports, and lets the next request ask.
+void ModalLocks::finish(Key& k, Waiter* w, std::error_code ec, const std::string& why, detail::Acquired acquired) {
+    const bool was_front = !k.queue.empty() && k.queue.front() == w;
+    k.queue.erase(std::find(k.queue.begin(), k.queue.end(), w));
+    waiters_.erase(w->id);
+    if (w->timer) w->timer->cancel();
+    if (w->intent) {
+        // A conversion to exclusive that gave up: its intent would keep readers out for a lease.
+        servers_.eval(Op::release, scripts_.drop_intent, {k.lock_key}, {w->token, k.lock_key},
+                      [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
+    }
+    if (w->unanswered && acquired.hold == nullptr) abandon(k.lock_key, w->token);
+    tally_.ended(ec, w->waited);
+    const std::unique_ptr<Waiter> done(w);
+    host_.complete(w->op, ec, acquired, why);    // a blocking caller may return right after this
+    if (was_front && k.waiting) return wake(k);  // those behind it may fit now
+    pump(k);
+    settle(k);
+}
+
+/// Deletes a grant nobody takes (`member`), if it is still there.
+void ModalLocks::give_back(const Key& k, const std::string& member) {
+    servers_.eval(Op::release, scripts_.release_member, {k.lock_key}, {member, k.lock_key},
+                  [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
+}
+
+void ModalLocks::abandon(const std::string& lock_key, const std::string& owner) {
+    struct Retry {
+        ModalLocks* self;
+        std::string lock_key, owner;
+        Clock::time_point until;
+        void operator()() const {
+            self->servers_.eval(Op::release, self->scripts_.abandon_member, {lock_key}, {owner, lock_key},
+                                [r = *this](std::error_code ec, const Reply&, const std::shared_ptr<Connection>&) {
+                                    if (ec != errc::unavailable || Clock::now() >= r.until) return;
+                                    auto timer = std::make_shared<asio::steady_timer>(r.self->io_, milliseconds(50));
+                                    timer->async_wait([r, timer](boost::system::error_code e) {
+                                        if (!e) r();
+                                    });
+                                });
+        }
+    };
+    Retry{this, lock_key, owner, Clock::now() + config_.endpoint.connect_timeout}();
+}
+
+/// The key may be free now: the front asks again (after the answer in flight, if any).
+void ModalLocks::wake(Key& k) {
+    if (k.attempting) {
+        k.look_again = true;
+        return;
+    }
+    if (!k.waiting) return;
+    k.waiting = false;
+    k.retry.cancel();
+    pump(k);
+    settle(k);
+}
+
+void ModalLocks::arm_retry(Key& k, milliseconds after) {
+    k.retry.expires_after(after);
+    k.retry.async_wait([this, key = k.key](boost::system::error_code ec) {
+        if (ec) return;
+        auto it = keys_.find(key);
+        if (it != keys_.end()) wake(*it->second);
+    });
+}
+
+/// Drops the key once no request of it is left.
+void ModalLocks::settle(Key& k) {
+    if (!k.queue.empty() || k.attempting) return;
+    k.retry.cancel();
+    if (k.subscribed) host_.unsubscribe(k.lock_key);
+    keys_.erase(k.key);  // destroys `k`
+    if (keys_.empty()) host_.modal_idle();
+}
+
+void ModalLocks::notified(const std::string& key) {
+    auto it = keys_.find(key);
+    if (it != keys_.end()) wake(*it->second);
+}
+
+void ModalLocks::unsubscribed(const std::string& key) {
+    auto it = keys_.find(key);
+    if (it == keys_.end()) return;
+    it->second->subscribed = false;
+    wake(*it->second);
+}
+
+void ModalLocks::notifications_lost() {
+    std::vector<std::string> waiting;
+    for (auto& [key, k] : keys_) {
+        k->subscribed = false;
+        if (k->waiting || k->attempting) waiting.push_back(key);
+    }
+    for (const auto& key : waiting) notified(key);
+}
+
+bool ModalLocks::waiting_for(const std::string& key) const { return keys_.contains(key); }
+
+void ModalLocks::close() {
+    for (auto& [key, k] : keys_) k->retry.cancel();
+}
+
+}  // namespace keylock::redis

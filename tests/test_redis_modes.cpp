@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: BSL-1.0
+// Shared, upgrade and permit holds on a real redis-server, where the conformance suite's
+// single-process promises are not enough: several processes, a holder killed, a hold lost, the
+// intents of waiting writers (backends/redis/modal_locks.hpp, mode_scripts.hpp).
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <keylock/keylock.hpp>
+
+#include "eventually.hpp"
+#include "fork.hpp"
+#include "redis_cli.hpp"
+#include "redis_server.hpp"
+
+using namespace keylock;
+using namespace keylock::test;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+/// What forked children count, in memory they share with the parent.
+struct Shared {
+    std::atomic<int> jobs{0}, most_jobs{0}, readers{0}, writers{0}, violations{0};
+    std::atomic<long> job_runs{0}, reads{0}, writes{0};
+};
+
+}  // namespace
+
+TEST_CASE("Redis permits and shared locks across forked processes: never over the limit, readers never beside a writer",
+          "[redis][modes]") {
+    RedisServer server;
+    void* mapping = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(mapping != MAP_FAILED);
+    auto* shared = new (mapping) Shared{};
+    constexpr int kProcesses = 4, kRounds = 60, kLimit = 3;
+    std::vector<pid_t> children;
+    for (int p = 0; p < kProcesses; ++p) {
+        children.push_back(spawn([&, p] {
+            auto r = KeyedLockRegistry::from_url(url(server));
+            for (int i = 0; i < kRounds; ++i) {
+                {
+                    Guard g = r.acquire_permits("jobs", 1, kLimit);
+                    const int now = shared->jobs.fetch_add(1) + 1;
+                    for (int m = shared->most_jobs.load();
+                         now > m && !shared->most_jobs.compare_exchange_weak(m, now);) {
+                    }
+                    std::this_thread::sleep_for(200us);
+                    shared->jobs.fetch_sub(1);
+                    shared->job_runs.fetch_add(1);
+                }
+                if (p == 0 && i % 4 == 0) {
+                    Guard g = r.lock("cache");
+                    if (shared->writers.fetch_add(1) != 0 || shared->readers.load() != 0)
+                        shared->violations.fetch_add(1);
+                    std::this_thread::sleep_for(200us);
+                    shared->writers.fetch_sub(1);
+                    shared->writes.fetch_add(1);
+                } else {
+                    Guard g = r.lock_shared("cache");
+                    shared->readers.fetch_add(1);
+                    if (shared->writers.load() != 0) shared->violations.fetch_add(1);
+                    std::this_thread::sleep_for(100us);
+                    shared->readers.fetch_sub(1);
+                    shared->reads.fetch_add(1);
+                }
+            }
+            return 0;
+        }));
+    }
+    for (pid_t child : children) CHECK(wait_exit(child) == 0);
+    CHECK(shared->job_runs == kProcesses * kRounds);
+    CHECK(shared->most_jobs <= kLimit);
+    CHECK(shared->most_jobs >= 2);  // they did run side by side
+    CHECK(shared->violations == 0);
+    CHECK(shared->reads + shared->writes == kProcesses * kRounds);
+    CHECK(call(server.port(), {"EXISTS", "keylock:jobs"}).integer == 0);  // nothing left behind
+    CHECK(call(server.port(), {"EXISTS", "keylock:cache"}).integer == 0);
+    shared->~Shared();
+    ::munmap(mapping, sizeof(Shared));
+}
+
+TEST_CASE("Redis permits of a SIGKILLed holder come back when its lease ends, never before, and are never leaked",
+          "[redis][modes]") {
+    RedisServer server;
+    // The default lease (30 s), then a short one that the test waits out.
+    const std::string query = GENERATE(std::string(), std::string("lease=1s"));
+    CAPTURE(query);
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    const pid_t child = spawn([&] {
+        auto r = KeyedLockRegistry::from_url(url(server, query));
+        Guard g = r.acquire_permits("pool", 2, 2);
+        const char byte = 1;
+        (void)!::write(ready[1], &byte, 1);
+        for (;;) ::pause();
+        return 0;
+    });
+    char byte = 0;
+    REQUIRE(::read(ready[0], &byte, 1) == 1);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    ::kill(child, SIGKILL);
+    CHECK(wait_exit(child) == 128 + SIGKILL);
+    const auto killed = Clock::now();
+
+    auto r = KeyedLockRegistry::from_url(url(server, query));
+    CHECK_FALSE(r.try_acquire_permits("pool", 1, 2));  // still counted: its lease has not ended
+    const long long pttl = call(server.port(), {"PTTL", "keylock:pool"}).integer;
+    CHECK(pttl > 0);  // it ends (never a permit without expiry)
+    CHECK(pttl <= (query.empty() ? 30'000 : 1'000));
+    if (query.empty()) return;  // the default lease is not waited out: its expiry is checked above
+    auto g = r.try_acquire_permits_for("pool", 2, 2, 10s);
+    REQUIRE(g);
+    CHECK(Clock::now() - killed < 3s);
+}
+
+TEST_CASE("a Redis shared hold whose member is gone is reported lost, like a lost lock", "[redis][modes]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server, "lease=1s"));
+    std::atomic<int> lost{0};
+    r.on_lost([&](std::string_view, std::uint64_t) { lost.fetch_add(1); });
+    Guard reader = r.lock_shared("k");
+    Guard permit = r.acquire_permits("p", 1, 5);
+    // An operator deletes both keys: the watchdog's next renewal finds the members gone.
+    REQUIRE(call(server.port(), {"DEL", "keylock:k", "keylock:p"}).integer == 2);
+    CHECK(eventually([&] { return reader.lost() && permit.lost(); }, 5s));
+    CHECK(eventually([&] { return lost.load() == 2; }, 5s));
+    std::error_code ec;
+    reader.release(ec);
+    CHECK(ec == errc::not_owner);
+    permit.release(ec);
+    CHECK(ec == errc::not_owner);
+    CHECK(r.stats().lost == 2);
+}
+
+TEST_CASE("two Redis readers that both try to become exclusive: one is told at once, the other gets in",
+          "[redis][modes]") {
+    RedisServer server;
+    auto a = KeyedLockRegistry::from_url(url(server));
+    auto b = KeyedLockRegistry::from_url(url(server));
+    Guard ga = a.lock_shared("k");
+    Guard gb = b.lock_shared("k");
+    std::atomic<bool> a_done{false};
+    bool a_upgraded = false;
+    std::thread upgrader([&] {
+        a_upgraded = ga.try_upgrade_for(20s);  // waits for b's reader to leave
+        a_done = true;
+    });
+    // a's conversion waits (its intent recorded); b's would wait for a: refused at once.
+    REQUIRE(eventually([&] { return a.stats().waiting == 1; }, 5s));
+    const auto start = Clock::now();
+    CHECK_FALSE(gb.try_upgrade_for(20s));
+    CHECK(Clock::now() - start < 5s);
+    CHECK(gb.mode() == LockMode::shared);  // unchanged
+    CHECK_FALSE(a_done.load());
+    gb.release();
+    upgrader.join();
+    CHECK(a_upgraded);
+    CHECK(ga.mode() == LockMode::exclusive);
+}
+
+TEST_CASE("a Redis writer that waits keeps other processes' readers out, and lets them in when it gives up",
+          "[redis][modes]") {
+    // At the default lease: a writer's intent lasts one lease, so one left behind by a writer
+    // that gave up would keep readers out for 30 s.
+    RedisServer server;
+    auto holder = KeyedLockRegistry::from_url(url(server));
+    auto writer = KeyedLockRegistry::from_url(url(server));
+    auto reader = KeyedLockRegistry::from_url(url(server));
+    Guard held = holder.lock_shared("k");
+    std::optional<Guard> w;
+    std::thread waiting([&] { w = writer.try_lock_for("k", 1500ms); });
+    REQUIRE(eventually([&] { return writer.stats().waiting == 1; }, 5s));
+    std::this_thread::sleep_for(100ms);                   // its attempt has recorded its intent
+    CHECK_FALSE(reader.try_lock_shared_for("k", 300ms));  // a new reader waits behind the writer
+    waiting.join();
+    CHECK_FALSE(w);  // the holder never left
+    // The writer gave up: its intent is dropped, readers get in at once.
+    const auto start = Clock::now();
+    CHECK(reader.try_lock_shared_for("k", 5s));
+    CHECK(Clock::now() - start < 1s);
+}
+
+TEST_CASE("a Redis try_lock right after a guard's destructor in the same thread gets the key", "[redis]") {
+    // The destructor only queues the release; the key counts as held until Redis has answered
+    // it, and a try_lock meanwhile waits for that answer rather than failing at once.
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server));
+    for (int i = 0; i < 50; ++i) {
+        { Guard g = r.lock("k"); }
+        auto again = r.try_lock("k");
+        REQUIRE(again);
+    }
+}
+
+TEST_CASE("Redis shared and permit holds are released when the registry goes, before or after its guards",
+          "[redis][modes]") {
+    RedisServer server;
+    {
+        auto r = KeyedLockRegistry::from_url(url(server));
+        Guard s = r.lock_shared("s");
+        Guard p = r.acquire_permits("p", 1, 2);
+    }  // guards first, then the registry, which waits for their releases
+    CHECK(call(server.port(), {"EXISTS", "keylock:s", "keylock:p"}).integer == 0);
+    std::optional<Guard> outliving;
+    {
+        auto r = KeyedLockRegistry::from_url(url(server));
+        outliving = r.lock_upgrade("u");
+    }  // the registry first: its backend lives on for the guard
+    CHECK(call(server.port(), {"EXISTS", "keylock:u"}).integer == 1);
+    outliving->release();
+    CHECK(call(server.port(), {"EXISTS", "keylock:u"}).integer == 0);
+    outliving.reset();
+}
