@@ -199,7 +199,7 @@ public:
         ++s.cancellations;
         if (w->mode == Mode::permits) delete static_cast<PermitHold*>(static_cast<void*>(w->result));
         guard.complete_after(op, errc::cancelled, {});
-        leave_queue(s, e, guard);
+        leave_queue(s, e, guard, w->converting ? 0 : word::kRef);  // a conversion's reference is its hold's
     }
 
     void release(detail::Hold* hold, std::error_code* ec) noexcept override {

@@ -112,7 +112,7 @@ inline std::string redlock_url(std::string_view ns, std::string_view query) {
 inline constexpr Backend backends[] = {
     // scheme            url           scope            operator_tools modes
     {"local",            local_url,    Scope::registry, false,         true},
-    {"sim",              sim_url,      Scope::registry, false,         false},
+    {"sim",              sim_url,      Scope::registry, false,         true},
     {"redis",            redis_url,    Scope::server,   true,          false},
     {"redis+sentinel",   sentinel_url, Scope::server,   true,          false},
     {"redis+cluster",    cluster_url,  Scope::server,   true,          false},
