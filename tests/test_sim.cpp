@@ -226,6 +226,7 @@ TEST_CASE("sim: lose() of a key with three readers loses all three, and a writer
     CHECK(sim.held() == 0);
     auto w = writer.try_lock("k");  // at once: nothing of the readers is left in the store
     REQUIRE(w.has_value());
+    CHECK(writer.inspect("k").fencing_token == w->fencing_token());
     CHECK(readers.stats().lost == 3);
     for (Guard& g : held) CHECK(error_of([&] { g.release(); }) == errc::not_owner);
     CHECK(readers.stats().lost == 3);  // counted once each
@@ -330,6 +331,7 @@ TEST_CASE("sim: fail_next, a store that is down and delayed grants apply to ever
     Guard permit = r.acquire_permits("jobs", 1, 2);
     sim.set_down(true);
     CHECK(error_of([&] { (void)r.lock_shared("read"); }) == errc::unavailable);
+    CHECK(error_of([&] { (void)r.inspect("read"); }) == errc::unavailable);
     sim.advance(30s);
     CHECK(reader.lost());
     CHECK(permit.lost());

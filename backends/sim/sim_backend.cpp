@@ -370,6 +370,26 @@ public:
         return s;
     }
 
+    /// The store's view of the key's holders (the local backend's inspect), with an exclusive
+    /// holder's fencing token; no lease (-1: the simulated leases never run out while the
+    /// store is up). While the store is down: `unavailable`.
+    LockInfo inspect(std::string_view key, std::error_code& ec) override {
+        {
+            std::lock_guard lk(state_->mu);
+            if (state_->down) {
+                ec = make_error_code(errc::unavailable);
+                return {};
+            }
+        }
+        LockInfo info = state_->store->inspect(key, ec);
+        if (ec || !info.held || info.mode != keylock::detail::Mode::exclusive) return info;
+        std::lock_guard lk(state_->mu);
+        for (const SimHold* h : state_->holds) {
+            if (h->key == key && h->mode == keylock::detail::Mode::exclusive) info.fencing_token = h->fence;
+        }
+        return info;
+    }
+
     std::string describe() const override {
         std::string url = "sim://" + state_->options.name;
         if (max_key_bytes() != state_->options.max_key_bytes)

@@ -72,9 +72,9 @@ public:
     /// thrown by every call (async ones complete with them). An empty key means any key.
     void fail_next(std::string_view key, errc code, int times = 1);
 
-    /// While down, every acquisition (and conversion) fails with `unavailable` and no lease
-    /// can be renewed: holds of every mode are lost once advance() has moved the clock a lease
-    /// past the moment the store went down.
+    /// While down, every acquisition (and conversion, and inspect()) fails with `unavailable`
+    /// and no lease can be renewed: holds of every mode are lost once advance() has moved the
+    /// clock a lease past the moment the store went down.
     /// A release while down reports `unavailable` (Guard::release() throws it) and leaves the key
     /// held until a lease has passed on the clock, as a lock whose release never reached the
     /// store.
