@@ -309,6 +309,47 @@ TEST_CASE("sim: an upgrade that times out keeps the hold, and the store's entry,
     CHECK(a.try_lock("k").has_value());
 }
 
+TEST_CASE("sim: lose() racing with readers and upgrades: every upgrade ends, nothing is left behind", "[sim][modes]") {
+    Simulation sim(SimulationOptions{"sim-lose-race"});
+    std::atomic<bool> stop{false};
+    std::atomic<int> upgraded{0}, refused{0}, unexpected{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t) {
+        threads.emplace_back([&, r = sim.registry(), t]() mutable {
+            for (int i = 0; i < 300; ++i) {
+                try {
+                    if (t == 0) {
+                        Guard g = r.lock_shared("k");
+                        std::this_thread::yield();
+                        continue;
+                    }
+                    Guard g = r.lock_upgrade("k");
+                    if (g.try_upgrade_for(2ms)) ++upgraded;
+                } catch (const keylock::Error& e) {
+                    ++(e.code() == errc::not_owner ? refused : unexpected);  // lost before or while upgrading
+                } catch (...) {
+                    ++unexpected;
+                }
+            }
+        });
+    }
+    std::thread loser([&] {
+        while (!stop.load()) {
+            (void)sim.lose("k");
+            std::this_thread::yield();
+        }
+    });
+    for (auto& t : threads) t.join();
+    stop = true;
+    loser.join();
+    CHECK(unexpected == 0);
+    CHECK(upgraded + refused > 0);
+    CHECK(sim.held() == 0);
+    auto r = sim.registry();
+    CHECK(eventually([&] { return r.stats().entries == 0 && r.stats().waiting == 0; }));
+    CHECK(r.try_lock("k").has_value());
+}
+
 TEST_CASE("sim: fail_next, a store that is down and delayed grants apply to every mode", "[sim][modes]") {
     Simulation sim(SimulationOptions{"sim-mode-faults", 30s});
     auto r = sim.registry();

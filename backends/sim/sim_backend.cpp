@@ -596,11 +596,11 @@ void take_for_loss(detail::SimState& state, SimHold* h, Losses& losses) noexcept
     }
 }
 
-/// Ends the leases: the store holds go back (and the conversions' waits end), then each
-/// registry is told.
+/// Ends the leases: the conversions' waits end (each gives its hold back as it answers), the
+/// other store holds go back, then each registry is told.
 void end_leases(detail::SimState& state, const Losses& losses) {
-    for (Hold* inner : losses.inner) state.store->release(inner, nullptr);
     for (const auto& relay : losses.converts) state.store->cancel(relay.get());
+    for (Hold* inner : losses.inner) state.store->release(inner, nullptr);
     for (SimHold* h : losses.holds) h->backend->lost(h);
 }
 
