@@ -67,17 +67,16 @@ public:
 
     /// The next `times` acquisitions of `key` (each try_lock, lock, timed or async wait counts
     /// once, in any mode, and so does each conversion) fail with `code` before reaching the
-    /// store: `errc::timeout` makes try_* return
-    /// nothing and lock() throw; `unavailable`, `backend_error`, `auth_failed` and the like are
-    /// thrown by every call (async ones complete with them). An empty key means any key.
+    /// store: `errc::timeout` makes try_* return nothing and lock() throw; `unavailable`,
+    /// `backend_error`, `auth_failed` and the like are thrown by every call (async ones
+    /// complete with them). An empty key means any key.
     void fail_next(std::string_view key, errc code, int times = 1);
 
     /// While down, every acquisition (and conversion, and inspect()) fails with `unavailable`
     /// and no lease can be renewed: holds of every mode are lost once advance() has moved the
-    /// clock a lease past the moment the store went down.
-    /// A release while down reports `unavailable` (Guard::release() throws it) and leaves the key
-    /// held until a lease has passed on the clock, as a lock whose release never reached the
-    /// store.
+    /// clock a lease past the moment the store went down. A release while down reports
+    /// `unavailable` (Guard::release() throws it) and leaves the key held until a lease has
+    /// passed on the clock, as a lock whose release never reached the store.
     void set_down(bool down);
 
     /// Every grant, in any mode, reaches its caller `delay` later (real time, as the callers'
