@@ -208,6 +208,186 @@ TEST_CASE("sim: delayed grants reach callers late, and a deadline that comes fir
     CHECK(eventually([&] { return r.try_lock("k").has_value(); }));
 }
 
+// ---- Modes: shared, upgrade and permit holds have the fault model of exclusive ones ----------
+
+TEST_CASE("sim: lose() of a key with three readers loses all three, and a writer gets it at once", "[sim][modes]") {
+    Simulation sim(SimulationOptions{"sim-lose-readers"});
+    auto readers = sim.registry();
+    auto writer = sim.registry();
+    std::vector<std::string> told;
+    readers.on_lost([&](std::string_view key, std::uint64_t) { told.emplace_back(key); });
+    std::vector<Guard> held;
+    for (int i = 0; i < 3; ++i) held.push_back(readers.lock_shared("k"));
+    CHECK(sim.held() == 3);
+    CHECK_FALSE(writer.try_lock("k").has_value());
+    CHECK(sim.lose("k"));
+    for (const Guard& g : held) CHECK(g.lost());
+    CHECK(told == std::vector<std::string>{"k", "k", "k"});  // on_lost, once per reader
+    CHECK(sim.held() == 0);
+    auto w = writer.try_lock("k");  // at once: nothing of the readers is left in the store
+    REQUIRE(w.has_value());
+    CHECK(writer.inspect("k").fencing_token == w->fencing_token());
+    CHECK(readers.stats().lost == 3);
+    for (Guard& g : held) CHECK(error_of([&] { g.release(); }) == errc::not_owner);
+    CHECK(readers.stats().lost == 3);  // counted once each
+}
+
+TEST_CASE("sim: lost permits come back: another registry gets them", "[sim][modes]") {
+    Simulation sim(SimulationOptions{"sim-lose-permits"});
+    auto a = sim.registry();
+    auto b = sim.registry();
+    Guard two = a.acquire_permits("jobs", 2, 3);
+    Guard one = a.acquire_permits("jobs", 1, 3);
+    CHECK_FALSE(b.try_acquire_permits("jobs", 1, 3).has_value());
+    CHECK(sim.lose("jobs"));
+    CHECK(two.lost());
+    CHECK(one.lost());
+    auto all = b.try_acquire_permits("jobs", 3, 3);  // every permit, at once
+    REQUIRE(all.has_value());
+    CHECK(all->permits() == 3);
+    CHECK(error_of([&] { two.release(); }) == errc::not_owner);
+    CHECK(error_of([&] { one.release(); }) == errc::not_owner);
+    CHECK_FALSE(a.try_acquire_permits("jobs", 1, 3).has_value());  // the lost ones gave nothing back twice
+}
+
+TEST_CASE("sim: a conversion of a lost hold reports not_owner, also when the loss comes while it waits",
+          "[sim][modes]") {
+    Simulation sim(SimulationOptions{"sim-lose-upgrade"});
+    auto a = sim.registry();
+    auto b = sim.registry();
+    {
+        Guard u = a.lock_upgrade("k");
+        CHECK(sim.lose("k"));
+        CHECK(u.lost());
+        CHECK(error_of([&] { u.upgrade(); }) == errc::not_owner);
+        CHECK(error_of([&] { (void)u.try_upgrade_for(10ms); }) == errc::not_owner);
+        CHECK(u.mode() == keylock::LockMode::upgrade);
+        CHECK(b.try_lock("k").has_value());
+        CHECK(error_of([&] { u.release(); }) == errc::not_owner);
+    }
+    {
+        Guard w = a.lock("k");
+        CHECK(sim.lose("k"));
+        CHECK(error_of([&] { w.downgrade(); }) == errc::not_owner);  // downgrades too
+    }
+    Guard u = a.lock_upgrade("k");
+    Guard reader = b.lock_shared("k");
+    auto up = std::async(std::launch::async, [&] { return error_of([&] { u.upgrade(); }); });
+    REQUIRE(eventually([&] { return a.stats().waiting == 1; }));  // the upgrade waits for the reader
+    CHECK(sim.lose("k"));                                         // the upgrader and the reader
+    REQUIRE(up.wait_for(10s) == std::future_status::ready);
+    CHECK(up.get() == errc::not_owner);
+    CHECK(u.lost());
+    CHECK(reader.lost());
+    CHECK(b.try_lock("k").has_value());  // at once: the store gave back the converting hold too
+    CHECK(error_of([&] { u.release(); }) == errc::not_owner);
+    CHECK(a.stats().lost == 3);  // the upgrade hold, the exclusive one, and the waiting upgrader
+    CHECK(eventually([&] { return a.stats().entries == 0 && a.stats().waiting == 0; }));
+}
+
+TEST_CASE("sim: an upgrade that times out keeps the hold, and the store's entry, whole", "[sim][modes]") {
+    Simulation sim(SimulationOptions{"sim-upgrade-timeout"});
+    auto a = sim.registry();
+    auto b = sim.registry();
+    auto handle = b.obtain("k");  // a reference of its own to the store's entry of the key
+    {
+        Guard u = a.lock_upgrade("k");
+        Guard reader = b.lock_shared("k");
+        CHECK_FALSE(u.try_upgrade_for(20ms));  // the store's conversion wait, cancelled at the deadline
+        CHECK(u.mode() == keylock::LockMode::upgrade);
+        reader.release();
+        CHECK_FALSE(b.try_lock("k").has_value());  // still the upgrader's
+        u.upgrade();
+        CHECK_FALSE(b.try_lock_shared("k").has_value());
+    }
+    CHECK(sim.held() == 0);
+    // The cancelled wait took no reference of its own, so it gave none back: the handle's entry
+    // is still the key's, and locking through it excludes the others.
+    handle.lock();
+    CHECK_FALSE(a.try_lock("k").has_value());
+    handle.unlock();
+    CHECK(a.try_lock("k").has_value());
+}
+
+TEST_CASE("sim: lose() racing with readers and upgrades: every upgrade ends, nothing is left behind", "[sim][modes]") {
+    Simulation sim(SimulationOptions{"sim-lose-race"});
+    std::atomic<bool> stop{false};
+    std::atomic<int> upgraded{0}, refused{0}, unexpected{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t) {
+        threads.emplace_back([&, r = sim.registry(), t]() mutable {
+            for (int i = 0; i < 300; ++i) {
+                try {
+                    if (t == 0) {
+                        Guard g = r.lock_shared("k");
+                        std::this_thread::yield();
+                        continue;
+                    }
+                    Guard g = r.lock_upgrade("k");
+                    if (g.try_upgrade_for(2ms)) ++upgraded;
+                } catch (const keylock::Error& e) {
+                    ++(e.code() == errc::not_owner ? refused : unexpected);  // lost before or while upgrading
+                } catch (...) {
+                    ++unexpected;
+                }
+            }
+        });
+    }
+    std::thread loser([&] {
+        while (!stop.load()) {
+            (void)sim.lose("k");
+            std::this_thread::yield();
+        }
+    });
+    for (auto& t : threads) t.join();
+    stop = true;
+    loser.join();
+    CHECK(unexpected == 0);
+    CHECK(upgraded + refused > 0);
+    CHECK(sim.held() == 0);
+    auto r = sim.registry();
+    CHECK(eventually([&] { return r.stats().entries == 0 && r.stats().waiting == 0; }));
+    CHECK(r.try_lock("k").has_value());
+}
+
+TEST_CASE("sim: fail_next, a store that is down and delayed grants apply to every mode", "[sim][modes]") {
+    Simulation sim(SimulationOptions{"sim-mode-faults", 30s});
+    auto r = sim.registry();
+    sim.fail_next("k", errc::unavailable, 3);
+    CHECK(error_of([&] { (void)r.lock_shared("k"); }) == errc::unavailable);
+    CHECK(error_of([&] { (void)r.try_lock_upgrade("k"); }) == errc::unavailable);
+    CHECK(error_of([&] { (void)r.acquire_permits("k", 1, 2); }) == errc::unavailable);
+    sim.fail_next("k", errc::timeout);
+    CHECK_FALSE(r.try_lock_shared_for("k", 10s).has_value());
+    {
+        Guard u = r.lock_upgrade("k");
+        sim.fail_next("k", errc::timeout);  // a conversion is an acquisition too
+        CHECK_FALSE(u.try_upgrade_for(10s));
+        CHECK(u.mode() == keylock::LockMode::upgrade);
+        u.upgrade();
+        CHECK(u.mode() == keylock::LockMode::exclusive);
+    }
+
+    Guard reader = r.lock_shared("read");
+    Guard permit = r.acquire_permits("jobs", 1, 2);
+    sim.set_down(true);
+    CHECK(error_of([&] { (void)r.lock_shared("read"); }) == errc::unavailable);
+    CHECK(error_of([&] { (void)r.inspect("read"); }) == errc::unavailable);
+    sim.advance(30s);
+    CHECK(reader.lost());
+    CHECK(permit.lost());
+    sim.set_down(false);
+    CHECK(r.try_lock("read").has_value());
+    CHECK(r.try_acquire_permits("jobs", 2, 2).has_value());
+
+    sim.delay_grants(1s);
+    const auto start = std::chrono::steady_clock::now();
+    CHECK_FALSE(r.try_lock_shared_for("k", 50ms).has_value());  // the grant came after the deadline
+    CHECK(sim.held() == 0);                                     // and was given back
+    Guard late = r.acquire_permits("jobs", 1, 2);
+    CHECK(std::chrono::steady_clock::now() - start >= 1s);
+}
+
 TEST_CASE("sim: bad options, unknown simulations, and registries that outlive their simulation", "[sim]") {
     CHECK(error_of([] { Simulation s(SimulationOptions{""}); }) == errc::invalid_option);
     CHECK(error_of([] { Simulation s(SimulationOptions{"a/b"}); }) == errc::invalid_option);

@@ -85,10 +85,11 @@ struct Entry final : detail::Hold, detail::Pin {
     void* owner = nullptr;  // published entries: the LocalBackend (for a deferred reference)
     // Shared, upgrade and permit holds (modes.hpp), under the shard mutex. All zero while the
     // entry is unused or held exclusively; the word's kHeld is set while any is non-zero.
-    std::uint32_t shared = 0;  // shared holders, the upgrade holder among them
-    std::uint32_t used = 0;    // permits held
-    std::uint32_t limit = 0;   // a semaphore's limit, while it has holders or waiters
-    bool upgrader = false;     // one of the shared holders has upgrade ownership
+    std::uint32_t shared = 0;        // shared holders, the upgrade holder among them
+    std::uint32_t used = 0;          // permits held
+    std::uint32_t limit = 0;         // a semaphore's limit, while it has holders or waiters
+    std::uint32_t permit_holds = 0;  // holds of permits (each of one or more of the `used`)
+    bool upgrader = false;           // one of the shared holders has upgrade ownership
 
     Entry() = default;
     Entry(const Entry&) = delete;

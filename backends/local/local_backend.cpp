@@ -199,7 +199,7 @@ public:
         ++s.cancellations;
         if (w->mode == Mode::permits) delete static_cast<PermitHold*>(static_cast<void*>(w->result));
         guard.complete_after(op, errc::cancelled, {});
-        leave_queue(s, e, guard);
+        leave_queue(s, e, guard, w->converting ? 0 : word::kRef);  // a conversion's reference is its hold's
     }
 
     void release(detail::Hold* hold, std::error_code* ec) noexcept override {
@@ -258,6 +258,17 @@ public:
             st.waiting += s.waiting;
         }
         return st;
+    }
+
+    /// The key's holders as they are now (modes.hpp: holders_of). No lease and no fencing
+    /// token to show: an exclusive holder's token is kept by the holder alone.
+    LockInfo inspect(std::string_view key, std::error_code& ec) override {
+        ec.clear();
+        const std::uint64_t hash = hash_bytes(key, seed_);
+        Shard& s = shards_[shard_of(hash)];
+        std::lock_guard lk(s.mu);
+        const Entry* e = s.find(key, hash);
+        return e == nullptr ? LockInfo{} : holders_of(e, (e->load() & word::kHeld) != 0);
     }
 
     std::string describe() const override { return options_.to_url(); }

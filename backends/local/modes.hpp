@@ -150,6 +150,7 @@ inline void add_holder(Entry* e, Mode mode, std::uint32_t permits, std::uint32_t
             break;
         case Mode::permits:
             e->used += permits;
+            ++e->permit_holds;
             e->limit = limit;
             break;
         case Mode::exclusive: break;
@@ -165,12 +166,35 @@ inline bool remove_holder(Entry* e, HoldTag tag, std::uint32_t permits) noexcept
             --e->shared;
             break;
         case kSharedTag: --e->shared; break;
-        case kPermitTag: e->used -= permits; break;
+        case kPermitTag:
+            e->used -= permits;
+            --e->permit_holds;
+            break;
         case kExclusiveTag: break;
     }
     const bool free = e->shared == 0 && e->used == 0;
     if (free && e->queue.empty()) e->limit = 0;
     return free;
+}
+
+/// What inspect() reports of a held entry's holders (`held`: the word's kHeld bit).
+inline LockInfo holders_of(const Entry* e, bool held) noexcept {
+    LockInfo info;
+    if (!held) return info;
+    info.held = true;
+    if (e->used > 0) {
+        info.mode = Mode::permits;
+        info.holders = e->permit_holds;
+        info.permits = e->used;
+        info.limit = e->limit;
+    } else if (e->shared > 0) {
+        info.mode = e->shared == 1 && e->upgrader ? Mode::upgrade : Mode::shared;
+        info.holders = e->shared;
+        info.upgrader = e->upgrader;
+    } else {
+        info.holders = 1;  // exclusive
+    }
+    return info;
 }
 
 }  // namespace keylock::local

@@ -220,7 +220,7 @@ struct alignas(64) Shard {
         }
     }
 
-private:
+    /// The entry of `key`, if there is one (for inspect).
     Entry* find(std::string_view key, std::uint64_t hash) const noexcept {
         const auto h = static_cast<std::uint32_t>(hash);
         for (Entry* e = buckets[h & mask]; e != nullptr; e = e->chain) {
@@ -229,6 +229,7 @@ private:
         return nullptr;
     }
 
+private:
     /// Counts one more entry against max_keys, evicting this shard's idle entries if needed.
     bool reserve(KeyBudget& budget, EntryCache& cache) noexcept {
         for (;;) {

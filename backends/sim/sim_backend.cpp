@@ -4,9 +4,13 @@
 // the faults a test scripts.
 //
 // A grant from the store is wrapped in a SimHold (a LeasedHold, so the registry's lost-lease
-// bookkeeping works as on Redis). lose() releases the store's hold at once (the key is free for
-// others) and marks the SimHold lost; the holder's own release then only reports not_owner.
-// Delayed grants wait on one timer thread per simulation.
+// bookkeeping works as on Redis), in every mode: shared, upgrade and permit holds are the
+// store's own, one SimHold each. lose() releases the store's holds of the key at once (the key
+// is free for others) and marks the SimHolds lost; the holders' own releases then only report
+// not_owner. A conversion (upgrade, downgrade) is the store's, of the SimHold's store hold; a
+// hold lost while its conversion waits is given back when the store answers (lose() ends that
+// wait) and the conversion reports not_owner. Delayed grants wait on one timer thread per
+// simulation; conversions are not delayed (a grant cut short could not be given back).
 #include <keylock/testing.hpp>
 
 #include <algorithm>
@@ -48,8 +52,15 @@ struct SimHold final : LeasedHold {
     SimBackend* backend;
     Hold* inner;  // the store's hold
     std::string key;
-    bool losing = false;    // lose() took it and is telling its registry (under the state's mu)
+    keylock::detail::Mode mode = keylock::detail::Mode::exclusive;
+    // Under the state's mu:
+    bool losing = false;    // lose() took it and is telling its registry
     bool released = false;  // released meanwhile: lose() frees it
+    // A conversion on its way through the store (its relay), and what lose() left it:
+    std::shared_ptr<AsyncWaiter> converting;
+    bool submitted = false;        // the store has the conversion's request: it can be cancelled
+    bool cancel_wanted = false;    // lost before that: cancel it once submitted
+    bool lost_converting = false;  // lost meanwhile: the conversion's answer gives the store hold back
 };
 
 struct SimPin final : Pin {
@@ -200,24 +211,7 @@ public:
         : Backend(max_key_bytes, Loss::possible), state_(std::move(state)) {}
 
     void async_acquire(const Request& request, AsyncWaiter* waiter) override {
-        if (request.mode != keylock::detail::Mode::exclusive || request.from != nullptr) {
-            waiter->complete(make_error_code(errc::not_supported), {},
-                             "sim:// keeps exclusive locks only (shared, upgrade and permit holds: local://)");
-            return;
-        }
-        std::error_code fault;
-        {
-            std::lock_guard lk(state_->mu);
-            fault = state_->down ? make_error_code(errc::unavailable) : state_->take_fault(request.key);
-        }
-        if (fault) {
-            if (fault == errc::timeout) timeouts_.fetch_add(1);
-            waiter->complete(fault, {},
-                             fault == errc::unavailable ? "the simulated store is down or unreachable"
-                             : fault == errc::timeout   ? ""
-                                                        : "a fault scripted by keylock::testing::Simulation");
-            return;
-        }
+        auto* const from = static_cast<SimHold*>(request.from);  // a conversion's hold
         auto relay = std::make_shared<Relay>(this, waiter, request);
         {
             std::lock_guard lk(mu_);
@@ -226,7 +220,62 @@ public:
         }
         Request inner = request;
         inner.pin = request.pin != nullptr ? static_cast<SimPin*>(request.pin)->inner : nullptr;
-        state_->store->async_acquire(inner, relay.get());
+        std::error_code fault;
+        {
+            std::lock_guard lk(state_->mu);
+            if (from != nullptr && !state_->holds.contains(from)) {
+                fault = make_error_code(errc::not_owner);  // lost (or being lost) already
+            } else {
+                fault = state_->down ? make_error_code(errc::unavailable) : state_->take_fault(request.key);
+            }
+            if (!fault && from != nullptr) {
+                // lose() finds the conversion here from now on (see SimHold).
+                from->converting = relay;
+                from->submitted = false;
+                from->cancel_wanted = false;
+                inner.from = from->inner;
+            }
+        }
+        if (fault) {
+            {
+                std::lock_guard lk(mu_);
+                relays_.erase(waiter);
+            }
+            if (fault == errc::timeout) timeouts_.fetch_add(1);
+            waiter->complete(fault, {},
+                             fault == errc::unavailable ? "the simulated store is down or unreachable"
+                             : fault == errc::not_owner ? "the lock was lost before the conversion"
+                             : fault == errc::timeout   ? ""
+                                                        : "a fault scripted by keylock::testing::Simulation");
+            done_one();  // the wait; `this` may be gone after it
+            return;
+        }
+        try {
+            state_->store->async_acquire(inner, relay.get());
+        } catch (...) {  // never started: undone
+            Hold* give_back = nullptr;
+            if (from != nullptr) {
+                std::lock_guard lk(state_->mu);
+                from->converting.reset();
+                if (std::exchange(from->lost_converting, false)) give_back = from->inner;
+            }
+            if (give_back != nullptr) state_->store->release(give_back, nullptr);
+            {
+                std::lock_guard lk(mu_);
+                relays_.erase(waiter);
+            }
+            done_one();
+            throw;
+        }
+        if (from != nullptr) {
+            bool cancel = false;
+            {
+                std::lock_guard lk(state_->mu);
+                from->submitted = true;
+                cancel = std::exchange(from->cancel_wanted, false);
+            }
+            if (cancel) state_->store->cancel(relay.get());  // lost meanwhile: the wait ends now
+        }
         // The store's async waits have no deadline (async_lock's have none): a timed wait ends
         // here, as a cancellation of the store's wait that the relay reports as a timeout.
         if (request.deadline == Deadline::max() || relay->granted.load()) return;
@@ -321,6 +370,26 @@ public:
         return s;
     }
 
+    /// The store's view of the key's holders (the local backend's inspect), with an exclusive
+    /// holder's fencing token; no lease (-1: the simulated leases never run out while the
+    /// store is up). While the store is down: `unavailable`.
+    LockInfo inspect(std::string_view key, std::error_code& ec) override {
+        {
+            std::lock_guard lk(state_->mu);
+            if (state_->down) {
+                ec = make_error_code(errc::unavailable);
+                return {};
+            }
+        }
+        LockInfo info = state_->store->inspect(key, ec);
+        if (ec || !info.held || info.mode != keylock::detail::Mode::exclusive) return info;
+        std::lock_guard lk(state_->mu);
+        for (const SimHold* h : state_->holds) {
+            if (h->key == key && h->mode == keylock::detail::Mode::exclusive) info.fencing_token = h->fence;
+        }
+        return info;
+    }
+
     std::string describe() const override {
         std::string url = "sim://" + state_->options.name;
         if (max_key_bytes() != state_->options.max_key_bytes)
@@ -361,7 +430,11 @@ private:
             : backend(b),
               waiter(w),
               deadline(r.deadline),
-              hold(std::make_unique<SimHold>(b, nullptr, std::string(r.key))) {}
+              mode(r.mode),
+              from(static_cast<SimHold*>(r.from)),
+              hold(from != nullptr ? nullptr : std::make_unique<SimHold>(b, nullptr, std::string(r.key))) {
+            if (hold) hold->mode = r.mode;
+        }
 
         void complete(std::error_code ec, Acquired acquired, std::string_view why) noexcept override {
             outcome = ec;
@@ -369,7 +442,9 @@ private:
                 reason.assign(why);
             } catch (...) {  // out of memory: the error code alone
             }
-            if (!ec) {
+            if (!ec && from != nullptr) {
+                converted = acquired;  // the SimHold's own, in deliver()
+            } else if (!ec) {
                 hold->inner = acquired.hold;
                 hold->fence = acquired.fence;
             }
@@ -378,7 +453,7 @@ private:
                 std::lock_guard lk(backend->state_->mu);
                 granted.store(true);
                 const milliseconds delay = backend->state_->delay;
-                if (!ec && delay.count() > 0 && !cancelled.load()) {
+                if (!ec && delay.count() > 0 && !cancelled.load() && from == nullptr) {
                     const Deadline due = Clock::now() + delay;
                     // Set before the timer may run deliver(), which reads them on its thread.
                     delayed.store(true);
@@ -405,7 +480,23 @@ private:
                 ec = make_error_code(errc::timeout);  // the store's wait, ended at the deadline
             }
             Acquired acquired;
-            if (!ec) {
+            Hold* give_back = nullptr;                // a store hold that is nobody's
+            std::shared_ptr<AsyncWaiter> conversion;  // from's reference to this: dropped after the mutex
+            if (from != nullptr) {
+                std::lock_guard lk(backend->state_->mu);
+                conversion = std::move(from->converting);
+                if (std::exchange(from->lost_converting, false)) {
+                    // lost while the store converted it: the store's hold, converted or not, goes back
+                    give_back = ec ? from->inner : converted.hold;
+                    ec = make_error_code(errc::not_owner);
+                    reason.clear();
+                } else if (!ec) {
+                    from->inner = converted.hold;
+                    from->fence = converted.fence;
+                    from->mode = mode;
+                    acquired = {from, converted.fence};
+                }
+            } else if (!ec) {
                 std::lock_guard lk(backend->state_->mu);
                 try {
                     backend->state_->holds.insert(hold.get());
@@ -415,11 +506,12 @@ private:
                     ec = make_error_code(errc::backend_error);
                 }
             }
-            if (ec && hold->inner != nullptr) backend->state_->store->release(hold->inner, nullptr);
+            if (ec && hold && hold->inner != nullptr) give_back = hold->inner;
+            if (give_back != nullptr) backend->state_->store->release(give_back, nullptr);
             if (ec == errc::timeout) backend->timeouts_.fetch_add(1);
             if (ec == errc::cancelled) backend->cancellations_.fetch_add(1);
             SimBackend* b = backend;
-            b->finish(waiter, !ec);
+            b->finish(waiter, !ec && from == nullptr);  // a conversion's hold is counted already
             waiter->complete(ec, acquired, reason);
             b->done_one();  // the wait; `this` may be gone after it (with the backend)
         }
@@ -427,6 +519,9 @@ private:
         SimBackend* backend;
         AsyncWaiter* waiter;
         Deadline deadline;
+        keylock::detail::Mode mode;
+        SimHold* from;                       // a conversion's hold, or null
+        Acquired converted;                  // a conversion's grant: the store's new hold
         std::atomic<bool> granted{false};    // the store answered
         std::atomic<bool> cancelled{false};  // by cancel()
         std::atomic<bool> timed_out{false};  // the deadline passed before the store answered
@@ -468,17 +563,45 @@ private:
     std::atomic<std::uint64_t> timeouts_{0}, cancellations_{0};
 };
 
-/// Ends the leases of `holds` (taken out of the state's set under its mutex, `losing` set):
-/// their store holds go back, then each registry is told.
-void end_leases(detail::SimState& state, const std::vector<SimHold*>& holds) {
-    for (SimHold* h : holds) state.store->release(h->inner, nullptr);
-    for (SimHold* h : holds) h->backend->lost(h);
-}
+/// Holds whose leases end (lose(), advance()): gathered under the state's mutex, ended after it.
+struct Losses {
+    std::vector<SimHold*> holds;                         // taken out of the state's set, `losing` set
+    std::vector<Hold*> inner;                            // their store holds to give back now
+    std::vector<std::shared_ptr<AsyncWaiter>> converts;  // their conversions' store waits, to end
 
-/// Takes `h` out of the granted holds for lose(). Under the state's mutex.
-void take_for_loss(detail::SimState& state, SimHold* h) {
+    /// Room for `n` holds, made before any is taken (so that taking them cannot fail).
+    void reserve(std::size_t n) {
+        holds.reserve(n);
+        inner.reserve(n);
+        converts.reserve(n);
+    }
+};
+
+/// Takes `h` out of the granted holds (`losses` has room). Under the state's mutex. A hold
+/// being converted keeps its store hold until the store answers the conversion (which then
+/// gives it back): its wait is ended now, or as soon as the store has it.
+void take_for_loss(detail::SimState& state, SimHold* h, Losses& losses) noexcept {
     state.holds.erase(h);
     h->losing = true;
+    losses.holds.push_back(h);
+    if (!h->converting) {
+        losses.inner.push_back(h->inner);
+        return;
+    }
+    h->lost_converting = true;
+    if (h->submitted) {
+        losses.converts.push_back(h->converting);
+    } else {
+        h->cancel_wanted = true;
+    }
+}
+
+/// Ends the leases: the conversions' waits end (each gives its hold back as it answers), the
+/// other store holds go back, then each registry is told.
+void end_leases(detail::SimState& state, const Losses& losses) {
+    for (const auto& relay : losses.converts) state.store->cancel(relay.get());
+    for (Hold* inner : losses.inner) state.store->release(inner, nullptr);
+    for (SimHold* h : losses.holds) h->backend->lost(h);
 }
 
 /// sim://NAME[?max_key_bytes=N]: a registry on the live simulation NAME.
@@ -555,18 +678,18 @@ KeyedLockRegistry Simulation::registry() const {
 std::string Simulation::url() const { return "sim://" + state_->options.name; }
 
 bool Simulation::lose(std::string_view key) {
-    std::vector<SimHold*> losing;
+    Losses losses;
     {
         std::lock_guard lk(state_->mu);
+        std::vector<SimHold*> of_key;  // every holder: one exclusive, or the readers, or the permits'
         for (SimHold* h : state_->holds) {
-            if (h->key != key) continue;
-            take_for_loss(*state_, h);
-            losing.push_back(h);
-            break;  // one holder per key
+            if (h->key == key) of_key.push_back(h);
         }
+        losses.reserve(of_key.size());
+        for (SimHold* h : of_key) take_for_loss(*state_, h, losses);
     }
-    end_leases(*state_, losing);
-    return !losing.empty();
+    end_leases(*state_, losses);
+    return !losses.holds.empty();
 }
 
 void Simulation::fail_next(std::string_view key, errc code, int times) {
@@ -588,19 +711,20 @@ void Simulation::delay_grants(milliseconds delay) {
 }
 
 void Simulation::advance(milliseconds d) {
-    std::vector<SimHold*> losing;
+    Losses losses;
     std::vector<Hold*> expired;
     {
         std::lock_guard lk(state_->mu);
         state_->now += std::max(d, milliseconds(0));
         if (state_->down && state_->now - state_->down_since >= state_->options.lease) {
-            losing.assign(state_->holds.begin(), state_->holds.end());
-            for (SimHold* h : losing) take_for_loss(*state_, h);
+            const std::vector<SimHold*> all(state_->holds.begin(), state_->holds.end());
+            losses.reserve(all.size());
+            for (SimHold* h : all) take_for_loss(*state_, h, losses);
         }
         expired = state_->expired_orphans();
     }
     for (Hold* h : expired) state_->store->release(h, nullptr);
-    end_leases(*state_, losing);
+    end_leases(*state_, losses);
 }
 
 milliseconds Simulation::now() const {

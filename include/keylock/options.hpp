@@ -23,6 +23,13 @@ struct LockInfo {
     bool held = false;                  ///< someone holds the key now
     std::uint64_t fencing_token = 0;    ///< the holder's fencing token (0 if it cannot be known)
     std::chrono::milliseconds ttl{-1};  ///< the holder's remaining lease; -1: no lease
+    /// How it is held: exclusive; shared (readers, and perhaps an upgrader); upgrade (an
+    /// upgrader alone); permits. Meaningful when `held`.
+    LockMode mode = LockMode::exclusive;
+    std::uint32_t holders = 0;  ///< holds now: 1 exclusive; readers + upgrader; permit holds
+    bool upgrader = false;      ///< shared: an upgrade holder is among the holders
+    std::uint32_t permits = 0;  ///< permits: in use now
+    std::uint32_t limit = 0;    ///< permits: the key's limit
 };
 
 /// A snapshot of a registry's counters. Counters are exact but read shard by shard, so a

@@ -34,9 +34,10 @@ struct SimulationOptions {
 
 /// A simulated distributed lock store. Every registry made from it (`registry()`, or
 /// `KeyedLockRegistry::from_url("sim://<name>")`) acts as a process of its own: they exclude
-/// each other on the same keys, and each has its own `on_lost` handler and guards. Locks can be
-/// lost, as on Redis: `Guard::lost()`, `on_lost`, the guard's cancellation slot and a release
-/// that reports `not_owner` all work as documented for leased backends.
+/// each other on the same keys, and each has its own `on_lost` handler and guards. Every mode
+/// works (exclusive, shared, upgrade, permits, and the conversions between them), with the same
+/// faults. Locks can be lost, as on Redis: `Guard::lost()`, `on_lost`, the guard's cancellation
+/// slot and a release that reports `not_owner` all work as documented for leased backends.
 ///
 /// Registries and guards may outlive the Simulation (they keep the store alive); its name is
 /// free again once it is destroyed. All members are thread-safe.
@@ -56,26 +57,31 @@ public:
 
     // ---- faults -------------------------------------------------------------------------------
 
-    /// The lease of `key`'s holder ends now: its guard turns lost(), the registry's on_lost
-    /// handler and the guard's cancellation slot fire, its release reports `not_owner`, and the
-    /// key is free for others at once. Returns false if nobody held `key`.
+    /// The leases of every hold of `key` end now (its exclusive holder; or all its shared
+    /// holders and its upgrade holder; or every permit hold): each guard turns lost(), the
+    /// registry's on_lost handler (once per hold) and the guard's cancellation slot fire, each
+    /// release reports `not_owner`, and the key (with all its permits) is free for others at
+    /// once. A conversion (upgrade, downgrade) of a lost hold, or one waiting when the hold is
+    /// lost, fails with `not_owner`. Returns false if nobody held `key`.
     bool lose(std::string_view key);
 
     /// The next `times` acquisitions of `key` (each try_lock, lock, timed or async wait counts
-    /// once) fail with `code` before reaching the store: `errc::timeout` makes try_* return
-    /// nothing and lock() throw; `unavailable`, `backend_error`, `auth_failed` and the like are
-    /// thrown by every call (async ones complete with them). An empty key means any key.
+    /// once, in any mode, and so does each conversion) fail with `code` before reaching the
+    /// store: `errc::timeout` makes try_* return nothing and lock() throw; `unavailable`,
+    /// `backend_error`, `auth_failed` and the like are thrown by every call (async ones
+    /// complete with them). An empty key means any key.
     void fail_next(std::string_view key, errc code, int times = 1);
 
-    /// While down, every acquisition fails with `unavailable` and no lease can be renewed: holds
-    /// are lost once advance() has moved the clock a lease past the moment the store went down.
-    /// A release while down reports `unavailable` (Guard::release() throws it) and leaves the key
-    /// held until a lease has passed on the clock, as a lock whose release never reached the
-    /// store.
+    /// While down, every acquisition (and conversion, and inspect()) fails with `unavailable`
+    /// and no lease can be renewed: holds of every mode are lost once advance() has moved the
+    /// clock a lease past the moment the store went down. A release while down reports
+    /// `unavailable` (Guard::release() throws it) and leaves the key held until a lease has
+    /// passed on the clock, as a lock whose release never reached the store.
     void set_down(bool down);
 
-    /// Every grant reaches its caller `delay` later (real time, as the callers' deadlines are). A
-    /// wait whose deadline comes first ends with a timeout and the grant is given back. 0: none.
+    /// Every grant, in any mode, reaches its caller `delay` later (real time, as the callers'
+    /// deadlines are). A wait whose deadline comes first ends with a timeout and the grant is
+    /// given back. Conversions are not delayed. 0: none.
     void delay_grants(std::chrono::milliseconds delay);
 
     // ---- the lease clock ----------------------------------------------------------------------

@@ -18,8 +18,8 @@
 //      meet (a key prefix, a schema, a directory), so tests sharing a deployment stay apart.
 //   3. The capabilities, each true or false (never a silent skip): `scope` (whether the locks are
 //      shared by every registry of the URL, in any process, or live in one registry object and
-//      its copies), `operator_tools` (inspect() and force_release() work, or throw
-//      `not_supported`), `modes` (shared, upgrade and permit holds work, or answer
+//      its copies), `operator_tools` (force_release() works, or throws `not_supported`;
+//      inspect() works on every backend), `modes` (shared, upgrade and permit holds work, or answer
 //      `not_supported`). A promise that needs a capability is not registered for a backend
 //      without it; the rest check the backend's documented answer instead.
 //   4. Link the backend into keylock_conformance_tests (tests/CMakeLists.txt) if it is not part
@@ -112,7 +112,7 @@ inline std::string redlock_url(std::string_view ns, std::string_view query) {
 inline constexpr Backend backends[] = {
     // scheme            url           scope            operator_tools modes
     {"local",            local_url,    Scope::registry, false,         true},
-    {"sim",              sim_url,      Scope::registry, false,         false},
+    {"sim",              sim_url,      Scope::registry, false,         true},
     {"redis",            redis_url,    Scope::server,   true,          true},
     {"redis+sentinel",   sentinel_url, Scope::server,   true,          true},
     {"redis+cluster",    cluster_url,  Scope::server,   true,          true},

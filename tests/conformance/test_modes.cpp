@@ -313,6 +313,70 @@ CONFORMANCE_PROMISE("permits and locks on one key, or two limits, fail with mode
     CHECK(error_of([&] { (void)r.acquire_permits("k", 1, 0); }) == errc::invalid_argument);
 }
 
+// ---- Who holds a key ---------------------------------------------------------------------
+
+CONFORMANCE_PROMISE("inspect shows the mode, the holders, the upgrader and the permits in use", has_modes) {
+    Context c(backend);
+    auto r = c.registry();
+    auto observer = c.registry();
+    {
+        const LockInfo free = observer.inspect("k");
+        CHECK_FALSE(free.held);
+        CHECK(free.holders == 0);
+    }
+    {
+        Guard a = r.lock_shared("k");
+        Guard b = r.lock_shared("k");
+        const LockInfo two = observer.inspect("k");
+        CHECK(two.held);
+        CHECK(two.mode == LockMode::shared);
+        CHECK(two.holders == 2);
+        CHECK_FALSE(two.upgrader);
+        CHECK(two.permits == 0);
+        CHECK(two.limit == 0);
+    }
+    {
+        Guard u = r.lock_upgrade("k");
+        const LockInfo alone = observer.inspect("k");
+        CHECK(alone.mode == LockMode::upgrade);
+        CHECK(alone.holders == 1);
+        CHECK(alone.upgrader);
+        Guard reader = r.lock_shared("k");
+        const LockInfo both = observer.inspect("k");
+        CHECK(both.held);
+        CHECK(both.mode == LockMode::shared);
+        CHECK(both.holders == 2);
+        CHECK(both.upgrader);
+        reader.release();
+        u.upgrade();
+        const LockInfo upgraded = observer.inspect("k");
+        CHECK(upgraded.mode == LockMode::exclusive);
+        CHECK(upgraded.holders == 1);
+        CHECK_FALSE(upgraded.upgrader);
+    }
+    {
+        Guard one = r.acquire_permits("jobs", 1, 5);
+        Guard two = r.acquire_permits("jobs", 2, 5);
+        const LockInfo three = observer.inspect("jobs");
+        CHECK(three.held);
+        CHECK(three.mode == LockMode::permits);
+        CHECK(three.holders == 2);
+        CHECK(three.permits == 3);
+        CHECK(three.limit == 5);
+    }
+    {
+        Guard w = r.lock("k");
+        const LockInfo excl = observer.inspect("k");
+        CHECK(excl.held);
+        CHECK(excl.mode == LockMode::exclusive);
+        CHECK(excl.holders == 1);
+        CHECK_FALSE(excl.upgrader);
+        CHECK(excl.permits == 0);
+    }
+    CHECK_FALSE(observer.inspect("k").held);
+    CHECK_FALSE(observer.inspect("jobs").held);
+}
+
 CONFORMANCE_PROMISE("shared, upgrade and permit requests answer not_supported where the backend lacks them",
                     lacks_modes) {
     Context c(backend);
