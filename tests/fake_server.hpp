@@ -35,7 +35,8 @@ public:
         /// What the endless answer begins with: "$1099511627776\r\n" (a bulk string of 1 TiB),
         /// "*2147483647\r\n" (an array), "*1\r\n+" (a line without end)...
         std::string header;
-        /// The command (any case) answered so; empty: every command, the handshake's too. The
+        /// The command (any case) answered so ("EVAL": EVALSHA too, since keylock sends a
+        /// script's first use on a connection as EVAL); empty: every command, the handshake's too. The
         /// others are answered as Redis would, roughly: AUTH, SELECT +OK, PING +PONG, EVALSHA and
         /// EVAL with the acquire script's "held for 30 s more", SUBSCRIBE and SSUBSCRIBE with
         /// their confirmation, anything else with an error.
@@ -132,7 +133,9 @@ private:
     bool answer_endless(int c, const std::vector<std::string>& command) {
         const std::string verb = command.empty() ? std::string() : command.front();
         const auto is = [&](const char* name) { return ::strcasecmp(verb.c_str(), name) == 0; };
-        if (endless_->on.empty() || ::strcasecmp(verb.c_str(), endless_->on.c_str()) == 0) {
+        const bool script =
+            ::strcasecmp(endless_->on.c_str(), "EVAL") == 0 && ::strcasecmp(verb.c_str(), "EVALSHA") == 0;
+        if (endless_->on.empty() || script || ::strcasecmp(verb.c_str(), endless_->on.c_str()) == 0) {
             ++begun_;
             std::size_t sent = 0;
             std::string chunk = endless_->header;

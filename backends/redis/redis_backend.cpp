@@ -103,6 +103,7 @@ public:
                                                               : scripts::force_release),
           bump_(scripts::bump),
           extend_member_(scripts::extend_member),
+          inspect_modes_(scripts::inspect_modes),
           replication_(config) {
         lease_ms_ = std::to_string(config_.lease.count());
         Servers::Events events;
@@ -226,9 +227,17 @@ public:
 
     LockInfo inspect(std::string_view key, std::error_code& ec) override {
         if (names_a_counter(key)) detail::throw_error(make_error_code(errc::invalid_key), key, "inspect", kCounterKeys);
-        const Reply r = call(Op::inspect, inspect_, config_.prefix + std::string(key), {}, ec);
+        if (rules_.quorum) {  // a quorum of string locks (modes are not on Redlock)
+            const Reply r = call(Op::inspect, inspect_, config_.prefix + std::string(key), {}, ec);
+            if (ec) throw_with_reason(ec, key, "inspect", r);
+            return lock_info_of(r, ec);
+        }
+        const Reply r = call(Op::inspect, inspect_modes_, config_.prefix + std::string(key), {}, ec);
         if (ec) throw_with_reason(ec, key, "inspect", r);
-        return lock_info_of(r, ec);
+        std::string why;
+        LockInfo info = lock_info_of_modes(r, ec, why);
+        if (ec) detail::throw_error(ec, key, "inspect", why);
+        return info;
     }
 
     bool force_release(std::string_view key, std::error_code& ec) override {
@@ -721,7 +730,8 @@ private:
     bool closing_ = false;
     bool stopped_ = false;  // finished(): the loop is told to stop
 
-    const Script acquire_, release_, abandon_, extend_, transfer_, inspect_, force_release_, bump_, extend_member_;
+    const Script acquire_, release_, abandon_, extend_, transfer_, inspect_, force_release_, bump_, extend_member_,
+        inspect_modes_;
     const Replication replication_;
 
     // I/O thread only.

@@ -2,6 +2,7 @@
 // What the Redis backend's scripts answer, read into what the backend acts on.
 #include "replies.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -73,6 +74,71 @@ AttemptOutcome acquire_outcome_of(std::error_code ec, const Reply& r) {
     return o;
 }
 
+namespace {
+
+/// The fencing token at the start of `text` (`<fence>:…`), or 0.
+std::uint64_t leading_fence(std::string_view text) {
+    const auto colon = text.find(':');
+    if (colon == std::string_view::npos || colon == 0 || colon > 20) return 0;
+    std::uint64_t fence = 0;
+    for (std::size_t i = 0; i < colon; ++i) {
+        if (text[i] < '0' || text[i] > '9') return 0;
+        fence = fence * 10 + static_cast<std::uint64_t>(text[i] - '0');
+    }
+    return fence;
+}
+
+}  // namespace
+
+LockInfo lock_info_of_modes(const Reply& r, std::error_code& ec, std::string& why) {
+    const auto& e = r.elements;
+    if (r.type != Reply::Type::array || e.size() != 5 || e[3].type != Reply::Type::array) {
+        ec = make_error_code(errc::backend_error);
+        why = "unexpected reply to the inspect script";
+        return {};
+    }
+    const std::string& kind = e[0].str;
+    LockInfo info;
+    if (kind == "none") return info;
+    const auto& holders = e[3].elements;  // member (or value), remaining ms, …
+    if (kind == "exclusive") {
+        info.held = true;
+        info.holders = 1;
+        if (holders.size() == 2) {
+            info.fencing_token = leading_fence(holders[0].str);
+            info.ttl = std::chrono::milliseconds(holders[1].integer >= 0 ? holders[1].integer : -1);
+        }
+        return info;
+    }
+    if (kind != "shared" && kind != "semaphore") {
+        ec = make_error_code(errc::backend_error);
+        why = "the lock key holds a " + kind + ", not a lock";
+        return {};
+    }
+    bool readers = false;
+    long long longest = -1;
+    for (std::size_t i = 0; i + 1 < holders.size(); i += 2) {
+        const std::string& member = holders[i].str;  // `<mode>:<fence>:<owner>`
+        const auto colon = member.find(':');
+        if (colon == std::string::npos) continue;
+        ++info.holders;
+        readers = readers || member[0] == 's';
+        info.upgrader = info.upgrader || member[0] == 'u';
+        info.fencing_token = std::max(info.fencing_token, leading_fence(std::string_view(member).substr(colon + 1)));
+        longest = std::max(longest, holders[i + 1].integer);
+    }
+    info.held = info.holders > 0;
+    info.ttl = std::chrono::milliseconds(longest);
+    if (kind == "semaphore") {
+        info.mode = LockMode::permits;
+        info.permits = static_cast<std::uint32_t>(e[2].integer);
+        info.limit = static_cast<std::uint32_t>(e[1].integer);
+        return info;
+    }
+    info.mode = readers || !info.upgrader ? LockMode::shared : LockMode::upgrade;
+    return info;
+}
+
 LockInfo lock_info_of(const Reply& r, std::error_code& ec) {
     if (r.type != Reply::Type::array || r.elements.empty()) {
         ec = make_error_code(errc::backend_error);
@@ -82,16 +148,7 @@ LockInfo lock_info_of(const Reply& r, std::error_code& ec) {
     if (r.elements[0].integer != 1 || r.elements.size() != 3) return info;
     info.held = true;
     // `<fencing token>:<owner token>`; anything else (someone else's value) has no token.
-    const std::string& value = r.elements[1].str;
-    if (const auto colon = value.find(':'); colon != std::string::npos && colon > 0 && colon <= 20) {
-        std::uint64_t fence = 0;
-        bool digits = true;
-        for (std::size_t i = 0; i < colon; ++i) {
-            digits = digits && value[i] >= '0' && value[i] <= '9';
-            fence = fence * 10 + static_cast<std::uint64_t>(value[i] - '0');
-        }
-        if (digits) info.fencing_token = fence;
-    }
+    info.fencing_token = leading_fence(r.elements[1].str);
     info.ttl = std::chrono::milliseconds(r.elements[2].integer >= 0 ? r.elements[2].integer : -1);
     return info;
 }

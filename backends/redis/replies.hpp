@@ -30,4 +30,8 @@ AttemptOutcome acquire_outcome_of(std::error_code ec, const Reply& r);
 /// that is not the script's.
 LockInfo lock_info_of(const Reply& r, std::error_code& ec);
 
+/// The answer to the inspect_modes script (mode_scripts.hpp): any mode. `ec`: `backend_error`
+/// for a key that is not keylock's (its type in `why`) or an answer that is not the script's.
+LockInfo lock_info_of_modes(const Reply& r, std::error_code& ec, std::string& why);
+
 }  // namespace keylock::redis

@@ -363,6 +363,8 @@ CONFORMANCE_PROMISE("inspect shows the mode, the holders, the upgrader and the p
         CHECK(three.holders == 2);
         CHECK(three.permits == 3);
         CHECK(three.limit == 5);
+        one.release();  // released now (a destructor only queues it on a server backend)
+        two.release();
     }
     {
         Guard w = r.lock("k");
@@ -372,6 +374,7 @@ CONFORMANCE_PROMISE("inspect shows the mode, the holders, the upgrader and the p
         CHECK(excl.holders == 1);
         CHECK_FALSE(excl.upgrader);
         CHECK(excl.permits == 0);
+        w.release();
     }
     CHECK_FALSE(observer.inspect("k").held);
     CHECK_FALSE(observer.inspect("jobs").held);
