@@ -223,3 +223,79 @@ TEST_CASE("Redis shared and permit holds are released when the registry goes, be
     CHECK(call(server.port(), {"EXISTS", "keylock:u"}).integer == 0);
     outliving.reset();
 }
+
+TEST_CASE(
+    "a Redis shared holder paused past its lease: a writer gets in when the lease ends, the holder learns it lost",
+    "[redis][modes]") {
+    RedisServer server;
+    const std::string query = "lease=1s";
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    const pid_t child = spawn([&] {
+        auto r = KeyedLockRegistry::from_url(url(server, query));
+        Guard g = r.lock_shared("k");
+        const char byte = 1;
+        (void)!::write(ready[1], &byte, 1);
+        // Paused here by the parent for longer than the lease, then resumed.
+        for (int i = 0; i < 100 && !g.lost(); ++i) std::this_thread::sleep_for(50ms);
+        if (!g.lost()) return 1;
+        std::error_code ec;
+        g.release(ec);
+        return ec == errc::not_owner ? 0 : 2;
+    });
+    char byte = 0;
+    REQUIRE(::read(ready[0], &byte, 1) == 1);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    ::kill(child, SIGSTOP);
+    auto r = KeyedLockRegistry::from_url(url(server, query));
+    const auto start = Clock::now();
+    auto w = r.try_lock_for("k", 10s);
+    REQUIRE(w);
+    CHECK(Clock::now() - start < 3s);  // the shared hold's 1 s lease, not more
+    ::kill(child, SIGCONT);
+    CHECK(wait_exit(child) == 0);  // its guard lost, its release not_owner
+    CHECK_FALSE(w->lost());
+}
+
+TEST_CASE("Redis lock_all in random key orders from 8 forked processes: no deadlock, exact counts", "[redis][modes]") {
+    RedisServer server;
+    struct Counts {
+        long value[5] = {};
+        std::atomic<int> inside[5] = {};
+        std::atomic<int> overlaps{0};
+    };
+    void* mapping = ::mmap(nullptr, sizeof(Counts), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(mapping != MAP_FAILED);
+    auto* counts = new (mapping) Counts{};
+    constexpr int kProcesses = 8, kRounds = 25;
+    std::vector<pid_t> children;
+    for (int p = 0; p < kProcesses; ++p) {
+        children.push_back(spawn([&, p] {
+            auto r = KeyedLockRegistry::from_url(url(server));
+            unsigned seed = 7919U * static_cast<unsigned>(p + 1);
+            for (int i = 0; i < kRounds; ++i) {
+                std::vector<int> picked = {0, 1, 2, 3, 4};
+                for (int j = 4; j > 0; --j)
+                    std::swap(picked[j], picked[(seed = seed * 1103515245U + 12345U) % (j + 1)]);
+                picked.resize(3);  // three of the five, in a random order
+                std::vector<std::string> keys;
+                for (int k : picked) keys.push_back("account-" + std::to_string(k));
+                MultiGuard all = r.lock_all(keys);
+                for (int k : picked) {
+                    if (counts->inside[k].fetch_add(1) != 0) counts->overlaps.fetch_add(1);
+                }
+                for (int k : picked) ++counts->value[k];
+                for (int k : picked) counts->inside[k].fetch_sub(1);
+            }
+            return 0;
+        }));
+    }
+    for (pid_t child : children) CHECK(wait_exit(child) == 0);  // none deadlocked (ctest's timeout otherwise)
+    long total = 0;
+    for (long v : counts->value) total += v;
+    CHECK(total == kProcesses * kRounds * 3);
+    CHECK(counts->overlaps == 0);
+    counts->~Counts();
+    ::munmap(mapping, sizeof(Counts));
+}
