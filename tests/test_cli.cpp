@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -314,6 +315,20 @@ TEST_CASE("keylock usage errors: one line naming the problem, a pointer to --hel
     check({"exec", "--url", u, "--", "true"}, "keylock exec", "KEY is missing");
     check({"exec", "--url", u, "k", "--"}, "keylock exec", "CMD is missing");
     check({"exec", "--url", u, "--url", u, "k", "--", "true"}, "keylock exec", "--url");
+    // The lock modes: combinations that mean nothing, and repeated keys.
+    check({"exec", "--url", u, "--shared", "--limit", "2", "k", "--", "true"}, "keylock exec",
+          "--shared and --limit exclude each other");
+    check({"exec", "--url", u, "k", "--permits", "2", "--", "true"}, "keylock exec", "--permits needs --limit");
+    check({"exec", "--url", u, "--limit", "2", "--permits", "3", "k", "--", "true"}, "keylock exec",
+          "--permits 3 is more than --limit 2");
+    check({"exec", "--url", u, "--limit", "0", "k", "--", "true"}, "keylock exec", "--limit wants a whole number");
+    check({"exec", "--url", u, "-k", "a", "--key", "b", "-k", "a", "--", "true"}, "keylock exec",
+          "--key 'a' given twice");
+    check({"exec", "--url", u, "-k", "a", "-k", "b", "--shared", "--", "true"}, "keylock exec",
+          "--shared takes one key");
+    check({"exec", "--url", u, "-k", "a", "-k", "b", "--limit", "2", "--", "true"}, "keylock exec",
+          "--limit takes one key");
+    check({"exec", "--url", u, "k", "--key", "b", "--", "true"}, "keylock exec", "KEY and --key exclude each other");
     check({"status", "--url", u, "a", "b"}, "keylock status", "one KEY only");
     check({"release", "k", "--url", u}, "keylock release", "--force");
     check({"frobnicate"}, "keylock", "unknown command 'frobnicate'");
@@ -359,4 +374,163 @@ TEST_CASE("keylock errors: one prefix, the cause kept, a bad --lease named as th
     auto [status2, out2] = run_cli({"exec", "--url", dead + "&bogus=1", "--lease", "1ms", "k", "--", "true"});
     CHECK(status2 == 78);
     CHECK_THAT(out2, Catch::Contains("unknown option 'bogus'"));
+}
+
+namespace {
+
+/// A command for the mode tests: it marks itself inside (`in-NAME`), waits up to 5 s until the
+/// file `OTHER` of the directory exists (another holder it should meet), writes `met-NAME` if
+/// it did, stays `STAY` seconds more, and leaves (removes `in-NAME`).
+std::vector<std::string> meeting_command(const TempDir& dir, const std::string& name, const std::string& other,
+                                         const std::string& stay) {
+    std::string script = R"(touch "$0/in-$1"; i=0; while [ ! -e "$0/$2" ] && [ $i -lt 100 ]; do sleep 0.05; )";
+    script += R"(i=$((i+1)); done; [ -e "$0/$2" ] && touch "$0/met-$1"; sleep "$3"; rm "$0/in-$1")";
+    return {"sh", "-c", script, dir.path, name, other, stay};
+}
+
+std::vector<std::string> concat(std::vector<std::string> a, const std::vector<std::string>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+}
+
+}  // namespace
+
+TEST_CASE("keylock exec --shared: shared holders run at once, a plain exec waits for all of them",
+          "[cli][redis][modes]") {
+    RedisServer server;
+    TempDir dir;
+    const std::vector<std::string> exec{"exec", "--url", url(server), "--shared", "k", "--"};
+    // Each waits until it sees the other inside: only two holders at once both get there.
+    Cli a(concat(exec, meeting_command(dir, "a", "in-b", "1")));
+    Cli b(concat(exec, meeting_command(dir, "b", "in-a", "1")));
+    REQUIRE(eventually([&] { return exists(dir / "met-a") && exists(dir / "met-b"); }, 10s));
+    // A plain exec of the key now waits until both have left.
+    Cli plain({"exec", "--url", url(server), "k", "--", "sh", "-c",
+               R"(for f in "$0"/in-*; do [ -e "$f" ] && echo "$f" >> "$0/overlaps"; done; touch "$0/plain-ran")",
+               dir.path});
+    std::this_thread::sleep_for(300ms);
+    CHECK_FALSE(exists(dir / "plain-ran"));
+    CHECK(a.wait() == 0);
+    CHECK(b.wait() == 0);
+    CHECK(plain.wait() == 0);
+    CHECK(exists(dir / "plain-ran"));
+    CHECK_FALSE(exists(dir / "overlaps"));
+    // And a shared exec does not get in beside a plain holder.
+    auto r = KeyedLockRegistry::from_url(url(server));
+    Guard held = r.lock("k");
+    const auto start = Clock::now();
+    auto [status, out] = run_cli({"exec", "--url", url(server), "--shared", "--timeout", "300ms", "k", "--", "true"});
+    CHECK(status == 75);
+    CHECK(Clock::now() - start >= 300ms);
+    CHECK_THAT(out, Catch::Contains("shared lock on 'k'") && Catch::Contains("held by someone else"));
+}
+
+TEST_CASE("keylock exec --limit 2: three at once, never more than two inside", "[cli][redis][modes]") {
+    RedisServer server;
+    TempDir dir;
+    // Each counts the holders inside (its own mark included) when it enters, and stays 0.5 s.
+    const std::string section =
+        R"(touch "$0/in-$1"; ls "$0" | grep -c '^in-' >> "$0/counts"; sleep 0.5; rm "$0/in-$1")";
+    std::vector<std::unique_ptr<Cli>> holders;
+    for (const char* name : {"a", "b", "c"}) {
+        holders.push_back(std::make_unique<Cli>(std::vector<std::string>{
+            "exec", "--url", url(server), "--limit", "2", "slots", "--", "sh", "-c", section, dir.path, name}));
+    }
+    for (auto& h : holders) CHECK(h->wait() == 0);
+    const auto counts = lines_of(dir / "counts");
+    REQUIRE(counts.size() == 3);
+    int most = 0;
+    for (const auto& c : counts) most = std::max(most, std::stoi(c));
+    CHECK(most == 2);  // two at once, never three
+    CHECK(run_cli({"status", "--url", url(server), "slots"}).second == "free\n");
+
+    // --permits 2 of the 2 while one is taken: not now (75); and a key used another way: 78.
+    auto r = KeyedLockRegistry::from_url(url(server));
+    Guard one = r.acquire_permits("slots", 1, 2);
+    auto [status, out] =
+        run_cli({"exec", "--url", url(server), "--no-wait", "--limit", "2", "--permits", "2", "slots", "--", "true"});
+    CHECK(status == 75);
+    CHECK_THAT(out, Catch::Contains("2 of the 2 permits of 'slots'"));
+    CHECK(run_cli({"exec", "--url", url(server), "--no-wait", "--limit", "2", "slots", "--", "true"}).first == 0);
+    CHECK(run_cli({"exec", "--url", url(server), "--limit", "3", "slots", "--", "true"}).first == 78);
+    CHECK(run_cli({"exec", "--url", url(server), "slots", "--", "true"}).first == 78);
+}
+
+TEST_CASE("keylock exec --key a --key b holds both or neither, with a token for each", "[cli][redis][modes]") {
+    RedisServer server;
+    TempDir dir;
+    Cli both({"exec", "--url", url(server), "-k", "b", "--key", "a", "--", "sh", "-c",
+              R"(echo "$KEYLOCK_FENCING_TOKEN $KEYLOCK_FENCING_TOKENS" > "$0/tokens"; touch "$0/started"; sleep 1)",
+              dir.path});
+    REQUIRE(eventually([&] { return exists(dir / "started"); }));
+    auto [status, out] = run_cli({"exec", "--url", url(server), "--no-wait", "b", "--", "true"});
+    CHECK(status == 75);
+    CHECK(run_cli({"exec", "--url", url(server), "--no-wait", "a", "--", "true"}).first == 75);
+    const std::string status_a = run_cli({"status", "--url", url(server), "a"}).second;
+    const std::string status_b = run_cli({"status", "--url", url(server), "b"}).second;
+    CHECK(both.wait() == 0);
+    // KEYLOCK_FENCING_TOKENS: the tokens in --key order (b, a); KEYLOCK_FENCING_TOKEN: b's.
+    const auto tokens = lines_of(dir / "tokens");
+    REQUIRE(tokens.size() == 1);
+    const std::string first = tokens[0].substr(0, tokens[0].find(' '));
+    const std::string list = tokens[0].substr(first.size() + 1);
+    const std::string token_b = list.substr(0, list.find(','));
+    const std::string token_a = list.substr(list.find(',') + 1);
+    CHECK(first == token_b);
+    CHECK_THAT(status_b, Catch::StartsWith("held token=" + token_b + " "));
+    CHECK_THAT(status_a, Catch::StartsWith("held token=" + token_a + " "));
+    CHECK(run_cli({"status", "--url", url(server), "a"}).second == "free\n");
+    CHECK(run_cli({"status", "--url", url(server), "b"}).second == "free\n");
+
+    // All or nothing: with b taken, neither is held, and a is left free.
+    auto r = KeyedLockRegistry::from_url(url(server));
+    Guard held = r.lock("b");
+    auto [none, none_out] =
+        run_cli({"exec", "--url", url(server), "--timeout", "300ms", "-k", "a", "-k", "b", "--", "true"});
+    CHECK(none == 75);
+    CHECK_THAT(none_out, Catch::Contains("the locks on 'a', 'b'"));
+    CHECK(run_cli({"status", "--url", url(server), "a"}).second == "free\n");
+    // A KEYLOCK_FENCING_TOKENS from outside is not passed on without --key.
+    CHECK(run_cli({"exec", "--url", url(server), "c", "--", "sh", "-c", "echo \"[$KEYLOCK_FENCING_TOKENS]\""},
+                  {"KEYLOCK_FENCING_TOKENS=1,2"}) == std::pair<int, std::string>{0, "[]\n"});
+}
+
+TEST_CASE("keylock exec: a lost shared, permit or multi-key hold stops the command and exits 75",
+          "[cli][redis][modes]") {
+    RedisServer server;
+    for (const auto& [mode, deleted] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+             {{"--shared", "k"}, "keylock:k"},
+             {{"--limit", "3", "--permits", "2", "k"}, "keylock:k"},
+             {{"-k", "a", "-k", "b"}, "keylock:b"},
+         }) {
+        TempDir dir;
+        INFO(mode.front());
+        std::vector<std::string> args = concat({"exec", "--url", url(server), "--lease", "1s"}, mode);
+        args.emplace_back("--");
+        Cli cli(concat(args, patient_command(dir)));
+        REQUIRE(eventually([&] { return exists(dir / "started"); }));
+        server.command("DEL " + deleted);  // an operator deletes the key: the hold is gone
+        const auto start = Clock::now();
+        CHECK(cli.wait() == 75);
+        CHECK(Clock::now() - start < 5s);
+        CHECK(exists(dir / "got-term"));
+        CHECK_THAT(cli.output(), Catch::Contains("lost while the command ran"));
+    }
+}
+
+TEST_CASE("keylock exec reads the mode options before and after KEY, up to -- or CMD", "[cli][redis][modes]") {
+    RedisServer server;
+    const std::string u = url(server);
+    auto r = KeyedLockRegistry::from_url(u);
+    // Held shared and as 1 of 2 permits: a plain exec would get 75 or 78, these get in.
+    Guard reader = r.lock_shared("k");
+    Guard permit = r.acquire_permits("p", 1, 2);
+    const std::pair<int, std::string> hi{0, "hi\n"};
+    CHECK(run_cli({"exec", "--url", u, "k", "--no-wait", "--shared", "--", "echo", "hi"}) == hi);
+    CHECK(run_cli({"exec", "k", "--shared", "--url", u, "--no-wait", "echo", "hi"}) == hi);
+    CHECK(run_cli({"exec", "--no-wait", "p", "--limit", "2", "--url=" + u, "echo", "hi"}) == hi);
+    CHECK(run_cli({"exec", "--limit=2", "p", "--permits", "1", "--no-wait", "--url", u, "--", "echo", "hi"}) == hi);
+    // --key: options around the keys; without --, CMD is the first word that is no option.
+    CHECK(run_cli({"exec", "-k", "x", "--url", u, "--key=y", "--no-wait", "echo", "hi"}) == hi);
+    CHECK(run_cli({"exec", "--url", u, "-kx", "-k", "y", "--", "echo", "hi"}) == hi);
 }

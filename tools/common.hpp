@@ -28,7 +28,8 @@ namespace keylock::tools {
 inline std::string default_url() { return detail::url_from_env(detail::kUrlVariable, detail::kDefaultUrl); }
 
 /// The exit status for a keylock error: a bad URL or option is a configuration error
-/// (EX_CONFIG), a bad key or an operation the backend lacks a usage error (EX_USAGE), a backend
+/// (EX_CONFIG), and so is a key in use in another mode (a lock and a semaphore, two limits); a
+/// bad key or argument, or an operation the backend lacks, a usage error (EX_USAGE); a backend
 /// that cannot be reached or that refuses the command EX_UNAVAILABLE; any other code gives
 /// `other`.
 inline int exit_status_of(std::error_code ec, int other) {
@@ -36,7 +37,12 @@ inline int exit_status_of(std::error_code ec, int other) {
         ec == errc::invalid_option) {
         return EX_CONFIG;
     }
-    if (ec == errc::invalid_key || ec == errc::key_too_long || ec == errc::not_supported) return EX_USAGE;
+    if (ec == errc::invalid_key || ec == errc::key_too_long || ec == errc::not_supported ||
+        ec == errc::invalid_argument) {
+        return EX_USAGE;
+    }
+    // mode_conflict: the callers disagree on what the key is, a mistake to fix, not a wait.
+    if (ec == errc::mode_conflict) return EX_CONFIG;
     if (ec == errc::unavailable || ec == errc::auth_failed || ec == errc::protocol_error || ec == errc::backend_error) {
         return EX_UNAVAILABLE;
     }

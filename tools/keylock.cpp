@@ -3,7 +3,8 @@
 // and the get-or-create demo. See docs/cli.md.
 //
 //   keylock exec [--url URL | --url-file PATH] [--timeout D | --no-wait] [--lease D] [--pass-url]
-//                KEY -- CMD [ARG...]
+//                [--shared | --limit N [--permits n]] KEY -- CMD [ARG...]
+//   keylock exec [OPTIONS] --key KEY [--key KEY...] -- CMD [ARG...]
 //   keylock status [--url URL | --url-file PATH] KEY
 //   keylock release --force [--url URL | --url-file PATH] KEY
 //   keylock demo [...]
@@ -19,10 +20,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -78,7 +81,8 @@ const char* const usage_main = "usage: keylock COMMAND [OPTIONS]\n"
 
 const char* const usage_exec =
     "usage: keylock exec [--url URL | --url-file PATH] [--timeout D | --no-wait] [--lease D]\n"
-    "                    [--pass-url] KEY -- CMD [ARG...]\n"
+    "                    [--pass-url] [--shared | --limit N [--permits n]] KEY -- CMD [ARG...]\n"
+    "       keylock exec [OPTIONS] --key KEY [--key KEY...] -- CMD [ARG...]\n"
     "\n"
     "Runs CMD while holding the lock of KEY, renewing its lease while CMD runs. CMD sees the\n"
     "lock's fencing token in KEYLOCK_FENCING_TOKEN, and not KEYLOCK_URL (unless --pass-url).\n"
@@ -92,14 +96,22 @@ const char* const usage_exec =
     "  --no-wait        give up at once if someone else holds the lock\n"
     "  --lease D        the lease (overrides the URL's lease option; default 30s)\n"
     "  --pass-url       leave KEYLOCK_URL in CMD's environment (removed by default)\n"
+    "  --shared         a shared lock: any number of --shared holders at once, none beside\n"
+    "                   a plain (exclusive) holder\n"
+    "  --limit N        one of the N permits of KEY (a semaphore: at most N taken at once)\n"
+    "  --permits n      with --limit: take n of the N permits (default 1)\n"
+    "  -k, --key KEY    lock KEY; repeated, every key or none (exclusive only), in place of\n"
+    "                   the KEY operand. CMD sees KEYLOCK_FENCING_TOKENS=T1,T2,... (the tokens\n"
+    "                   in --key order) and the first key's in KEYLOCK_FENCING_TOKEN\n"
     "\n"
     "SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to keylock are passed on to CMD. If the lease is\n"
     "lost while CMD runs (the lock may be someone else's now), CMD gets SIGTERM and keylock\n"
     "exits 75 once it has ended.\n"
     "\n"
     "exit status: CMD's own (128+N if a signal N ended it); 75 if the lock was not acquired in\n"
-    "time or was lost; 64 usage error; 69 backend unreachable; 78 bad URL; 126/127 if CMD\n"
-    "cannot be run / was not found.\n";
+    "time or was lost; 64 usage error; 69 backend unreachable; 78 bad URL, or KEY in use in\n"
+    "another mode (a lock and a semaphore, or two --limit values); 126/127 if CMD cannot be\n"
+    "run / was not found.\n";
 
 const char* const usage_status =
     "usage: keylock status [--url URL | --url-file PATH] KEY\n"
@@ -266,9 +278,47 @@ struct ExecOptions {
     std::optional<std::chrono::milliseconds> timeout;  // nullopt: wait as long as it takes
     bool no_wait = false;
     std::string lease;
-    bool pass_url = false;  // KEYLOCK_URL stays in CMD's environment
+    bool pass_url = false;          // KEYLOCK_URL stays in CMD's environment
+    bool shared = false;            // --shared
+    std::uint32_t limit = 0;        // --limit N: N permits of KEY, a semaphore; 0: a lock
+    std::uint32_t permits = 1;      // --permits n: how many of them
+    std::vector<std::string> keys;  // --key, in the order given (common.key is the first)
     std::vector<std::string> command;
 };
+
+/// The value of `option` as a whole number from 1 to 2^32-1.
+std::uint32_t count_of(const std::string& option, const std::string& text) {
+    std::uint64_t n = 0;
+    const char* const end = text.data() + text.size();
+    const auto [stop, ec] = std::from_chars(text.data(), end, n);
+    if (ec != std::errc{} || stop != end || n == 0 || n > std::numeric_limits<std::uint32_t>::max()) {
+        throw UsageError{option + " wants a whole number from 1 up, not '" + keylock::detail::shown(text) + "'"};
+    }
+    return static_cast<std::uint32_t>(n);
+}
+
+/// Checks the mode options against each other and the keys, once all are read.
+void settle_mode(const po::variables_map& vm, const std::string& limit, const std::string& permits, ExecOptions& o) {
+    const bool has_limit = vm.count("limit") != 0;
+    if (o.shared && has_limit) throw UsageError{"--shared and --limit exclude each other"};
+    if (vm.count("permits") != 0 && !has_limit) {
+        throw UsageError{"--permits needs --limit (how many permits KEY has)"};
+    }
+    if (has_limit) o.limit = count_of("--limit", limit);
+    if (vm.count("permits") != 0) o.permits = count_of("--permits", permits);
+    if (o.permits > o.limit && has_limit) {
+        throw UsageError{std::string("--permits ").append(permits).append(" is more than --limit ").append(limit)};
+    }
+    if (o.keys.size() > 1 && (o.shared || has_limit)) {
+        throw UsageError{std::string(o.shared ? "--shared" : "--limit") +
+                         " takes one key: several keys (--key) are locked exclusively only"};
+    }
+    std::vector<std::string> sorted = o.keys;
+    std::sort(sorted.begin(), sorted.end());
+    if (auto same = std::adjacent_find(sorted.begin(), sorted.end()); same != sorted.end()) {
+        throw UsageError{"--key '" + keylock::detail::shown(*same) + "' given twice"};
+    }
+}
 
 /// A Program_options style parser, tried before its own, that ends option parsing at the first
 /// operand or `--` (like getopt's `+`): that word and all after it are handed back unparsed,
@@ -298,18 +348,24 @@ po::parsed_options parse_until_operand(const std::vector<std::string>& words, co
 ExecOptions parse_exec(int argc, char** argv) {
     ExecOptions o;
     o.common.url = default_url();
-    std::string timeout;
+    std::string timeout, limit, permits;
     bool help = false;
     // --help prints usage_exec, the text docs/cli.md describes, so the options carry no text.
     po::options_description desc;
     add_url_options(desc, o.common);
     desc.add_options()("timeout", po::value(&timeout))("no-wait", po::bool_switch(&o.no_wait))(
-        "lease", po::value(&o.lease))("pass-url", po::bool_switch(&o.pass_url))("help,h", po::bool_switch(&help));
+        "lease", po::value(&o.lease))("pass-url", po::bool_switch(&o.pass_url))("help,h", po::bool_switch(&help))(
+        "shared", po::bool_switch(&o.shared))("limit", po::value(&limit))("permits", po::value(&permits))(
+        "key,k", po::value(&o.keys));
 
     // Options, KEY, more options, then CMD: after `--`, or from the first operand after KEY.
+    // With --key before it, there is no KEY operand: CMD is the first operand (or follows --).
     po::parsed_options parsed = parse_until_operand({argv + 1, argv + argc}, desc);
     std::vector<std::string> rest = take_operands(parsed);
-    const bool have_key = !rest.empty() && rest.front() != "--";
+    const bool key_options = std::any_of(parsed.options.begin(), parsed.options.end(),
+                                         [](const po::option& opt) { return opt.string_key == "key"; });
+    const bool have_key = !key_options && !rest.empty() && rest.front() != "--";
+    if (key_options && !rest.empty() && rest.front() == "--") rest.erase(rest.begin());
     if (have_key) {
         po::parsed_options after_key = parse_until_operand({rest.begin() + 1, rest.end()}, desc);
         o.common.key = std::move(rest.front());
@@ -321,9 +377,16 @@ ExecOptions parse_exec(int argc, char** argv) {
     po::store(parsed, vm);  // one store for both parts: an option given twice is an error
     po::notify(vm);
     if (help) throw HelpWanted{};
-    if (!have_key) throw UsageError{rest.empty() ? "KEY is missing" : "KEY is missing before --"};
+    if (have_key && !o.keys.empty()) {
+        throw UsageError{"KEY and --key exclude each other: give every key with --key, or one KEY"};
+    }
+    if (!have_key && o.keys.empty()) {
+        throw UsageError{rest.empty() ? "KEY is missing" : "KEY is missing before --"};
+    }
     if (rest.empty()) throw UsageError{"CMD is missing (keylock exec KEY -- CMD [ARG...])"};
     o.command = std::move(rest);
+    if (!o.keys.empty()) o.common.key = o.keys.front();
+    settle_mode(vm, limit, permits, o);
     if (vm.count("timeout") != 0) o.timeout = duration_of("--timeout", timeout);
     if (vm.count("lease") != 0) (void)duration_of("--lease", o.lease);
     if (o.no_wait && o.timeout) throw UsageError{"--timeout and --no-wait exclude each other"};
@@ -344,27 +407,95 @@ sigset_t waited_signals() {
     return set;
 }
 
-/// `KEY=VALUE` strings of the environment, with KEYLOCK_FENCING_TOKEN set and KEYLOCK_URL (which
-/// may hold a password) removed unless `pass_url`.
-std::vector<std::string> child_environment(std::uint64_t fence, bool pass_url) {
+/// What `keylock exec` holds while CMD runs: one key's guard, or (--key, several) a MultiGuard.
+struct Held {
+    std::optional<keylock::Guard> one;
+    std::optional<keylock::MultiGuard> all;
+
+    bool holds() const noexcept { return one.has_value() || all.has_value(); }
+    /// lost() also turns true when a lease ran out without a renewal, before the backend says so.
+    bool lost() const noexcept { return one ? one->lost() : all && all->lost(); }
+    std::uint64_t fencing_token(std::string_view key) const noexcept {
+        return one ? one->fencing_token() : all ? all->fencing_token(key) : 0;
+    }
+    void release(std::error_code& ec) noexcept {
+        if (one) one->release(ec);
+        if (all) all->release(ec);
+    }
+};
+
+/// What `o` asks to hold, for messages: "the lock on 'k'", "2 of the 5 permits of 'k'", ….
+std::string what_is_held(const ExecOptions& o) {
+    const auto quoted = [](const std::string& k) {
+        return std::string("'").append(keylock::detail::shown(k)).append("'");
+    };
+    if (o.keys.size() > 1) {
+        std::string keys("the locks on ");
+        for (std::size_t i = 0; i < o.keys.size(); ++i) keys.append(i == 0 ? "" : ", ").append(quoted(o.keys[i]));
+        return keys;
+    }
+    if (o.shared) return std::string("the shared lock on ").append(quoted(o.common.key));
+    if (o.limit != 0) {
+        return std::to_string(o.permits)
+            .append(" of the ")
+            .append(std::to_string(o.limit))
+            .append(" permits of ")
+            .append(quoted(o.common.key));
+    }
+    return std::string("the lock on ").append(quoted(o.common.key));
+}
+
+/// Takes what `o` asks for, without waiting (--no-wait), or waiting until `deadline` or `stop`.
+Held acquire(keylock::KeyedLockRegistry& registry, const ExecOptions& o, std::chrono::steady_clock::time_point deadline,
+             const std::stop_token& stop) {
+    Held held;
+    const std::string& key = o.common.key;
+    if (o.keys.size() > 1) {
+        held.all = o.no_wait ? registry.try_lock_all_for(o.keys, std::chrono::milliseconds(0))
+                             : registry.try_lock_all_until(o.keys, deadline, stop);
+    } else if (o.shared) {
+        held.one = o.no_wait ? registry.try_lock_shared(key) : registry.try_lock_shared_until(key, deadline, stop);
+    } else if (o.limit != 0) {
+        held.one = o.no_wait ? registry.try_acquire_permits(key, o.permits, o.limit)
+                             : registry.try_acquire_permits_until(key, o.permits, o.limit, deadline, stop);
+    } else {
+        held.one = o.no_wait ? registry.try_lock(key) : registry.try_lock_until(key, deadline, stop);
+    }
+    return held;
+}
+
+/// `KEY=VALUE` strings of the environment, with the fencing tokens set (KEYLOCK_FENCING_TOKEN,
+/// and KEYLOCK_FENCING_TOKENS for --key) and KEYLOCK_URL (which may hold a password) removed
+/// unless `pass_url`. A KEYLOCK_FENCING_TOKENS from outside never reaches CMD: it would not be
+/// this lock's.
+std::vector<std::string> child_environment(const ExecOptions& o, const Held& held) {
     std::vector<std::string> env;
     for (char** e = environ; *e != nullptr; ++e) {
         if (std::strncmp(*e, "KEYLOCK_FENCING_TOKEN=", 22) == 0) continue;
-        if (!pass_url && std::strncmp(*e, "KEYLOCK_URL=", 12) == 0) continue;
+        if (std::strncmp(*e, "KEYLOCK_FENCING_TOKENS=", 23) == 0) continue;
+        if (!o.pass_url && std::strncmp(*e, "KEYLOCK_URL=", 12) == 0) continue;
         env.emplace_back(*e);
     }
-    env.push_back("KEYLOCK_FENCING_TOKEN=" + std::to_string(fence));
+    env.push_back("KEYLOCK_FENCING_TOKEN=" + std::to_string(held.fencing_token(o.common.key)));
+    if (!o.keys.empty()) {
+        std::string tokens = "KEYLOCK_FENCING_TOKENS=";
+        for (const std::string& k : o.keys) {
+            if (&k != &o.keys.front()) tokens += ',';
+            tokens += std::to_string(held.fencing_token(k));
+        }
+        env.push_back(std::move(tokens));
+    }
     return env;
 }
 
 /// Starts CMD with default signal handling and an empty signal mask. Returns its pid, or sets
 /// `error` (an errno value).
-pid_t spawn(const ExecOptions& o, std::uint64_t fence, int& error) {
+pid_t spawn(const ExecOptions& o, const Held& held, int& error) {
     std::vector<std::string> args = o.command;
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
-    std::vector<std::string> env = child_environment(fence, o.pass_url);
+    std::vector<std::string> env = child_environment(o, held);
     std::vector<char*> envp;
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);
@@ -385,13 +516,13 @@ pid_t spawn(const ExecOptions& o, std::uint64_t fence, int& error) {
 
 /// Waits for CMD to end while passing on signals and watching the lease. Returns CMD's exit
 /// status (128+N if signal N ended it); `lost` says whether the lease was lost meanwhile.
-int supervise(pid_t child, const keylock::Guard& guard, bool& lost) {
+int supervise(pid_t child, const Held& held, bool& lost) {
     const sigset_t set = waited_signals();
     for (;;) {
         int status = 0;
         const pid_t done = ::waitpid(child, &status, WNOHANG);
         if (done == child) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        if (!lost && guard.lost()) {
+        if (!lost && held.lost()) {
             lost = true;
             std::fprintf(stderr, "keylock exec: the lock was lost while the command ran; sending it SIGTERM\n");
             ::kill(child, SIGTERM);
@@ -424,7 +555,9 @@ int run_exec(int argc, char** argv) {
     registry.on_lost([self](std::string_view, std::uint64_t) { ::kill(self, SIGUSR1); });
 
     // While we wait for the lock, a signal ends the wait (and keylock, with 128+N).
-    std::optional<keylock::Guard> guard;
+    const auto deadline =
+        o.timeout ? std::chrono::steady_clock::now() + *o.timeout : std::chrono::steady_clock::time_point::max();
+    Held held;
     int interrupted = 0;
     {
         std::stop_source stop;
@@ -440,40 +573,33 @@ int run_exec(int argc, char** argv) {
                 }
             }
         });
-        if (o.no_wait) {
-            guard = registry.try_lock(o.common.key);
-        } else if (o.timeout) {
-            guard = registry.try_lock_for(o.common.key, *o.timeout, stop.get_token());
-        } else {
-            guard =
-                registry.try_lock_until(o.common.key, std::chrono::steady_clock::time_point::max(), stop.get_token());
-        }
+        held = acquire(registry, o, deadline, stop.get_token());
         watcher.request_stop();
     }  // joins the watcher: `interrupted` is final
     if (interrupted != 0) {
         std::fprintf(stderr, "keylock exec: %s while waiting for the lock\n", ::strsignal(interrupted));
         return 128 + interrupted;
     }
-    if (!guard) {
-        std::fprintf(stderr, "keylock exec: '%s' is held by someone else%s\n",
-                     keylock::detail::shown(o.common.key).c_str(), o.no_wait ? "" : " (timed out)");
+    if (!held.holds()) {
+        std::fprintf(stderr, "keylock exec: cannot have %s: held by someone else%s\n", what_is_held(o).c_str(),
+                     o.no_wait ? "" : " (timed out)");
         return EX_TEMPFAIL;
     }
 
     int error = 0;
-    const pid_t child = spawn(o, guard->fencing_token(), error);
+    const pid_t child = spawn(o, held, error);
     if (child < 0) {
         std::fprintf(stderr, "keylock exec: cannot run '%s': %s\n", o.command[0].c_str(), std::strerror(error));
         return error == ENOENT ? exit_not_found : exit_cannot_run;
     }
     bool lost = false;
-    const int status = supervise(child, *guard, lost);
+    const int status = supervise(child, held, lost);
+    if (held.lost()) lost = true;  // e.g. one key of several, whose release may not say so
     std::error_code ec;
-    guard->release(ec);
+    held.release(ec);
     if (ec == errc::not_owner) lost = true;
     if (lost) {
-        std::fprintf(stderr, "keylock exec: the lock on '%s' was lost while the command ran\n",
-                     keylock::detail::shown(o.common.key).c_str());
+        std::fprintf(stderr, "keylock exec: %s: lost while the command ran\n", what_is_held(o).c_str());
         return EX_TEMPFAIL;
     }
     if (ec) std::fprintf(stderr, "keylock exec: release: %s (the lease will free the lock)\n", ec.message().c_str());
@@ -557,7 +683,7 @@ int main(int argc, char** argv) {
         int (*run)(int, char**);
     };
     static const Command commands[] = {
-        {"exec", "[OPTIONS] KEY -- CMD [ARG...]", usage_exec, run_exec},
+        {"exec", "[OPTIONS] KEY | --key KEY... -- CMD [ARG...]", usage_exec, run_exec},
         {"status", "[--url URL | --url-file PATH] KEY", usage_status, run_status},
         {"release", "--force [--url URL | --url-file PATH] KEY", usage_release, run_release},
     };
