@@ -258,6 +258,20 @@ TEST_CASE("keylock status and release --force for operators", "[cli][redis]") {
     auto [status, out] = run_cli({"status", "--url", url(server), "k"});
     CHECK(status == 0);
     CHECK_THAT(out, Catch::StartsWith("held token=" + std::to_string(g.fencing_token()) + " ttl_ms="));
+    CHECK_THAT(out, Catch::EndsWith(" mode=exclusive holders=1\n"));
+    {
+        // How a key is held, by mode: readers (with the upgrade holder), and permits.
+        Guard u = r.lock_upgrade("s");
+        Guard s1 = r.lock_shared("s");
+        Guard s2 = r.lock_shared("s");
+        CHECK_THAT(run_cli({"status", "--url", url(server), "s"}).second,
+                   Catch::EndsWith(" mode=shared holders=3 upgrader=yes\n"));
+        Guard p1 = r.acquire_permits("p", 1, 8);
+        Guard p2 = r.acquire_permits("p", 2, 8);
+        const std::string permits = run_cli({"status", "--url", url(server), "p"}).second;
+        CHECK_THAT(permits, Catch::StartsWith("held token=" + std::to_string(p2.fencing_token()) + " ttl_ms="));
+        CHECK_THAT(permits, Catch::EndsWith(" mode=permits holders=2 permits=3 limit=8\n"));
+    }
     // KEYLOCK_URL is the default URL.
     CHECK_THAT(run_cli({"status", "k"}, {"KEYLOCK_URL=" + url(server)}).second, Catch::StartsWith("held token="));
 

@@ -636,8 +636,21 @@ int run_status(int argc, char** argv) {
     if (!info.held) {
         std::printf("free\n");
     } else {
-        std::printf("held token=%llu ttl_ms=%lld\n", static_cast<unsigned long long>(info.fencing_token),
-                    static_cast<long long>(info.ttl.count()));
+        // The first two fields as they always were (scripts read them); then how it is held.
+        std::string how = info.mode == keylock::LockMode::shared    ? "shared"
+                          : info.mode == keylock::LockMode::upgrade ? "upgrade"
+                          : info.mode == keylock::LockMode::permits ? "permits"
+                                                                    : "exclusive";
+        how.append(" holders=").append(std::to_string(info.holders));
+        if (info.mode == keylock::LockMode::shared) how.append(info.upgrader ? " upgrader=yes" : " upgrader=no");
+        if (info.mode == keylock::LockMode::permits) {
+            how.append(" permits=")
+                .append(std::to_string(info.permits))
+                .append(" limit=")
+                .append(std::to_string(info.limit));
+        }
+        std::printf("held token=%llu ttl_ms=%lld mode=%s\n", static_cast<unsigned long long>(info.fencing_token),
+                    static_cast<long long>(info.ttl.count()), how.c_str());
     }
     return 0;
 }
