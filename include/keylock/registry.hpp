@@ -708,19 +708,10 @@ private:
         r.limit = limit;
         return r;
     }
-    static const char* verb(LockMode mode) noexcept {
-        switch (mode) {
-            case LockMode::shared: return "lock_shared";
-            case LockMode::upgrade: return "lock_upgrade";
-            case LockMode::permits: return "acquire_permits";
-            case LockMode::exclusive: break;
-        }
-        return "lock";
-    }
     Guard acquire_or_throw(const detail::Request& r) {
         std::error_code ec;
         const auto acquired = acquire(r, ec);
-        if (acquired.hold == nullptr) detail::throw_error(ec, r.key, verb(r.mode));
+        if (acquired.hold == nullptr) detail::throw_error(ec, r.key, detail::operation_of(r.mode));
         return Guard(backend_.get(), acquired, r.mode, r.permits);
     }
     std::optional<Guard> try_acquire(const detail::Request& r) {
@@ -728,7 +719,7 @@ private:
         const auto acquired = acquire(r, ec);
         if (acquired.hold != nullptr) return Guard(backend_.get(), acquired, r.mode, r.permits);
         if (ec == errc::timeout || ec == errc::cancelled) return std::nullopt;
-        detail::throw_error(ec, r.key, verb(r.mode));
+        detail::throw_error(ec, r.key, detail::operation_of(r.mode));
     }
     Guard acquire_or_throw(std::string_view key, detail::Deadline deadline, const std::stop_token& stop) {
         return acquire_or_throw(request(key, LockMode::exclusive, deadline, stop));

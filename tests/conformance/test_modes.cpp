@@ -387,6 +387,12 @@ CONFORMANCE_PROMISE("shared, upgrade and permit requests answer not_supported wh
     CHECK(error_of([&] { (void)r.lock_shared("k"); }) == errc::not_supported);
     CHECK(error_of([&] { (void)r.try_lock_upgrade("k"); }) == errc::not_supported);
     CHECK(error_of([&] { (void)r.acquire_permits("k", 1, 2); }) == errc::not_supported);
+    try {
+        (void)r.lock_upgrade("k");
+        FAIL("lock_upgrade did not throw");
+    } catch (const Error& e) {
+        CHECK_THAT(e.what(), Catch::Contains("lock_upgrade 'k'"));  // the operation, named
+    }
     Guard g = r.lock("k");
     CHECK(error_of([&] { g.downgrade(); }) == errc::not_supported);
     CHECK(g.mode() == LockMode::exclusive);

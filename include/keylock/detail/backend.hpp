@@ -141,6 +141,18 @@ struct Acquired {
 /// `errc::not_supported`.
 using Mode = LockMode;
 
+/// The operation a request is, as error messages name it.
+inline const char* operation_of(Mode mode, bool conversion = false) noexcept {
+    if (conversion) return "convert";
+    switch (mode) {
+        case Mode::shared: return "lock_shared";
+        case Mode::upgrade: return "lock_upgrade";
+        case Mode::permits: return "acquire_permits";
+        case Mode::exclusive: break;
+    }
+    return "lock";
+}
+
 /// One acquisition, as the registry asks a backend for it: the key (already checked above the
 /// seam: 1 to `max_key_bytes()` bytes), how it is to be held, and how long to wait for it.
 ///
