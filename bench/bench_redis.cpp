@@ -4,7 +4,7 @@
 //
 //   keylock_bench_redis            full run (5 rounds of 1 s per throughput measurement)
 //   keylock_bench_redis --quick    smoke run, for CI: checks that it runs
-//   options: --rounds N  --ms N
+//   options: --rounds N  --ms N  --only locks|modes (one part; both by default)
 //
 // Figures:
 //   ping        raw round trips/s of PING over one blocking hiredis connection (the baseline)
@@ -19,6 +19,13 @@
 //               needs node and npm, and the npm registry for its first `npm install`)
 //   handoff     one process releases, a waiting process acquires: latency p50 / p99
 //   commands    8 threads of one process contending one key: Redis commands per acquisition
+// Modes (issue 16), in the same rounds:
+//   shared      one thread, lock_shared + release of distinct keys, against the round's PING rate
+//   permits     64 threads, acquire_permits(key_i, 1, 8) + release on distinct keys
+//   one key     64 threads, acquire_permits(key, 1, 8) + release on ONE key: acquisitions/s, and
+//               Redis commands per acquisition (INFO commandstats, as `commands` above)
+//   redis-semaphore  npm redis-semaphore's Semaphore with ioredis (bench/node-redis-semaphore),
+//               64 concurrent loops, on distinct keys and on one key of limit 8 (not with --quick)
 // Ratios are medians over rounds of same-round ratios; the exit status is 0 whatever they are.
 #include <hiredis/hiredis.h>
 #include <sys/mman.h>
@@ -28,6 +35,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -50,6 +58,8 @@ struct Options {
     int rounds = 5;
     int ms = 1000;
     int handoffs = 400;
+    bool locks = true;  // the exclusive part
+    bool modes = true;  // shared locks and permits
 };
 
 double median(std::vector<double> v) {
@@ -76,18 +86,20 @@ double ping_rate(int port, int ms) {
     return static_cast<double>(n) / secs;
 }
 
-/// Lock + release pairs per second: `threads` threads on distinct keys through one registry.
-double pair_rate(KeyedLockRegistry& r, int threads, int ms, int round) {
+/// Acquire + release pairs per second: `threads` threads on distinct keys through one registry,
+/// each pair `take(key)` (a Guard, destroyed at once).
+template <class Take>
+double pair_rate(int threads, int ms, const std::string& prefix, Take take) {
     std::atomic<bool> go{false}, stop{false};
     std::vector<long> counts(static_cast<std::size_t>(threads), 0);
     std::vector<std::thread> pool;
     for (int t = 0; t < threads; ++t) {
         pool.emplace_back([&, t] {
-            const std::string base = "r" + std::to_string(round) + "-t" + std::to_string(t) + "-";
+            const std::string base = std::string(prefix).append("-t").append(std::to_string(t)).append("-");
             long n = 0;
             while (!go.load()) std::this_thread::yield();
             while (!stop.load(std::memory_order_relaxed)) {
-                keylock::Guard g = r.lock(base + std::to_string(n));
+                keylock::Guard g = take(base + std::to_string(n));
                 ++n;
             }
             counts[static_cast<std::size_t>(t)] = n;
@@ -223,6 +235,87 @@ long command_count(int port) {
     return total;
 }
 
+/// Acquisitions on ONE key: `threads` threads each take `take()` (a Guard) and release it at once.
+struct OneKey {
+    double rate = 0;        // acquisitions per second
+    long acquisitions = 0;  // in the window
+    long commands = 0;      // commands clients sent meanwhile (command_count)
+    int peak = 0;           // most guards held at once (keylock's side only)
+};
+
+template <class Take>
+OneKey one_key_rate(int port, int threads, int ms, Take take) {
+    std::atomic<bool> go{false}, stop{false};
+    std::atomic<long> n{0};
+    std::atomic<int> held{0}, peak{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&] {
+            while (!go.load()) std::this_thread::yield();
+            while (!stop.load(std::memory_order_relaxed)) {
+                keylock::Guard g = take();
+                const int now = held.fetch_add(1) + 1;
+                for (int p = peak.load(); now > p && !peak.compare_exchange_weak(p, now);) {
+                }
+                n.fetch_add(1, std::memory_order_relaxed);
+                held.fetch_sub(1);
+            }
+        });
+    }
+    const long before = command_count(port);
+    const auto start = Clock::now();
+    go = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    stop = true;
+    for (auto& th : pool) th.join();
+    const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    OneKey out;
+    out.commands = command_count(port) - before;
+    out.acquisitions = n.load();
+    out.peak = peak.load();
+    out.rate = static_cast<double>(out.acquisitions) / secs;
+    return out;
+}
+
+#ifndef KEYLOCK_NODE_REDIS_SEMAPHORE_DIR
+#define KEYLOCK_NODE_REDIS_SEMAPHORE_DIR ""
+#endif
+
+/// Prepares the redis-semaphore peer (npm install on first use). Returns an empty string, or why not.
+std::string prepare_node_redis_semaphore() {
+    const std::string dir = KEYLOCK_NODE_REDIS_SEMAPHORE_DIR;
+    if (dir.empty()) return "no bench/node-redis-semaphore directory in this build";
+    if (std::system("command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1") != 0) {
+        return "node and npm are not installed";
+    }
+    if (std::system(("test -d '" + dir + "/node_modules/redis-semaphore'").c_str()) != 0 &&
+        std::system(("cd '" + dir + "' && npm install --no-audit --no-fund --silent >npm-install.log 2>&1").c_str()) !=
+            0) {
+        return "npm install failed (see " + dir + "/npm-install.log)";
+    }
+    return {};
+}
+
+/// The redis-semaphore peer, 64 concurrent loops: acquisitions/s and commands per acquisition
+/// (as it counts them: every command its client sends), zeros if it failed. `mode` is
+/// `distinct` or `one`.
+OneKey node_semaphore_rate(int port, int ms, const char* mode) {
+    const std::string cmd = std::string("node '" KEYLOCK_NODE_REDIS_SEMAPHORE_DIR "/semaphore_bench.js' ")
+                                .append(std::to_string(port))
+                                .append(" 64 ")
+                                .append(std::to_string(ms))
+                                .append(" ")
+                                .append(mode);
+    FILE* p = ::popen(cmd.c_str(), "r");
+    OneKey out;
+    if (p == nullptr) return out;
+    double per = 0;
+    if (std::fscanf(p, "%lf %ld %lf", &out.rate, &out.acquisitions, &per) != 3) out = OneKey{};
+    out.commands = std::lround(per * static_cast<double>(out.acquisitions));
+    ::pclose(p);
+    return out;
+}
+
 /// Two processes take turns on one key: each release is followed by the other's acquisition.
 /// Returns the release-to-acquire latencies in microseconds.
 std::vector<double> handoffs(const std::string& url, int count) {
@@ -270,57 +363,18 @@ double percentile(std::vector<double> v, double p) {
     return v.empty() ? 0 : v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
 }
 
-}  // namespace
+/// The exclusive part's figures of every round.
+struct LockRounds {
+    std::vector<double> seq, seq_ratio, t64, node, node_ratio, ceiling, ceiling_ratio;
+};
 
-int main(int argc, char** argv) {
-    Options o;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        if (a == "--quick") {
-            o.quick = true;
-            o.rounds = 1;
-            o.ms = 50;
-            o.handoffs = 20;
-        } else if (a == "--rounds" && i + 1 < argc) {
-            o.rounds = std::atoi(argv[++i]);
-        } else if (a == "--ms" && i + 1 < argc) {
-            o.ms = std::atoi(argv[++i]);
-        } else {
-            std::fprintf(stderr, "usage: %s [--quick] [--rounds N] [--ms N]\n", argv[0]);
-            return 64;
-        }
-    }
-    keylock::test::RedisServer server;
-    const std::string url = "redis://127.0.0.1:" + std::to_string(server.port());
-    auto r = KeyedLockRegistry::from_url(url);
-
-    const std::string node_missing = o.quick ? "not run with --quick" : prepare_node_redlock();
-    std::vector<double> ping, seq, t64, seq_ratio, node, node_ratio, ceiling, ceiling_ratio;
-    for (int round = 0; round < o.rounds; ++round) {
-        const double p = ping_rate(server.port(), o.ms);
-        const double s = pair_rate(r, 1, o.ms, round);
-        const double t = pair_rate(r, 64, o.ms, round);
-        const double n = node_missing.empty() ? node_redlock_rate(server.port(), o.ms) : 0;
-        const double c = ceiling_rate(server.port(), o.ms);
-        ping.push_back(p);
-        ceiling.push_back(c);
-        ceiling_ratio.push_back(t / c);
-        seq.push_back(s);
-        t64.push_back(t);
-        seq_ratio.push_back(s / p);
-        if (n > 0) {
-            node.push_back(n);
-            node_ratio.push_back(t / n);
-        }
-        std::fprintf(stderr,
-                     "round %d/%d: ping %.0f/s, seq %.0f pairs/s, 64 threads %.0f pairs/s, node-redlock %.0f pairs/s, "
-                     "ceiling %.0f pairs/s\n",
-                     round + 1, o.rounds, p, s, t, n, c);
-    }
-
+/// The exclusive part after the rounds: commands per acquisition on one key, hand-offs between
+/// processes, and its rows of the table.
+void locks_part(const Options& o, KeyedLockRegistry& r, int port, const std::string& url,
+                const std::string& node_missing, const LockRounds& v) {
     // Commands per acquisition: 8 threads contending one key.
     long acquisitions = 0;
-    const long before = command_count(server.port());
+    const long before = command_count(port);
     {
         std::atomic<bool> stop{false};
         std::atomic<long> n{0};
@@ -338,29 +392,26 @@ int main(int argc, char** argv) {
         for (auto& th : pool) th.join();
         acquisitions = n.load();
     }
-    const long commands = command_count(server.port()) - before;
+    const long commands = command_count(port) - before;
 
     const auto lat = handoffs(url, o.handoffs);
 
-    std::printf("## Redis backend (redis-server on loopback, started by the benchmark)\n\n");
-    std::printf("| figure | measured | target | result |\n|---|---:|---:|---|\n");
-    const double sr = median(seq_ratio);
-    std::printf("| PING round trips/s, one blocking hiredis connection | %.0f | (baseline) | |\n", median(ping));
-    std::printf("| one thread, lock + release of distinct keys, pairs/s | %.0f | | |\n", median(seq));
+    const double sr = median(v.seq_ratio);
+    std::printf("| one thread, lock + release of distinct keys, pairs/s | %.0f | | |\n", median(v.seq));
     std::printf("| one thread / PING round trips | %.2fx | >= 0.45x | %s |\n", sr, sr >= 0.45 ? "PASS" : "FAIL");
-    std::printf("| 64 threads, distinct keys, pairs/s | %.0f | | |\n", median(t64));
-    if (!node.empty()) {
-        const double nr = median(node_ratio);
-        std::printf("| node-redlock, 64 concurrent loops, distinct keys, pairs/s | %.0f | | |\n", median(node));
+    std::printf("| 64 threads, distinct keys, pairs/s | %.0f | | |\n", median(v.t64));
+    if (!v.node.empty()) {
+        const double nr = median(v.node_ratio);
+        std::printf("| node-redlock, 64 concurrent loops, distinct keys, pairs/s | %.0f | | |\n", median(v.node));
         std::printf("| 64 threads / node-redlock | %.2fx | >= 2x | %s |\n", nr, nr >= 2.0 ? "PASS" : "FAIL");
     } else {
         std::printf("| 64 threads / node-redlock | not measured: %s | >= 2x | |\n",
                     node_missing.empty() ? "node-redlock failed" : node_missing.c_str());
     }
-    const double cr = median(ceiling_ratio);
+    const double cr = median(v.ceiling_ratio);
     std::printf("| server ceiling: the acquire and release scripts alone, x16 pipelined on 64 connections, pairs/s | "
                 "%.0f | | |\n",
-                median(ceiling));
+                median(v.ceiling));
     std::printf("| 64 threads / server ceiling | %.2fx | >= 0.5x | %s |\n", cr, cr >= 0.5 ? "PASS" : "FAIL");
     const double p50 = percentile(lat, 0.50) / 1000.0, p99 = percentile(lat, 0.99) / 1000.0;
     std::printf("| hand-off between processes, p50 | %.2f ms | <= 1 ms | %s |\n", p50, p50 <= 1.0 ? "PASS" : "FAIL");
@@ -368,5 +419,145 @@ int main(int argc, char** argv) {
     const double cpa = acquisitions > 0 ? static_cast<double>(commands) / static_cast<double>(acquisitions) : 0;
     std::printf("| 8 threads on one key: Redis commands per acquisition | %.2f (%ld / %ld) | <= 3 | %s |\n", cpa,
                 commands, acquisitions, cpa <= 3.0 ? "PASS" : "FAIL");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options o;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--quick") {
+            o.quick = true;
+            o.rounds = 1;
+            o.ms = 50;
+            o.handoffs = 20;
+        } else if (a == "--rounds" && i + 1 < argc) {
+            o.rounds = std::atoi(argv[++i]);
+        } else if (a == "--ms" && i + 1 < argc) {
+            o.ms = std::atoi(argv[++i]);
+        } else if (a == "--only" && i + 1 < argc &&
+                   (std::strcmp(argv[i + 1], "locks") == 0 || std::strcmp(argv[i + 1], "modes") == 0)) {
+            o.locks = std::strcmp(argv[++i], "locks") == 0;
+            o.modes = !o.locks;
+        } else {
+            std::fprintf(stderr, "usage: %s [--quick] [--rounds N] [--ms N] [--only locks|modes]\n", argv[0]);
+            return 64;
+        }
+    }
+    keylock::test::RedisServer server;
+    const std::string url = "redis://127.0.0.1:" + std::to_string(server.port());
+    auto r = KeyedLockRegistry::from_url(url);
+
+    const std::string node_missing = o.quick   ? "not run with --quick"
+                                     : o.locks ? prepare_node_redlock()
+                                               : "not run with --only modes";
+    const std::string sem_missing = o.quick   ? "not run with --quick"
+                                    : o.modes ? prepare_node_redis_semaphore()
+                                              : "not run with --only locks";
+    std::vector<double> ping, seq, t64, seq_ratio, node, node_ratio, ceiling, ceiling_ratio;
+    std::vector<double> shared, shared_ratio, permits, sem, sem_ratio, one, one_cpa, sem_one, sem_one_ratio,
+        sem_one_cpa;
+    int one_peak = 0;
+    for (int round = 0; round < o.rounds; ++round) {
+        const std::string tag = "r" + std::to_string(round);
+        const double p = ping_rate(server.port(), o.ms);
+        ping.push_back(p);
+        std::fprintf(stderr, "round %d/%d: ping %.0f/s", round + 1, o.rounds, p);
+        if (o.locks) {
+            const double s = pair_rate(1, o.ms, tag, [&](const std::string& k) { return r.lock(k); });
+            const double t = pair_rate(64, o.ms, tag, [&](const std::string& k) { return r.lock(k); });
+            const double n = node_missing.empty() ? node_redlock_rate(server.port(), o.ms) : 0;
+            const double c = ceiling_rate(server.port(), o.ms);
+            ceiling.push_back(c);
+            ceiling_ratio.push_back(t / c);
+            seq.push_back(s);
+            t64.push_back(t);
+            seq_ratio.push_back(s / p);
+            if (n > 0) {
+                node.push_back(n);
+                node_ratio.push_back(t / n);
+            }
+            std::fprintf(stderr,
+                         ", seq %.0f pairs/s, 64 threads %.0f pairs/s, node-redlock %.0f pairs/s, ceiling %.0f pairs/s",
+                         s, t, n, c);
+        }
+        if (o.modes) {
+            const double sh =
+                pair_rate(1, o.ms, tag + "-shared", [&](const std::string& k) { return r.lock_shared(k); });
+            const double pd =
+                pair_rate(64, o.ms, tag + "-permits", [&](const std::string& k) { return r.acquire_permits(k, 1, 8); });
+            const OneKey sd = sem_missing.empty() ? node_semaphore_rate(server.port(), o.ms, "distinct") : OneKey{};
+            const std::string one_key = tag + "-one";
+            const OneKey po = one_key_rate(server.port(), 64, o.ms, [&] { return r.acquire_permits(one_key, 1, 8); });
+            const OneKey so = sem_missing.empty() ? node_semaphore_rate(server.port(), o.ms, "one") : OneKey{};
+            shared.push_back(sh);
+            shared_ratio.push_back(sh / p);
+            permits.push_back(pd);
+            one.push_back(po.rate);
+            one_peak = std::max(one_peak, po.peak);
+            one_cpa.push_back(
+                po.acquisitions > 0 ? static_cast<double>(po.commands) / static_cast<double>(po.acquisitions) : 0);
+            if (sd.rate > 0) {
+                sem.push_back(sd.rate);
+                sem_ratio.push_back(pd / sd.rate);
+            }
+            const double so_cpa =
+                so.rate > 0 ? static_cast<double>(so.commands) / static_cast<double>(so.acquisitions) : 0;
+            if (so.rate > 0) {
+                sem_one.push_back(so.rate);
+                sem_one_ratio.push_back(po.rate / so.rate);
+                sem_one_cpa.push_back(so_cpa);
+            }
+            std::fprintf(stderr,
+                         ", shared seq %.0f pairs/s, permits 64 threads %.0f pairs/s, redis-semaphore %.0f pairs/s, "
+                         "one key %.0f/s (%.2f commands each, at most %d held at once), redis-semaphore one key "
+                         "%.0f/s (%.2f commands each)",
+                         sh, pd, sd.rate, po.rate, one_cpa.back(), po.peak, so.rate, so_cpa);
+        }
+        std::fprintf(stderr, "\n");
+    }
+
+    std::printf("## Redis backend (redis-server on loopback, started by the benchmark)\n\n");
+    std::printf("| figure | measured | target | result |\n|---|---:|---:|---|\n");
+    std::printf("| PING round trips/s, one blocking hiredis connection | %.0f | (baseline) | |\n", median(ping));
+    if (o.locks)
+        locks_part(o, r, server.port(), url, node_missing,
+                   LockRounds{seq, seq_ratio, t64, node, node_ratio, ceiling, ceiling_ratio});
+    if (o.modes) {
+        const double shr = median(shared_ratio);
+        std::printf("| one thread, lock_shared + release of distinct keys, pairs/s | %.0f | | |\n", median(shared));
+        std::printf("| shared, one thread / PING round trips | %.2fx | >= 0.45x | %s |\n", shr,
+                    shr >= 0.45 ? "PASS" : "FAIL");
+        std::printf("| 64 threads, acquire_permits(key_i, 1, 8) + release, distinct keys, pairs/s | %.0f | | |\n",
+                    median(permits));
+        if (!sem.empty()) {
+            const double x = median(sem_ratio);
+            std::printf("| redis-semaphore, 64 loops, distinct keys, pairs/s | %.0f | | |\n", median(sem));
+            std::printf("| permits, distinct keys / redis-semaphore | %.2fx | >= 1x | %s |\n", x,
+                        x >= 1.0 ? "PASS" : "FAIL");
+        } else {
+            std::printf("| permits, distinct keys / redis-semaphore | not measured: %s | >= 1x | |\n",
+                        sem_missing.empty() ? "redis-semaphore failed" : sem_missing.c_str());
+        }
+        std::printf("| 64 threads on ONE key, limit 8: acquisitions/s | %.0f | | |\n", median(one));
+        if (!sem_one.empty()) {
+            const double x = median(sem_one_ratio);
+            std::printf(
+                "| redis-semaphore, 64 loops on one key, limit 8 (its 10 ms polling): acquisitions/s | %.0f | | |\n",
+                median(sem_one));
+            std::printf("| one key / redis-semaphore | %.2fx | >= 2x | %s |\n", x, x >= 2.0 ? "PASS" : "FAIL");
+            std::printf("| redis-semaphore on one key: commands per acquisition | %.2f | (peer) | |\n",
+                        median(sem_one_cpa));
+        } else {
+            std::printf("| one key / redis-semaphore | not measured: %s | >= 2x | |\n",
+                        sem_missing.empty() ? "redis-semaphore failed" : sem_missing.c_str());
+        }
+        const double cpa = median(one_cpa);
+        std::printf("| one key, limit 8, 64 threads: Redis commands per acquisition | %.2f | <= 3 | %s |\n", cpa,
+                    cpa <= 3.0 ? "PASS" : "FAIL");
+        std::printf("| (extra) one key: most permits held at once by the 64 threads, any round | %d of 8 | | |\n",
+                    one_peak);
+    }
     return 0;
 }
