@@ -53,7 +53,8 @@ Acquired Backend::acquire(const Request& request, std::error_code& ec) {
         std::stop_callback on_stop(request.stop, [this, &w] { cancel(&w); });
         w.wait();
     }
-    if (w.ec_ && !w.why_.empty()) throw_error(w.ec_, request.key, operation_of(request.mode, request.from != nullptr), w.why_);
+    if (w.ec_ && !w.why_.empty())
+        throw_error(w.ec_, request.key, operation_of(request.mode, request.from != nullptr), w.why_);
     ec = w.ec_;
     return w.acquired_;
 }
