@@ -163,21 +163,23 @@ end
 // live holder's lease ends} while one is live, recording (or renewing) the intent
 // `~intent:<owner token>` for one lease, which keeps new shared and upgrade holders out; once none
 // is, the hold as on a free key (other writers' intents go with the sorted set). On a semaphore's
-// with live holders: a `KEYLOCK_MODE` error; with none, it is a free key. The sorted set is looked
-// at only after 'none' and 'string', so a string key costs what it did.
+// with live holders: a `KEYLOCK_MODE` error; with none, it is a free key.
+//
+// A free key costs three calls: the ACL check, the counter's INCR and `SET NX`. Only a key that
+// exists is looked at further (its TYPE), so an attempt on a held key also takes a fencing token,
+// which is skipped (tokens only promise to increase); the sorted set is read only after 'string'.
 inline std::string acquire_with(const char* ours, const char* value) {
     return std::string(denied) + next_fence + ours + R"lua(
 local refused = denied('$PUBLISH', KEYS[1], '')
 if refused then
   return refused
 end
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind == 'none' then
-  local fence = next_fence()
-  redis.call('SET', KEYS[1], )lua" +
-           value + R"lua(, 'PX', ARGV[2])
+local fence = next_fence()
+if redis.call('SET', KEYS[1], )lua" +
+           value + R"lua(, 'NX', 'PX', ARGV[2]) then
   return {1, fence}
 end
+local kind = redis.call('TYPE', KEYS[1]).ok
 if kind ~= 'string' then
   if kind == 'zset' then
 )lua" + std::string(lock_zset) +
@@ -196,7 +198,6 @@ if kind ~= 'string' then
         end
       end
       if last == nil then
-        local fence = next_fence()
         redis.call('DEL', KEYS[1])
         redis.call('SET', KEYS[1], )lua" +
            value + R"lua(, 'PX', ARGV[2])
@@ -212,10 +213,10 @@ if kind ~= 'string' then
   end
   return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
 end
-local fence = ours(redis.call('GET', KEYS[1]))
-if fence then
+local held = ours(redis.call('GET', KEYS[1]))
+if held then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, fence}
+  return {1, held}
 end
 return {0, redis.call('PTTL', KEYS[1])}
 )lua";
