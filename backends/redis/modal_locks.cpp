@@ -64,12 +64,6 @@ struct ModalLocks::Key {
 
 namespace {
 
-/// The owner token of a hold: its value or member ends with `:<owner token>`.
-std::string owner_of(const std::string& token) {
-    const auto colon = token.rfind(':');
-    return colon == std::string::npos ? token : token.substr(colon + 1);
-}
-
 std::string member_name(detail::Mode mode, std::uint32_t permits, std::uint64_t fence, const std::string& owner) {
     std::string m(1, mode == detail::Mode::shared ? 's' : mode == detail::Mode::upgrade ? 'u' : 'p');
     if (mode == detail::Mode::permits) m.append(std::to_string(permits));

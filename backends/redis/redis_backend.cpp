@@ -74,12 +74,6 @@ struct Waiter final : QueuedWaiter {
 bool names_a_counter(std::string_view key) noexcept { return key.starts_with("fence:{") && key.ends_with('}'); }
 constexpr const char* kCounterKeys = "keys of the form 'fence:{...}' name the Redis backend's fencing counters";
 
-/// The owner token of a lock value or member: what follows its last ':'.
-std::string owner_of(const std::string& token) {
-    const auto colon = token.rfind(':');
-    return colon == std::string::npos ? token : token.substr(colon + 1);
-}
-
 /// A reply a user thread waits for (a release's outcome, an operator's call).
 struct Answer {
     detail::Event done;
@@ -615,9 +609,7 @@ private:
     /// The same for a lock value of ours (`<fencing token>:<owner token>`, or an owner token
     /// alone) whose release or hand-over went unanswered, and may not have run.
     void abandon_value(const std::string& lock_key, const std::string& value) {
-        const auto colon = value.rfind(':');
-        abandon(lock_key, colon == std::string::npos ? value : value.substr(colon + 1),
-                Clock::now() + config_.endpoint.connect_timeout);
+        abandon(lock_key, owner_of(value), Clock::now() + config_.endpoint.connect_timeout);
     }
 
     // ---- releasing ---------------------------------------------------------------------
