@@ -93,8 +93,7 @@ ModalLocks::Key& ModalLocks::key_state(const std::string& key) {
     auto& slot = keys_[key];
     if (!slot) {
         std::string lock_key = config_.prefix + key;
-        std::string fence_key = config_.prefix;
-        fence_key.append("fence:{").append(slot_tag(key_slot(lock_key))).append("}");
+        std::string fence_key = fence_key_of(config_.prefix, lock_key);
         slot = std::make_unique<Key>(io_, key, std::move(lock_key), std::move(fence_key));
     }
     return *slot;

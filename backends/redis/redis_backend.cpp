@@ -364,13 +364,7 @@ private:
         auto& slot = keys_[key];
         if (!slot) {
             std::string lock_key = config_.prefix + key;
-            // Under the prefix, like every key and channel of ours (see scripts.hpp); the tag
-            // puts it in the lock key's slot (the prefix has no hash tag of its own: config_rules.cpp
-            // refuses '{' and '}' in it).
-            std::string fence_key = config_.prefix;
-            fence_key += "fence:{";
-            fence_key += slot_tag(key_slot(lock_key));
-            fence_key += '}';
+            std::string fence_key = fence_key_of(config_.prefix, lock_key);
             KeyLock::Host& host = *this;
             slot = std::make_unique<KeyEntry>(host, rules_, key, std::move(lock_key), std::move(fence_key));
             entries_.store(keys_.size(), std::memory_order_relaxed);
