@@ -589,15 +589,7 @@ private:
     /// deletes the lock of `lock_key` if it was taken under that token. Its connection broke
     /// just now, most likely: tried again every 50 ms until `until`.
     void abandon(const std::string& lock_key, const std::string& token, Clock::time_point until) {
-        servers_->eval(
-            Op::release, abandon_, {lock_key}, {token, lock_key},
-            [this, lock_key, token, until](std::error_code ec, const Reply&, const std::shared_ptr<Connection>&) {
-                if (ec != errc::unavailable || closing_ || Clock::now() >= until) return;
-                auto timer = std::make_shared<asio::steady_timer>(io_thread_.io(), std::chrono::milliseconds(50));
-                timer->async_wait([this, timer, lock_key, token, until](boost::system::error_code e) {
-                    if (!e && !closing_) abandon(lock_key, token, until);
-                });
-            });
+        abandon_hold(io_thread_.io(), *servers_, abandon_, lock_key, token, until, [this] { return closing_; });
     }
 
     /// The same for a lock value of ours (`<fencing token>:<owner token>`, or an owner token
