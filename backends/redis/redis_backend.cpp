@@ -329,14 +329,23 @@ private:
     }
 
     /// A key's KeyLock and its modal requests share one subscription to its channel: SUBSCRIBE
-    /// is sent for each (Redis ignores a repeat), UNSUBSCRIBE once neither needs it.
+    /// is sent for each (Redis ignores a repeat), UNSUBSCRIBE once neither needs it. A party
+    /// whose SUBSCRIBE failed is not subscribed (and never unsubscribes): it no longer counts,
+    /// unless the channel's count was reset meanwhile (a subscriber connection broke, a slot moved).
     void subscribe_channel(const std::string& channel, std::function<void(std::error_code)> done) {
-        ++subs_[channel];
-        servers_->subscribe(channel, std::move(done));
+        Subscription& s = subs_[channel];
+        if (s.parties++ == 0) s.serial = ++subs_serial_;
+        servers_->subscribe(channel, [this, channel, serial = s.serial, done = std::move(done)](std::error_code ec) {
+            if (ec) {
+                auto it = subs_.find(channel);
+                if (it != subs_.end() && it->second.serial == serial && --it->second.parties == 0) subs_.erase(it);
+            }
+            done(ec);
+        });
     }
     void unsubscribe_channel(const std::string& channel) {
         auto it = subs_.find(channel);
-        if (it == subs_.end() || --it->second > 0) return;
+        if (it == subs_.end() || --it->second.parties > 0) return;
         subs_.erase(it);
         servers_->unsubscribe(channel);
     }
@@ -718,9 +727,15 @@ private:
     std::chrono::milliseconds validity_{};  // lease minus drift: how long a hold counts after it was sent
     std::unordered_map<std::string, std::unique_ptr<KeyEntry>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
-    std::unique_ptr<Watchdog> watchdog_;         // and the holds
-    std::unique_ptr<ModalLocks> modal_;          // shared, upgrade and permit holds, and conversions
-    std::unordered_map<std::string, int> subs_;  // channels subscribed to: by how many parties
+    std::unique_ptr<Watchdog> watchdog_;  // and the holds
+    std::unique_ptr<ModalLocks> modal_;   // shared, upgrade and permit holds, and conversions
+    /// A channel subscribed to: by how many parties, since the count's start number `serial`.
+    struct Subscription {
+        int parties = 0;
+        std::uint64_t serial = 0;
+    };
+    std::unordered_map<std::string, Subscription> subs_;  // by channel
+    std::uint64_t subs_serial_ = 0;
     TokenSource tokens_;
     std::mt19937 rng_{std::random_device{}()};
     std::uniform_int_distribution<int> jitter_{0, 10};
