@@ -189,17 +189,20 @@ double ceiling_rate(int port, int ms) {
 #define KEYLOCK_NODE_REDLOCK_DIR ""
 #endif
 
-/// Prepares node-redlock (npm install on first use). Returns an empty string, or why not.
-std::string prepare_node_redlock() {
-    const std::string dir = KEYLOCK_NODE_REDLOCK_DIR;
-    if (dir.empty()) return "no bench/node-redlock directory in this build";
+/// Prepares the npm peer in `dir` (the build's copy of bench/<name>/, whose package.json pins
+/// the versions): npm install on first use, when `package` is not installed there yet. Returns an
+/// empty string, or why not.
+std::string prepare_npm_peer(const std::string& dir, const std::string& name, const std::string& package) {
+    if (dir.empty()) return std::string("no bench/").append(name).append(" directory in this build");
     if (std::system("command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1") != 0) {
         return "node and npm are not installed";
     }
-    if (std::system(("test -d '" + dir + "/node_modules/redlock'").c_str()) != 0 &&
-        std::system(("cd '" + dir + "' && npm install --no-audit --no-fund --silent >npm-install.log 2>&1").c_str()) !=
-            0) {
-        return "npm install failed (see " + dir + "/npm-install.log)";
+    const std::string installed =
+        std::string("test -d '").append(dir).append("/node_modules/").append(package).append("'");
+    const std::string install =
+        std::string("cd '").append(dir).append("' && npm install --no-audit --no-fund --silent >npm-install.log 2>&1");
+    if (std::system(installed.c_str()) != 0 && std::system(install.c_str()) != 0) {
+        return std::string("npm install failed (see ").append(dir).append("/npm-install.log)");
     }
     return {};
 }
@@ -280,21 +283,6 @@ OneKey one_key_rate(int port, int threads, int ms, Take take) {
 #ifndef KEYLOCK_NODE_REDIS_SEMAPHORE_DIR
 #define KEYLOCK_NODE_REDIS_SEMAPHORE_DIR ""
 #endif
-
-/// Prepares the redis-semaphore peer (npm install on first use). Returns an empty string, or why not.
-std::string prepare_node_redis_semaphore() {
-    const std::string dir = KEYLOCK_NODE_REDIS_SEMAPHORE_DIR;
-    if (dir.empty()) return "no bench/node-redis-semaphore directory in this build";
-    if (std::system("command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1") != 0) {
-        return "node and npm are not installed";
-    }
-    if (std::system(("test -d '" + dir + "/node_modules/redis-semaphore'").c_str()) != 0 &&
-        std::system(("cd '" + dir + "' && npm install --no-audit --no-fund --silent >npm-install.log 2>&1").c_str()) !=
-            0) {
-        return "npm install failed (see " + dir + "/npm-install.log)";
-    }
-    return {};
-}
 
 /// The redis-semaphore peer, 64 concurrent loops: acquisitions/s and commands per acquisition
 /// (as it counts them: every command its client sends), zeros if it failed. `mode` is
@@ -450,11 +438,12 @@ int main(int argc, char** argv) {
     auto r = KeyedLockRegistry::from_url(url);
 
     const std::string node_missing = o.quick   ? "not run with --quick"
-                                     : o.locks ? prepare_node_redlock()
+                                     : o.locks ? prepare_npm_peer(KEYLOCK_NODE_REDLOCK_DIR, "node-redlock", "redlock")
                                                : "not run with --only modes";
-    const std::string sem_missing = o.quick   ? "not run with --quick"
-                                    : o.modes ? prepare_node_redis_semaphore()
-                                              : "not run with --only locks";
+    const std::string sem_missing =
+        o.quick   ? "not run with --quick"
+        : o.modes ? prepare_npm_peer(KEYLOCK_NODE_REDIS_SEMAPHORE_DIR, "node-redis-semaphore", "redis-semaphore")
+                  : "not run with --only locks";
     std::vector<double> ping, seq, t64, seq_ratio, node, node_ratio, ceiling, ceiling_ratio;
     std::vector<double> shared, shared_ratio, permits, sem, sem_ratio, one, one_cpa, sem_one, sem_one_ratio,
         sem_one_cpa;

@@ -154,6 +154,38 @@ TEST_CASE("a Redis user that may not subscribe fails its waits at once, naming t
     CHECK(r.try_lock("free-key").has_value());  // what needs no wait still works
 }
 
+TEST_CASE("a refused SUBSCRIBE is not counted: once allowed, a waiter is woken and its channel unsubscribed after it",
+          "[redis][acl]") {
+    // The backend counts the parties (a key's KeyLock, its modal requests) subscribed to each
+    // channel and sends UNSUBSCRIBE when the last is done. A party whose SUBSCRIBE failed is not
+    // subscribed and never unsubscribes: it must not stay counted, or the channel would stay
+    // subscribed for good after the next party's wait.
+    const bool shared = GENERATE(false, true);
+    INFO((shared ? "shared waiters" : "exclusive waiters"));
+    RedisServer server;
+    auto holder = KeyedLockRegistry::from_url(url(server));
+    std::optional<Guard> held = holder.lock("k");
+    auto r = KeyedLockRegistry::from_url(acl_user(server, documented_acl({"+subscribe"})));
+    auto wait_for = [&](std::chrono::milliseconds d) {
+        return shared ? r.try_lock_shared_for("k", d) : r.try_lock_for("k", d);
+    };
+    CHECK(failure_of([&] { (void)wait_for(10s); }).first == errc::auth_failed);
+    auto subscribers = [&] { return call(server.port(), {"PUBSUB", "NUMSUB", "keylock:k"}).elements.at(1).integer; };
+    CHECK(subscribers() == 0);
+
+    REQUIRE(call(server.port(), {"ACL", "SETUSER", "keylock-app", "+subscribe"}).text() == "OK");
+    std::optional<Guard> got;
+    std::thread waiter([&] { got = wait_for(20s); });
+    REQUIRE(eventually([&] { return subscribers() == 1; }, 5s));
+    const auto start = Clock::now();
+    held.reset();
+    waiter.join();
+    REQUIRE(got.has_value());
+    CHECK(Clock::now() - start < 2s);  // the release's notification, not the lease (30 s)
+    got.reset();
+    CHECK(eventually([&] { return subscribers() == 0; }, 5s));  // no party is left on the channel
+}
+
 TEST_CASE("a lock key replaced by another type: its holder's release says not_owner, and leaves it", "[redis]") {
     RedisServer server;
     auto r = KeyedLockRegistry::from_url(url(server));

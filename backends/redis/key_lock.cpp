@@ -198,7 +198,7 @@ void KeyLock::wake() {
 /// The attempt could not reach Redis. Credentials or protocol errors fail the waiters at once;
 /// a connection problem is retried with back-off for up to connect_timeout.
 void KeyLock::no_answer(std::error_code ec, const std::string& why) {
-    if (ec != errc::unavailable) return fail_all(ec, why);
+    if (!retried_unanswered(ec)) return fail_all(ec, why);
     const auto now = host_.now();
     if (first_failure_ == Clock::time_point{}) first_failure_ = now;
     failure_ = why;

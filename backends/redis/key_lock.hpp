@@ -25,6 +25,11 @@ inline constexpr int kMaxTransfers = 16;
 /// How often a waiter looks again while release notifications cannot be had.
 inline constexpr std::chrono::milliseconds kPollWithoutNotifications{200};
 
+/// Whether an attempt (or a release) that went unanswered with `ec` is tried again, every 50 ms
+/// up to connect_timeout: only when Redis could not be reached; a refusal (credentials, an ACL)
+/// or a protocol error is final. KeyLock, ModalLocks and abandon_hold (watchdog.hpp) go by it.
+inline bool retried_unanswered(std::error_code ec) noexcept { return ec == errc::unavailable; }
+
 /// A local wait for a key, as the key's queue knows it. The backend's record derives from it.
 struct QueuedWaiter {
     std::uint64_t id = 0;

@@ -64,12 +64,6 @@ struct ModalLocks::Key {
 
 namespace {
 
-/// The owner token of a hold: its value or member ends with `:<owner token>`.
-std::string owner_of(const std::string& token) {
-    const auto colon = token.rfind(':');
-    return colon == std::string::npos ? token : token.substr(colon + 1);
-}
-
 std::string member_name(detail::Mode mode, std::uint32_t permits, std::uint64_t fence, const std::string& owner) {
     std::string m(1, mode == detail::Mode::shared ? 's' : mode == detail::Mode::upgrade ? 'u' : 'p');
     if (mode == detail::Mode::permits) m.append(std::to_string(permits));
@@ -99,8 +93,7 @@ ModalLocks::Key& ModalLocks::key_state(const std::string& key) {
     auto& slot = keys_[key];
     if (!slot) {
         std::string lock_key = config_.prefix + key;
-        std::string fence_key = config_.prefix;
-        fence_key.append("fence:{").append(slot_tag(key_slot(lock_key))).append("}");
+        std::string fence_key = fence_key_of(config_.prefix, lock_key);
         slot = std::make_unique<Key>(io_, key, std::move(lock_key), std::move(fence_key));
     }
     return *slot;
@@ -207,7 +200,7 @@ void ModalLocks::answered(const std::string& key, std::uint64_t id, std::error_c
         if (w->from == nullptr) w->unanswered = true;  // perhaps it ran: a retry would tell
         const auto now = Clock::now();
         if (k.first_failure == Clock::time_point{}) k.first_failure = now;
-        if (ec == errc::unavailable && !w->ending && !w->expired &&
+        if (retried_unanswered(ec) && !w->ending && !w->expired &&
             now - k.first_failure < config_.endpoint.connect_timeout) {
             k.waiting = true;
             return arm_retry(k, milliseconds(50) + host_.jitter());
@@ -359,22 +352,8 @@ void ModalLocks::give_back(const Key& k, const std::string& member) {
 }
 
 void ModalLocks::abandon(const std::string& lock_key, const std::string& owner) {
-    struct Retry {
-        ModalLocks* self;
-        std::string lock_key, owner;
-        Clock::time_point until;
-        void operator()() const {
-            self->servers_.eval(Op::release, self->scripts_.abandon_member, {lock_key}, {owner, lock_key},
-                                [r = *this](std::error_code ec, const Reply&, const std::shared_ptr<Connection>&) {
-                                    if (ec != errc::unavailable || Clock::now() >= r.until) return;
-                                    auto timer = std::make_shared<asio::steady_timer>(r.self->io_, milliseconds(50));
-                                    timer->async_wait([r, timer](boost::system::error_code e) {
-                                        if (!e) r();
-                                    });
-                                });
-        }
-    };
-    Retry{this, lock_key, owner, Clock::now() + config_.endpoint.connect_timeout}();
+    abandon_hold(io_, servers_, scripts_.abandon_member, lock_key, owner,
+                 Clock::now() + config_.endpoint.connect_timeout);
 }
 
 /// The key may be free now: the front asks again (after the answer in flight, if any).

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <array>
 #include <iterator>
+#include <mutex>
+#include <unordered_map>
 
 #include <boost/algorithm/hex.hpp>
 
@@ -53,7 +55,19 @@ std::string sha1_hex(std::string_view text) {
 
 }  // namespace
 
-Script::Script(std::string text) : body(std::move(text)), sha(sha1_hex(body)) {}
+namespace {
+
+/// The number of the script whose SHA1 is `sha`, a new one for a text not seen before.
+std::uint32_t script_id(const std::string& sha) {
+    static std::mutex mu;
+    static std::unordered_map<std::string, std::uint32_t> ids;
+    const std::lock_guard lock(mu);
+    return ids.try_emplace(sha, static_cast<std::uint32_t>(ids.size())).first->second;
+}
+
+}  // namespace
+
+Script::Script(std::string text) : body(std::move(text)), sha(sha1_hex(body)), id(script_id(sha)) {}
 
 std::unique_ptr<Servers> make_servers(asio::io_context& io, const RedisConfig& config, Servers::Events events,
                                       QuorumScripts quorum_scripts) {
@@ -77,6 +91,7 @@ std::string Node::where() const {
 std::shared_ptr<Connection> Node::command() {
     if (!main_ || (!main_->connected() && main_failed_ && may_connect(main_backoff_))) {
         main_ = make();
+        scripts_sent_.clear();  // a new connection has run no script yet
         main_failed_ = false;
         refused_ = {};
         std::weak_ptr<Connection> weak = main_;
@@ -129,11 +144,9 @@ std::shared_ptr<Connection> Node::subscriber() {
 
 void Node::run(const Script& script, std::vector<std::string> tail, bool asking, EvalHandler handler) {
     std::shared_ptr<Connection> conn = command();
-    if (scripts_on_.lock() != conn) {
-        scripts_sent_.clear();
-        scripts_on_ = conn;
-    }
-    const bool first = scripts_sent_.insert(script.sha).second;
+    if (script.id >= scripts_sent_.size()) scripts_sent_.resize(script.id + 1, false);
+    const bool first = !scripts_sent_[script.id];
+    scripts_sent_[script.id] = true;
     std::vector<std::string> argv;
     argv.reserve(2 + tail.size());
     argv.emplace_back(first ? "EVAL" : "EVALSHA");

@@ -17,7 +17,6 @@
 #include <string>
 #include <string_view>
 #include <system_error>
-#include <unordered_set>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -115,8 +114,7 @@ private:
     bool main_failed_ = false, sub_failed_ = false;
     std::error_code refused_;  // why main_'s handshake was refused, if it was (not: unreachable)
     Backoff main_backoff_, sub_backoff_;
-    std::weak_ptr<Connection> scripts_on_;          // the command connection `scripts_sent_` is of
-    std::unordered_set<std::string> scripts_sent_;  // SHA1s of the scripts sent on it as EVAL
+    std::vector<bool> scripts_sent_;  // by Script::id: sent as EVAL on main_ (cleared when main_ is made)
     std::minstd_rand rng_;
 };
 

@@ -74,12 +74,6 @@ struct Waiter final : QueuedWaiter {
 bool names_a_counter(std::string_view key) noexcept { return key.starts_with("fence:{") && key.ends_with('}'); }
 constexpr const char* kCounterKeys = "keys of the form 'fence:{...}' name the Redis backend's fencing counters";
 
-/// The owner token of a lock value or member: what follows its last ':'.
-std::string owner_of(const std::string& token) {
-    const auto colon = token.rfind(':');
-    return colon == std::string::npos ? token : token.substr(colon + 1);
-}
-
 /// A reply a user thread waits for (a release's outcome, an operator's call).
 struct Answer {
     detail::Event done;
@@ -335,14 +329,23 @@ private:
     }
 
     /// A key's KeyLock and its modal requests share one subscription to its channel: SUBSCRIBE
-    /// is sent for each (Redis ignores a repeat), UNSUBSCRIBE once neither needs it.
+    /// is sent for each (Redis ignores a repeat), UNSUBSCRIBE once neither needs it. A party
+    /// whose SUBSCRIBE failed is not subscribed (and never unsubscribes): it no longer counts,
+    /// unless the channel's count was reset meanwhile (a subscriber connection broke, a slot moved).
     void subscribe_channel(const std::string& channel, std::function<void(std::error_code)> done) {
-        ++subs_[channel];
-        servers_->subscribe(channel, std::move(done));
+        Subscription& s = subs_[channel];
+        if (s.parties++ == 0) s.serial = ++subs_serial_;
+        servers_->subscribe(channel, [this, channel, serial = s.serial, done = std::move(done)](std::error_code ec) {
+            if (ec) {
+                auto it = subs_.find(channel);
+                if (it != subs_.end() && it->second.serial == serial && --it->second.parties == 0) subs_.erase(it);
+            }
+            done(ec);
+        });
     }
     void unsubscribe_channel(const std::string& channel) {
         auto it = subs_.find(channel);
-        if (it == subs_.end() || --it->second > 0) return;
+        if (it == subs_.end() || --it->second.parties > 0) return;
         subs_.erase(it);
         servers_->unsubscribe(channel);
     }
@@ -370,13 +373,7 @@ private:
         auto& slot = keys_[key];
         if (!slot) {
             std::string lock_key = config_.prefix + key;
-            // Under the prefix, like every key and channel of ours (see scripts.hpp); the tag
-            // puts it in the lock key's slot (the prefix has no hash tag of its own: config_rules.cpp
-            // refuses '{' and '}' in it).
-            std::string fence_key = config_.prefix;
-            fence_key += "fence:{";
-            fence_key += slot_tag(key_slot(lock_key));
-            fence_key += '}';
+            std::string fence_key = fence_key_of(config_.prefix, lock_key);
             KeyLock::Host& host = *this;
             slot = std::make_unique<KeyEntry>(host, rules_, key, std::move(lock_key), std::move(fence_key));
             entries_.store(keys_.size(), std::memory_order_relaxed);
@@ -601,23 +598,13 @@ private:
     /// deletes the lock of `lock_key` if it was taken under that token. Its connection broke
     /// just now, most likely: tried again every 50 ms until `until`.
     void abandon(const std::string& lock_key, const std::string& token, Clock::time_point until) {
-        servers_->eval(
-            Op::release, abandon_, {lock_key}, {token, lock_key},
-            [this, lock_key, token, until](std::error_code ec, const Reply&, const std::shared_ptr<Connection>&) {
-                if (ec != errc::unavailable || closing_ || Clock::now() >= until) return;
-                auto timer = std::make_shared<asio::steady_timer>(io_thread_.io(), std::chrono::milliseconds(50));
-                timer->async_wait([this, timer, lock_key, token, until](boost::system::error_code e) {
-                    if (!e && !closing_) abandon(lock_key, token, until);
-                });
-            });
+        abandon_hold(io_thread_.io(), *servers_, abandon_, lock_key, token, until, [this] { return closing_; });
     }
 
     /// The same for a lock value of ours (`<fencing token>:<owner token>`, or an owner token
     /// alone) whose release or hand-over went unanswered, and may not have run.
     void abandon_value(const std::string& lock_key, const std::string& value) {
-        const auto colon = value.rfind(':');
-        abandon(lock_key, colon == std::string::npos ? value : value.substr(colon + 1),
-                Clock::now() + config_.endpoint.connect_timeout);
+        abandon(lock_key, owner_of(value), Clock::now() + config_.endpoint.connect_timeout);
     }
 
     // ---- releasing ---------------------------------------------------------------------
@@ -740,9 +727,15 @@ private:
     std::chrono::milliseconds validity_{};  // lease minus drift: how long a hold counts after it was sent
     std::unordered_map<std::string, std::unique_ptr<KeyEntry>> keys_;
     std::unordered_map<std::uint64_t, Waiter*> waiters_;
-    std::unique_ptr<Watchdog> watchdog_;         // and the holds
-    std::unique_ptr<ModalLocks> modal_;          // shared, upgrade and permit holds, and conversions
-    std::unordered_map<std::string, int> subs_;  // channels subscribed to: by how many parties
+    std::unique_ptr<Watchdog> watchdog_;  // and the holds
+    std::unique_ptr<ModalLocks> modal_;   // shared, upgrade and permit holds, and conversions
+    /// A channel subscribed to: by how many parties, since the count's start number `serial`.
+    struct Subscription {
+        int parties = 0;
+        std::uint64_t serial = 0;
+    };
+    std::unordered_map<std::string, Subscription> subs_;  // by channel
+    std::uint64_t subs_serial_ = 0;
     TokenSource tokens_;
     std::mt19937 rng_{std::random_device{}()};
     std::uniform_int_distribution<int> jitter_{0, 10};

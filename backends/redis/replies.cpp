@@ -21,6 +21,11 @@ bool script_refused(const Reply& r) { return r.str.find(kScriptRefused) != std::
 
 }  // namespace
 
+std::string owner_of(const std::string& token) {
+    const auto colon = token.rfind(':');
+    return colon == std::string::npos ? token : token.substr(colon + 1);
+}
+
 std::string error_reason(const Reply& r) {
     if (r.str.rfind("Redis at ", 0) == 0) return r.str;
     std::string why = "Redis answered '";

@@ -12,6 +12,10 @@
 
 namespace keylock::redis {
 
+/// The owner token of a lock value (`<fencing token>:<owner token>`), a modal hold's member
+/// (`<mode>:<fencing token>:<owner token>`) or an owner token alone: what follows its last ':'.
+std::string owner_of(const std::string& token);
+
 /// The words of a server's error reply `r` for a message: as they are when they already name
 /// the node (a quorum's or a cluster's error), else "Redis answered '…'".
 std::string error_reason(const Reply& r);

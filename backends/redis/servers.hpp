@@ -10,6 +10,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -28,6 +29,10 @@ namespace keylock::redis {
 struct Script {
     std::string body;
     std::string sha;
+    /// A small number of its own, the same for every Script of the same text: the process's
+    /// distinct script texts are numbered from 0 as they are first made (there are a few dozen),
+    /// so that a connection can note the scripts it has run in a short vector (Node::run).
+    std::uint32_t id = 0;
     explicit Script(std::string text);
 };
 

@@ -109,4 +109,8 @@ std::string_view slot_tag(std::uint16_t slot) noexcept {
     return std::string_view(table.chars).substr(begin, table.offsets[slot + 1u] - begin);
 }
 
+std::string fence_key_of(std::string_view prefix, std::string_view lock_key) {
+    return std::string(prefix).append("fence:{").append(slot_tag(key_slot(lock_key))).append("}");
+}
+
 }  // namespace keylock::redis

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace keylock::redis {
@@ -26,5 +27,10 @@ std::uint16_t key_slot(std::string_view key) noexcept;
 /// table of all 16384 tags is built on first use (a few ms, ~110 KB, thread-safe); a failure
 /// to allocate it terminates. Returns an empty view if `slot >= slot_count`.
 std::string_view slot_tag(std::uint16_t slot) noexcept;
+
+/// The key of the fencing counter of `lock_key`'s slot: `<prefix>fence:{<tag>}`. Under the
+/// prefix, like every key and channel of ours (see scripts.hpp); the tag puts it in the lock
+/// key's slot (the prefix has no hash tag of its own: config_rules.cpp refuses '{' and '}' in it).
+std::string fence_key_of(std::string_view prefix, std::string_view lock_key);
 
 }  // namespace keylock::redis

@@ -2,6 +2,7 @@
 // The Redis backend's watchdog: lease renewals in one pipelined batch every lease/3.
 #include "watchdog.hpp"
 
+#include "key_lock.hpp"
 #include "lease.hpp"
 
 #include <algorithm>
@@ -9,6 +10,41 @@
 #include <utility>
 
 namespace keylock::redis {
+
+namespace {
+
+/// One abandon_hold, sent again while unanswered.
+struct Abandon {
+    boost::asio::io_context* io;
+    Servers* servers;
+    const Script* script;
+    std::string lock_key, owner;
+    std::chrono::steady_clock::time_point until;
+    std::function<bool()> stopped;
+
+    bool stop() const { return stopped && stopped(); }
+
+    void operator()() const {
+        servers->eval(Op::release, *script, {lock_key}, {owner, lock_key},
+                      [r = *this](std::error_code ec, const Reply&, const std::shared_ptr<Connection>&) {
+                          if (!retried_unanswered(ec) || r.stop() || std::chrono::steady_clock::now() >= r.until)
+                              return;
+                          auto timer =
+                              std::make_shared<boost::asio::steady_timer>(*r.io, std::chrono::milliseconds(50));
+                          timer->async_wait([r, timer](boost::system::error_code e) {
+                              if (!e && !r.stop()) r();
+                          });
+                      });
+    }
+};
+
+}  // namespace
+
+void abandon_hold(boost::asio::io_context& io, Servers& servers, const Script& script, const std::string& lock_key,
+                  const std::string& owner, std::chrono::steady_clock::time_point until,
+                  std::function<bool()> stopped) {
+    Abandon{&io, &servers, &script, lock_key, owner, until, std::move(stopped)}();
+}
 
 Watchdog::Watchdog(boost::asio::io_context& io, const RedisConfig& config, Servers& servers, const Script& extend,
                    const Script& extend_member, const Replication& replication, std::chrono::milliseconds validity,

@@ -31,6 +31,16 @@ struct RedisHold final : detail::LeasedHold {
     bool releasing = false;  // its release is under way (no guard refers to it)
 };
 
+/// Deletes what owner token `owner` may hold in `lock_key` after an attempt, a release or a
+/// hand-over that went unanswered (and may or may not have run), with `script` (an abandon
+/// script: KEYS `lock_key`, ARGV `owner` and `lock_key`). Its connection broke just now, most
+/// likely: while it goes unanswered in a way retried_unanswered (key_lock.hpp) allows, it is
+/// sent again every 50 ms until `until`, unless `stopped` (if given) says so first. `servers`
+/// and `script` must outlive the retries.
+void abandon_hold(boost::asio::io_context& io, Servers& servers, const Script& script, const std::string& lock_key,
+                  const std::string& owner, std::chrono::steady_clock::time_point until,
+                  std::function<bool()> stopped = {});
+
 class Watchdog {
 public:
     /// `lost`: a hold was found lost while held (Backend::mark_lost). `extend` and `replication`
