@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <stop_token>
 #include <string>
 #include <utility>
@@ -153,7 +154,26 @@ std::optional<MultiGuard> KeyedLockRegistry::acquire_all(std::vector<std::string
     }
     std::vector<Guard> guards;
     guards.reserve(keys.size());
-    for (std::string_view key : keys) {
+    std::vector<detail::Acquired> taken;
+    // The backend may take a run of the keys at once, all or none, without waiting (on Redis,
+    // keys of one slot in one script): the same as taking them one by one in this order, each
+    // free. Only the one-by-one path waits, and only for a key greater than every key held, as
+    // before; after a key found held, keys go one by one through it before the next run.
+    std::size_t one_by_one_until = 0;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+        if (i >= one_by_one_until) {
+            std::size_t held = 0;
+            taken.clear();
+            const std::size_t took =
+                backend_->try_acquire_all(std::span<const std::string_view>(keys).subspan(i), taken, held);
+            if (took > 0) {
+                for (const detail::Acquired& a : taken) guards.push_back(Guard(backend_.get(), a));
+                i += took - 1;
+                continue;
+            }
+            one_by_one_until = i + held + 1;
+        }
+        const std::string_view key = keys[i];
         std::error_code ec;
         const detail::Acquired a = acquire(request(key, LockMode::exclusive, deadline, stop), ec);
         if (a.hold == nullptr) {

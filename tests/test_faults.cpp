@@ -419,6 +419,37 @@ TEST_CASE("fault: a try_lock whose answer is lost gives the lock back, at the de
     CHECK(Clock::now() - start < 1s);
 }
 
+TEST_CASE("fault: a lock_all script whose answer is lost leaves no lock behind", "[faults][redis][lock_all]") {
+    // lock_all's one script for several free keys runs in Redis, then its answer is lost. The
+    // backend gives back every key taken under that attempt's owner token (the abandon
+    // script), and the keys go the one-by-one way: lock_all returns at once, not after the 30 s
+    // lease of locks nobody holds, and its guard's keys are all that is left, until released.
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    auto r = KeyedLockRegistry::from_url(url(proxy.port()));  // lease 30 s
+    r.lock_all({"warm-1", "warm-2"}).release();               // connection 0 is up, the scripts loaded
+    proxy.drop_next_reply(0);
+    const std::vector<std::string> keys = {"a", "b", "c", "d", "e"};
+    const auto start = Clock::now();
+    auto all = r.try_lock_all_for(keys, 10s);
+    CHECK(Clock::now() - start < 1s);
+    REQUIRE(all.has_value());
+    CHECK(proxy.accepted() >= 2);  // the commands' connection, its reconnection (and perhaps a subscriber)
+    auto owner = [&](const std::string& key) {
+        const std::string value = keylock::test::call(server.port(), {"GET", "keylock:" + key}).str;
+        CHECK(value.starts_with(std::to_string(all->fencing_token(key)) + ":"));  // this guard's
+        return value.substr(value.find(':') + 1);
+    };
+    // "a" one by one (the key the lost attempt began with), then the rest in one script again.
+    CHECK(owner("a") != owner("b"));
+    for (const char* key : {"c", "d", "e"}) CHECK(owner(key) == owner("b"));
+    all->release();  // every value is this guard's: no not_owner
+    CHECK(
+        keylock::test::call(server.port(), {"EXISTS", "keylock:a", "keylock:b", "keylock:c", "keylock:d", "keylock:e"})
+            .integer == 0);
+    CHECK(r.stats().lost == 0);
+}
+
 TEST_CASE("fault: a hand-over whose answer is lost is taken by the next holder's attempt", "[faults][redis]") {
     // A release hands the lock to a waiter of the same process (one script); its answer is
     // lost. If the hand-over ran, the waiter's own attempt, with the owner token the hand-over

@@ -216,6 +216,19 @@ void KeyLock::fail_all(std::error_code ec, const std::string& why) {
     settle();
 }
 
+void KeyLock::adopt(detail::Hold* hold) {
+    attempting_ = false;
+    holder_ = hold;
+    while (!queue_.empty() && queue_.front()->expired)
+        finish(queue_.front(), make_error_code(errc::timeout), {}, false);
+}
+
+void KeyLock::unreserve() {
+    attempting_ = false;
+    pump();
+    settle();
+}
+
 KeyLock::Release KeyLock::release_by(bool lost) {
     // A quorum never hands over in place: each node counts fencing tokens on its own.
     if (!lost && !rules_.quorum && !queue_.empty() && transfers_ < kMaxTransfers) return Release::hand_over;

@@ -159,6 +159,16 @@ public:
     /// notifications were lost).
     void retry_due();
 
+    /// lock_all's fast path (one script for several keys) is taking this key, which was not in
+    /// use: attempts wait for its outcome as for an attempt of the key's own (local waiters
+    /// queue meanwhile, and get the key from the fast path's hold by hand-over).
+    void reserve() noexcept { attempting_ = true; }
+    /// The fast path took the key: `hold` is the backend's new hold of it, which is the key's
+    /// holder from now on (given to no waiter). A waiter whose deadline passed meanwhile ends.
+    void adopt(detail::Hold* hold);
+    /// The fast path did not take the key: attempts go on as usual (frees the key if unused).
+    void unreserve();
+
     /// How the holder's release goes.
     enum class Release : std::uint8_t {
         hand_over,  ///< a local waiter is next: transfer the lock in one round trip

@@ -12,6 +12,7 @@
 #include <future>
 #include <mutex>
 #include <random>
+#include <span>
 #include <unordered_map>
 
 #include <boost/asio/steady_timer.hpp>
@@ -98,6 +99,7 @@ public:
           bump_(scripts::bump),
           extend_member_(scripts::extend_member),
           inspect_modes_(scripts::inspect_modes),
+          acquire_all_(config.topology == Topology::cluster ? scripts::acquire_all_sharded : scripts::acquire_all),
           replication_(config) {
         lease_ms_ = std::to_string(config_.lease.count());
         Servers::Events events;
@@ -159,6 +161,30 @@ public:
             tally_.began();
             complete(w, make_error_code(errc::invalid_key), {}, kCounterKeys);
         });
+    }
+
+    /// lock_all's fast path: the first keys of `keys` that may go in one script (all of them on
+    /// a single server or Sentinel, a run of one slot on Cluster, none on Redlock), taken by
+    /// one acquire_all script if every one is free in Redis and not in use in this process.
+    std::size_t try_acquire_all(std::span<const std::string_view> keys, std::vector<Acquired>& out,
+                                std::size_t& held) override {
+        held = 0;
+        if (rules_.quorum || keys.size() < 2) return 0;
+        std::size_t n = keys.size();
+        if (config_.topology == Topology::cluster) {
+            const std::uint16_t slot = key_slot(std::string(config_.prefix).append(keys[0]));
+            n = 1;
+            while (n < keys.size() && key_slot(std::string(config_.prefix).append(keys[n])) == slot) ++n;
+            if (n < 2) return 0;
+        }
+        AllAttempt attempt;
+        attempt.keys.assign(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(n));
+        post([this, &attempt] { start_all(attempt); });
+        attempt.done.wait();
+        held = attempt.held;
+        if (attempt.taken.empty()) return 0;
+        out.insert(out.end(), attempt.taken.begin(), attempt.taken.end());
+        return attempt.taken.size();
     }
 
     void cancel(detail::AsyncWaiter* op) noexcept override {
@@ -451,6 +477,104 @@ private:
                        [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
     }
 
+    // ---- lock_all's fast path ------------------------------------------------------------
+
+    /// One acquire_all script, as the user thread waiting for it sees it.
+    struct AllAttempt {
+        std::vector<std::string> keys;
+        std::vector<Acquired> taken;  // all of `keys`, or none
+        std::size_t held = 0;         // none taken: the index of a key found held (0 if none was)
+        detail::Event done;
+    };
+
+    /// Only keys this process does not use (no entry: no holder, waiter or attempt; no modal
+    /// waiter) go in: their entries are reserved while the script runs, so that a local waiter
+    /// that comes meanwhile queues behind it, as behind an attempt of the key's own.
+    void start_all(AllAttempt& a) {
+        for (const std::string& key : a.keys) {
+            if (names_a_counter(key) || find(key) != nullptr || modal_->waiting_for(key)) return a.done.set();
+        }
+        std::vector<std::string_view> redis_keys;
+        for (const std::string& key : a.keys) {
+            KeyEntry& st = state_of(key);
+            st.reserve();
+            redis_keys.push_back(st.lock_key());
+            redis_keys.push_back(st.fence_key());
+        }
+        const auto sent = lease::Clock::now();
+        auto token = std::make_shared<std::string>(tokens_.next());
+        servers_->eval(
+            Op::acquire, acquire_all_, std::move(redis_keys), {*token, lease_ms_},
+            [this, &a, token, sent](std::error_code ec, const Reply& r, const std::shared_ptr<Connection>& conn) {
+                const std::size_t n = a.keys.size();
+                if (ec || r.type != Reply::Type::array || r.elements.empty() ||
+                    r.elements[0].type != Reply::Type::integer ||
+                    (r.elements[0].integer == 1 && r.elements.size() != n + 1)) {
+                    // No answer (it may have run), an error (it may have run halfway):
+                    // whatever it took under this owner token goes back, and the keys
+                    // go the one-by-one way, which meets the error and reports it.
+                    for (const std::string& key : a.keys)
+                        abandon(config_.prefix + key, *token, Clock::now() + config_.endpoint.connect_timeout);
+                    return none_taken(a, 0);
+                }
+                if (r.elements[0].integer != 1) {  // {0, i}: nothing written
+                    const long long i = r.elements.size() > 1 ? r.elements[1].integer : 1;
+                    return none_taken(a,
+                                      i >= 1 && static_cast<std::size_t>(i) <= n ? static_cast<std::size_t>(i - 1) : 0);
+                }
+                std::vector<std::uint64_t> fences;
+                for (std::size_t i = 1; i <= n; ++i)
+                    fences.push_back(static_cast<std::uint64_t>(r.elements[i].integer));
+                if (!replication_.waits()) return grant_all(a, *token, fences, sent);
+                replication_.after(conn, [this, &a, token, fences, sent](const std::string& why) {
+                    if (why.empty()) return grant_all(a, *token, fences, sent);
+                    discard_all(a, *token, fences);
+                });
+            });
+    }
+
+    /// Every key of `a` was taken, under owner token `token` with fencing tokens `fences`: a
+    /// new hold for each, as `grant` makes (the watchdog renews it, Stats count it), which is
+    /// its key's holder; a local waiter that came meanwhile gets it by hand-over at release.
+    void grant_all(AllAttempt& a, const std::string& token, const std::vector<std::uint64_t>& fences,
+                   lease::Clock::time_point sent) {
+        const auto valid_until = sent + validity_;
+        if (lease::Clock::now() >= valid_until) return discard_all(a, token, fences);  // see grant
+        for (std::size_t i = 0; i < a.keys.size(); ++i) {
+            KeyEntry* st = find(a.keys[i]);  // reserved: still there
+            auto* h = new RedisHold;
+            h->key = st->key();
+            h->token = lock_value(fences[i], token);
+            h->fence = fences[i];
+            h->valid_until(valid_until);
+            watchdog_->add(h);
+            tally_.began();
+            tally_.ended({}, false);
+            st->adopt(h);
+            a.taken.push_back({h, fences[i]});
+        }
+        a.done.set();  // the user thread may return right after this
+    }
+
+    /// A grant not handed out (not confirmed by replicas, or too late): given back, if still ours.
+    void discard_all(AllAttempt& a, const std::string& token, const std::vector<std::uint64_t>& fences) {
+        for (std::size_t i = 0; i < a.keys.size(); ++i) {
+            const std::string lock_key = config_.prefix + a.keys[i];
+            servers_->eval(Op::release, release_, {lock_key}, {lock_value(fences[i], token), lock_key},
+                           [](std::error_code, const Reply&, const std::shared_ptr<Connection>&) {});
+        }
+        none_taken(a, 0);
+    }
+
+    /// Nothing taken: the keys' entries go back to their usual ways (or are freed).
+    void none_taken(AllAttempt& a, std::size_t held) {
+        a.held = held;
+        for (const std::string& key : a.keys) {
+            if (KeyEntry* st = find(key)) st->unreserve();
+        }
+        a.done.set();  // the user thread may return right after this
+    }
+
     // ---- what the keys ask for (KeyLock::Host) ------------------------------------------
 
     Clock::time_point now() override { return Clock::now(); }
@@ -718,7 +842,7 @@ private:
     bool stopped_ = false;  // finished(): the loop is told to stop
 
     const Script acquire_, release_, abandon_, extend_, transfer_, inspect_, force_release_, bump_, extend_member_,
-        inspect_modes_;
+        inspect_modes_, acquire_all_;
     const Replication replication_;
 
     // I/O thread only.

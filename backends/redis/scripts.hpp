@@ -231,6 +231,74 @@ inline const std::string acquire_sharded =
 // nodes' answers (see bump).
 inline const std::string acquire_plain = publishing(acquire_with(ours_plain, "ARGV[1]"), "PUBLISH");
 
+// lock_all's fast path: several free keys at once, all or none. KEYS are pairs: KEYS[2i-1] a
+// lock key, KEYS[2i] the fencing counter of its slot (on Cluster every key of one script is of
+// one slot, so every pair names the same counter); ARGV[1] the owner token of the attempt,
+// ARGV[2] lease in ms. First the release's publication is checked for every key, then every key
+// is read, nothing written: a key that exists and is not ours under ARGV[1] (held by anyone, of
+// another type, a sorted set of shared holds) makes it return {0, i} (i the index of the pair),
+// having written nothing. Else it takes every key as acquire does a free one (a fencing token of
+// its own from its slot's counter, in the order of the pairs, and `SET PX`), or renews a key
+// found ours already (an earlier attempt of this owner token), and returns {1, fence of pair
+// 1, fence of pair 2, ...}. The new tokens increase in the order of the pairs even across
+// counters: a counter behind the token just issued is raised past it (counters only go up). An error midway (a refused
+// SET) may leave some keys taken under ARGV[1]: the backend then gives back every key of the attempt (the abandon
+// script).
+inline const std::string acquire_all_script = std::string(denied) + ours_fenced + R"lua(
+local function next_fence_of(counter)
+  local fence = redis.call('INCR', counter)
+  if fence == 1 then
+    local t = redis.call('TIME')
+    fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local set = redis.pcall('SET', counter, fence)
+    if type(set) == 'table' and set.err then
+      redis.call('DEL', counter)
+      error(set)
+    end
+  end
+  return fence
+end
+local n = #KEYS / 2
+for i = 1, n do
+  local refused = denied('$PUBLISH', KEYS[2 * i - 1], '')
+  if refused then
+    return refused
+  end
+end
+local fences = {}
+for i = 1, n do
+  local value = redis.pcall('GET', KEYS[2 * i - 1])
+  if value then
+    local held = type(value) == 'string' and ours(value)
+    if not held then
+      return {0, i}
+    end
+    fences[i] = held
+  end
+end
+local out = {1}
+local last = 0
+for i = 1, n do
+  local key = KEYS[2 * i - 1]
+  if fences[i] then
+    redis.call('PEXPIRE', key, ARGV[2])
+  else
+    local fence = next_fence_of(KEYS[2 * i])
+    if fence <= last then
+      fence = last + 1
+      redis.call('SET', KEYS[2 * i], string.format('%d', fence))
+    end
+    fences[i] = fence
+    redis.call('SET', key, string.format('%d', fence) .. ':' .. ARGV[1], 'PX', ARGV[2])
+  end
+  last = fences[i]
+  out[i + 1] = fences[i]
+end
+return out
+)lua";
+inline const std::string acquire_all = publishing(acquire_all_script, "PUBLISH");
+inline const std::string acquire_all_sharded = publishing(acquire_all_script, "SPUBLISH");
+
 // KEYS[1] a fencing counter, ARGV[1] a fencing token issued from a quorum's counters: raises the
 // counter to at least the token, so that every later token drawn from this counter is larger.
 // Returns 1.

@@ -17,11 +17,13 @@
 #include <mutex>
 #include <new>
 #include <ratio>
+#include <span>
 #include <stop_token>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <type_traits>
+#include <vector>
 
 #include <time.h>
 
@@ -247,6 +249,21 @@ public:
 
     /// Ends a pending `async_acquire` with `cancelled` if it has not completed yet.
     virtual void cancel(AsyncWaiter* waiter) noexcept = 0;
+
+    /// lock_all's fast path: takes the first k keys of `keys` (checked, sorted, distinct; k of
+    /// the backend's choosing, at least 1) exclusively, all at once and without waiting, or
+    /// none. Returns k, having appended k acquisitions to `out` (in the order of `keys`), each
+    /// a hold like `acquire`'s; or 0 (nothing taken, nothing appended), and then `held` says
+    /// the index of a key found held (0 when none was), so that the registry takes keys one by
+    /// one, in order, through that one before it asks again. Never throws: an error is for
+    /// the one-by-one path to meet and report. The default: 0, always.
+    virtual std::size_t try_acquire_all(std::span<const std::string_view> keys, std::vector<Acquired>& out,
+                                        std::size_t& held) {
+        (void)keys;
+        (void)out;
+        held = 0;
+        return 0;
+    }
 
     /// Releases a hold. With `ec`, returns once the outcome is known and reports `not_owner`
     /// when the lock was no longer ours. Without (a guard's destructor: nobody waits for the
