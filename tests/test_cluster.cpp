@@ -222,6 +222,45 @@ TEST_CASE("cluster: operators see and force locks on every master", "[topology][
     }
 }
 
+TEST_CASE("cluster: lock_all takes each run of keys of one slot in one script, the slots in order",
+          "[topology][cluster][lock_all]") {
+    ClusterDeployment d;
+    auto r = KeyedLockRegistry::from_url(d.url());
+    const std::vector<int> slots = d.key_slots({lock_key("{p}a"), lock_key("{q}a")});
+    REQUIRE(slots[0] != slots[1]);
+    const std::vector<int> owners = d.slot_map();
+    const int p_port = owners[static_cast<std::size_t>(slots[0])], q_port = owners[static_cast<std::size_t>(slots[1])];
+    r.lock_all({"{p}w1", "{p}w2"}).release();  // the script loaded where "{p}" lives
+    r.lock_all({"{q}w1", "{q}w2"}).release();
+    auto scripts_run = [](int port) {
+        long n = 0;
+        for (const char* command : {"cmdstat_evalsha", "cmdstat_eval"}) {
+            const std::string stat = info_field(call(port, {"INFO", "commandstats"}).str, command);
+            if (stat.rfind("calls=", 0) == 0) n += std::stol(stat.substr(6));
+        }
+        return n;
+    };
+    for (int port : d.master_ports()) REQUIRE(call(port, {"CONFIG", "RESETSTAT"}).str == "OK");
+    keylock::MultiGuard all = r.lock_all({"{q}d", "{p}b", "{q}c", "{p}a", "{p}e"});
+    long total = 0;
+    for (int port : d.master_ports()) total += scripts_run(port);
+    CHECK(total == 2);  // "{p}a", "{p}b", "{p}e", then "{q}c", "{q}d": two runs, two scripts
+    auto owner = [&](const std::string& key, int port) {
+        const std::string value = call(port, {"GET", lock_key(key)}).str;
+        CHECK(value.rfind(std::to_string(all.fencing_token(key)) + ":", 0) == 0);
+        return value.substr(value.find(':') + 1);
+    };
+    CHECK(owner("{p}a", p_port) == owner("{p}e", p_port));
+    CHECK(owner("{q}c", q_port) == owner("{q}d", q_port));
+    CHECK(owner("{p}a", p_port) != owner("{q}c", q_port));
+    CHECK(all.fencing_token("{p}a") < all.fencing_token("{p}b"));  // one counter per slot
+    CHECK(all.fencing_token("{p}b") < all.fencing_token("{p}e"));
+    CHECK(all.fencing_token("{q}c") < all.fencing_token("{q}d"));
+    all.release();
+    CHECK(call(p_port, {"EXISTS", lock_key("{p}a"), lock_key("{p}b"), lock_key("{p}e")}).integer == 0);
+    CHECK(call(q_port, {"EXISTS", lock_key("{q}c"), lock_key("{q}d")}).integer == 0);
+}
+
 TEST_CASE("cluster: one master without replicas is a cluster too", "[topology][cluster]") {
     ClusterDeployment d(1, 0);
     const int port = d.node(0).port();
