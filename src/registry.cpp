@@ -161,7 +161,7 @@ std::optional<MultiGuard> KeyedLockRegistry::acquire_all(std::vector<std::string
     // before; after a key found held, keys go one by one through it before the next run.
     std::size_t one_by_one_until = 0;
     for (std::size_t i = 0; i < keys.size(); ++i) {
-        if (i >= one_by_one_until) {
+        if (i >= one_by_one_until && !stop.stop_requested()) {  // (a stop: the one-by-one path says cancelled)
             std::size_t held = 0;
             taken.clear();
             const std::size_t took =
