@@ -451,7 +451,7 @@ TEST_CASE("Redis lock_all and lock on the same keys from several registries and 
         CHECK(eventually([&] { return !registries[0].inspect("key-" + std::to_string(k)).held; }, 2s));
 }
 
-TEST_CASE("probe: time of lock_all of 8 free keys on loopback (prints; no timed assertion)", "[.][probe][lock_all]") {
+TEST_CASE("probe: time of lock_all of 8 free keys on loopback (prints; no timed assertion)", "[.][probe]") {
     RedisServer server;
     auto r = KeyedLockRegistry::from_url(url(server));
     std::vector<std::string> keys;
