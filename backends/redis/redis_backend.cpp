@@ -75,6 +75,10 @@ struct Waiter final : QueuedWaiter {
 bool names_a_counter(std::string_view key) noexcept { return key.starts_with("fence:{") && key.ends_with('}'); }
 constexpr const char* kCounterKeys = "keys of the form 'fence:{...}' name the Redis backend's fencing counters";
 
+/// At most this many keys in one acquire_all script (the next ones go in the next), so that one
+/// lock_all of many keys does not keep the server to itself for long.
+constexpr std::size_t kMaxKeysPerScript = 128;
+
 /// A reply a user thread waits for (a release's outcome, an operator's call).
 struct Answer {
     detail::Event done;
@@ -177,6 +181,7 @@ public:
             while (n < keys.size() && key_slot(std::string(config_.prefix).append(keys[n])) == slot) ++n;
             if (n < 2) return 0;
         }
+        n = std::min(n, kMaxKeysPerScript);
         AllAttempt attempt;
         attempt.keys.assign(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(n));
         post([this, &attempt] { start_all(attempt); });
