@@ -451,6 +451,25 @@ TEST_CASE("Redis lock_all and lock on the same keys from several registries and 
         CHECK(eventually([&] { return !registries[0].inspect("key-" + std::to_string(k)).held; }, 2s));
 }
 
+TEST_CASE("Redis lock_all of 300 free keys: 128 keys a script, every key held once, all released",
+          "[redis][modes][lock_all]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server));
+    r.lock_all({"warm-1", "warm-2"}).release();
+    std::vector<std::string> keys;
+    for (int k = 0; k < 300; ++k) keys.push_back("many-" + std::to_string(k));
+    REQUIRE(server.command("CONFIG RESETSTAT") == "+OK");
+    {
+        MultiGuard all = r.lock_all(keys);
+        CHECK(all.size() == 300);
+        CHECK(calls_of(server, "evalsha") + calls_of(server, "eval") == 3);
+        CHECK(call(server.port(), {"DBSIZE"}).integer >= 300);
+        for (const std::string& key : keys) CHECK(all.fencing_token(key) != 0);
+    }
+    CHECK(eventually([&] { return calls_of(server, "publish") == 300; }, 2s));
+    CHECK(call(server.port(), {"KEYS", "keylock:many-*"}).elements.empty());
+}
+
 TEST_CASE("probe: time of lock_all of 8 free keys on loopback (prints; no timed assertion)", "[.][probe]") {
     RedisServer server;
     auto r = KeyedLockRegistry::from_url(url(server));
