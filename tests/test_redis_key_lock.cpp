@@ -508,3 +508,69 @@ TEST_CASE("a redis try_lock that comes while this process's release of the key i
     CHECK_FALSE(f.done[1].ec);
     CHECK(f.done[1].acquired.fence == 2);
 }
+
+TEST_CASE("a redis key reserved by lock_all's fast path: waiters queue behind it, then get its hold by hand-over",
+          "[redis][key_lock][lock_all]") {
+    Fake f;
+    f.key->reserve();
+    CHECK(f.key->busy());
+    QueuedWaiter* a = f.waiter();
+    QueuedWaiter* late = f.waiter(milliseconds(10));
+    f.key->enqueue(a);
+    f.key->enqueue(late);
+    CHECK(f.attempts == 0);  // the fast path's script decides first
+    f.advance(milliseconds(20));
+    f.key->deadline_passed(late);  // not at the front: ends at once
+    REQUIRE(f.done.size() == 1);
+    CHECK(f.done[0].ec == errc::timeout);
+    Hold* multi = f.holds.emplace_back(std::make_unique<Hold>()).get();
+    f.key->adopt(multi);  // the key's holder now, given to no waiter
+    CHECK(f.done.size() == 1);
+    CHECK(f.given_back.empty());
+    CHECK(f.attempts == 0);
+    CHECK(release(f) == KeyLock::Release::hand_over);  // to the waiter that came meanwhile
+    f.key->handed_over();
+    Hold* h = f.confirm(7);
+    REQUIRE(f.done.size() == 2);
+    CHECK(f.done[1].waiter == a);
+    CHECK(f.done[1].acquired.hold == h);
+    CHECK(release(f) == KeyLock::Release::release);
+    CHECK(f.key == nullptr);  // nothing refers to it any more
+}
+
+TEST_CASE("a redis key the fast path did not take goes back to its own attempts, or is freed",
+          "[redis][key_lock][lock_all]") {
+    Fake f;
+    f.key->reserve();
+    QueuedWaiter* a = f.waiter(milliseconds(10));
+    f.key->enqueue(a);
+    f.advance(milliseconds(20));
+    f.key->deadline_passed(a);  // at the front while "an attempt" is in flight: that decides
+    CHECK(f.done.empty());
+    f.key->unreserve();
+    CHECK(f.attempts == 1);  // its own attempt now
+    f.key->answered(Fake::held(500));
+    REQUIRE(f.done.size() == 1);
+    CHECK(f.done[0].ec == errc::timeout);
+    CHECK(f.key == nullptr);
+
+    Fake g;
+    g.key->reserve();
+    g.key->unreserve();  // nobody waits: freed
+    CHECK(g.key == nullptr);
+    CHECK(g.attempts == 0);
+
+    Fake e;  // adopted with an expired waiter at the front: it ends with timeout, the hold stays
+    e.key->reserve();
+    QueuedWaiter* w = e.waiter(milliseconds(10));
+    e.key->enqueue(w);
+    e.advance(milliseconds(20));
+    e.key->deadline_passed(w);
+    Hold* multi = e.holds.emplace_back(std::make_unique<Hold>()).get();
+    e.key->adopt(multi);
+    REQUIRE(e.done.size() == 1);
+    CHECK(e.done[0].ec == errc::timeout);
+    CHECK(e.given_back.empty());
+    CHECK(release(e) == KeyLock::Release::release);
+    CHECK(e.key == nullptr);
+}
