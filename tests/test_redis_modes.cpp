@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -468,6 +469,39 @@ TEST_CASE("Redis lock_all of 300 free keys: 128 keys a script, every key held on
     }
     CHECK(eventually([&] { return calls_of(server, "publish") == 300; }, 2s));
     CHECK(call(server.port(), {"KEYS", "keylock:many-*"}).elements.empty());
+}
+
+TEST_CASE("Redis holds taken by one lock_all script are renewed, and one found gone is reported lost, like a lock",
+          "[redis][modes][lock_all]") {
+    RedisServer server;
+    auto r = KeyedLockRegistry::from_url(url(server, "lease=1500ms"));
+    std::mutex mu;
+    std::vector<std::pair<std::string, std::uint64_t>> lost;
+    r.on_lost([&](std::string_view key, std::uint64_t token) {
+        std::lock_guard lk(mu);
+        lost.emplace_back(std::string(key), token);
+    });
+    MultiGuard all = r.lock_all({"c", "a", "b"});
+    CHECK(owner_in(server, "a") == owner_in(server, "c"));  // one script
+    std::this_thread::sleep_for(2500ms);                    // past the lease: renewed meanwhile
+    for (const char* key : {"a", "b", "c"})
+        CHECK(call(server.port(), {"PTTL", std::string("keylock:") + key}).integer > 0);
+    CHECK_FALSE(all.lost());
+    REQUIRE(call(server.port(), {"DEL", "keylock:b"}).integer == 1);
+    CHECK(eventually([&] { return all.find("b")->lost(); }, 3s));
+    CHECK_FALSE(all.find("a")->lost());
+    CHECK(all.lost());
+    {
+        std::lock_guard lk(mu);
+        REQUIRE(lost.size() == 1);
+        CHECK(lost[0].first == "b");
+        CHECK(lost[0].second == all.fencing_token("b"));
+    }
+    std::error_code ec;
+    all.release(ec);
+    CHECK(ec == errc::not_owner);
+    CHECK(call(server.port(), {"EXISTS", "keylock:a", "keylock:c"}).integer == 0);
+    CHECK(r.stats().lost == 1);
 }
 
 TEST_CASE("probe: time of lock_all of 8 free keys on loopback (prints; no timed assertion)", "[.][probe]") {
