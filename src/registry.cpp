@@ -165,7 +165,7 @@ std::optional<MultiGuard> KeyedLockRegistry::acquire_all(std::vector<std::string
             std::size_t held = 0;
             taken.clear();
             const std::size_t took =
-                backend_->try_acquire_all(std::span<const std::string_view>(keys).subspan(i), taken, held);
+                backend_->try_acquire_all(std::span<const std::string_view>(keys).subspan(i), deadline, taken, held);
             if (took > 0) {
                 for (const detail::Acquired& a : taken) guards.push_back(Guard(backend_.get(), a));
                 i += took - 1;

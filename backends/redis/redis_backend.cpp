@@ -170,7 +170,7 @@ public:
     /// lock_all's fast path: the first keys of `keys` that may go in one script (all of them on
     /// a single server or Sentinel, a run of one slot on Cluster, none on Redlock), taken by
     /// one acquire_all script if every one is free in Redis and not in use in this process.
-    std::size_t try_acquire_all(std::span<const std::string_view> keys, std::vector<Acquired>& out,
+    std::size_t try_acquire_all(std::span<const std::string_view> keys, Deadline deadline, std::vector<Acquired>& out,
                                 std::size_t& held) override {
         held = 0;
         if (rules_.quorum || keys.size() < 2) return 0;
@@ -183,6 +183,7 @@ public:
         }
         n = std::min(n, kMaxKeysPerScript);
         AllAttempt attempt;
+        attempt.deadline = deadline;
         attempt.keys.assign(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(n));
         post([this, &attempt] { start_all(attempt); });
         attempt.done.wait();
@@ -487,9 +488,14 @@ private:
     /// One acquire_all script, as the user thread waiting for it sees it.
     struct AllAttempt {
         std::vector<std::string> keys;
-        std::vector<Acquired> taken;  // all of `keys`, or none
-        std::size_t held = 0;         // none taken: the index of a key found held (0 if none was)
+        Deadline deadline = Deadline::max();  // no retry after it
+        std::vector<Acquired> taken;          // all of `keys`, or none
+        std::size_t held = 0;                 // none taken: the index of a key found held (0 if none was)
         detail::Event done;
+        // I/O thread only.
+        std::string token;                            // the owner token of every try
+        Clock::time_point first_failure{};            // of the current run of unanswered tries
+        std::unique_ptr<asio::steady_timer> retry{};  // the next try's
     };
 
     /// Only keys this process does not use (no entry: no holder, waiter or attempt; no modal
@@ -499,27 +505,49 @@ private:
         for (const std::string& key : a.keys) {
             if (names_a_counter(key) || find(key) != nullptr || modal_->waiting_for(key)) return a.done.set();
         }
+        for (const std::string& key : a.keys) state_of(key).reserve();
+        a.token = tokens_.next();
+        send_all(a);
+    }
+
+    /// A try of `a`'s script. Unanswered as a single attempt is retried (retried_unanswered),
+    /// it is tried again with the same owner token every 50 ms, while its deadline and
+    /// connect_timeout allow: a try that ran finds its keys ours and renews them.
+    void send_all(AllAttempt& a) {
         std::vector<std::string_view> redis_keys;
         for (const std::string& key : a.keys) {
-            KeyEntry& st = state_of(key);
-            st.reserve();
-            redis_keys.push_back(st.lock_key());
-            redis_keys.push_back(st.fence_key());
+            const KeyEntry* st = find(key);  // reserved: still there
+            redis_keys.push_back(st->lock_key());
+            redis_keys.push_back(st->fence_key());
         }
         const auto sent = lease::Clock::now();
-        auto token = std::make_shared<std::string>(tokens_.next());
+        auto token = std::make_shared<std::string>(a.token);
         servers_->eval(
             Op::acquire, acquire_all_, std::move(redis_keys), {*token, lease_ms_},
             [this, &a, token, sent](std::error_code ec, const Reply& r, const std::shared_ptr<Connection>& conn) {
                 const std::size_t n = a.keys.size();
+                if (ec && retried_unanswered(ec) && !closing_) {
+                    const auto now = Clock::now();
+                    if (a.first_failure == Clock::time_point{}) a.first_failure = now;
+                    const auto next = now + std::chrono::milliseconds(50) + jitter();
+                    if (next < a.deadline && next - a.first_failure < config_.endpoint.connect_timeout) {
+                        if (!a.retry) a.retry = std::make_unique<asio::steady_timer>(io_thread_.io());
+                        a.retry->expires_at(next);
+                        a.retry->async_wait([this, &a](boost::system::error_code e) {
+                            if (!e) return send_all(a);
+                            abandon_all(a);
+                            none_taken(a, 0);
+                        });
+                        return;
+                    }
+                }
                 if (ec || r.type != Reply::Type::array || r.elements.empty() ||
                     r.elements[0].type != Reply::Type::integer ||
                     (r.elements[0].integer == 1 && r.elements.size() != n + 1)) {
-                    // No answer (it may have run), an error (it may have run halfway):
-                    // whatever it took under this owner token goes back, and the keys
-                    // go the one-by-one way, which meets the error and reports it.
-                    for (const std::string& key : a.keys)
-                        abandon(config_.prefix + key, *token, Clock::now() + config_.endpoint.connect_timeout);
+                    // No answer in time (it may have run), an error (it may have run
+                    // halfway): whatever it took under this owner token goes back, and the
+                    // keys go the one-by-one way, which meets the error and reports it.
+                    abandon_all(a);
                     return none_taken(a, 0);
                 }
                 if (r.elements[0].integer != 1) {  // {0, i}: nothing written
@@ -536,6 +564,12 @@ private:
                     discard_all(a, *token, fences);
                 });
             });
+    }
+
+    /// No try of `a` will come again: deletes what one may have taken under its owner token.
+    void abandon_all(const AllAttempt& a) {
+        for (const std::string& key : a.keys)
+            abandon(config_.prefix + key, a.token, Clock::now() + config_.endpoint.connect_timeout);
     }
 
     /// Every key of `a` was taken, under owner token `token` with fencing tokens `fences`: a
@@ -558,6 +592,7 @@ private:
             st->adopt(h);
             a.taken.push_back({h, fences[i]});
         }
+        a.retry.reset();
         a.done.set();  // the user thread may return right after this
     }
 
@@ -577,6 +612,7 @@ private:
         for (const std::string& key : a.keys) {
             if (KeyEntry* st = find(key)) st->unreserve();
         }
+        a.retry.reset();
         a.done.set();  // the user thread may return right after this
     }
 

@@ -256,10 +256,12 @@ public:
     /// a hold like `acquire`'s; or 0 (nothing taken, nothing appended), and then `held` says
     /// the index of a key found held (0 when none was), so that the registry takes keys one by
     /// one, in order, through that one before it asks again. Never throws: an error is for
-    /// the one-by-one path to meet and report. The default: 0, always.
-    virtual std::size_t try_acquire_all(std::span<const std::string_view> keys, std::vector<Acquired>& out,
-                                        std::size_t& held) {
+    /// the one-by-one path to meet and report. `deadline`: the caller's; a backend that retries
+    /// an unanswered attempt does not retry past it. The default: 0, always.
+    virtual std::size_t try_acquire_all(std::span<const std::string_view> keys, Deadline deadline,
+                                        std::vector<Acquired>& out, std::size_t& held) {
         (void)keys;
+        (void)deadline;
         (void)out;
         held = 0;
         return 0;
