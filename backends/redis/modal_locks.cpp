@@ -315,22 +315,26 @@ void ModalLocks::answered(const std::string& key, const std::vector<std::uint64_
         pump(k);
         return settle(k);
     }
-    if (grants.empty() || !replication_.waits()) return conclude(k, grants, refused, ms, sent, {});
+    std::uint64_t taken = 0;  // permits granted by the call
+    for (const Grant& grant : grants) taken += waiters_.at(grant.id)->permits;
+    const bool full = batch.front()->mode == detail::Mode::permits && taken == batch.front()->limit;
+    if (grants.empty() || !replication_.waits()) return conclude(k, grants, refused, ms, full, sent, {});
     k.attempting = true;  // the replicas' confirmation is under way: nothing else asks meanwhile
     for (const Grant& grant : grants) waiters_.at(grant.id)->in_flight = true;
-    replication_.after(conn, [this, key = k.key, grants, refused, ms, sent](const std::string& why) {
+    replication_.after(conn, [this, key = k.key, grants, refused, ms, full, sent](const std::string& why) {
         auto it = keys_.find(key);
         if (it == keys_.end()) return;
         it->second->attempting = false;
         for (const Grant& grant : grants) waiters_.at(grant.id)->in_flight = false;
-        conclude(*it->second, grants, refused, ms, sent, why);
+        conclude(*it->second, grants, refused, ms, full, sent, why);
     });
 }
 
 /// Hands out `grants` (or, the replicas not confirming them, `why`, gives them back), then the
-/// requests `refused` wait for the key (`ms` until the blocker's lease ends).
+/// requests `refused` wait for the key (`ms` until the blocker's lease ends); so does the next
+/// request if the grants were `full` (every permit of the limit).
 void ModalLocks::conclude(Key& k, const std::vector<Grant>& grants, const std::vector<std::uint64_t>& refused,
-                          long long ms, detail::BootClock::time_point sent, const std::string& why) {
+                          long long ms, bool full, detail::BootClock::time_point sent, const std::string& why) {
     for (const Grant& grant : grants) {
         Waiter* w = waiters_.at(grant.id);
         if (!why.empty()) {  // (a conversion's answer never comes here with `why`)
@@ -355,6 +359,11 @@ void ModalLocks::conclude(Key& k, const std::vector<Grant>& grants, const std::v
         }
     }
     if (first != nullptr) return held(k, first, ms);
+    if (full && !k.queue.empty() && k.queue.front()->from == nullptr &&
+        k.queue.front()->mode == detail::Mode::permits) {
+        // The call took every permit: the next asks when one is given back, not at once.
+        return held(k, k.queue.front(), config_.lease.count());
+    }
     pump(k);
     settle(k);
 }
@@ -377,7 +386,7 @@ void ModalLocks::converted(Key& k, Waiter* w, const Reply& r, const std::shared_
     if (outcome != 1) return held(k, w, r.elements.size() >= 2 ? r.elements[1].integer : 0);
     const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
     const std::vector<Grant> grants{Grant{w->id, fence, r.elements[2].str}};
-    if (!replication_.waits()) return conclude(k, grants, {}, 0, sent, {});
+    if (!replication_.waits()) return conclude(k, grants, {}, 0, false, sent, {});
     k.attempting = true;  // the replicas' confirmation is under way: nothing else asks meanwhile
     w->in_flight = true;
     replication_.after(conn, [this, key = k.key, grants, sent](const std::string& why) {
@@ -385,7 +394,7 @@ void ModalLocks::converted(Key& k, Waiter* w, const Reply& r, const std::shared_
         if (it == keys_.end()) return;
         it->second->attempting = false;
         waiters_.at(grants.front().id)->in_flight = false;
-        if (why.empty()) return conclude(*it->second, grants, {}, 0, sent, {});
+        if (why.empty()) return conclude(*it->second, grants, {}, 0, false, sent, {});
         // A conversion's hold has changed already: it is kept, and the error reported.
         finish(*it->second, waiters_.at(grants.front().id), make_error_code(errc::unavailable),
                "the hold was granted on the master, but " + why);
