@@ -303,7 +303,11 @@ else
       ', asked with limit ' .. string.format('%d', limit))
   end
   for _, m in ipairs(s.holders) do
-    used = used + (tonumber(string.sub(m, 2, string.find(m, ':', 3, true) - 1)) or 1)
+    if string.byte(m, 3) == 58 then
+      used = used + string.byte(m, 2) - 48  -- `p<digit>:`, without making a string
+    else
+      used = used + (tonumber(string.sub(m, 2, string.find(m, ':', 3, true) - 1)) or 1)
+    end
   end
 end
 for i = 1, count do
