@@ -317,7 +317,8 @@ void ModalLocks::answered(const std::string& key, const std::vector<std::uint64_
     }
     std::uint64_t taken = 0;  // permits granted by the call
     for (const Grant& grant : grants) taken += waiters_.at(grant.id)->permits;
-    const bool full = batch.front()->mode == detail::Mode::permits && taken == batch.front()->limit;
+    const std::uint32_t full =
+        batch.front()->mode == detail::Mode::permits && taken == batch.front()->limit ? batch.front()->limit : 0;
     if (grants.empty() || !replication_.waits()) return conclude(k, grants, refused, ms, full, sent, {});
     k.attempting = true;  // the replicas' confirmation is under way: nothing else asks meanwhile
     for (const Grant& grant : grants) waiters_.at(grant.id)->in_flight = true;
@@ -332,9 +333,10 @@ void ModalLocks::answered(const std::string& key, const std::vector<std::uint64_
 
 /// Hands out `grants` (or, the replicas not confirming them, `why`, gives them back), then the
 /// requests `refused` wait for the key (`ms` until the blocker's lease ends); so does the next
-/// request if the grants were `full` (every permit of the limit).
+/// permit request of limit `full`, if not 0: the grants took all of them.
 void ModalLocks::conclude(Key& k, const std::vector<Grant>& grants, const std::vector<std::uint64_t>& refused,
-                          long long ms, bool full, detail::BootClock::time_point sent, const std::string& why) {
+                          long long ms, std::uint32_t full, detail::BootClock::time_point sent,
+                          const std::string& why) {
     for (const Grant& grant : grants) {
         Waiter* w = waiters_.at(grant.id);
         if (!why.empty()) {  // (a conversion's answer never comes here with `why`)
@@ -359,8 +361,8 @@ void ModalLocks::conclude(Key& k, const std::vector<Grant>& grants, const std::v
         }
     }
     if (first != nullptr) return held(k, first, ms);
-    if (full && !k.queue.empty() && k.queue.front()->from == nullptr &&
-        k.queue.front()->mode == detail::Mode::permits) {
+    if (full != 0 && !k.queue.empty() && k.queue.front()->from == nullptr &&
+        k.queue.front()->mode == detail::Mode::permits && k.queue.front()->limit == full) {
         // The call took every permit: the next asks when one is given back, not at once.
         return held(k, k.queue.front(), config_.lease.count());
     }
@@ -386,7 +388,7 @@ void ModalLocks::converted(Key& k, Waiter* w, const Reply& r, const std::shared_
     if (outcome != 1) return held(k, w, r.elements.size() >= 2 ? r.elements[1].integer : 0);
     const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
     const std::vector<Grant> grants{Grant{w->id, fence, r.elements[2].str}};
-    if (!replication_.waits()) return conclude(k, grants, {}, 0, false, sent, {});
+    if (!replication_.waits()) return conclude(k, grants, {}, 0, 0, sent, {});
     k.attempting = true;  // the replicas' confirmation is under way: nothing else asks meanwhile
     w->in_flight = true;
     replication_.after(conn, [this, key = k.key, grants, sent](const std::string& why) {
@@ -394,7 +396,7 @@ void ModalLocks::converted(Key& k, Waiter* w, const Reply& r, const std::shared_
         if (it == keys_.end()) return;
         it->second->attempting = false;
         waiters_.at(grants.front().id)->in_flight = false;
-        if (why.empty()) return conclude(*it->second, grants, {}, 0, false, sent, {});
+        if (why.empty()) return conclude(*it->second, grants, {}, 0, 0, sent, {});
         // A conversion's hold has changed already: it is kept, and the error reported.
         finish(*it->second, waiters_.at(grants.front().id), make_error_code(errc::unavailable),
                "the hold was granted on the master, but " + why);

@@ -121,7 +121,7 @@ private:
     void converted(Key& k, Waiter* w, const Reply& r, const std::shared_ptr<Connection>& conn,
                    detail::BootClock::time_point sent);
     void conclude(Key& k, const std::vector<Grant>& grants, const std::vector<std::uint64_t>& refused, long long ms,
-                  bool full, detail::BootClock::time_point sent, const std::string& why);
+                  std::uint32_t full, detail::BootClock::time_point sent, const std::string& why);
     void hand_out(Key& k, Waiter* w, std::uint64_t fence, const std::string& member,
                   detail::BootClock::time_point sent);
     void held(Key& k, Waiter* w, long long ms);
