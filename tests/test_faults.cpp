@@ -826,3 +826,56 @@ TEST_CASE("no message anywhere shows a password", "[faults][redis]") {
         CHECK(t.find(secret) == std::string::npos);
     }
 }
+
+TEST_CASE("fault: an attempt for many permit waiters whose answer is lost leaves no member behind",
+          "[faults][redis][modes]") {
+    // A release frees the key's 8 permits; one script call asks for all 5 waiters of a process,
+    // and Redis grants them all. Its answer is lost.
+    //   retried: the connection closes; the retry, with the same owner tokens, finds the 5
+    //     grants and hands them out: no second member for anyone.
+    //   given up: the answer comes after command_timeout, when the waiters' deadlines have
+    //     passed: each is given back by its owner token at once, not left for the 30 s lease.
+    const bool retried = GENERATE(true, false);
+    CAPTURE(retried);
+    RedisServer server;
+    TcpProxy proxy(server.port());
+    auto holder = KeyedLockRegistry::from_url(url(server));
+    auto r = KeyedLockRegistry::from_url(url(proxy.port(), retried ? "" : "command_timeout=1500ms"));
+    r.acquire_permits("warm-up", 1, 8).release();  // connection 0 is up, the scripts loaded
+    std::optional<Guard> all = holder.acquire_permits("k", 8, 8);
+    constexpr int kWaiters = 5;
+    std::vector<std::optional<Guard>> got(kWaiters);
+    std::vector<std::thread> threads;
+    const auto deadline = Clock::now() + (retried ? 20s : 1s);
+    for (int i = 0; i < kWaiters; ++i) {
+        threads.emplace_back([&, i] {
+            try {
+                got[static_cast<std::size_t>(i)] = r.try_acquire_permits_until("k", 1, 8, deadline);
+            } catch (const keylock::Error& e) {
+                CHECK(e.code() == errc::unavailable);  // out of time with the answer lost
+            }
+        });
+        REQUIRE(eventually([&] { return r.stats().waiting == static_cast<std::size_t>(i) + 1; }, 5s));
+    }
+    std::this_thread::sleep_for(200ms);  // the first waiter has subscribed and asked again
+    if (retried) {
+        proxy.drop_next_reply(0);
+    } else {
+        proxy.delay_replies(0, 5s);
+    }
+    all.reset();  // the release goes out on the holder's own connection
+    for (auto& t : threads) t.join();
+    const auto members = [&] { return keylock::test::call(server.port(), {"ZCARD", "keylock:k"}).integer; };
+    if (retried) {
+        for (const auto& g : got) CHECK(g.has_value());
+        CHECK(members() == 1 + kWaiters);  // ~limit:8 and one member per waiter, none twice
+        for (auto& g : got) g.reset();
+        CHECK(eventually([&] { return members() == 0; }, 5s));
+    } else {
+        for (const auto& g : got) CHECK_FALSE(g.has_value());
+        // Given back, all of them, long before the 30 s lease.
+        CHECK(eventually([&] { return members() == 0; }, 5s));
+    }
+    auto other = KeyedLockRegistry::from_url(url(server));
+    CHECK(other.try_acquire_permits("k", 8, 8).has_value());
+}

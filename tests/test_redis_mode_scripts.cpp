@@ -49,9 +49,10 @@ Reply eval1(const RedisServer& server, const std::string& script, const std::vec
     return call(server.port(), command);
 }
 
+/// One shared or upgrade request; `again`: a retry of one whose answer was lost.
 Reply shared(const RedisServer& server, const std::string& owner, const std::string& mode = "s",
-             const std::string& ms = lease, const std::string& key = lock_key) {
-    return eval2(server, scripts::acquire_shared, {owner, ms, mode}, key);
+             const std::string& ms = lease, const std::string& key = lock_key, bool again = false) {
+    return eval2(server, scripts::acquire_shared, {ms, mode, owner, again ? "1" : "0"}, key);
 }
 
 Reply exclusive(const RedisServer& server, const std::string& owner, const std::string& ms = lease,
@@ -59,9 +60,11 @@ Reply exclusive(const RedisServer& server, const std::string& owner, const std::
     return eval2(server, scripts::acquire, {owner, ms}, key);
 }
 
+/// One permit request; `again`: a retry of one whose answer was lost.
 Reply permits(const RedisServer& server, const std::string& owner, int n, int limit, const std::string& ms = lease,
-              const std::string& key = lock_key) {
-    return eval2(server, scripts::acquire_permits, {owner, ms, std::to_string(n), std::to_string(limit)}, key);
+              const std::string& key = lock_key, bool again = false) {
+    return eval2(server, scripts::acquire_permits,
+                 {ms, std::to_string(limit), owner, std::to_string(n), again ? "1" : "0"}, key);
 }
 
 Reply release(const RedisServer& server, const std::string& member, const std::string& key = lock_key) {
@@ -345,7 +348,7 @@ TEST_CASE("a lock asked as a semaphore, or with another limit or count, is an er
                Catch::StartsWith("KEYLOCK_PERMITS asked for 5 permits of a limit of 4"));
     CHECK_THAT(error_of(permits(server, "b", 0, 4)), Catch::StartsWith("KEYLOCK_PERMITS"));
     CHECK_THAT(error_of(permits(server, "b", 1, 0)), Catch::StartsWith("KEYLOCK_PERMITS"));
-    CHECK_THAT(error_of(eval2(server, scripts::acquire_permits, {"b", lease, "1.5", "4"})),
+    CHECK_THAT(error_of(eval2(server, scripts::acquire_permits, {lease, "4", "b", "1.5", "0"})),
                Catch::StartsWith("KEYLOCK_PERMITS"));
     CHECK_THAT(error_of(shared(server, "b", "x")), Catch::StartsWith("ERR keylock: the mode is s or u"));
     CHECK(snapshot(lock_key) == before);
@@ -437,7 +440,7 @@ TEST_CASE("expired holders are pruned: their permits come back, a writer gets in
 TEST_CASE("a retried attempt whose answer was lost gets its hold back, renewed", "[redis][modes]") {
     RedisServer server;
     const Reply first = shared(server, "a", "s", "3000");
-    const Reply again = shared(server, "a", "s", lease);
+    const Reply again = shared(server, "a", "s", lease, lock_key, true);
     REQUIRE(granted(again));
     CHECK(fence_of(again) == fence_of(first));
     CHECK(call(server.port(), {"ZCARD", lock_key}).integer == 2);  // ~kind:lock and one holder
@@ -445,13 +448,13 @@ TEST_CASE("a retried attempt whose answer was lost gets its hold back, renewed",
 
     // Even past a writer's intent: the hold was granted before it.
     REQUIRE(refused(exclusive(server, "w")));
-    CHECK(fence_of(shared(server, "a")) == fence_of(first));
+    CHECK(fence_of(shared(server, "a", "s", lease, lock_key, true)) == fence_of(first));
     CHECK(refused(shared(server, "b")));
 
     // Permits: the same owner and count.
     const std::string sem = "keylock:sem";
     const Reply p = permits(server, "p", 2, 2, "3000", sem);
-    CHECK(fence_of(permits(server, "p", 2, 2, lease, sem)) == fence_of(p));
+    CHECK(fence_of(permits(server, "p", 2, 2, lease, sem, true)) == fence_of(p));
     CHECK(call(server.port(), {"PTTL", sem}).integer > 20000);
 
     // Conversions: a retry finds the converted hold; a hold that is gone is lost.
@@ -668,8 +671,8 @@ TEST_CASE("inspect_modes shows the mode, the holders with their leases, the perm
 TEST_CASE("the sharded variants publish with SPUBLISH", "[redis][modes]") {
     RedisServer server;
     Subscriber sub(server.port(), lock_key, true);
-    const std::string r = member("s", eval2(server, scripts::acquire_shared_sharded, {"r", lease, "s"}), "r");
-    REQUIRE(granted(eval2(server, scripts::acquire_permits_sharded, {"p", lease, "1", "2"}, "keylock:sem")));
+    const std::string r = member("s", eval2(server, scripts::acquire_shared_sharded, {lease, "s", "r", "0"}), "r");
+    REQUIRE(granted(eval2(server, scripts::acquire_permits_sharded, {lease, "2", "p", "1", "0"}, "keylock:sem")));
     REQUIRE(refused(eval2(server, scripts::acquire_sharded, {"w", lease})));
     CHECK(eval1(server, scripts::drop_intent_sharded, {"w", lock_key}).integer == 1);
     CHECK(sub.heard(1) == 1);
@@ -697,7 +700,7 @@ TEST_CASE("on Redis Cluster, the sharded scripts run on a lock key and its slot'
         command.insert(command.end(), args.begin(), args.end());
         return call(node.port(), command);
     };
-    const Reply r = run(scripts::acquire_shared_sharded, {"r", lease, "s"});
+    const Reply r = run(scripts::acquire_shared_sharded, {lease, "s", "r", "0"});
     REQUIRE(granted(r));
     REQUIRE(refused(run(scripts::acquire_sharded, {"w", lease})));
     const Reply u = run(scripts::convert_sharded, {member("s", r, "r"), "r", lease, "u", key});
@@ -711,12 +714,12 @@ TEST_CASE("on Redis Cluster, the sharded scripts run on a lock key and its slot'
           1);
     CHECK(sub.heard(2) == 2);
     CHECK(call(node.port(), {"EXISTS", key}).integer == 0);
-    const Reply p = run(scripts::acquire_permits_sharded, {"p", lease, "1", "1"});
+    const Reply p = run(scripts::acquire_permits_sharded, {lease, "1", "p", "1", "0"});
     REQUIRE(granted(p));
     CHECK(fence_of(p) > fence_of(s));
     // A counter of another slot is refused by the cluster, before the script runs.
-    const Reply other =
-        call(node.port(), {"EVAL", scripts::acquire_shared_sharded, "2", key, "keylock:fence:{x}", "o", lease, "s"});
+    const Reply other = call(
+        node.port(), {"EVAL", scripts::acquire_shared_sharded, "2", key, "keylock:fence:{x}", lease, "s", "o", "0"});
     CHECK(other.is_error());
 }
 
@@ -740,7 +743,7 @@ TEST_CASE("a Redis user with the documented minimum ACL runs every mode script, 
         return replies.at(1);
     };
     const std::string app = "keylock-app";
-    const Reply r = as(app, scripts::acquire_shared, 2, {"r", lease, "s"});
+    const Reply r = as(app, scripts::acquire_shared, 2, {lease, "s", "r", "0"});
     REQUIRE(granted(r));
     REQUIRE(refused(as(app, scripts::acquire, 2, {"w", lease})));
     CHECK(as(app, scripts::drop_intent, 1, {"w", lock_key}).integer == 1);
@@ -753,14 +756,14 @@ TEST_CASE("a Redis user with the documented minimum ACL runs every mode script, 
     REQUIRE(granted(s));
     CHECK(as(app, scripts::inspect_modes, 1, {}).elements.at(2).integer == 1);
     CHECK(as(app, scripts::release_member, 1, {s.elements[2].text(), lock_key}).integer == 1);
-    const Reply p = as(app, scripts::acquire_permits, 2, {"p", lease, "1", "2"}, "keylock:sem");
+    const Reply p = as(app, scripts::acquire_permits, 2, {lease, "2", "p", "1", "0"}, "keylock:sem");
     REQUIRE(granted(p));
     CHECK(as(app, scripts::release_member, 1, {member("p1", p, "p"), "keylock:sem"}, "keylock:sem").integer == 1);
     CHECK(call(server.port(), {"KEYS", "keylock:*"}).text() == "[" + fence_key + "]");
 
     // Without ZADD: refused at once, naming it, with nothing written (not even a fencing token).
     const std::string counter = call(server.port(), {"GET", fence_key}).text();
-    const Reply no = as("no-zadd", scripts::acquire_shared, 2, {"n", lease, "s"});
+    const Reply no = as("no-zadd", scripts::acquire_shared, 2, {lease, "s", "n", "0"});
     REQUIRE(no.is_error());
     CHECK_THAT(no.str, Catch::Contains("NOPERM keylock: this user may not run ZADD on key keylock:k"));
     CHECK(call(server.port(), {"GET", fence_key}).text() == counter);
@@ -770,4 +773,56 @@ TEST_CASE("a Redis user with the documented minimum ACL runs every mode script, 
     REQUIRE(wait.is_error());
     CHECK_THAT(wait.str, Catch::Contains("may not run ZADD"));
     CHECK_FALSE(has(server, "~intent:w"));
+}
+
+TEST_CASE("one call grants many requests in order as far as they fit, and stops at the first that does not",
+          "[redis][modes][batch]") {
+    RedisServer server;
+    auto fences = [](const Reply& r, std::size_t granted) {
+        std::vector<long long> out;
+        REQUIRE(r.type == Reply::Type::array);
+        REQUIRE(r.elements.size() >= granted + 1);
+        for (std::size_t i = 1; i <= granted; ++i) out.push_back(r.elements[i].integer);
+        return out;
+    };
+    // Permits, limit 5: 2 + 2 fit, the next 2 does not, and the 1 behind it is not let past it.
+    const Reply p = eval2(server, scripts::acquire_permits,
+                          {lease, "5", "a", "2", "0", "b", "2", "0", "c", "2", "0", "d", "1", "0"});
+    REQUIRE(p.elements.size() == 4);  // {2, fence a, fence b, ms}
+    CHECK(p.elements[0].integer == 2);
+    const auto pf = fences(p, 2);
+    CHECK(pf[0] < pf[1]);
+    CHECK(p.elements[3].integer > 0);
+    CHECK(p.elements[3].integer <= 30000);
+    CHECK(has(server, "p2:" + std::to_string(pf[0]) + ":a"));
+    CHECK(has(server, "p2:" + std::to_string(pf[1]) + ":b"));
+    CHECK(call(server.port(), {"ZCARD", lock_key}).integer == 3);  // ~limit:5, a, b: c and d not
+    // c asks again with d behind it: still 1 permit free, still no overtaking.
+    CHECK(eval2(server, scripts::acquire_permits, {lease, "5", "c", "2", "0", "d", "1", "0"}).elements.at(0).integer ==
+          0);
+    // a retry finds its earlier grant (renewed, not counted twice), then d gets the last permit.
+    const Reply again = eval2(server, scripts::acquire_permits, {lease, "5", "b", "2", "1", "d", "1", "0"});
+    REQUIRE(again.elements.size() == 3);  // all granted: {2, fence b, fence d}
+    CHECK(again.elements[1].integer == pf[1]);
+    CHECK(again.elements[2].integer > pf[1]);
+    CHECK(refused(permits(server, "e", 1, 5)));
+
+    // Shared: every reader of the call at once on a free key; behind a writer's intent, none.
+    const std::string key = "keylock:readers";
+    const Reply s = eval2(server, scripts::acquire_shared, {lease, "s", "r1", "0", "r2", "0", "r3", "0"}, key);
+    REQUIRE(s.elements.size() == 4);
+    CHECK(s.elements[0].integer == 3);
+    CHECK(call(server.port(), {"ZCARD", key}).integer == 4);
+    REQUIRE(refused(exclusive(server, "w", lease, key)));  // records its intent
+    const Reply blocked = eval2(server, scripts::acquire_shared, {lease, "s", "r4", "0", "r5", "0"}, key);
+    REQUIRE(blocked.elements.size() == 2);  // {0, ms}
+    CHECK(blocked.elements[0].integer == 0);
+    CHECK_FALSE(has(server, "s:" + std::to_string(blocked.elements[1].integer) + ":r4", key));
+    CHECK(call(server.port(), {"ZCARD", key}).integer == 5);  // ~kind:lock, 3 readers, the intent
+
+    // Upgrade: the first of the call becomes the upgrade holder, the second waits for it.
+    const Reply u = eval2(server, scripts::acquire_shared, {lease, "u", "u1", "0", "u2", "0"}, "keylock:up");
+    REQUIRE(u.elements.size() == 3);
+    CHECK(u.elements[0].integer == 1);
+    CHECK(u.elements[2].integer > 0);
 }

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -319,6 +320,16 @@ std::string owner_in(const RedisServer& server, const std::string& key) {
     return colon == std::string::npos ? std::string() : value.substr(colon + 1);
 }
 
+/// Scripts clients have run on the server so far (EVALSHA and EVAL calls, INFO commandstats).
+long script_calls(const RedisServer& server) {
+    const std::string text = call(server.port(), {"INFO", "commandstats"}).str;
+    long total = 0;
+    for (const std::string tag : {"cmdstat_evalsha:calls=", "cmdstat_eval:calls="}) {
+        if (auto at = text.find(tag); at != std::string::npos) total += std::atol(text.c_str() + at + tag.size());
+    }
+    return total;
+}
+
 }  // namespace
 
 TEST_CASE("Redis lock_all of free keys is one acquire script, a fencing token per key; its guard releases each",
@@ -525,4 +536,113 @@ TEST_CASE("probe: time of lock_all of 8 free keys on loopback (prints; no timed 
                 std::chrono::duration<double, std::micro>(taking).count() / kRounds, kRounds,
                 std::chrono::duration<double, std::micro>(ping).count() / kRounds);
     SUCCEED();
+}
+
+TEST_CASE("Redis permits on one key: a process's waiters are granted several per call, in their order, never over "
+          "the limit",
+          "[redis][modes][batch]") {
+    RedisServer server;
+    auto holder = KeyedLockRegistry::from_url(url(server));
+    auto r = KeyedLockRegistry::from_url(url(server));
+    constexpr int kWaiters = 24;
+    constexpr std::uint32_t kLimit = 8;
+    std::optional<Guard> all = holder.acquire_permits("k", kLimit, kLimit);
+    // The waiters queue one after the other; the sixth asks for 3 permits: those behind it must
+    // not slip past it when fewer are free, nor anyone past anyone.
+    std::vector<std::uint64_t> fences(kWaiters);
+    std::atomic<std::uint32_t> inside{0}, most{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kWaiters; ++i) {
+        const std::uint32_t n = i == 5 ? 3 : 1;
+        threads.emplace_back([&, i, n] {
+            Guard g = r.acquire_permits("k", n, kLimit);
+            fences[static_cast<std::size_t>(i)] = g.fencing_token();
+            const std::uint32_t now = inside.fetch_add(n) + n;
+            for (std::uint32_t m = most.load(); now > m && !most.compare_exchange_weak(m, now);) {
+            }
+            std::this_thread::sleep_for(50ms);
+            inside.fetch_sub(n);
+        });
+        REQUIRE(eventually([&] { return r.stats().waiting == static_cast<std::size_t>(i) + 1; }, 5s));
+    }
+    std::this_thread::sleep_for(200ms);  // the first waiter has subscribed and asked again
+    const long before = script_calls(server);
+    all.reset();  // all 8 permits free at once
+    for (auto& t : threads) t.join();
+    const long attempts = script_calls(server) - before - (kWaiters + 1);  // less the releases
+    CAPTURE(attempts);
+    CHECK(most.load() <= kLimit);
+    CHECK(most.load() >= 4);  // they did hold side by side
+    for (std::size_t i = 1; i < fences.size(); ++i) {
+        CAPTURE(i);
+        CHECK(fences[i - 1] < fences[i]);  // granted in the order they came, the large one included
+    }
+    // Several grants per script call: one attempt per grant (or more) is how it was before.
+    CHECK(attempts < kWaiters);
+    CHECK(call(server.port(), {"EXISTS", "keylock:k"}).integer == 0);
+
+    // 64 threads on one key of limit 8, each taking a permit 20 times.
+    std::atomic<int> runs{0};
+    inside = 0;
+    most = 0;
+    threads.clear();
+    for (int t = 0; t < 64; ++t) {
+        threads.emplace_back([&] {
+            for (int i = 0; i < 20; ++i) {
+                Guard g = r.acquire_permits("many", 1, kLimit);
+                const std::uint32_t now = inside.fetch_add(1) + 1;
+                for (std::uint32_t m = most.load(); now > m && !most.compare_exchange_weak(m, now);) {
+                }
+                std::this_thread::sleep_for(200us);
+                inside.fetch_sub(1);
+                runs.fetch_add(1);
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    CHECK(runs.load() == 64 * 20);
+    CHECK(most.load() <= kLimit);
+    CHECK(most.load() >= 2);
+    CHECK(call(server.port(), {"EXISTS", "keylock:many"}).integer == 0);
+}
+
+TEST_CASE("Redis readers of one process that queue behind a writer go in together after it, in one call",
+          "[redis][modes][batch]") {
+    RedisServer server;
+    auto writer = KeyedLockRegistry::from_url(url(server));
+    auto r = KeyedLockRegistry::from_url(url(server));
+    std::optional<Guard> w = writer.lock("k");
+    constexpr int kReaders = 12;
+    std::vector<std::uint64_t> fences(kReaders);
+    std::atomic<int> inside{0}, most{0};
+    std::atomic<bool> leave{false};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kReaders; ++i) {
+        threads.emplace_back([&, i] {
+            Guard g = r.lock_shared("k");
+            fences[static_cast<std::size_t>(i)] = g.fencing_token();
+            const int now = inside.fetch_add(1) + 1;
+            for (int m = most.load(); now > m && !most.compare_exchange_weak(m, now);) {
+            }
+            while (!leave.load()) std::this_thread::sleep_for(1ms);
+            inside.fetch_sub(1);
+        });
+        REQUIRE(eventually([&] { return r.stats().waiting == static_cast<std::size_t>(i) + 1; }, 5s));
+    }
+    const std::uint64_t writer_fence = w->fencing_token();
+    std::this_thread::sleep_for(200ms);  // the first reader has subscribed and asked again
+    const long before = script_calls(server);
+    w.reset();
+    REQUIRE(eventually([&] { return most.load() == kReaders; }, 5s));  // all in at once
+    const long attempts = script_calls(server) - before - 1;           // less the writer's release
+    CAPTURE(attempts);
+    CHECK(attempts <= 3);  // one call let them all in (a second if the notification raced the first)
+    leave = true;
+    for (auto& t : threads) t.join();
+    for (std::size_t i = 0; i < fences.size(); ++i) {
+        CAPTURE(i);
+        CHECK(fences[i] > writer_fence);
+        if (i > 0) CHECK(fences[i - 1] < fences[i]);
+    }
+    CHECK(call(server.port(), {"EXISTS", "keylock:k"}).integer == 0);
 }

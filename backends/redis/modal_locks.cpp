@@ -62,6 +62,17 @@ struct ModalLocks::Key {
     asio::steady_timer retry;
 };
 
+/// The most requests one attempt asks for: the front of a key's queue and those right behind it
+/// that the same script call can grant (shared requests, or permit requests of one limit).
+constexpr std::size_t kMaxBatch = 64;
+
+/// A grant of an attempt, to be handed out.
+struct ModalLocks::Grant {
+    std::uint64_t id = 0;
+    std::uint64_t fence = 0;
+    std::string member;
+};
+
 namespace {
 
 std::string member_name(detail::Mode mode, std::uint32_t permits, std::uint64_t fence, const std::string& owner) {
@@ -156,58 +167,205 @@ bool ModalLocks::cancel(std::uint64_t id, errc why) {
 /// Starts the front's attempt if none is under way and the key is not waiting for a release.
 void ModalLocks::pump(Key& k) {
     if (k.queue.empty() || k.attempting || k.waiting) return;
-    attempt(k, k.queue.front());
+    attempt(k);
 }
 
-void ModalLocks::attempt(Key& k, Waiter* w) {
+/// Asks Redis for the front request, and with it for those right behind it that one script call
+/// can grant too (see kMaxBatch): they are granted in order as far as they fit.
+void ModalLocks::attempt(Key& k) {
+    Waiter* front = k.queue.front();
     k.attempting = true;
     k.look_again = false;
-    w->in_flight = true;
     const auto sent = lease::Clock::now();
-    auto reply = [this, key = k.key, id = w->id, sent](std::error_code ec, const Reply& r,
+    std::vector<std::uint64_t> ids;
+    auto reply = [this, key = k.key, &ids, sent]() {
+        return [this, key, ids = std::move(ids), sent](std::error_code ec, const Reply& r,
                                                        const std::shared_ptr<Connection>& conn) {
-        answered(key, id, ec, r, conn, sent);
+            answered(key, ids, ec, r, conn, sent);
+        };
     };
-    if (w->from != nullptr) {
-        if (w->token.empty()) w->token = owner_of(w->from->token);
-        const char* target = w->mode == detail::Mode::exclusive ? "x" : w->mode == detail::Mode::shared ? "s" : "u";
+    if (front->from != nullptr) {
+        front->in_flight = true;
+        ids.push_back(front->id);
+        if (front->token.empty()) front->token = owner_of(front->from->token);
+        const char* target = front->mode == detail::Mode::exclusive ? "x"
+                             : front->mode == detail::Mode::shared  ? "s"
+                                                                    : "u";
         servers_.eval(Op::acquire, scripts_.convert, {k.lock_key, k.fence_key},
-                      {w->from->token, w->token, lease_ms_, target, k.lock_key}, std::move(reply));
+                      {front->from->token, front->token, lease_ms_, target, k.lock_key}, reply());
         return;
     }
-    if (w->token.empty()) w->token = host_.next_token();
-    if (w->mode == detail::Mode::permits) {
-        const std::string n = std::to_string(w->permits);
-        const std::string limit = std::to_string(w->limit);
-        servers_.eval(Op::acquire, scripts_.acquire_permits, {k.lock_key, k.fence_key}, {w->token, lease_ms_, n, limit},
-                      std::move(reply));
-        return;
+    const bool permits = front->mode == detail::Mode::permits;
+    const std::string limit = std::to_string(front->limit);
+    std::vector<std::string> counts;  // the permit counts the arguments point into
+    counts.reserve(kMaxBatch);
+    std::vector<std::string_view> args{lease_ms_, permits                                ? std::string_view(limit)
+                                                  : front->mode == detail::Mode::upgrade ? "u"
+                                                                                         : "s"};
+    std::uint32_t asked = 0;
+    for (Waiter* w : k.queue) {
+        // Shared requests, or permit requests of one limit, right behind the front and as many
+        // permits as the limit at most (more cannot fit); upgrade requests one at a time.
+        if (w != front &&
+            (w->from != nullptr || w->mode != front->mode || w->mode == detail::Mode::upgrade ||
+             w->limit != front->limit || (permits && asked + w->permits > front->limit) || ids.size() == kMaxBatch)) {
+            break;
+        }
+        asked += w->permits;
+        if (w->token.empty()) w->token = host_.next_token();
+        w->in_flight = true;
+        ids.push_back(w->id);
+        args.emplace_back(w->token);
+        if (permits) args.emplace_back(counts.emplace_back(std::to_string(w->permits)));
+        args.emplace_back(w->unanswered ? "1" : "0");  // its hold may be there already
     }
-    servers_.eval(Op::acquire, scripts_.acquire_shared, {k.lock_key, k.fence_key},
-                  {w->token, lease_ms_, w->mode == detail::Mode::upgrade ? "u" : "s"}, std::move(reply));
+    servers_.eval(Op::acquire, permits ? scripts_.acquire_permits : scripts_.acquire_shared, {k.lock_key, k.fence_key},
+                  std::move(args), reply());
 }
 
-void ModalLocks::answered(const std::string& key, std::uint64_t id, std::error_code ec, const Reply& r,
-                          const std::shared_ptr<Connection>& conn, detail::BootClock::time_point sent) {
+void ModalLocks::answered(const std::string& key, const std::vector<std::uint64_t>& ids, std::error_code ec,
+                          const Reply& r, const std::shared_ptr<Connection>& conn, detail::BootClock::time_point sent) {
     auto kit = keys_.find(key);
-    auto wit = waiters_.find(id);
-    if (kit == keys_.end() || wit == waiters_.end()) return;  // cannot happen: an attempt keeps both
+    if (kit == keys_.end()) return;  // cannot happen: an attempt keeps its key and its waiters
     Key& k = *kit->second;
-    Waiter* w = wit->second;
     k.attempting = false;
-    w->in_flight = false;
+    std::vector<Waiter*> batch;
+    for (const std::uint64_t id : ids) {
+        Waiter* w = waiters_.at(id);
+        w->in_flight = false;
+        batch.push_back(w);
+    }
     if (ec) {
-        if (w->from == nullptr) w->unanswered = true;  // perhaps it ran: a retry would tell
         const auto now = Clock::now();
         if (k.first_failure == Clock::time_point{}) k.first_failure = now;
-        if (retried_unanswered(ec) && !w->ending && !w->expired &&
-            now - k.first_failure < config_.endpoint.connect_timeout) {
+        const bool again = retried_unanswered(ec) && now - k.first_failure < config_.endpoint.connect_timeout;
+        bool left = false;
+        for (Waiter* w : batch) {
+            if (w->from == nullptr) w->unanswered = true;  // perhaps it ran: a retry would tell
+            if (again && !w->ending && !w->expired) {
+                left = true;
+            } else {
+                drop(k, w, w->ending ? w->ending : ec, r.str);  // gives back what it may hold
+            }
+        }
+        if (left) {
             k.waiting = true;
             return arm_retry(k, milliseconds(50) + host_.jitter());
         }
-        return finish(k, w, w->ending ? w->ending : ec, r.str);
+        pump(k);
+        return settle(k);
     }
     k.first_failure = {};
+    if (batch.front()->from != nullptr) return converted(k, batch.front(), r, conn, sent);
+    if (r.is_error()) {
+        // The key's kind, limit or type, or the user's rights: the same for every request of
+        // the call (one mode, one limit).
+        for (Waiter* w : batch) drop(k, w, error_code_of(r), error_reason(r));
+        pump(k);
+        return settle(k);
+    }
+    const auto n = static_cast<long long>(batch.size());
+    const long long g =
+        r.type == Reply::Type::array && !r.elements.empty() && r.elements[0].type == Reply::Type::integer
+            ? r.elements[0].integer
+            : -1;
+    bool shaped = g >= 0 && g <= n && r.elements.size() == static_cast<std::size_t>(g < n ? g + 2 : g + 1);
+    for (std::size_t i = 1; shaped && i < r.elements.size(); ++i) shaped = r.elements[i].type == Reply::Type::integer;
+    if (!shaped) {
+        for (Waiter* w : batch) drop(k, w, make_error_code(errc::backend_error), "unexpected reply to a mode script");
+        pump(k);
+        return settle(k);
+    }
+    const bool late = lease::Clock::now() >= sent + validity_;
+    std::vector<Grant> grants;
+    for (long long i = 0; i < g; ++i) {
+        Waiter* w = batch[static_cast<std::size_t>(i)];
+        const auto fence = static_cast<std::uint64_t>(r.elements[static_cast<std::size_t>(i) + 1].integer);
+        std::string member = member_name(w->mode, w->permits, fence, w->token);
+        if (!w->ending && !late) {
+            grants.push_back(Grant{w->id, fence, std::move(member)});
+            continue;
+        }
+        // Cancelled meanwhile, or the answer came after the lease it granted had run out (the
+        // member may be gone and the key someone else's): given back. Late, it asks again if it
+        // has time.
+        give_back(k, member);
+        w->token.clear();
+        w->unanswered = false;
+        if (w->ending) {
+            drop(k, w, w->ending);
+        } else if (w->expired) {
+            drop(k, w, make_error_code(errc::timeout));
+        }
+    }
+    std::vector<std::uint64_t> refused(ids.begin() + g, ids.end());
+    const long long ms = g < n ? r.elements.back().integer : 0;
+    if (late) {
+        for (const std::uint64_t id : refused) {
+            Waiter* w = waiters_.at(id);
+            if (w->ending || w->expired) drop(k, w, w->ending ? w->ending : make_error_code(errc::timeout));
+        }
+        pump(k);
+        return settle(k);
+    }
+    std::uint64_t taken = 0;  // permits granted by the call
+    for (const Grant& grant : grants) taken += waiters_.at(grant.id)->permits;
+    const std::uint32_t full =
+        batch.front()->mode == detail::Mode::permits && taken == batch.front()->limit ? batch.front()->limit : 0;
+    if (grants.empty() || !replication_.waits()) return conclude(k, grants, refused, ms, full, sent, {});
+    k.attempting = true;  // the replicas' confirmation is under way: nothing else asks meanwhile
+    for (const Grant& grant : grants) waiters_.at(grant.id)->in_flight = true;
+    replication_.after(conn, [this, key = k.key, grants, refused, ms, full, sent](const std::string& why) {
+        auto it = keys_.find(key);
+        if (it == keys_.end()) return;
+        it->second->attempting = false;
+        for (const Grant& grant : grants) waiters_.at(grant.id)->in_flight = false;
+        conclude(*it->second, grants, refused, ms, full, sent, why);
+    });
+}
+
+/// Hands out `grants` (or, the replicas not confirming them, `why`, gives them back), then the
+/// requests `refused` wait for the key (`ms` until the blocker's lease ends); so does the next
+/// permit request of limit `full`, if not 0: the grants took all of them.
+void ModalLocks::conclude(Key& k, const std::vector<Grant>& grants, const std::vector<std::uint64_t>& refused,
+                          long long ms, std::uint32_t full, detail::BootClock::time_point sent,
+                          const std::string& why) {
+    for (const Grant& grant : grants) {
+        Waiter* w = waiters_.at(grant.id);
+        if (!why.empty()) {  // (a conversion's answer never comes here with `why`)
+            give_back(k, grant.member);
+            drop(k, w, make_error_code(errc::unavailable), "the hold was granted on the master, but " + why);
+        } else if (w->ending && w->from == nullptr) {  // a conversion's hold has changed already: kept
+            give_back(k, grant.member);
+            drop(k, w, w->ending);
+        } else {
+            hand_out(k, w, grant.fence, grant.member, sent);
+        }
+    }
+    Waiter* first = nullptr;
+    for (const std::uint64_t id : refused) {
+        auto it = waiters_.find(id);
+        if (it == waiters_.end()) continue;  // cancelled while the replicas were asked
+        Waiter* w = it->second;
+        if (w->ending || w->expired) {
+            drop(k, w, w->ending ? w->ending : make_error_code(errc::timeout));
+        } else if (first == nullptr) {
+            first = w;
+        }
+    }
+    if (first != nullptr) return held(k, first, ms);
+    if (full != 0 && !k.queue.empty() && k.queue.front()->from == nullptr &&
+        k.queue.front()->mode == detail::Mode::permits && k.queue.front()->limit == full) {
+        // The call took every permit: the next asks when one is given back, not at once.
+        return held(k, k.queue.front(), config_.lease.count());
+    }
+    pump(k);
+    settle(k);
+}
+
+/// The answer to a conversion's attempt.
+void ModalLocks::converted(Key& k, Waiter* w, const Reply& r, const std::shared_ptr<Connection>& conn,
+                           detail::BootClock::time_point sent) {
     if (r.is_error() && r.str.find("KEYLOCK_DEADLOCK") != std::string::npos) {
         // Shared to exclusive while another holder's conversion waits for this one: the try
         // fails at once, as its deadline would (the hold is unchanged).
@@ -216,55 +374,31 @@ void ModalLocks::answered(const std::string& key, std::uint64_t id, std::error_c
     if (r.is_error()) return finish(k, w, error_code_of(r), error_reason(r));
     const bool shaped = r.type == Reply::Type::array && !r.elements.empty() &&
                         r.elements[0].type == Reply::Type::integer &&
-                        (r.elements[0].integer != 1 || r.elements.size() >= (w->from != nullptr ? 3U : 2U));
+                        (r.elements[0].integer != 1 || r.elements.size() >= 3U);
     if (!shaped) return finish(k, w, make_error_code(errc::backend_error), "unexpected reply to a mode script");
     const long long outcome = r.elements[0].integer;
-    if (outcome == 1) {
-        const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
-        std::string member = w->from != nullptr ? r.elements[2].str : member_name(w->mode, w->permits, fence, w->token);
-        return granted(k, w, fence, member, conn, sent);
-    }
     if (outcome == -1) return finish(k, w, make_error_code(errc::not_owner), "the hold to convert was lost");
-    held(k, w, r.elements.size() >= 2 ? r.elements[1].integer : 0);
-}
-
-/// Redis granted `w` (with replicas confirming it, when asked to wait for them).
-void ModalLocks::granted(Key& k, Waiter* w, std::uint64_t fence, const std::string& member,
-                         const std::shared_ptr<Connection>& conn, detail::BootClock::time_point sent) {
-    if (w->ending && w->from == nullptr) {
-        give_back(k, member);
-        return finish(k, w, w->ending);
-    }
-    if (lease::Clock::now() >= sent + validity_ && w->from == nullptr) {
-        // The answer came after the lease it granted had run out: the member may be gone and
-        // the key someone else's. Given back; the request asks again if it has time.
-        give_back(k, member);
-        w->token.clear();
-        w->unanswered = false;
-        if (w->expired) return finish(k, w, make_error_code(errc::timeout));
-        return pump(k);
-    }
-    if (!replication_.waits()) return hand_out(k.key, w->id, fence, member, sent);
+    if (outcome != 1) return held(k, w, r.elements.size() >= 2 ? r.elements[1].integer : 0);
+    const auto fence = static_cast<std::uint64_t>(r.elements[1].integer);
+    const std::vector<Grant> grants{Grant{w->id, fence, r.elements[2].str}};
+    if (!replication_.waits()) return conclude(k, grants, {}, 0, 0, sent, {});
     k.attempting = true;  // the replicas' confirmation is under way: nothing else asks meanwhile
     w->in_flight = true;
-    replication_.after(conn, [this, key = k.key, id = w->id, fence, member, sent](const std::string& why) {
-        auto kit = keys_.find(key);
-        auto wit = waiters_.find(id);
-        if (kit == keys_.end() || wit == waiters_.end()) return;
-        kit->second->attempting = false;
-        wit->second->in_flight = false;
-        if (why.empty()) return hand_out(key, id, fence, member, sent);
-        if (wit->second->from == nullptr) give_back(*kit->second, member);
-        finish(*kit->second, wit->second, make_error_code(errc::unavailable),
+    replication_.after(conn, [this, key = k.key, grants, sent](const std::string& why) {
+        auto it = keys_.find(key);
+        if (it == keys_.end()) return;
+        it->second->attempting = false;
+        waiters_.at(grants.front().id)->in_flight = false;
+        if (why.empty()) return conclude(*it->second, grants, {}, 0, 0, sent, {});
+        // A conversion's hold has changed already: it is kept, and the error reported.
+        finish(*it->second, waiters_.at(grants.front().id), make_error_code(errc::unavailable),
                "the hold was granted on the master, but " + why);
     });
 }
 
-/// Gives `id` its new hold.
-void ModalLocks::hand_out(const std::string& key, std::uint64_t id, std::uint64_t fence, const std::string& member,
+/// Gives `w` its new hold (its conversion's, or a new grant).
+void ModalLocks::hand_out(Key& k, Waiter* w, std::uint64_t fence, const std::string& member,
                           detail::BootClock::time_point sent) {
-    Key& k = *keys_.find(key)->second;
-    Waiter* w = waiters_.find(id)->second;
     auto* h = new RedisHold;
     h->key = k.key;
     h->token = member;
@@ -281,7 +415,7 @@ void ModalLocks::hand_out(const std::string& key, std::uint64_t id, std::uint64_
     w->unanswered = false;
     w->intent = false;  // a conversion to exclusive that got in took its intent with it
     w->token.clear();
-    finish(k, w, {}, {}, detail::Acquired{h, fence});
+    drop(k, w, {}, {}, detail::Acquired{h, fence});
 }
 
 /// Someone else holds the key for `ms` more (or is waiting ahead, for shared requests): wait for
@@ -328,6 +462,14 @@ void ModalLocks::held(Key& k, Waiter* w, long long ms) {
 /// Ends `w`'s wait with `ec` (or its grant), reports, and lets the next request ask.
 void ModalLocks::finish(Key& k, Waiter* w, std::error_code ec, const std::string& why, detail::Acquired acquired) {
     const bool was_front = !k.queue.empty() && k.queue.front() == w;
+    drop(k, w, ec, why, acquired);
+    if (was_front && k.waiting) return wake(k);  // those behind it may fit now
+    pump(k);
+    settle(k);
+}
+
+/// Ends `w`'s wait with `ec` (or its grant) and reports; the caller lets the next request ask.
+void ModalLocks::drop(Key& k, Waiter* w, std::error_code ec, const std::string& why, detail::Acquired acquired) {
     k.queue.erase(std::find(k.queue.begin(), k.queue.end(), w));
     waiters_.erase(w->id);
     if (w->timer) w->timer->cancel();
@@ -339,10 +481,7 @@ void ModalLocks::finish(Key& k, Waiter* w, std::error_code ec, const std::string
     if (w->unanswered && acquired.hold == nullptr) abandon(k.lock_key, w->token);
     tally_.ended(ec, w->waited);
     const std::unique_ptr<Waiter> done(w);
-    host_.complete(w->op, ec, acquired, why);    // a blocking caller may return right after this
-    if (was_front && k.waiting) return wake(k);  // those behind it may fit now
-    pump(k);
-    settle(k);
+    host_.complete(w->op, ec, acquired, why);  // a blocking caller may return right after this
 }
 
 /// Deletes a grant nobody takes (`member`), if it is still there.

@@ -3,7 +3,10 @@
 // mode_scripts.hpp; the data layout in docs/design.md). Exclusive acquisitions stay with each
 // key's KeyLock (key_lock.hpp); this part keeps, per key in use, a FIFO queue of this process's
 // modal requests, of which the one at the front asks Redis (one attempt in flight per key), so
-// that a large permit request or a conversion is not overtaken by the requests behind it. A
+// that a large permit request or a conversion is not overtaken by the requests behind it. The
+// front's attempt carries the requests right behind it that the same script can grant too (a
+// run of shared requests, or of permit requests of one limit; up to 64): Redis grants them in
+// order as far as they fit, in one round trip, and those that do not fit stay at the front. A
 // request that finds the key taken waits for a release on the key's channel, or at most half a
 // lease (a waiting writer's intent lasts one lease: the retry renews it), then asks again.
 //
@@ -108,18 +111,22 @@ public:
 private:
     struct Key;
     struct Waiter;
+    struct Grant;
 
     Key& key_state(const std::string& key);
     void pump(Key& k);
-    void attempt(Key& k, Waiter* w);
-    void answered(const std::string& key, std::uint64_t id, std::error_code ec, const Reply& r,
+    void attempt(Key& k);
+    void answered(const std::string& key, const std::vector<std::uint64_t>& ids, std::error_code ec, const Reply& r,
                   const std::shared_ptr<Connection>& conn, detail::BootClock::time_point sent);
-    void granted(Key& k, Waiter* w, std::uint64_t fence, const std::string& member,
-                 const std::shared_ptr<Connection>& conn, detail::BootClock::time_point sent);
-    void hand_out(const std::string& key, std::uint64_t id, std::uint64_t fence, const std::string& member,
+    void converted(Key& k, Waiter* w, const Reply& r, const std::shared_ptr<Connection>& conn,
+                   detail::BootClock::time_point sent);
+    void conclude(Key& k, const std::vector<Grant>& grants, const std::vector<std::uint64_t>& refused, long long ms,
+                  std::uint32_t full, detail::BootClock::time_point sent, const std::string& why);
+    void hand_out(Key& k, Waiter* w, std::uint64_t fence, const std::string& member,
                   detail::BootClock::time_point sent);
     void held(Key& k, Waiter* w, long long ms);
     void finish(Key& k, Waiter* w, std::error_code ec, const std::string& why = {}, detail::Acquired acquired = {});
+    void drop(Key& k, Waiter* w, std::error_code ec, const std::string& why = {}, detail::Acquired acquired = {});
     void give_back(const Key& k, const std::string& member);
     void wake(Key& k);
     void arm_retry(Key& k, std::chrono::milliseconds after);

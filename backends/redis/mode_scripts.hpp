@@ -16,14 +16,14 @@
 //                           conversion to exclusive); while one lives, new shared and upgrade
 //                           holders are refused, so a stream of readers cannot starve it
 //
-// Every script reads the live members (score above now) and decides before it writes; after a
-// change it prunes the expired ones and sets the key's PEXPIRE to its latest holder's or
-// intent's expiry, or deletes the key when none is left. A sorted set with no live holder (and,
-// for a lock, no live intent) is a free key, whatever its metadata says. Every grant and every
-// conversion draws a new fencing token from the slot's counter KEYS[2], so tokens strictly
-// increase across modes. What may let a waiter in is published on the channel (the lock key,
-// given as an ARGV as in scripts.hpp), before the write. On Redis 7, the acquiring and
-// converting scripts first check that the user may run every write they may make, and publish
+// Every script reads the live members (score above now) and decides before it writes. The key's
+// PEXPIRE is at least its latest holder's or intent's expiry: the acquiring scripts only raise
+// it; the others (and the exclusive acquire's intent) prune the expired members and set it to
+// that expiry; a release that leaves no live holder and no live intent deletes the key. A sorted set with no live
+// holder (and, for a lock, no live intent) is a free key, whatever its metadata says. Every grant and every conversion
+// draws a new fencing token from the slot's counter KEYS[2], so tokens strictly increase across modes. What may let a
+// waiter in is published on the channel (the lock key, given as an ARGV as in scripts.hpp), before the write. On Redis
+// 7, the acquiring and converting scripts first check that the user may run every write they may make, and publish
 // (NOPERM otherwise, nothing written); the others publish before they write, as release does.
 //
 // Owner tokens are as for exclusive holds: one per grant, the same for every retry of it, so a
@@ -33,7 +33,9 @@
 // found (KEYLOCK_DEADLOCK).
 //
 // Replies (RESP2; a Lua number is an integer reply):
-//   acquire_shared, acquire_permits   {1, fence} | {0, ms}            | error
+//   acquire_shared, acquire_permits   {g, fence_1..fence_g[, ms]}: the first g of the requests
+//                                     granted, in order; ms if the others wait (one request:
+//                                     {1, fence} | {0, ms})           | error
 //   release_member, extend_member     1 | 0
 //   convert                           {1, fence, member or value} | {0, ms} | {-1} | error
 //   drop_intent                       1 | 0
@@ -54,7 +56,12 @@ namespace keylock::redis::scripts {
 // Pieces of the mode scripts. `member_of(mode, fence, owner)`: a holder's member.
 // `create(kind_member, member, lease, now, kind)`: the key made a sorted set of its metadata and
 // one holder (deleted first unless its TYPE was 'none': each call costs the server about 1 us).
-// `later(a, b)`: the later of two expiries, `a` possibly nil.
+// `later(a, b)`: the later of two expiries, `a` possibly nil. `look(now)`: the key's live members
+// by name only (scores cost the server more to format than the rest of a call): `kind` 'lock',
+// 'semaphore' (then `limit`) or nil (not keylock's), `holders` (their members) and `intents`
+// (their members, `~intent:<owner>`). `reach(lease)`: raises the key's expiry to `lease` ms if it
+// is shorter (never lowers it: a member written now expires last, unless another process's
+// lease is longer).
 inline constexpr const char* mode_pieces = R"lua(
 local function member_of(mode, fence, owner)
   return mode .. ':' .. string.format('%d', fence) .. ':' .. owner
@@ -72,27 +79,59 @@ local function later(a, b)
   end
   return a
 end
+local function look(now)
+  local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', now), '+inf')
+  local s = {holders = {}, intents = {}}
+  for _, m in ipairs(live) do
+    if string.byte(m, 1) ~= 126 then
+      s.holders[#s.holders + 1] = m
+    elseif m == '~kind:lock' then
+      s.kind = 'lock'
+    elseif string.sub(m, 1, 7) == '~limit:' then
+      s.kind, s.limit = 'semaphore', tonumber(string.sub(m, 8))
+    elseif string.sub(m, 1, 8) == '~intent:' then
+      s.intents[#s.intents + 1] = m
+    end
+  end
+  return s
+end
+local function reach(lease)
+  if redis.call('PTTL', KEYS[1]) < lease then
+    redis.call('PEXPIRE', KEYS[1], string.format('%d', lease))
+  end
+end
 )lua";
 
 inline std::string mode_script(const char* body) {
     return std::string(denied) + next_fence + lock_zset + mode_pieces + body;
 }
 
-// KEYS[1] the lock key, KEYS[2] its fencing counter. ARGV[1] owner token, ARGV[2] lease in ms,
-// ARGV[3] 's' (shared) or 'u' (upgrade). Grants if the key is free, or a lock's sorted set with
-// no live intent (and, for 'u', no other upgrade holder). Returns {1, fencing token} (the
-// member is then `<mode>:<fence>:<owner>`; found already, it is renewed), or {0, ms until the
-// blocker's lease ends: the exclusive holder's (-1: no expiry), or the latest of the intents'
-// and the upgrade holder's}. Errors: KEYLOCK_MODE on a semaphore with live holders, WRONGTYPE on
-// a key of another type, an `ERR keylock:` for a mode other than 's' or 'u'.
+// KEYS[1] the lock key, KEYS[2] its fencing counter. ARGV[1] lease in ms, ARGV[2] 's' (shared)
+// or 'u' (upgrade), then one pair per request, in the order they are to be served: its owner
+// token, and '1' if an earlier attempt of it went unanswered (a hold of that owner may be there:
+// found, it is renewed and granted again), else '0'. Grants the requests in order as far as they
+// fit, and stops at the first that does not (none overtakes another): a request fits if the key
+// is free, or a lock's sorted set with no live intent of another owner (and, for 'u', no other
+// upgrade holder, one granted earlier in the same call included). Replies {g, fence_1, …,
+// fence_g} when all g requests were granted, else {g, fence_1, …, fence_g, ms}: request g + 1
+// and those after it wait, ms until the blocker's lease ends (the exclusive holder's, -1: no
+// expiry; or the latest of the intents' and the upgrade holder's). So one request gets {1,
+// fence} or {0, ms}. Request i's member is `<mode>:<fence_i>:<owner_i>`. Errors: KEYLOCK_MODE on
+// a semaphore with live holders, WRONGTYPE on a key of another type, an `ERR keylock:` for a
+// mode other than 's' or 'u' or no request.
+//
+// Only the live members' names are read (their scores only for a reply that waits), a holder's
+// owner only for a retried request; a grant on a sorted set prunes the expired members, and the
+// key's expiry is only ever raised here.
 inline const std::string acquire_shared_script = mode_script(R"lua(
 local refused = denied('$PUBLISH', KEYS[1], '') or zset_refused()
 if refused then
   return refused
 end
-local owner, lease, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-if mode ~= 's' and mode ~= 'u' then
-  return redis.error_reply('ERR keylock: the mode is s or u, not ' .. tostring(mode))
+local lease, mode, count = tonumber(ARGV[1]), ARGV[2], (#ARGV - 2) / 2
+if (mode ~= 's' and mode ~= 'u') or lease == nil or count < 1 or count ~= math.floor(count) then
+  return redis.error_reply('ERR keylock: the mode is s or u, not ' .. tostring(mode) .. ', with a lease and ' ..
+    'an owner token and a retry flag per request')
 end
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind == 'string' then
@@ -102,69 +141,136 @@ if kind ~= 'none' and kind ~= 'zset' then
   return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a lock')
 end
 local now = now_ms()
-local s = {holders = {}, intents = {}}
+local s = nil
 if kind == 'zset' then
-  s = survey(now)
+  s = look(now)
   if not s.kind then
     return redis.error_reply('WRONGTYPE the lock key holds a zset, not a lock')
   end
+  if #s.holders == 0 and #s.intents == 0 then
+    s = nil
+  end
 end
-if #s.holders == 0 and #s.intents == 0 then
-  local fence = next_fence()
-  create('~kind:lock', member_of(mode, fence, owner), lease, now, kind)
-  return {1, fence}
+local at = string.format('%d', now + lease)
+local out = {0}
+if s == nil then
+  local n = count
+  if mode == 'u' then
+    n = 1
+  end
+  local add = {'+inf', '~kind:lock'}
+  for i = 1, n do
+    local fence = next_fence()
+    out[i + 1] = fence
+    add[#add + 1] = at
+    add[#add + 1] = member_of(mode, fence, ARGV[1 + 2 * i])
+  end
+  out[1] = n
+  if kind ~= 'none' then
+    redis.call('DEL', KEYS[1])
+  end
+  redis.call('ZADD', KEYS[1], unpack(add))
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', lease))
+  if n < count then
+    out[#out + 1] = lease
+  end
+  return out
 end
 if s.kind == 'semaphore' then
   return redis.error_reply('KEYLOCK_MODE the key is a semaphore (limit ' .. string.format('%d', s.limit) .. '), not a lock')
 end
-for _, h in ipairs(s.holders) do
-  if h.mode == mode and h.owner == owner then
-    redis.call('ZADD', KEYS[1], 'XX', string.format('%d', now + lease), h.member)
-    settle(now)
-    return {1, h.fence}
-  end
-end
-local blocked = nil
-for _, i in ipairs(s.intents) do
-  if i.owner ~= owner then
-    blocked = later(blocked, i.at)
-  end
-end
+local upgrader, upgrader_at = nil, nil
 if mode == 'u' then
-  for _, h in ipairs(s.holders) do
-    if h.mode == 'u' then
-      blocked = later(blocked, h.at)
+  for _, m in ipairs(s.holders) do
+    if string.byte(m, 1) == 117 then
+      upgrader = m
     end
   end
 end
-if blocked then
-  return {0, blocked - now}
+local add, wait, renewed = {}, nil, false
+for i = 1, count do
+  local owner, fence = ARGV[1 + 2 * i], nil
+  if ARGV[2 + 2 * i] == '1' then
+    for _, m in ipairs(s.holders) do
+      local f, o = string.match(m, '^' .. mode .. ':(%d+):(.+)$')
+      if o == owner then
+        redis.call('ZADD', KEYS[1], 'XX', at, m)
+        fence, renewed = tonumber(f), true
+      end
+    end
+  end
+  if fence == nil then
+    local blocked = nil
+    for _, intent in ipairs(s.intents) do
+      if string.sub(intent, 9) ~= owner then
+        blocked = later(blocked, tonumber(redis.call('ZSCORE', KEYS[1], intent)))
+      end
+    end
+    if upgrader then
+      blocked = later(blocked, upgrader_at or tonumber(redis.call('ZSCORE', KEYS[1], upgrader)))
+    end
+    if blocked then
+      wait = blocked - now
+      break
+    end
+    fence = next_fence()
+    local m = member_of(mode, fence, owner)
+    add[#add + 1] = at
+    add[#add + 1] = m
+    if mode == 'u' then
+      upgrader, upgrader_at = m, now + lease
+    end
+  end
+  out[1] = i
+  out[i + 1] = fence
 end
-local fence = next_fence()
-redis.call('ZADD', KEYS[1], string.format('%d', now + lease), member_of(mode, fence, owner))
-settle(now)
-return {1, fence}
+if #add > 0 then
+  redis.call('ZADD', KEYS[1], unpack(add))
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+end
+if #add > 0 or renewed then
+  reach(lease)
+end
+if wait then
+  out[#out + 1] = wait
+end
+return out
 )lua");
 inline const std::string acquire_shared = publishing(acquire_shared_script, "PUBLISH");
 inline const std::string acquire_shared_sharded = publishing(acquire_shared_script, "SPUBLISH");
 
-// KEYS[1] the lock key, KEYS[2] its fencing counter. ARGV[1] owner token, ARGV[2] lease in ms,
-// ARGV[3] n, ARGV[4] the limit. Grants n permits if the key is free (the limit is then this
-// one's) or a semaphore of the same limit whose live holders hold at most limit - n. Returns
-// {1, fencing token} (the member is then `p<n>:<fence>:<owner>`; found already, it is renewed),
-// or {0, ms until the earliest live holder's lease ends}. Errors: KEYLOCK_PERMITS (n or the
-// limit not a whole number, the limit below 1, n not from 1 to the limit), KEYLOCK_LIMIT (the
-// live holders' limit is another), KEYLOCK_MODE (an exclusive hold, or live shared holds),
-// WRONGTYPE (a key of another type).
+// KEYS[1] the lock key, KEYS[2] its fencing counter. ARGV[1] lease in ms, ARGV[2] the limit,
+// then one triple per request, in the order they are to be served: its owner token, n (its
+// permits), and '1' if an earlier attempt of it went unanswered (found, its hold is renewed and
+// granted again), else '0'. Grants the requests in order as far as they fit, and stops at the
+// first that does not (none overtakes another): they fit if the key is free (the limit is then
+// this one's) or a semaphore of the same limit, and the live holders (those granted earlier in
+// the same call included) hold at most limit - n. Replies {g, fence_1, …, fence_g} when all g
+// were granted, else {g, fence_1, …, fence_g, ms until the earliest live holder's lease ends}.
+// So one request gets {1, fence} or {0, ms}. Request i's member is `p<n_i>:<fence_i>:<owner_i>`.
+// Errors (before anything is granted): KEYLOCK_PERMITS (an n or the limit not a whole number,
+// the limit below 1, an n not from 1 to the limit, no request), KEYLOCK_LIMIT (the live
+// holders' limit is another), KEYLOCK_MODE (an exclusive hold, or live shared holds),
+// WRONGTYPE (a key of another type). Reads and writes as acquire_shared does.
 inline const std::string acquire_permits_script = mode_script(R"lua(
 local refused = denied('$PUBLISH', KEYS[1], '') or zset_refused()
 if refused then
   return refused
 end
-local owner, lease, n, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if n == nil or limit == nil or n ~= math.floor(n) or limit ~= math.floor(limit) or limit < 1 or n < 1 or n > limit then
-  return redis.error_reply('KEYLOCK_PERMITS asked for ' .. tostring(ARGV[3]) .. ' permits of a limit of ' ..
-    tostring(ARGV[4]) .. ': from 1 to the limit, which is at least 1')
+local lease, limit, count = tonumber(ARGV[1]), tonumber(ARGV[2]), (#ARGV - 2) / 3
+local ns = {}
+local bad = lease == nil or limit == nil or limit ~= math.floor(limit) or limit < 1 or count < 1 or
+  count ~= math.floor(count)
+for i = 1, math.floor(count) do
+  local n = tonumber(ARGV[1 + 3 * i])
+  if n == nil or n ~= math.floor(n) or n < 1 or (limit ~= nil and n > limit) then
+    bad = true
+  end
+  ns[i] = n
+end
+if bad then
+  return redis.error_reply('KEYLOCK_PERMITS asked for ' .. tostring(ARGV[4]) .. ' permits of a limit of ' ..
+    tostring(ARGV[2]) .. ': from 1 to the limit, which is at least 1')
 end
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind == 'string' then
@@ -174,45 +280,87 @@ if kind ~= 'none' and kind ~= 'zset' then
   return redis.error_reply('WRONGTYPE the lock key holds a ' .. kind .. ', not a semaphore')
 end
 local now = now_ms()
-local s = {holders = {}, intents = {}}
+local s = nil
 if kind == 'zset' then
-  s = survey(now)
+  s = look(now)
   if not s.kind then
     return redis.error_reply('WRONGTYPE the lock key holds a zset, not a semaphore')
   end
-end
-if #s.holders == 0 and #s.intents == 0 then
-  local fence = next_fence()
-  create('~limit:' .. string.format('%d', limit), member_of('p' .. string.format('%d', n), fence, owner), lease, now,
-    kind)
-  return {1, fence}
-end
-if s.kind == 'lock' then
-  return redis.error_reply('KEYLOCK_MODE the key is a lock, not a semaphore')
-end
-if s.limit ~= limit then
-  return redis.error_reply('KEYLOCK_LIMIT the key is a semaphore of limit ' .. string.format('%d', s.limit) ..
-    ', asked with limit ' .. string.format('%d', limit))
-end
-local used, first = 0, nil
-for _, h in ipairs(s.holders) do
-  if h.owner == owner and h.n == n then
-    redis.call('ZADD', KEYS[1], 'XX', string.format('%d', now + lease), h.member)
-    settle(now)
-    return {1, h.fence}
-  end
-  used = used + h.n
-  if first == nil or h.at < first then
-    first = h.at
+  if #s.holders == 0 and #s.intents == 0 then
+    s = nil
   end
 end
-if used + n > limit then
-  return {0, first - now}
+local at = string.format('%d', now + lease)
+local out, add, used, wait, renewed = {0}, {}, 0, nil, false
+if s == nil then
+  add = {'+inf', '~limit:' .. string.format('%d', limit)}
+else
+  if s.kind == 'lock' then
+    return redis.error_reply('KEYLOCK_MODE the key is a lock, not a semaphore')
+  end
+  if s.limit ~= limit then
+    return redis.error_reply('KEYLOCK_LIMIT the key is a semaphore of limit ' .. string.format('%d', s.limit) ..
+      ', asked with limit ' .. string.format('%d', limit))
+  end
+  for _, m in ipairs(s.holders) do
+    if string.byte(m, 3) == 58 then
+      used = used + string.byte(m, 2) - 48  -- `p<digit>:`, without making a string
+    else
+      used = used + (tonumber(string.sub(m, 2, string.find(m, ':', 3, true) - 1)) or 1)
+    end
+  end
 end
-local fence = next_fence()
-redis.call('ZADD', KEYS[1], string.format('%d', now + lease), member_of('p' .. string.format('%d', n), fence, owner))
-settle(now)
-return {1, fence}
+for i = 1, count do
+  local owner, n, fence = ARGV[3 * i], ns[i], nil
+  if s ~= nil and ARGV[2 + 3 * i] == '1' then
+    local mode = 'p' .. string.format('%d', n)
+    for _, m in ipairs(s.holders) do
+      local f, o = string.match(m, '^' .. mode .. ':(%d+):(.+)$')
+      if o == owner then
+        redis.call('ZADD', KEYS[1], 'XX', at, m)
+        fence, renewed = tonumber(f), true
+      end
+    end
+  end
+  if fence == nil then
+    if used + n > limit then
+      wait = lease
+      if s ~= nil then
+        local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', now), '+inf', 'WITHSCORES',
+          'LIMIT', 0, 1)
+        if first[2] ~= nil and tonumber(first[2]) < now + lease then
+          wait = tonumber(first[2]) - now
+        end
+      end
+      break
+    end
+    fence = next_fence()
+    add[#add + 1] = at
+    add[#add + 1] = member_of('p' .. string.format('%d', n), fence, owner)
+    used = used + n
+  end
+  out[1] = i
+  out[i + 1] = fence
+end
+if s == nil then
+  if kind ~= 'none' then
+    redis.call('DEL', KEYS[1])
+  end
+  redis.call('ZADD', KEYS[1], unpack(add))
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', lease))
+else
+  if #add > 0 then
+    redis.call('ZADD', KEYS[1], unpack(add))
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+  end
+  if #add > 0 or renewed then
+    reach(lease)
+  end
+end
+if wait then
+  out[#out + 1] = wait
+end
+return out
 )lua");
 inline const std::string acquire_permits = publishing(acquire_permits_script, "PUBLISH");
 inline const std::string acquire_permits_sharded = publishing(acquire_permits_script, "SPUBLISH");
@@ -232,11 +380,20 @@ end
 // KEYS[1] the lock key. ARGV[1] a holder's member, ARGV[2] the channel. Removes the member if it
 // is a live holder, with the intent its owner's conversion may have left, and publishes (before
 // it writes). Returns 1 if it was, else 0 (expired, or never there: the hold was lost). The key
-// goes when no holder and no intent is left.
-inline const std::string release_member_script = std::string(lock_zset) + live_score + R"lua(
+// goes, expired members and metadata with it, when no live holder and no live intent is left;
+// else its expiry stays (at least its last member's: every other script raises it to theirs).
+inline const std::string release_member_script = std::string(R"lua(
 local member = ARGV[1]
-local now = now_ms()
-if string.sub(member, 1, 1) == '~' or live_score(member, now) == nil then
+if string.byte(member, 1) == 126 then
+  return 0
+end
+local score = redis.pcall('ZSCORE', KEYS[1], member)
+if type(score) ~= 'string' then
+  return 0
+end
+local t = redis.call('TIME')
+local now = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+if tonumber(score) <= tonumber(now) then
   return 0
 end
 redis.call('$PUBLISH', ARGV[2], '')
@@ -246,9 +403,11 @@ if owner then
 else
   redis.call('ZREM', KEYS[1], member)
 end
-settle(now)
+if redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '(+inf', 'LIMIT', 0, 1)[1] == nil then
+  redis.call('DEL', KEYS[1])
+end
 return 1
-)lua";
+)lua");
 inline const std::string release_member = publishing(release_member_script, "PUBLISH");
 inline const std::string release_member_sharded = publishing(release_member_script, "SPUBLISH");
 

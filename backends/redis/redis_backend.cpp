@@ -814,6 +814,9 @@ private:
                            forget();
                            reply(result);
                        });
+        // This process's modal waiters for the key ask again now, right behind the release on
+        // the same connection, rather than when its notification comes back.
+        if (h->modal) modal_->notified(h->key);
     }
 
     /// A waiter of this process is next: hands the lock over in one round trip (a new owner
