@@ -174,8 +174,22 @@ public:
         stop();
         start(port_, tls_port_, cluster_port_);
     }
+    /// Stops the server (SIGSTOP) and returns once the kernel reports it stopped: the signal
+    /// alone is delivered asynchronously, and a server still running on the other CPU could
+    /// answer a command sent right after (at most 2 s of waiting).
     void pause() noexcept {
-        if (pid_ > 0) ::kill(pid_, SIGSTOP);
+        if (pid_ <= 0) return;
+        ::kill(pid_, SIGSTOP);
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+        while (std::chrono::steady_clock::now() < until) {
+            std::ifstream stat("/proc/" + std::to_string(pid_) + "/stat");
+            std::string line;
+            std::getline(stat, line);
+            const auto paren = line.rfind(')');  // "pid (comm) state ...": comm may hold spaces
+            if (!stat || paren == std::string::npos || paren + 2 >= line.size()) return;
+            if (line[paren + 2] == 'T' || line[paren + 2] == 't') return;
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
     }
     void resume() noexcept {
         if (pid_ > 0) ::kill(pid_, SIGCONT);

@@ -332,7 +332,7 @@ long script_calls(const RedisServer& server) {
 
 }  // namespace
 
-TEST_CASE("Redis lock_all of free keys is one acquire script, a fencing token per key; its guard releases each",
+TEST_CASE("Redis lock_all of free keys is one acquire script, a fencing token per key, and its guard releases each",
           "[redis][modes][lock_all]") {
     RedisServer server;
     auto r = KeyedLockRegistry::from_url(url(server));
@@ -515,7 +515,7 @@ TEST_CASE("Redis holds taken by one lock_all script are renewed, and one found g
     CHECK(r.stats().lost == 1);
 }
 
-TEST_CASE("probe: time of lock_all of 8 free keys on loopback (prints; no timed assertion)", "[.][probe]") {
+TEST_CASE("probe: time of lock_all of 8 free keys on loopback (prints, no timed assertion)", "[.][probe]") {
     RedisServer server;
     auto r = KeyedLockRegistry::from_url(url(server));
     std::vector<std::string> keys;
