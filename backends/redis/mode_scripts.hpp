@@ -61,7 +61,9 @@ namespace keylock::redis::scripts {
 // 'semaphore' (then `limit`) or nil (not keylock's), `holders` (their members) and `intents`
 // (their members, `~intent:<owner>`). `reach(lease)`: raises the key's expiry to `lease` ms if it
 // is shorter (never lowers it: a member written now expires last, unless another process's
-// lease is longer).
+// lease is longer). `regrant(holders, mode, owner, at)`: the fencing token of `owner`'s member of
+// `mode` among `holders`, its expiry moved to `at` (a retried request finding the grant its lost
+// answer carried), else nil.
 inline constexpr const char* mode_pieces = R"lua(
 local function member_of(mode, fence, owner)
   return mode .. ':' .. string.format('%d', fence) .. ':' .. owner
@@ -99,6 +101,16 @@ local function reach(lease)
   if redis.call('PTTL', KEYS[1]) < lease then
     redis.call('PEXPIRE', KEYS[1], string.format('%d', lease))
   end
+end
+local function regrant(holders, mode, owner, at)
+  for _, m in ipairs(holders) do
+    local f, o = string.match(m, '^' .. mode .. ':(%d+):(.+)$')
+    if o == owner then
+      redis.call('ZADD', KEYS[1], 'XX', at, m)
+      return tonumber(f)
+    end
+  end
+  return nil
 end
 )lua";
 
@@ -191,13 +203,8 @@ local add, wait, renewed = {}, nil, false
 for i = 1, count do
   local owner, fence = ARGV[1 + 2 * i], nil
   if ARGV[2 + 2 * i] == '1' then
-    for _, m in ipairs(s.holders) do
-      local f, o = string.match(m, '^' .. mode .. ':(%d+):(.+)$')
-      if o == owner then
-        redis.call('ZADD', KEYS[1], 'XX', at, m)
-        fence, renewed = tonumber(f), true
-      end
-    end
+    fence = regrant(s.holders, mode, owner, at)
+    renewed = renewed or fence ~= nil
   end
   if fence == nil then
     local blocked = nil
@@ -313,14 +320,8 @@ end
 for i = 1, count do
   local owner, n, fence = ARGV[3 * i], ns[i], nil
   if s ~= nil and ARGV[2 + 3 * i] == '1' then
-    local mode = 'p' .. string.format('%d', n)
-    for _, m in ipairs(s.holders) do
-      local f, o = string.match(m, '^' .. mode .. ':(%d+):(.+)$')
-      if o == owner then
-        redis.call('ZADD', KEYS[1], 'XX', at, m)
-        fence, renewed = tonumber(f), true
-      end
-    end
+    fence = regrant(s.holders, 'p' .. string.format('%d', n), owner, at)
+    renewed = renewed or fence ~= nil
   end
   if fence == nil then
     if used + n > limit then
