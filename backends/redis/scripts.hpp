@@ -35,7 +35,8 @@ local function denied(...)
 end
 )lua";
 
-// The next fencing token from the slot's counter KEYS[2] (shared by acquire and transfer).
+// The next fencing token from the slot's counter KEYS[2] (`next_fence()`, for acquire and transfer)
+// or from `counter` (`next_fence_of(counter)`, for lock_all's pairs of keys).
 // A counter made here but refused its first SET (an ACL without `+set`) is deleted again before
 // the error goes back, so that it never stays at 1.
 //
@@ -44,18 +45,21 @@ end
 // issued before, as long as its slot averaged fewer than one acquisition per microsecond
 // since the counter was made (and the server's clock did not step back).
 inline constexpr const char* next_fence = R"lua(
-local function next_fence()
-  local fence = redis.call('INCR', KEYS[2])
+local function next_fence_of(counter)
+  local fence = redis.call('INCR', counter)
   if fence == 1 then
     local t = redis.call('TIME')
     fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    local set = redis.pcall('SET', KEYS[2], fence)
+    local set = redis.pcall('SET', counter, fence)
     if type(set) == 'table' and set.err then
-      redis.call('DEL', KEYS[2])
+      redis.call('DEL', counter)
       error(set)
     end
   end
   return fence
+end
+local function next_fence()
+  return next_fence_of(KEYS[2])
 end
 )lua";
 
@@ -244,20 +248,7 @@ inline const std::string acquire_plain = publishing(acquire_with(ours_plain, "AR
 // counters: a counter behind the token just issued is raised past it (counters only go up). An error midway (a refused
 // SET) may leave some keys taken under ARGV[1]: the backend then gives back every key of the attempt (the abandon
 // script).
-inline const std::string acquire_all_script = std::string(denied) + ours_fenced + R"lua(
-local function next_fence_of(counter)
-  local fence = redis.call('INCR', counter)
-  if fence == 1 then
-    local t = redis.call('TIME')
-    fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    local set = redis.pcall('SET', counter, fence)
-    if type(set) == 'table' and set.err then
-      redis.call('DEL', counter)
-      error(set)
-    end
-  end
-  return fence
-end
+inline const std::string acquire_all_script = std::string(denied) + next_fence + ours_fenced + R"lua(
 local n = #KEYS / 2
 for i = 1, n do
   local refused = denied('$PUBLISH', KEYS[2 * i - 1], '')
