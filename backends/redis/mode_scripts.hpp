@@ -63,7 +63,9 @@ namespace keylock::redis::scripts {
 // is shorter (never lowers it: a member written now expires last, unless another process's
 // lease is longer). `regrant(holders, mode, owner, at)`: the fencing token of `owner`'s member of
 // `mode` among `holders`, its expiry moved to `at` (a retried request finding the grant its lost
-// answer carried), else nil.
+// answer carried), else nil. `store(add, renewed, lease, now)`: writes the new members `add`
+// (score, member, ...) to an existing key, prunes the expired, and raises the key's expiry if
+// anything was added or renewed.
 inline constexpr const char* mode_pieces = R"lua(
 local function member_of(mode, fence, owner)
   return mode .. ':' .. string.format('%d', fence) .. ':' .. owner
@@ -100,6 +102,15 @@ end
 local function reach(lease)
   if redis.call('PTTL', KEYS[1]) < lease then
     redis.call('PEXPIRE', KEYS[1], string.format('%d', lease))
+  end
+end
+local function store(add, renewed, lease, now)
+  if #add > 0 then
+    redis.call('ZADD', KEYS[1], unpack(add))
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+  end
+  if #add > 0 or renewed then
+    reach(lease)
   end
 end
 local function regrant(holders, mode, owner, at)
@@ -231,13 +242,7 @@ for i = 1, count do
   out[1] = i
   out[i + 1] = fence
 end
-if #add > 0 then
-  redis.call('ZADD', KEYS[1], unpack(add))
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
-end
-if #add > 0 or renewed then
-  reach(lease)
-end
+store(add, renewed, lease, now)
 if wait then
   out[#out + 1] = wait
 end
@@ -350,13 +355,7 @@ if s == nil then
   redis.call('ZADD', KEYS[1], unpack(add))
   redis.call('PEXPIRE', KEYS[1], string.format('%d', lease))
 else
-  if #add > 0 then
-    redis.call('ZADD', KEYS[1], unpack(add))
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
-  end
-  if #add > 0 or renewed then
-    reach(lease)
-  end
+  store(add, renewed, lease, now)
 end
 if wait then
   out[#out + 1] = wait
